@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nbship/nbship/transfer"
+	"github.com/nbship/nbship/tunnel"
+)
+
+func init() {
+	register(command{name: "recv", summary: "receive files on the PXE host (the listening end of the channel)", run: cmdRecv})
+}
+
+func cmdRecv(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "recv", "(--listen ADDR | --stdio) --dest DIR --peer-pin PIN|- [flags]")
+	listen := fs.String("listen", "", "`host:port` to listen on (port 0 picks a free one, printed on the second line)")
+	stdio := fs.Bool("stdio", false, "carry the TLS channel on standard input and output instead of TCP")
+	dest := fs.String("dest", "", "`directory` to land the files in; it must not exist or be empty")
+	replace := fs.Bool("replace", false, "replace a non-empty --dest atomically")
+	pinFlag := fs.String("peer-pin", "", "the relay's `pin` (SHA256:...), or - to read its fingerprint line from standard input")
+	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
+	wait := fs.Duration("accept-timeout", 2*time.Minute, "how long to wait for the pinned relay to connect")
+	life := fs.Bool("stdin-lifeline", false, "stop when standard input closes (set by the controller)")
+	fs.MarkHidden("stdin-lifeline")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usageError("recv: unexpected argument %q", fs.Arg(0))
+	}
+	if (*listen == "") == !*stdio {
+		return usageError("recv: give exactly one of --listen ADDR or --stdio")
+	}
+	if *dest == "" {
+		return usageError("recv: --dest DIR is required")
+	}
+	land, err := prepareLanding(*dest, *replace)
+	if err != nil {
+		return err
+	}
+	id, err := tunnel.NewIdentity()
+	if err != nil {
+		return err
+	}
+	var ln net.Listener
+	if !*stdio {
+		ln, err = net.Listen("tcp", *listen)
+		if err != nil {
+			return withHint(fmt.Errorf("recv: %w", err), "pick another port (opensslPort) or stop what is using it")
+		}
+		defer ln.Close()
+	}
+	fmt.Fprintf(e.stdout, "fingerprint %s\n", id.Pin())
+	if ln != nil {
+		fmt.Fprintf(e.stdout, "listening %s\n", ln.Addr())
+	}
+	pin, err := peerPin(*pinFlag, e.stdin)
+	if err != nil {
+		return err
+	}
+	if *life && !*stdio {
+		ctx = lifeline(ctx, e.stdin)
+	}
+
+	var conn *tunnel.Conn
+	if *stdio {
+		conn, err = tunnel.ServerOver(ctx, tunnel.NewStdioConn(e.stdin, e.stdout), id, pin)
+		if err != nil {
+			return fmt.Errorf("recv: %w", err)
+		}
+	} else {
+		actx, cancel := context.WithTimeoutCause(ctx, *wait, errors.New("no relay connected in time"))
+		defer cancel()
+		conn, err = tunnel.Accept(actx, ln, id, pin, func(err error) {
+			fmt.Fprintf(e.stderr, "nbship: recv: %v\n", err)
+		})
+		if err != nil {
+			return withHint(fmt.Errorf("recv: %w", err), "check that the relay can reach %s and was given this receiver's fingerprint", ln.Addr())
+		}
+		ln.Close()
+	}
+	defer conn.Close()
+
+	stage, err := land.stage()
+	if err != nil {
+		return err
+	}
+	defer land.cleanup()
+	sink, err := transfer.NewDirSink(stage, nil)
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	cnt := new(transfer.Counters)
+	stop := progress(e, "recv", cnt)
+	st, err := transfer.Receive(ctx, conn, sink, transfer.ReceiveOptions{Progress: cnt, Commit: land.commit})
+	stop()
+	if err != nil {
+		return fmt.Errorf("recv: %w", err)
+	}
+	out := e.stdout
+	if *stdio {
+		out = e.stderr
+	}
+	s := newSummary(st, conn.WireBytes())
+	if !*asJSON {
+		out = e.stderr
+	}
+	printSummary(out, *asJSON, "received", s)
+	return nil
+}
+
+// landing puts a received tree at dest atomically: it is written into a
+// temporary directory beside dest and renamed into place only when every
+// file is verified.
+type landing struct {
+	dest    string
+	replace bool
+	tmp     string
+	old     string
+}
+
+func prepareLanding(dest string, replace bool) (*landing, error) {
+	dest = filepath.Clean(dest)
+	parent := filepath.Dir(dest)
+	if fi, err := os.Stat(parent); err != nil || !fi.IsDir() {
+		return nil, withHint(fmt.Errorf("recv: parent directory of %s does not exist", dest), "create %s first", parent)
+	}
+	if err := checkDest(dest, replace); err != nil {
+		return nil, err
+	}
+	return &landing{dest: dest, replace: replace}, nil
+}
+
+func checkDest(dest string, replace bool) error {
+	fi, err := os.Lstat(dest)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("recv: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("recv: %s exists and is not a directory; remove it or choose another --dest", dest)
+	}
+	ents, err := os.ReadDir(dest)
+	if err != nil {
+		return fmt.Errorf("recv: %w", err)
+	}
+	if len(ents) > 0 && !replace {
+		return withHint(fmt.Errorf("recv: %s is not empty", dest), "pass --replace to swap it atomically for the new files")
+	}
+	return nil
+}
+
+func (l *landing) stage() (string, error) {
+	tmp, err := os.MkdirTemp(filepath.Dir(l.dest), "."+filepath.Base(l.dest)+".nbship-recv-")
+	if err != nil {
+		return "", fmt.Errorf("recv: %w", err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("recv: %w", err)
+	}
+	l.tmp = tmp
+	return tmp, nil
+}
+
+// commit moves the verified tree into place: a rename when dest is absent
+// or empty, an atomic exchange with --replace.
+func (l *landing) commit() (string, error) {
+	if err := checkDest(l.dest, l.replace); err != nil {
+		return "", err
+	}
+	fi, err := os.Lstat(l.dest)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		err = os.Rename(l.tmp, l.dest)
+	case err == nil && fi.IsDir():
+		if ents, _ := os.ReadDir(l.dest); len(ents) == 0 {
+			os.Remove(l.dest)
+			err = os.Rename(l.tmp, l.dest)
+		} else {
+			err = unix.Renameat2(unix.AT_FDCWD, l.tmp, unix.AT_FDCWD, l.dest, unix.RENAME_EXCHANGE)
+			if err == nil {
+				l.old = l.tmp // now holds the previous contents
+			}
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("recv: putting the files in place at %s: %w", l.dest, err)
+	}
+	if l.old == "" {
+		l.tmp = ""
+	}
+	return l.dest, nil
+}
+
+// cleanup removes the temporary directory (unverified data, or the
+// replaced old contents).
+func (l *landing) cleanup() {
+	if l.tmp != "" {
+		os.RemoveAll(l.tmp)
+	}
+}

@@ -1,0 +1,142 @@
+package main
+
+// Shared by the two ends of the channel, recv and relay: how each learns the
+// peer's pin, watches its controller, reports progress and sums up.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/nbship/nbship/transfer"
+	"github.com/nbship/nbship/tunnel"
+)
+
+// readLine reads one line a byte at a time, so that nothing after it is
+// consumed: in --stdio mode the TLS bytes follow on the same stream.
+func readLine(r io.Reader, max int) (string, error) {
+	var line []byte
+	var b [1]byte
+	for len(line) <= max {
+		n, err := r.Read(b[:])
+		if n == 1 {
+			if b[0] == '\n' {
+				return string(line), nil
+			}
+			line = append(line, b[0])
+			continue
+		}
+		if err == io.EOF {
+			if len(line) > 0 {
+				return string(line), nil
+			}
+			return "", errors.New("standard input ended before the peer's pin")
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+	return "", errors.New("the peer's pin line is too long")
+}
+
+// peerPin resolves --peer-pin: a pin, or "-" for one line of stdin.
+func peerPin(flag string, stdin io.Reader) (string, error) {
+	if flag == "" {
+		return "", usageError("--peer-pin is required: the other end's fingerprint line, or - to read it from standard input")
+	}
+	if flag == "-" {
+		line, err := readLine(stdin, 200)
+		if err != nil {
+			return "", fmt.Errorf("reading --peer-pin from standard input: %w", err)
+		}
+		flag = line
+	}
+	// Accept the other end's whole first line too.
+	flag, _ = strings.CutPrefix(flag, "fingerprint ")
+	return tunnel.ParsePin(flag)
+}
+
+// lifeline cancels ctx when stdin reaches EOF: the controller that started
+// this end over SSH is gone (sshd closes stdin when the session dies).
+func lifeline(ctx context.Context, stdin io.Reader) context.Context {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		io.Copy(io.Discard, stdin)
+		cancel(errors.New("the controller went away (standard input closed)"))
+	}()
+	return ctx
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// progress starts reporting c on stderr and returns a function that stops it.
+func progress(e *env, label string, c *transfer.Counters) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		transfer.Report(e.stderr, isTerminal(e.stderr), label, c, 5*time.Second, done)
+		close(finished)
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}
+
+// summary is the --json object of a transfer.
+type summary struct {
+	Files      int     `json:"files"`
+	FilesSent  int     `json:"files_sent"`
+	Reused     int     `json:"files_reused"`
+	Bytes      int64   `json:"bytes"`
+	Compressed int64   `json:"compressed_bytes"`
+	WireBytes  int64   `json:"wire_bytes"`
+	Ratio      float64 `json:"ratio"`
+	Seconds    float64 `json:"seconds"`
+	MBps       float64 `json:"mbps"`
+	Published  string  `json:"published,omitempty"`
+	Path       string  `json:"path,omitempty"`
+}
+
+func newSummary(st *transfer.Stats, wire int64) summary {
+	s := summary{
+		Files: st.Files, FilesSent: st.Sent, Reused: st.Reused, Bytes: st.Bytes,
+		Compressed: st.Compressed, WireBytes: wire, Seconds: round(st.Seconds, 3), Published: st.Published,
+	}
+	if st.Compressed > 0 {
+		s.Ratio = round(float64(st.Bytes)/float64(st.Compressed), 2)
+	}
+	if st.Seconds > 0 {
+		s.MBps = round(float64(st.Bytes)/1e6/st.Seconds, 1)
+	}
+	return s
+}
+
+func round(f float64, digits int) float64 {
+	p := 1.0
+	for range digits {
+		p *= 10
+	}
+	return float64(int64(f*p+0.5)) / p
+}
+
+// printSummary writes s as JSON (asJSON) or as one human line, to w.
+func printSummary(w io.Writer, asJSON bool, verb string, s summary) {
+	if asJSON {
+		json.NewEncoder(w).Encode(s)
+		return
+	}
+	fmt.Fprintf(w, "%s %d files (%d sent, %d already there), %s raw, %s on the wire (ratio %.2f) in %.2fs, %.1f MB/s\n",
+		verb, s.Files, s.FilesSent, s.Reused, transfer.HumanBytes(s.Bytes), transfer.HumanBytes(s.WireBytes), s.Ratio, s.Seconds, s.MBps)
+}

@@ -1,0 +1,175 @@
+package transfer
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+	"unicode/utf8"
+)
+
+// Entry types.
+const (
+	TypeFile = "file"
+	TypeDir  = "dir"
+)
+
+// Entry is one item of a stream: a directory, or a file whose Size bytes
+// follow in the data and must hash to SHA256.
+type Entry struct {
+	Name   string      `json:"name"`
+	Type   string      `json:"type"`
+	Mode   fs.FileMode `json:"mode"` // permission bits only
+	Size   int64       `json:"size,omitempty"`
+	SHA256 string      `json:"sha256,omitempty"` // lowercase hex
+
+	sum [32]byte
+}
+
+// Sum is the entry's SHA-256 as bytes (valid after Validate).
+func (e *Entry) Sum() [32]byte { return e.sum }
+
+// Manifest is the stream's header: everything the receiver will get, and
+// the total it may expect, announced before any data.
+type Manifest struct {
+	Version int     `json:"version"`
+	Entries []Entry `json:"entries"`
+	Total   int64   `json:"total"` // sum of file sizes
+}
+
+// Limits a manifest must respect.
+const (
+	MaxEntries  = 1 << 20
+	maxNameLen  = 4096
+	maxCompLen  = 255
+	maxTotal    = 1 << 50
+	allowedPerm = fs.ModePerm
+)
+
+// ManifestError is a manifest the receiver refuses; nothing is written.
+type ManifestError struct {
+	Name string // entry name, if about one entry
+	Msg  string
+}
+
+func (e *ManifestError) Error() string {
+	if e.Name != "" {
+		return fmt.Sprintf("transfer: refused entry %q: %s", e.Name, e.Msg)
+	}
+	return "transfer: refused stream: " + e.Msg
+}
+
+// CheckName reports why name is not a safe relative path, or nil.
+func CheckName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty name")
+	case len(name) > maxNameLen:
+		return fmt.Errorf("name longer than %d bytes", maxNameLen)
+	case !utf8.ValidString(name):
+		return errors.New("name is not valid UTF-8")
+	case strings.ContainsAny(name, "\x00"):
+		return errors.New("name contains NUL")
+	case strings.ContainsAny(name, "\n\r"):
+		return errors.New("name contains a newline")
+	case strings.HasPrefix(name, "/"):
+		return errors.New("absolute name")
+	case strings.Contains(name, "\\"):
+		return errors.New("name contains a backslash")
+	}
+	for _, c := range strings.Split(name, "/") {
+		switch {
+		case c == "..":
+			return errors.New("name contains '..'")
+		case c == "" || c == ".":
+			return errors.New("name is not clean (empty or '.' component)")
+		case len(c) > maxCompLen:
+			return fmt.Errorf("a component is longer than %d bytes", maxCompLen)
+		}
+	}
+	if path.Clean(name) != name {
+		return errors.New("name is not clean")
+	}
+	return nil
+}
+
+// Validate checks everything the receiver must check before writing a byte:
+// names, types, modes, duplicates, parents declared before children, sizes
+// and their total.
+func (m *Manifest) Validate() error {
+	if m.Version != Version {
+		return &ManifestError{Msg: fmt.Sprintf("manifest version %d is not %d", m.Version, Version)}
+	}
+	if len(m.Entries) > MaxEntries {
+		return &ManifestError{Msg: fmt.Sprintf("%d entries is more than the limit of %d", len(m.Entries), MaxEntries)}
+	}
+	if m.Total < 0 || m.Total > maxTotal {
+		return &ManifestError{Msg: fmt.Sprintf("announced total of %d bytes is out of range", m.Total)}
+	}
+	types := make(map[string]string, len(m.Entries))
+	var total int64
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if err := CheckName(e.Name); err != nil {
+			return &ManifestError{Name: e.Name, Msg: err.Error()}
+		}
+		if _, dup := types[e.Name]; dup {
+			return &ManifestError{Name: e.Name, Msg: "duplicate name"}
+		}
+		if dir, _ := path.Split(e.Name); dir != "" {
+			if types[strings.TrimSuffix(dir, "/")] != TypeDir {
+				return &ManifestError{Name: e.Name, Msg: "its parent directory is not declared before it"}
+			}
+		}
+		if e.Mode&^allowedPerm != 0 {
+			return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("mode %v is not plain permission bits (device files, setuid and the like are refused)", e.Mode)}
+		}
+		switch e.Type {
+		case TypeDir:
+			if e.Size != 0 || e.SHA256 != "" {
+				return &ManifestError{Name: e.Name, Msg: "a directory with a size or hash"}
+			}
+		case TypeFile:
+			if e.Size < 0 || e.Size > maxTotal {
+				return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("size %d out of range", e.Size)}
+			}
+			b, err := hex.DecodeString(e.SHA256)
+			if err != nil || len(b) != 32 || strings.ToLower(e.SHA256) != e.SHA256 {
+				return &ManifestError{Name: e.Name, Msg: "sha256 is not 64 lowercase hex digits"}
+			}
+			copy(e.sum[:], b)
+			total += e.Size
+			if total > m.Total {
+				return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("file sizes add up to more than the announced total of %d bytes", m.Total)}
+			}
+		default:
+			return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("type %q is not file or dir (symlinks are dereferenced by the sender; devices are never sent)", e.Type)}
+		}
+		types[e.Name] = e.Type
+	}
+	if total != m.Total {
+		return &ManifestError{Msg: fmt.Sprintf("file sizes add up to %d bytes, not the announced %d", total, m.Total)}
+	}
+	return nil
+}
+
+// decodeManifest parses and validates a header payload.
+func decodeManifest(p []byte) (*Manifest, error) {
+	dec := json.NewDecoder(bytes.NewReader(p))
+	dec.DisallowUnknownFields()
+	var m Manifest
+	if err := dec.Decode(&m); err != nil {
+		return nil, &ManifestError{Msg: "header is not a valid manifest: " + err.Error()}
+	}
+	if dec.More() {
+		return nil, &ManifestError{Msg: "header has trailing data"}
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}

@@ -1,0 +1,356 @@
+package transfer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
+)
+
+// Sink is where a receiver puts a stream's entries, in manifest order.
+// Nothing it is given is verified yet: the receiver checks each file's hash
+// after its last byte and fails the whole transfer on a mismatch, and the
+// caller commits (renames, publishes) only after Receive's commit hook.
+type Sink interface {
+	// Want reports whether the file's bytes must be sent; false means the
+	// sink already has a file with this hash and will get Reuse for it.
+	Want(e *Entry) bool
+	Mkdir(e *Entry) error
+	Create(e *Entry) (io.WriteCloser, error)
+	Reuse(e *Entry) error
+	// Finish is called after every entry arrived and matched.
+	Finish() error
+}
+
+// ReceiveOptions tune the receiving end.
+type ReceiveOptions struct {
+	Progress *Counters
+	// Commit runs after every entry is verified and Finish succeeded, before
+	// the sender is told; it returns what was published (for the summary).
+	// Its error goes to the sender too.
+	Commit func() (string, error)
+}
+
+// Receive reads one stream from conn into sink. On any error it tells the
+// sender why (when the connection still works) and returns the error; the
+// caller removes whatever the sink wrote.
+func Receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOptions) (*Stats, error) {
+	if c, ok := conn.(io.Closer); ok {
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		defer stop()
+	}
+	start := time.Now()
+	st, published, err := receive(conn, sink, o)
+	if err != nil {
+		err = ctxErr(ctx, err)
+		var pe *PeerError
+		if !errors.As(err, &pe) && !errors.Is(err, ErrTruncated) {
+			a, _ := json.Marshal(ackMsg{OK: false, Error: err.Error()})
+			writeMsg(conn, msgAck, a)
+		}
+		return nil, err
+	}
+	a, _ := json.Marshal(ackMsg{OK: true, Published: published, Files: st.Files, Bytes: st.Bytes})
+	if err := writeMsg(conn, msgAck, a); err != nil {
+		// Committed, but the sender may not learn it: report, don't undo.
+		return st, fmt.Errorf("transfer: committed, but could not acknowledge to the sender: %w", err)
+	}
+	st.Published = published
+	st.Seconds = time.Since(start).Seconds()
+	return st, nil
+}
+
+func receive(conn io.ReadWriter, sink Sink, o ReceiveOptions) (*Stats, string, error) {
+	cnt := o.Progress
+	if cnt == nil {
+		cnt = new(Counters)
+	}
+	ready, _ := json.Marshal(readyMsg{Version: Version})
+	if err := writeMsg(conn, msgReady, ready); err != nil {
+		return nil, "", err
+	}
+	var pre [len(magic) + 2]byte
+	if _, err := io.ReadFull(conn, pre[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, "", ErrTruncated
+		}
+		return nil, "", err
+	}
+	if string(pre[:len(magic)]) != magic {
+		return nil, "", errors.New("transfer: refused stream: it does not start with the nbship magic (is the other end nbship?)")
+	}
+	if v := binary.BigEndian.Uint16(pre[len(magic):]); v != Version {
+		return nil, "", fmt.Errorf("transfer: refused stream: version %d is not supported (this nbship speaks %d); run the same nbship on both ends", v, Version)
+	}
+	p, err := expect(conn, msgHeader, maxHeader)
+	if err != nil {
+		return nil, "", err
+	}
+	m, err := decodeManifest(p)
+	if err != nil {
+		return nil, "", err
+	}
+	want := make([]byte, (len(m.Entries)+7)/8)
+	var total int64
+	st := &Stats{}
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if e.Type != TypeFile {
+			continue
+		}
+		st.Files++
+		if sink.Want(e) {
+			want[i/8] |= 1 << (i % 8)
+			total += e.Size
+		}
+	}
+	cnt.begin(total)
+	if err := writeMsg(conn, msgWant, want); err != nil {
+		return nil, "", err
+	}
+	cr := &chunkReader{r: conn, count: func(n int) { cnt.Compressed.Add(int64(n)) }}
+	dec, err := zstd.NewReader(cr,
+		zstd.WithDecoderMaxWindow(64<<20),
+		zstd.WithDecoderMaxMemory(256<<20),
+		zstd.WithDecoderConcurrency(2))
+	if err != nil {
+		return nil, "", err
+	}
+	defer dec.Close()
+	buf := make([]byte, 256<<10)
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		switch {
+		case e.Type == TypeDir:
+			if err := sink.Mkdir(e); err != nil {
+				return nil, "", err
+			}
+		case !wanted(want, i):
+			if err := sink.Reuse(e); err != nil {
+				return nil, "", err
+			}
+			st.Reused++
+		default:
+			if err := receiveFile(dec, sink, e, buf, cnt); err != nil {
+				return nil, "", err
+			}
+			st.Sent++
+			st.Bytes += e.Size
+			cnt.Files.Add(1)
+		}
+	}
+	// Everything announced has arrived: anything more is refused.
+	var one [1]byte
+	n, err := io.ReadFull(dec, one[:])
+	if n > 0 {
+		return nil, "", fmt.Errorf("transfer: refused stream: more data than the %d bytes the header announced", total)
+	}
+	if err != nil && err != io.EOF {
+		return nil, "", decodeErr(err)
+	}
+	if !cr.done {
+		return nil, "", errors.New("transfer: refused stream: data after the end of the compressed stream")
+	}
+	if err := sink.Finish(); err != nil {
+		return nil, "", err
+	}
+	st.Compressed = cnt.Compressed.Load()
+	var published string
+	if o.Commit != nil {
+		if published, err = o.Commit(); err != nil {
+			return nil, "", err
+		}
+	}
+	return st, published, nil
+}
+
+func receiveFile(dec io.Reader, sink Sink, e *Entry, buf []byte, cnt *Counters) error {
+	w, err := sink.Create(e)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	var n int64
+	for n < e.Size {
+		k, rerr := dec.Read(buf[:min(int64(len(buf)), e.Size-n)])
+		if k > 0 {
+			h.Write(buf[:k])
+			if _, err := w.Write(buf[:k]); err != nil {
+				w.Close()
+				return fmt.Errorf("transfer: writing %s: %w", e.Name, err)
+			}
+			n += int64(k)
+			cnt.Raw.Add(int64(k))
+		}
+		if rerr == io.EOF {
+			w.Close()
+			return fmt.Errorf("transfer: refused stream: %s: data ended after %d of its %d bytes (truncated stream)", e.Name, n, e.Size)
+		}
+		if rerr != nil {
+			w.Close()
+			return decodeErr(rerr)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("transfer: writing %s: %w", e.Name, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != e.SHA256 {
+		return fmt.Errorf("transfer: refused stream: %s: SHA-256 %s does not match the announced %s", e.Name, got, e.SHA256)
+	}
+	return nil
+}
+
+func decodeErr(err error) error {
+	var pe *PeerError
+	if errors.As(err, &pe) || errors.Is(err, ErrTruncated) {
+		return err
+	}
+	return fmt.Errorf("transfer: refused stream: %w", err)
+}
+
+// DirSink writes entries under a directory, confined to it by os.Root.
+type DirSink struct {
+	dir  string
+	root *os.Root
+	have func(sum [32]byte) (path string, ok bool)
+	// reuse holds, for files the sender skipped, where the same bytes are.
+	reuse map[string]string
+	dirs  []*Entry
+}
+
+// NewDirSink writes into dir, which must exist and be empty. have, when not
+// nil, names a local file with a given SHA-256: such files are not sent but
+// hard-linked (or copied, when modes differ) and re-hashed.
+func NewDirSink(dir string, have func(sum [32]byte) (string, bool)) (*DirSink, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("transfer: %w", err)
+	}
+	if len(ents) != 0 {
+		return nil, fmt.Errorf("transfer: %s is not empty", dir)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("transfer: %w", err)
+	}
+	return &DirSink{dir: dir, root: root, have: have, reuse: map[string]string{}}, nil
+}
+
+// Close releases the sink's directory handle.
+func (s *DirSink) Close() error { return s.root.Close() }
+
+func (s *DirSink) Want(e *Entry) bool {
+	if s.have == nil {
+		return true
+	}
+	p, ok := s.have(e.sum)
+	if !ok {
+		return true
+	}
+	s.reuse[e.Name] = p
+	return false
+}
+
+func (s *DirSink) Mkdir(e *Entry) error {
+	if err := s.root.Mkdir(e.Name, 0o700); err != nil {
+		return fmt.Errorf("transfer: %w", err)
+	}
+	s.dirs = append(s.dirs, e)
+	return nil
+}
+
+type sinkFile struct {
+	*os.File
+	root *os.Root
+	e    *Entry
+}
+
+func (f *sinkFile) Close() error {
+	if err := f.File.Close(); err != nil {
+		return err
+	}
+	return f.root.Chmod(f.e.Name, f.e.Mode.Perm())
+}
+
+func (s *DirSink) Create(e *Entry) (io.WriteCloser, error) {
+	f, err := s.root.OpenFile(e.Name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("transfer: %w", err)
+	}
+	return &sinkFile{File: f, root: s.root, e: e}, nil
+}
+
+func (s *DirSink) Reuse(e *Entry) error {
+	src, ok := s.reuse[e.Name]
+	if !ok {
+		return fmt.Errorf("transfer: %s was not sent and is not here", e.Name)
+	}
+	dst := filepath.Join(s.dir, e.Name) // e.Name is validated and its parents are ours
+	fi, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("transfer: reusing %s: %w", e.Name, err)
+	}
+	if fi.Mode().Perm() != e.Mode.Perm() || os.Link(src, dst) != nil {
+		if err := copyFile(src, dst, e.Mode.Perm()); err != nil {
+			return fmt.Errorf("transfer: reusing %s: %w", e.Name, err)
+		}
+	}
+	sum, err := hashFile(dst, e.Size)
+	if err != nil {
+		return err
+	}
+	if sum != e.sum {
+		return fmt.Errorf("transfer: reused %s (from %s) does not have the announced SHA-256; it changed on disk", e.Name, src)
+	}
+	return nil
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Chmod(dst, mode)
+}
+
+// Finish gives directories their modes (owner keeps rwx so the tree can be
+// managed later) and flushes the filesystem so a rename that follows
+// publishes data that is on disk.
+func (s *DirSink) Finish() error {
+	for i := len(s.dirs) - 1; i >= 0; i-- {
+		if err := s.root.Chmod(s.dirs[i].Name, s.dirs[i].Mode.Perm()|0o700); err != nil {
+			return fmt.Errorf("transfer: %w", err)
+		}
+	}
+	f, err := os.Open(s.dir)
+	if err != nil {
+		return fmt.Errorf("transfer: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("transfer: syncing %s: %w", s.dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,473 @@
+package transfer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Source is a manifest plus where each file entry's bytes come from.
+type Source struct {
+	Manifest Manifest
+	paths    []string // local path per entry ("" for directories)
+}
+
+// Collect builds a Source from local paths as `tar -h` would see them:
+// symlinks are followed, a directory argument contributes its contents at
+// the top level, a file argument contributes itself under its base name.
+// Every file is hashed here, so the manifest announces each SHA-256 before
+// any data moves and the receiver can skip what it already has.
+func Collect(ctx context.Context, args []string) (*Source, error) {
+	c := collector{src: &Source{Manifest: Manifest{Version: Version}}, seen: map[string]bool{}}
+	for _, a := range args {
+		fi, err := os.Stat(a)
+		if err != nil {
+			return nil, fmt.Errorf("transfer: %w", err)
+		}
+		if fi.IsDir() {
+			if err := c.walk(a, "", fi, nil); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := c.add(a, filepath.Base(a), fi); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.src.hash(ctx); err != nil {
+		return nil, err
+	}
+	return c.src, nil
+}
+
+type collector struct {
+	src  *Source
+	seen map[string]bool
+}
+
+type dirID struct{ dev, ino uint64 }
+
+func idOf(fi fs.FileInfo) dirID {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return dirID{}
+	}
+	return dirID{uint64(st.Dev), st.Ino}
+}
+
+// walk adds the contents of dir (whose entries get the prefix) following
+// symlinks; stack holds the directories on the current path, to stop loops.
+func (c *collector) walk(dir, prefix string, fi fs.FileInfo, stack []dirID) error {
+	id := idOf(fi)
+	for _, s := range stack {
+		if s == id {
+			return fmt.Errorf("transfer: %s: symlink loop (a directory contains itself)", dir)
+		}
+	}
+	stack = append(stack, id)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("transfer: %w", err)
+	}
+	for _, de := range ents { // ReadDir sorts by name
+		p := filepath.Join(dir, de.Name())
+		name := de.Name()
+		if prefix != "" {
+			name = prefix + "/" + name
+		}
+		cfi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("transfer: %w", err)
+		}
+		if cfi.IsDir() {
+			if err := c.addEntry(Entry{Name: name, Type: TypeDir, Mode: cfi.Mode().Perm()}, "", p); err != nil {
+				return err
+			}
+			if err := c.walk(p, name, cfi, stack); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := c.add(p, name, cfi); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *collector) add(p, name string, fi fs.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("transfer: %s is a %s; nbship sends only files and directories", p, kind(fi.Mode()))
+	}
+	return c.addEntry(Entry{Name: name, Type: TypeFile, Mode: fi.Mode().Perm(), Size: fi.Size()}, p, p)
+}
+
+func (c *collector) addEntry(e Entry, src, origin string) error {
+	if err := CheckName(e.Name); err != nil {
+		return fmt.Errorf("transfer: %s: cannot send as %q: %v", origin, e.Name, err)
+	}
+	if c.seen[e.Name] {
+		return fmt.Errorf("transfer: %s: two arguments both provide %q", origin, e.Name)
+	}
+	c.seen[e.Name] = true
+	c.src.Manifest.Entries = append(c.src.Manifest.Entries, e)
+	c.src.paths = append(c.src.paths, src)
+	if e.Type == TypeFile {
+		c.src.Manifest.Total += e.Size
+	}
+	return nil
+}
+
+func kind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeDevice != 0:
+		return "device file"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "special file"
+}
+
+// hash fills in every file's SHA-256, a worker per core.
+func (s *Source) hash(ctx context.Context) error {
+	idx := make(chan int)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range runtime.NumCPU() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range idx {
+				e := &s.Manifest.Entries[i]
+				sum, err := hashFile(s.paths[i], e.Size)
+				if err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+					continue
+				}
+				e.sum = sum
+				e.SHA256 = hex.EncodeToString(sum[:])
+			}
+		}()
+	}
+feed:
+	for i, e := range s.Manifest.Entries {
+		if e.Type != TypeFile {
+			continue
+		}
+		select {
+		case idx <- i:
+		case <-ctx.Done():
+			break feed
+		case err := <-errs:
+			errs <- err
+			break feed
+		}
+	}
+	close(idx)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+	}
+	return ctx.Err()
+}
+
+func hashFile(p string, size int64) ([32]byte, error) {
+	var sum [32]byte
+	f, err := os.Open(p)
+	if err != nil {
+		return sum, fmt.Errorf("transfer: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return sum, fmt.Errorf("transfer: reading %s: %w", p, err)
+	}
+	if n != size {
+		return sum, fmt.Errorf("transfer: %s changed size while being read (%d, then %d bytes); send it when it is finished", p, size, n)
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
+}
+
+// Level is a zstd level name: fastest, default or better.
+type Level string
+
+// EncoderLevel maps a level name to zstd's.
+func EncoderLevel(name string) (zstd.EncoderLevel, error) {
+	switch name {
+	case "fastest":
+		return zstd.SpeedFastest, nil
+	case "", "default":
+		return zstd.SpeedDefault, nil
+	case "better":
+		return zstd.SpeedBetterCompression, nil
+	}
+	return 0, fmt.Errorf("transfer: compression level %q is not fastest, default or better", name)
+}
+
+// SendOptions tune the sending end.
+type SendOptions struct {
+	Level    zstd.EncoderLevel // 0 = default
+	Progress *Counters         // optional live counters
+}
+
+// Stats is what one transfer did.
+type Stats struct {
+	Files      int     `json:"files"`       // file entries in the stream
+	Sent       int     `json:"files_sent"`  // files whose bytes crossed
+	Reused     int     `json:"files_reused"` // files the receiver already had
+	Bytes      int64   `json:"bytes"`       // raw bytes of the files sent
+	Compressed int64   `json:"compressed_bytes"`
+	Seconds    float64 `json:"seconds"`
+	Published  string  `json:"published,omitempty"`
+}
+
+type readyMsg struct {
+	Version int `json:"version"`
+}
+
+type ackMsg struct {
+	OK        bool   `json:"ok"`
+	Error     string `json:"error,omitempty"`
+	Published string `json:"published,omitempty"`
+	Files     int    `json:"files"`
+	Bytes     int64  `json:"bytes"`
+}
+
+// Send streams src over conn to a Receive at the other end and returns only
+// after the receiver acknowledged that every hash matched and the files were
+// committed. Cancelling ctx closes conn when it is an io.Closer.
+func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (*Stats, error) {
+	start := time.Now()
+	if c, ok := conn.(io.Closer); ok {
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		defer stop()
+	}
+	cnt := o.Progress
+	if cnt == nil {
+		cnt = new(Counters)
+	}
+	p, err := expect(conn, msgReady, maxControl)
+	if err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	var ready readyMsg
+	if err := json.Unmarshal(p, &ready); err != nil {
+		return nil, fmt.Errorf("transfer: bad ready message: %w", err)
+	}
+	if ready.Version != Version {
+		return nil, fmt.Errorf("transfer: the receiver speaks stream version %d, this nbship %d; run the same nbship on both ends", ready.Version, Version)
+	}
+	hdr, err := json.Marshal(&src.Manifest)
+	if err != nil {
+		return nil, err
+	}
+	if len(hdr) > maxHeader {
+		return nil, fmt.Errorf("transfer: %d entries make a header larger than %d MiB; send fewer files at once", len(src.Manifest.Entries), maxHeader>>20)
+	}
+	pre := append([]byte(magic), byte(Version>>8), byte(Version))
+	if _, err := conn.Write(pre); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	if err := writeMsg(conn, msgHeader, hdr); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	want, err := expect(conn, msgWant, maxControl)
+	if err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	if len(want) != (len(src.Manifest.Entries)+7)/8 {
+		return nil, fmt.Errorf("transfer: protocol error: want list of %d bytes for %d entries", len(want), len(src.Manifest.Entries))
+	}
+	st := &Stats{}
+	var toSend int64
+	for i, e := range src.Manifest.Entries {
+		if e.Type != TypeFile {
+			continue
+		}
+		st.Files++
+		if wanted(want, i) {
+			toSend += e.Size
+		}
+	}
+	cnt.begin(toSend)
+
+	// The receiver's final word (ack or abort) can come at any time: an
+	// abort while we are still writing means it gave up (disk full, bad
+	// data), and then its reason is the error worth reporting.
+	type final struct {
+		ack ackMsg
+		err error
+	}
+	done := make(chan final, 1)
+	go func() {
+		p, err := expect(conn, msgAck, maxControl)
+		if err != nil {
+			done <- final{err: err}
+			if c, ok := conn.(io.Closer); ok {
+				c.Close()
+			}
+			return
+		}
+		var a ackMsg
+		if err := json.Unmarshal(p, &a); err != nil {
+			a = ackMsg{Error: "bad acknowledgement: " + err.Error()}
+		}
+		done <- final{ack: a}
+		if !a.OK {
+			// The receiver gave up and reads no more: unblock our writer.
+			if c, ok := conn.(io.Closer); ok {
+				c.Close()
+			}
+		}
+	}()
+
+	werr := sendData(conn, src, want, o, cnt, st)
+	var we writeErr
+	if werr != nil && !errors.As(werr, &we) {
+		// A local problem (a file changed under us): tell the receiver why,
+		// so it discards what it has, and stop.
+		writeMsg(conn, msgAbort, []byte(werr.Error()))
+		if c, ok := conn.(io.Closer); ok {
+			c.Close()
+		}
+		return nil, werr
+	}
+	var f final
+	select {
+	case f = <-done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-afterIf(werr != nil, 5*time.Second):
+		// The connection broke and the receiver said nothing.
+		return nil, ctxErr(ctx, fmt.Errorf("transfer: sending: %w", werr))
+	}
+	if f.err != nil {
+		return nil, ctxErr(ctx, f.err)
+	}
+	if werr != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("transfer: sending: %w", werr))
+	}
+	if !f.ack.OK {
+		return nil, &PeerError{Reason: f.ack.Error}
+	}
+	st.Seconds = time.Since(start).Seconds()
+	st.Compressed = cnt.Compressed.Load()
+	st.Published = f.ack.Published
+	return st, nil
+}
+
+// afterIf is time.After(d) when cond holds, else a channel that never fires.
+func afterIf(cond bool, d time.Duration) <-chan time.Time {
+	if !cond {
+		return nil
+	}
+	return time.After(d)
+}
+
+func wanted(bitmap []byte, i int) bool { return bitmap[i/8]&(1<<(i%8)) != 0 }
+
+func sendData(conn io.Writer, src *Source, want []byte, o SendOptions, cnt *Counters, st *Stats) error {
+	cw := &chunkWriter{w: conn, count: func(n int) { cnt.Compressed.Add(int64(n)) }}
+	level := o.Level
+	if level == 0 {
+		level = zstd.SpeedDefault
+	}
+	enc, err := zstd.NewWriter(cw, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.NumCPU()))
+	if err != nil {
+		return err
+	}
+	for i := range src.Manifest.Entries {
+		e := &src.Manifest.Entries[i]
+		if e.Type != TypeFile {
+			continue
+		}
+		if !wanted(want, i) {
+			st.Reused++
+			continue
+		}
+		if err := sendFile(enc, src.paths[i], e, cnt); err != nil {
+			enc.Close()
+			return err
+		}
+		st.Sent++
+		st.Bytes += e.Size
+		cnt.Files.Add(1)
+	}
+	if err := enc.Close(); err != nil {
+		return writeErr{err}
+	}
+	if err := writeMsg(conn, msgEnd, nil); err != nil {
+		return writeErr{err}
+	}
+	return nil
+}
+
+// writeErr marks an error of the connection (not of a local file). Every
+// error the encoder returns comes from writing to the connection.
+type writeErr struct{ error }
+
+func (w writeErr) Unwrap() error { return w.error }
+
+func sendFile(w io.Writer, p string, e *Entry, cnt *Counters) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("transfer: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	var n int64
+	for n < e.Size {
+		k, rerr := f.Read(buf[:min(int64(len(buf)), e.Size-n)])
+		if k > 0 {
+			h.Write(buf[:k])
+			if _, err := w.Write(buf[:k]); err != nil {
+				return writeErr{err}
+			}
+			n += int64(k)
+			cnt.Raw.Add(int64(k))
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("transfer: reading %s: %w", p, rerr)
+		}
+	}
+	if n != e.Size {
+		return fmt.Errorf("transfer: %s shrank while being sent (announced %d bytes, read %d); nothing was published", p, e.Size, n)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != e.SHA256 {
+		return fmt.Errorf("transfer: %s changed while being sent (its SHA-256 is no longer the announced one); nothing was published", p)
+	}
+	return nil
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}

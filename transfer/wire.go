@@ -1,0 +1,153 @@
+package transfer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Version is the stream version this nbship speaks. A receiver refuses any
+// other: both ends must run the same nbship, which the controller ensures.
+const Version = 1
+
+// magic opens the sender's half of every stream, followed by a big-endian
+// uint16 version.
+const magic = "NBSHIP\x00"
+
+// Message types. Every message is a type byte, a big-endian uint32 length
+// and that many bytes.
+const (
+	msgReady  = 'R' // receiver → sender: ready, JSON readyMsg
+	msgHeader = 'H' // sender → receiver: the manifest, JSON
+	msgWant   = 'W' // receiver → sender: bitmap of entries to send
+	msgData   = 'D' // sender → receiver: a chunk of the zstd stream
+	msgEnd    = 'E' // sender → receiver: end of the zstd stream
+	msgAck    = 'A' // receiver → sender: JSON ackMsg, the final word
+	msgAbort  = 'X' // either way: the other end gave up; payload is the reason
+)
+
+// Limits on what a peer can make us allocate.
+const (
+	maxHeader  = 64 << 20 // manifest JSON
+	maxControl = 1 << 20  // ready, ack, abort, and want up to 8M entries
+	maxChunk   = 4 << 20  // one data message
+	sendChunk  = 1 << 20  // what the sender puts in one data message
+)
+
+// ErrTruncated is a stream that ended before it said it would.
+var ErrTruncated = errors.New("transfer: stream truncated: the connection ended before the transfer was complete")
+
+func writeMsg(w io.Writer, t byte, payload []byte) error {
+	var hdr [5]byte
+	hdr[0] = t
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(payload)))
+	if _, err := w.Write(append(hdr[:], payload...)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// readMsg reads one message whose payload may be at most max bytes.
+func readMsg(r io.Reader, max int) (byte, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return 0, nil, ErrTruncated
+		}
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if uint64(n) > uint64(max) {
+		return 0, nil, fmt.Errorf("transfer: message %q of %d bytes is larger than the limit of %d", hdr[0], n, max)
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(r, p); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return 0, nil, ErrTruncated
+		}
+		return 0, nil, err
+	}
+	return hdr[0], p, nil
+}
+
+// expect reads a message of type want; an abort becomes a *PeerError.
+func expect(r io.Reader, want byte, max int) ([]byte, error) {
+	t, p, err := readMsg(r, max)
+	if err != nil {
+		return nil, err
+	}
+	if t == msgAbort {
+		return nil, &PeerError{Reason: string(p)}
+	}
+	if t != want {
+		return nil, fmt.Errorf("transfer: protocol error: got message %q, want %q", t, want)
+	}
+	return p, nil
+}
+
+// PeerError is the other end's reason for giving up.
+type PeerError struct{ Reason string }
+
+func (e *PeerError) Error() string { return "transfer: the other end stopped: " + e.Reason }
+
+// chunkWriter turns writes into data messages.
+type chunkWriter struct {
+	w     io.Writer
+	count func(int)
+}
+
+func (c *chunkWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), sendChunk)
+		if err := writeMsg(c.w, msgData, p[:k]); err != nil {
+			return n, err
+		}
+		if c.count != nil {
+			c.count(k)
+		}
+		n += k
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// chunkReader reads data messages until the end message, then returns EOF.
+type chunkReader struct {
+	r     io.Reader
+	buf   []byte
+	done  bool
+	count func(int)
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	for len(c.buf) == 0 {
+		if c.done {
+			return 0, io.EOF
+		}
+		t, payload, err := readMsg(c.r, maxChunk)
+		if err != nil {
+			return 0, err
+		}
+		switch t {
+		case msgData:
+			c.buf = payload
+			if c.count != nil {
+				c.count(len(payload))
+			}
+		case msgEnd:
+			if len(payload) != 0 {
+				return 0, errors.New("transfer: protocol error: end message with a payload")
+			}
+			c.done = true
+		case msgAbort:
+			return 0, &PeerError{Reason: string(payload)}
+		default:
+			return 0, fmt.Errorf("transfer: protocol error: got message %q inside the data", t)
+		}
+	}
+	n := copy(p, c.buf)
+	c.buf = c.buf[n:]
+	return n, nil
+}

@@ -1,0 +1,289 @@
+// Package tunnel is nbship's data channel: TLS 1.3 between two ends that
+// each hold an ephemeral, in-memory key and self-signed certificate, and
+// that accept exactly one peer certificate, named by its SHA-256 pin.
+//
+// The pins travel over the controller's SSH sessions (stdin, never argv or
+// disk), so no CA, no file and no shared secret is involved: a peer with any
+// other certificate fails the handshake on whichever side checks it.
+package tunnel
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// PinPrefix starts every pin, as in OpenSSH's key fingerprints.
+const PinPrefix = "SHA256:"
+
+// Identity is an ephemeral key pair and its self-signed certificate. It
+// lives only in memory.
+type Identity struct {
+	cert tls.Certificate
+	pin  string
+}
+
+// NewIdentity makes a fresh Ed25519 key and a self-signed certificate valid
+// for one day around now.
+func NewIdentity() (*Identity, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: generating key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: generating serial: %w", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "nbship ephemeral"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		DNSNames:              []string{"nbship"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, priv)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: creating certificate: %w", err)
+	}
+	return &Identity{
+		cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv},
+		pin:  Fingerprint(der),
+	}, nil
+}
+
+// Pin is this identity's certificate fingerprint, "SHA256:<base64>".
+func (id *Identity) Pin() string { return id.pin }
+
+// Fingerprint returns the pin of a DER certificate: SHA256: followed by the
+// unpadded standard base64 of its SHA-256, as OpenSSH prints key hashes.
+func Fingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return PinPrefix + base64.RawStdEncoding.EncodeToString(sum[:])
+}
+
+// ParsePin checks that s is a pin and returns it in canonical form (padding
+// is accepted and dropped).
+func ParsePin(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	rest, ok := strings.CutPrefix(s, PinPrefix)
+	if !ok {
+		return "", fmt.Errorf("tunnel: pin %q does not start with %s", truncate(s), PinPrefix)
+	}
+	raw, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(rest, "="))
+	if err != nil || len(raw) != sha256.Size {
+		return "", fmt.Errorf("tunnel: pin %q is not SHA256: and 43 base64 characters", truncate(s))
+	}
+	return PinPrefix + base64.RawStdEncoding.EncodeToString(raw), nil
+}
+
+func truncate(s string) string {
+	if len(s) > 60 {
+		return s[:60] + "..."
+	}
+	return s
+}
+
+// PinError is a peer that presented a certificate other than the pinned one.
+type PinError struct {
+	Want string // the pin we were told to expect
+	Got  string // the pin of the certificate the peer presented ("" if none)
+}
+
+func (e *PinError) Error() string {
+	got := e.Got
+	if got == "" {
+		got = "no certificate"
+	}
+	return fmt.Sprintf("tunnel: fingerprint mismatch: expected peer %s, peer presented %s", e.Want, got)
+}
+
+// RefusedError is our certificate being refused by the peer: the peer was
+// told another pin than ours.
+type RefusedError struct {
+	Ours string
+	Err  error
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("tunnel: the peer refused our certificate %s (fingerprint mismatch on its side: it expects another pin): %v", e.Ours, e.Err)
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+func (id *Identity) config(peerPin string) *tls.Config {
+	verify := func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return &PinError{Want: peerPin}
+		}
+		if got := Fingerprint(cs.PeerCertificates[0].Raw); got != peerPin {
+			return &PinError{Want: peerPin, Got: got}
+		}
+		return nil
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		MaxVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{id.cert},
+		// The chain is not checked against any CA: the pin, checked in
+		// VerifyConnection (which also runs on resumption), is the trust.
+		InsecureSkipVerify:     true,
+		ClientAuth:             tls.RequireAnyClientCert,
+		VerifyConnection:       verify,
+		SessionTicketsDisabled: true,
+		ServerName:             "nbship",
+	}
+}
+
+// Server wraps conn as the TLS server end, accepting only peerPin.
+func Server(conn net.Conn, id *Identity, peerPin string) *tls.Conn {
+	return tls.Server(conn, id.config(peerPin))
+}
+
+// Client wraps conn as the TLS client end, accepting only peerPin.
+func Client(conn net.Conn, id *Identity, peerPin string) *tls.Conn {
+	return tls.Client(conn, id.config(peerPin))
+}
+
+// Handshake runs the TLS handshake under ctx and turns a pin failure into a
+// *PinError (ours) or *RefusedError (the peer's).
+func Handshake(ctx context.Context, c *tls.Conn, id *Identity) error {
+	err := c.HandshakeContext(ctx)
+	if err == nil {
+		return nil
+	}
+	return classify(err, id)
+}
+
+// classify maps TLS errors to pin errors where they are about pins.
+func classify(err error, id *Identity) error {
+	var pe *PinError
+	if errors.As(err, &pe) {
+		return pe
+	}
+	var alert tls.AlertError
+	if errors.As(err, &alert) && (alert == 42 || alert == 43 || alert == 46 || alert == 48 || alert == 116) {
+		// bad_certificate, unsupported_certificate, certificate_unknown,
+		// unknown_ca, certificate_required: the peer refused ours.
+		return &RefusedError{Ours: id.Pin(), Err: err}
+	}
+	if strings.Contains(err.Error(), "remote error: tls: bad certificate") {
+		return &RefusedError{Ours: id.Pin(), Err: err}
+	}
+	return fmt.Errorf("tunnel: TLS handshake: %w", err)
+}
+
+// ReadError classifies an error from the first read after a client
+// handshake: in TLS 1.3 a client learns that the server refused its
+// certificate only then.
+func ReadError(err error, id *Identity) error {
+	if err == nil {
+		return nil
+	}
+	var alert tls.AlertError
+	if errors.As(err, &alert) || strings.Contains(err.Error(), "remote error: tls:") {
+		return classify(err, id)
+	}
+	return err
+}
+
+// Conn is an established channel and the byte counters of the connection
+// under it.
+type Conn struct {
+	*tls.Conn
+	Meter *Metered
+}
+
+// WireBytes is what crossed the underlying connection both ways.
+func (c *Conn) WireBytes() int64 { return c.Meter.In.Load() + c.Meter.Out.Load() }
+
+// ClientOver and ServerOver run the handshake over an existing connection
+// (such as StdioConn) and return the channel.
+func ClientOver(ctx context.Context, conn net.Conn, id *Identity, peerPin string) (*Conn, error) {
+	m := Meter(conn)
+	tc := Client(m, id, peerPin)
+	if err := Handshake(ctx, tc, id); err != nil {
+		return nil, err
+	}
+	return &Conn{Conn: tc, Meter: m}, nil
+}
+
+// ServerOver is ClientOver for the server end.
+func ServerOver(ctx context.Context, conn net.Conn, id *Identity, peerPin string) (*Conn, error) {
+	m := Meter(conn)
+	tc := Server(m, id, peerPin)
+	if err := Handshake(ctx, tc, id); err != nil {
+		return nil, err
+	}
+	return &Conn{Conn: tc, Meter: m}, nil
+}
+
+// Dial connects to addr and completes the client handshake. A refused
+// connection is retried until ctx ends, so a listener that is a moment late
+// is not an error.
+func Dial(ctx context.Context, addr string, id *Identity, peerPin string) (*Conn, error) {
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c, err := ClientOver(ctx, conn, id, peerPin)
+			if err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return c, nil
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("tunnel: dialing %s: %w", addr, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("tunnel: dialing %s: connection refused until the deadline: %w", addr, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Accept accepts connections on ln until one completes a handshake with the
+// pinned peer, and returns it. Each refused peer (wrong certificate, or a
+// peer that refused ours, or garbage) is reported to refused and does not end
+// the wait, so a third party that connects first cannot lock out the real
+// peer. It returns when ctx ends.
+func Accept(ctx context.Context, ln net.Listener, id *Identity, peerPin string, refused func(error)) (*Conn, error) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("tunnel: no peer with pin %s connected to %s: %w", peerPin, ln.Addr(), context.Cause(ctx))
+			}
+			return nil, fmt.Errorf("tunnel: accepting on %s: %w", ln.Addr(), err)
+		}
+		hctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		c, err := ServerOver(hctx, conn, id, peerPin)
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		conn.Close()
+		if refused != nil {
+			refused(fmt.Errorf("refused %s: %w", conn.RemoteAddr(), err))
+		}
+	}
+}
