@@ -234,10 +234,10 @@ type SendOptions struct {
 
 // Stats is what one transfer did.
 type Stats struct {
-	Files      int     `json:"files"`       // file entries in the stream
-	Sent       int     `json:"files_sent"`  // files whose bytes crossed
+	Files      int     `json:"files"`        // file entries in the stream
+	Sent       int     `json:"files_sent"`   // files whose bytes crossed
 	Reused     int     `json:"files_reused"` // files the receiver already had
-	Bytes      int64   `json:"bytes"`       // raw bytes of the files sent
+	Bytes      int64   `json:"bytes"`        // raw bytes of the files sent
 	Compressed int64   `json:"compressed_bytes"`
 	Seconds    float64 `json:"seconds"`
 	Published  string  `json:"published,omitempty"`

@@ -1,0 +1,252 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+func ident(t testing.TB) *Identity {
+	t.Helper()
+	id, err := NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestParsePin(t *testing.T) {
+	id := ident(t)
+	for _, tc := range []struct {
+		in, want, err string
+	}{
+		{id.Pin(), id.Pin(), ""},
+		{"  " + id.Pin() + "\n", id.Pin(), ""},
+		{id.Pin() + "=", id.Pin(), ""},
+		{strings.TrimPrefix(id.Pin(), "SHA256:"), "", "does not start with SHA256:"},
+		{"SHA256:abc", "", "43 base64 characters"},
+		{"SHA256:" + strings.Repeat("A", 44), "", "43 base64 characters"},
+		{"MD5:" + id.Pin()[7:], "", "does not start"},
+		{"", "", "does not start"},
+	} {
+		got, err := ParsePin(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParsePin(%q) = %q, %v, want error containing %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("ParsePin(%q) = %q, %v, want %q", tc.in, got, err, tc.want)
+		}
+	}
+	if a, b := ident(t).Pin(), ident(t).Pin(); a == b {
+		t.Errorf("two identities share the pin %s", a)
+	}
+}
+
+func FuzzParsePin(f *testing.F) {
+	f.Add("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")
+	f.Add("SHA256:====")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePin(s)
+		if err != nil {
+			return
+		}
+		if q, err := ParsePin(p); err != nil || q != p {
+			t.Fatalf("ParsePin(%q) = %q is not canonical: %q, %v", s, p, q, err)
+		}
+	})
+}
+
+// serve accepts on a loopback listener with Accept and echoes one message.
+func serve(t *testing.T, srv *Identity, clientPin string, refused func(error)) (addr string, result chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	result = make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := Accept(ctx, ln, srv, clientPin, refused)
+		if err != nil {
+			result <- err
+			return
+		}
+		defer c.Close()
+		c.Write([]byte("ready"))
+		buf := make([]byte, 5)
+		_, err = io.ReadFull(c, buf)
+		result <- err
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String(), result
+}
+
+func dialAndTalk(addr string, id *Identity, serverPin string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, addr, id, serverPin)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return ReadError(err, id)
+	}
+	_, err = c.Write([]byte("hello"))
+	if c.ConnectionState().Version != tls.VersionTLS13 {
+		return errors.New("not TLS 1.3")
+	}
+	return err
+}
+
+func TestPinnedChannel(t *testing.T) {
+	srv, cli := ident(t), ident(t)
+	addr, res := serve(t, srv, cli.Pin(), func(err error) { t.Errorf("refused the right client: %v", err) })
+	if err := dialAndTalk(addr, cli, srv.Pin()); err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	if err := <-res; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+}
+
+func TestClientRefusesWrongServer(t *testing.T) {
+	srv, cli, other := ident(t), ident(t), ident(t)
+	var refusals []error
+	addr, _ := serve(t, srv, cli.Pin(), func(err error) { refusals = append(refusals, err) })
+	err := dialAndTalk(addr, cli, other.Pin())
+	var pe *PinError
+	if !errors.As(err, &pe) {
+		t.Fatalf("Dial with the wrong server pin = %v, want *PinError", err)
+	}
+	if pe.Want != other.Pin() || pe.Got != srv.Pin() {
+		t.Errorf("PinError = want %s got %s, want want %s got %s", pe.Want, pe.Got, other.Pin(), srv.Pin())
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "fingerprint mismatch") || !strings.Contains(msg, srv.Pin()) || !strings.Contains(msg, other.Pin()) {
+		t.Errorf("error %q does not say fingerprint mismatch with both pins", msg)
+	}
+}
+
+func TestServerRefusesWrongClientAndKeepsWaiting(t *testing.T) {
+	srv, cli, intruder := ident(t), ident(t), ident(t)
+	refused := make(chan error, 4)
+	addr, res := serve(t, srv, cli.Pin(), func(err error) { refused <- err })
+
+	// A third party with its own certificate (who even knows the server's
+	// pin) connects first: the server refuses it...
+	err := dialAndTalk(addr, intruder, srv.Pin())
+	var re *RefusedError
+	if !errors.As(err, &re) || !strings.Contains(err.Error(), "fingerprint mismatch") {
+		t.Fatalf("intruder's view = %v, want *RefusedError", err)
+	}
+	select {
+	case r := <-refused:
+		var pe *PinError
+		if !errors.As(r, &pe) || pe.Got != intruder.Pin() || pe.Want != cli.Pin() {
+			t.Errorf("server's refusal = %v, want PinError naming both pins", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("server reported no refusal")
+	}
+	// ...and a plain-text client too...
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		io.Copy(io.Discard, c)
+		c.Close()
+	}
+	// ...and the real client still gets through.
+	if err := dialAndTalk(addr, cli, srv.Pin()); err != nil {
+		t.Fatalf("real client after intruders: %v", err)
+	}
+	if err := <-res; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+}
+
+func TestOlderTLSRefused(t *testing.T) {
+	srv, cli := ident(t), ident(t)
+	addr, _ := serve(t, srv, cli.Pin(), nil)
+	c, err := tls.Dial("tcp", addr, &tls.Config{
+		InsecureSkipVerify: true,
+		MaxVersion:         tls.VersionTLS12,
+		Certificates:       []tls.Certificate{cli.cert},
+	})
+	if err == nil {
+		c.Close()
+		t.Fatal("a TLS 1.2 client completed a handshake")
+	}
+}
+
+func TestDialWaitsForLateListener(t *testing.T) {
+	// Reserve a port, close it, and listen on it a moment later.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	srv, cli := ident(t), ident(t)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return
+		}
+		defer ln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if c, err := Accept(ctx, ln, srv, cli.Pin(), nil); err == nil {
+			c.Write([]byte("ready"))
+			io.Copy(io.Discard, c)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, addr, cli, srv.Pin())
+	if err != nil {
+		t.Fatalf("Dial to a late listener: %v", err)
+	}
+	c.Close()
+}
+
+func BenchmarkTLSThroughput(b *testing.B) {
+	srv, cli := ident(b), ident(b)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := Accept(context.Background(), ln, srv, cli.Pin(), nil)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, c)
+		c.Close()
+	}()
+	c, err := Dial(context.Background(), ln.Addr().String(), cli, srv.Pin())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := bytes.Repeat([]byte{0xa5}, 1<<20)
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
