@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/nbship/nbship/tunnel"
+)
+
+func TestWrongPinRefusedByRelay(t *testing.T) {
+	bin := nbshipBinary(t, "amd64")
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "Image"), []byte("kernel"), 0o644)
+	parent := t.TempDir()
+	dest := filepath.Join(parent, "out")
+	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-", "--accept-timeout", "3s")
+	rfp := r.line(t)
+	addr, _ := strings.CutPrefix(r.line(t), "listening ")
+	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
+	sfp := s.line(t)
+	wrong := tunnel.Fingerprint([]byte("some other certificate"))
+	r.stdin.Write([]byte(sfp + "\n"))
+	s.stdin.Write([]byte("fingerprint " + wrong + "\n"))
+	_, serr := s.wait(t)
+	_, rerr := r.wait(t)
+	if serr == nil || rerr == nil {
+		t.Fatalf("relay exit %v, recv exit %v; want both to fail", serr, rerr)
+	}
+	rpin := strings.TrimPrefix(rfp, "fingerprint ")
+	if msg := s.stderr.String(); !strings.Contains(msg, "fingerprint mismatch") || !strings.Contains(msg, wrong) || !strings.Contains(msg, rpin) {
+		t.Errorf("relay stderr %q: want fingerprint mismatch naming %s and %s", msg, wrong, rpin)
+	}
+	if msg := r.stderr.String(); !strings.Contains(msg, "refused") {
+		t.Errorf("recv stderr %q: want it to report the refused peer", msg)
+	}
+	assertNoLeftovers(t, parent)
+}
+
+func TestWrongPinRefusedByRecv(t *testing.T) {
+	bin := nbshipBinary(t, "amd64")
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "Image"), []byte("kernel"), 0o644)
+	parent := t.TempDir()
+	dest := filepath.Join(parent, "out")
+	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-", "--accept-timeout", "3s")
+	rfp := r.line(t)
+	addr, _ := strings.CutPrefix(r.line(t), "listening ")
+	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
+	sfp := s.line(t)
+	wrong := tunnel.Fingerprint([]byte("not the relay"))
+	r.stdin.Write([]byte(wrong + "\n"))
+	s.stdin.Write([]byte(rfp + "\n"))
+	_, serr := s.wait(t)
+	_, rerr := r.wait(t)
+	if serr == nil || rerr == nil {
+		t.Fatalf("relay exit %v, recv exit %v; want both to fail", serr, rerr)
+	}
+	spin := strings.TrimPrefix(sfp, "fingerprint ")
+	if msg := r.stderr.String(); !strings.Contains(msg, "fingerprint mismatch") || !strings.Contains(msg, wrong) || !strings.Contains(msg, spin) {
+		t.Errorf("recv stderr %q: want fingerprint mismatch naming %s and %s", msg, wrong, spin)
+	}
+	if msg := s.stderr.String(); !strings.Contains(msg, "refused our certificate") {
+		t.Errorf("relay stderr %q: want it to say its certificate was refused", msg)
+	}
+	assertNoLeftovers(t, parent)
+}
+
+// hostileSend connects to a real recv over the pinned channel and writes a
+// crafted stream, as a modified sender would.
+func hostileSend(t *testing.T, stream []byte) (recvStderr string, recvErr error, dest string) {
+	t.Helper()
+	bin := nbshipBinary(t, "amd64")
+	parent := t.TempDir()
+	dest = filepath.Join(parent, "out")
+	id, err := tunnel.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", id.Pin(), "--accept-timeout", "10s")
+	rpin := strings.TrimPrefix(r.line(t), "fingerprint ")
+	addr, _ := strings.CutPrefix(r.line(t), "listening ")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := tunnel.Dial(ctx, addr, id, rpin)
+	if err != nil {
+		t.Fatalf("dialing recv: %v", err)
+	}
+	go io.Copy(io.Discard, c) // the receiver's messages
+	c.Write(stream)
+	c.CloseWrite()
+	_, rerr := r.wait(t)
+	c.Close()
+	assertNoLeftovers(t, parent)
+	return r.stderr.String(), rerr, dest
+}
+
+func frame(t byte, p []byte) []byte {
+	var h [5]byte
+	h[0] = t
+	binary.BigEndian.PutUint32(h[1:], uint32(len(p)))
+	return append(h[:], p...)
+}
+
+func crafted(version uint16, header string, data []byte) []byte {
+	var b bytes.Buffer
+	b.WriteString("NBSHIP\x00")
+	binary.Write(&b, binary.BigEndian, version)
+	b.Write(frame('H', []byte(header)))
+	if data != nil {
+		var z bytes.Buffer
+		enc, _ := zstd.NewWriter(&z, zstd.WithEncoderLevel(zstd.SpeedFastest))
+		enc.Write(data)
+		enc.Close()
+		for zb := z.Bytes(); len(zb) > 0; {
+			n := min(len(zb), 1<<20)
+			b.Write(frame('D', zb[:n]))
+			zb = zb[n:]
+		}
+		b.Write(frame('E', nil))
+	}
+	return b.Bytes()
+}
+
+func entry(name string, data []byte) string {
+	s := sha256.Sum256(data)
+	return fmt.Sprintf(`{"name":%q,"type":"file","mode":420,"size":%d,"sha256":%q}`, name, len(data), hex.EncodeToString(s[:]))
+}
+
+func TestRecvRefusesHostileSender(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		stream []byte
+		want   string
+	}{
+		{"traversal", crafted(1, `{"version":1,"total":1,"entries":[`+entry("../escape", []byte("x"))+`]}`, []byte("x")), "'..'"},
+		{"absolute", crafted(1, `{"version":1,"total":1,"entries":[`+entry("/etc/cron.d/x", []byte("x"))+`]}`, []byte("x")), "absolute name"},
+		{"device", crafted(1, `{"version":1,"total":0,"entries":[{"name":"null","type":"dev","mode":438}]}`, nil), `type "dev"`},
+		{"oversize entry", crafted(1, `{"version":1,"total":1,"entries":[`+entry("a", []byte("x"))+`]}`, []byte("x and a lot more")), "more data than"},
+		{"compression bomb", crafted(1, `{"version":1,"total":4,"entries":[`+entry("a", []byte{0, 0, 0, 0})+`]}`, make([]byte, 256<<20)), "more data than"},
+		{"unknown version", crafted(9, `{}`, nil), "version 9 is not supported"},
+		{"truncated", crafted(1, `{"version":1,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, nil), "truncated"},
+		{"bad hash", crafted(1, `{"version":1,"total":1,"entries":[`+entry("a", []byte("y"))+`]}`, []byte("x")), "does not match"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stderr, err, dest := hostileSend(t, tc.stream)
+			if err == nil {
+				t.Fatalf("recv accepted a %s stream", tc.name)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("recv stderr = %q, want it to contain %q", stderr, tc.want)
+			}
+			if _, err := os.Stat(dest); !os.IsNotExist(err) {
+				t.Errorf("dest exists after a refused stream: %v", err)
+			}
+		})
+	}
+}
+
+func TestRecvRefusesNonEmptyDestUnlessReplace(t *testing.T) {
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "Image"), []byte("new kernel"), 0o644)
+	dest := filepath.Join(t.TempDir(), "slot")
+	writeFile(t, filepath.Join(dest, "Image"), []byte("old kernel"), 0o644)
+	writeFile(t, filepath.Join(dest, "stale"), []byte("old"), 0o644)
+
+	bin := nbshipBinary(t, "amd64")
+	var out bytes.Buffer
+	cmd := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-")
+	_, err := cmd.wait(t)
+	out.WriteString(cmd.stderr.String())
+	if err == nil || !strings.Contains(out.String(), "is not empty") || !strings.Contains(out.String(), "--replace") {
+		t.Fatalf("recv into a non-empty dest: %v %q, want refusal with a --replace hint", err, out.String())
+	}
+
+	recv, relay := loopback(t, dest, []string{"--replace"}, nil, src)
+	if recv.err != nil || relay.err != nil {
+		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dest, "Image")); string(b) != "new kernel" {
+		t.Errorf("Image after --replace = %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(dest, "stale")); !os.IsNotExist(err) {
+		t.Errorf("stale file survived the replace")
+	}
+	assertNoLeftovers(t, filepath.Dir(dest), "slot")
+}
