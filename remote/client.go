@@ -239,6 +239,7 @@ func (c *Client) watch() {
 		c.lost = err
 	}
 	c.mu.Unlock()
+	closeAll(c.jump)
 	close(c.done)
 }
 

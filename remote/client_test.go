@@ -134,7 +134,7 @@ func TestKeepAliveDetectsDeadConnection(t *testing.T) {
 	p := startProxy(t, s.addr)
 	h.sshConfig("Host frozen", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(p.port()), "  HostKeyAlias ["+"127.0.0.1]:"+strconv.Itoa(s.port))
 	cfg := h.config()
-	cfg.KeepAlive = 200 * time.Millisecond
+	cfg.KeepAlive = 500 * time.Millisecond
 	c := h.dialConfig("frozen", cfg)
 	ctx := context.Background()
 	if _, err := c.Output(ctx, "true"); err != nil {
@@ -148,7 +148,7 @@ func TestKeepAliveDetectsDeadConnection(t *testing.T) {
 
 	running := make(chan error, 1)
 	go func() { running <- c.Run(ctx, Cmd{Args: []string{"sleep", "30"}}) }()
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
 	p.freeze()
 	start := time.Now()
 	select {
@@ -159,8 +159,8 @@ func TestKeepAliveDetectsDeadConnection(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run(sleep) on a dead connection still running after 10s")
 	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("dead connection noticed after %v, want about 3×200ms", d)
+	if d := time.Since(start); d > 6*time.Second {
+		t.Errorf("dead connection noticed after %v, want about 3×500ms", d)
 	}
 	// The next command fails at once.
 	start = time.Now()

@@ -16,28 +16,34 @@ import (
 
 // Cmd is a command to run on a host. Args is the argv, quoted element by
 // element, so no argument is ever interpreted by the remote shell; Env
-// adds NAME=value prefixes built with the same quoting.
+// adds NAME=value prefixes built with the same quoting. Commands are
+// parsed by the remote user's login shell, which must be a POSIX shell
+// (sh, bash, dash, zsh, ksh).
 //
-// How a remote command is stopped depends on its stdin:
+// A command never outlives its controller. sshd makes each session's
+// login shell the leader of a new process group, but it neither kills that
+// group when the channel or the whole connection goes away, nor accepts
+// "signal" requests for root logins. So, depending on stdin:
 //
-//   - Stdin nil and Pipes false (the usual case): the command runs under a
-//     small POSIX sh wrapper, as an asynchronous list with stdin from
-//     /dev/null. The wrapper keeps the session's stdin on another fd and a
-//     watcher reads it; the client never writes to it. When it reaches EOF
-//     (the client stopped the command, closed the Client or vanished:
-//     sshd closes the session's pipes when the channel or the whole
-//     connection goes away), the watcher sends TERM to the session's
-//     process group, which sshd made for this command, and KILL to
-//     whatever is left 5 seconds later. Children of the command go too,
-//     unless they made process groups of their own.
-//   - Stdin set, or Pipes: the session's stdin carries the caller's data,
-//     so it cannot be watched. The command must end by itself when its
-//     stdin reaches EOF (nbship's own remote ends do). Stopping it sends
-//     TERM with an SSH "signal" request (sshd ≥ 8.1 delivers it to the
-//     process group), closes stdin and closes the session.
-//
-// Commands are parsed by the remote user's login shell, which must be a
-// POSIX shell (sh, bash, dash, zsh, ksh).
+//   - Stdin nil and not Pipes (the usual case): the command runs under a
+//     small sh wrapper, in the background with stdin from /dev/null. The
+//     wrapper keeps the session's stdin on another fd, where a watcher
+//     waits for EOF; the client never writes to it. EOF comes when the
+//     client stops the command, closes the Client or vanishes (sshd
+//     closes a session's pipes when its channel or connection ends,
+//     including a TCP connection dropped without an SSH goodbye). The
+//     watcher then sends TERM to the process group, and KILL to whatever
+//     is left 5 seconds later. Children of the command go too, unless
+//     they made process groups of their own.
+//   - Stdin set, or Pipes: stdin carries the caller's data, so it cannot
+//     be watched. The command line first prints the shell's pid on stderr
+//     (the Process takes that line out). Stopping the command then sends
+//     TERM to the group from a kill command in a new session on the same
+//     connection (KILL follows 5 seconds later), sends a TERM "signal"
+//     request (for non-root logins), closes stdin and closes the session.
+//     If the connection itself is gone, only the EOF on stdin is left: such
+//     a command must end by itself when its stdin ends (nbship's own
+//     remote ends do).
 type Cmd struct {
 	Args   []string
 	Env    map[string]string
@@ -195,16 +201,19 @@ func (c *Client) Start(ctx context.Context, cmd Cmd) (*Process, error) {
 	if cmd.Pipes {
 		p.Stdin = p.stdin
 	}
+	// Tracked before it starts, so that a concurrent Client.Close either
+	// refuses it here or stops it.
+	if !c.track(p) {
+		sess.Close()
+		return nil, c.connErr()
+	}
 	if err := sess.Start(script); err != nil {
+		c.untrack(p)
 		sess.Close()
 		if cerr := c.connErr(); cerr != nil {
 			return nil, cerr
 		}
 		return nil, fmt.Errorf("ssh: %s: starting %s: %w", c.name, shortCommand(command), err)
-	}
-	if !c.track(p) {
-		sess.Close()
-		return nil, c.connErr()
 	}
 	if cmd.Stdin != nil {
 		go p.copyStdin(cmd.Stdin)

@@ -1,7 +1,6 @@
 package remote
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -84,6 +83,7 @@ type sshd struct {
 
 type sshdOptions struct {
 	extra []string // more sshd_config lines
+	env   []string // NAME=value for the commands' environment
 }
 
 func startSSHD(t *testing.T, o sshdOptions) *sshd {
@@ -114,13 +114,14 @@ func startSSHD(t *testing.T, o sshdOptions) *sshd {
 		s.port = freePort(t)
 		s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 		conf := filepath.Join(dir, "sshd_config")
-		lines := append([]string{
-			"ListenAddress " + s.addr,
-			"HostKey " + hostKeyFile,
+		// sshd takes the first value of a keyword: extra lines go first.
+		lines := append(append([]string(nil), o.extra...),
+			"ListenAddress "+s.addr,
+			"HostKey "+hostKeyFile,
 			"PidFile none",
 			"UsePAM no",
 			"StrictModes no",
-			"AuthorizedKeysFile " + s.authKeys,
+			"AuthorizedKeysFile "+s.authKeys,
 			"PermitRootLogin prohibit-password",
 			"PasswordAuthentication no",
 			"KbdInteractiveAuthentication no",
@@ -128,8 +129,8 @@ func startSSHD(t *testing.T, o sshdOptions) *sshd {
 			"LogLevel VERBOSE",
 			"MaxStartups 100",
 			// Commands must not touch the real /root.
-			"SetEnv HOME=" + s.home,
-		}, o.extra...)
+			"SetEnv "+strings.Join(append([]string{"HOME=" + s.home}, o.env...), " "),
+		)
 		if err := os.WriteFile(conf, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -291,6 +292,9 @@ func (h *home) trust(s *sshd) {
 
 func (h *home) appendFile(path, text string) {
 	h.t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		h.t.Fatal(err)
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		h.t.Fatal(err)
@@ -473,22 +477,27 @@ func marker(t *testing.T) string {
 	return fmt.Sprintf("%x", b)
 }
 
-// pgrep lists processes whose command line contains pattern.
-func pgrep(t *testing.T, pattern string) []string {
+// pgrep lists the processes whose command line contains sub, as
+// "PID ARGS" (read from /proc, so that procps is not needed).
+func pgrep(t *testing.T, sub string) []string {
 	t.Helper()
-	out, err := exec.Command("pgrep", "-a", "-f", pattern).Output()
+	dirs, err := os.ReadDir("/proc")
 	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 1 {
-			return nil
-		}
-		t.Fatalf("pgrep: %v", err)
+		t.Fatal(err)
 	}
 	var procs []string
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		// pgrep never lists itself, but it may list a shell running it.
-		if !strings.Contains(sc.Text(), "pgrep") {
-			procs = append(procs, sc.Text())
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue // gone, or a zombie
+		}
+		args := strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")
+		if strings.Contains(args, sub) {
+			procs = append(procs, d.Name()+" "+args)
 		}
 	}
 	return procs

@@ -24,6 +24,7 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 		stop    func(c *Client, p *Process, cancel context.CancelFunc)
 		wantErr func(error) bool
 		within  time.Duration
+		linger  bool // TERM is ignored: still there right after Wait
 	}{{
 		name:    "ctx cancel",
 		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
@@ -57,6 +58,7 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
 		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
 		within:  10 * time.Second,
+		linger:  true,
 	}, {
 		// With pipes the command's stdin is the caller's, so there is no
 		// watcher; sshd's delivery of the TERM signal request ends a
@@ -102,6 +104,9 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 				}
 			case <-time.After(10 * time.Second):
 				t.Fatalf("Wait() still blocked 10s after %s", tt.name)
+			}
+			if tt.linger && len(pgrep(t, "1000."+m)) == 0 {
+				t.Errorf("the command ignoring TERM ended at once; want it killed after the grace period")
 			}
 			waitGone(t, m, tt.within)
 		})

@@ -1,0 +1,184 @@
+package remote
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseDest(t *testing.T) {
+	tests := []struct {
+		in         string
+		user, host string
+		port       int
+		err        bool
+	}{
+		{in: "builder", host: "builder"},
+		{in: "root@builder", user: "root", host: "builder"},
+		{in: "root@builder:2222", user: "root", host: "builder", port: 2222},
+		{in: "a@b@host", user: "a@b", host: "host"},
+		{in: "[::1]:22", host: "::1", port: 22},
+		{in: "root@[fe80::1]", user: "root", host: "fe80::1"},
+		{in: "::1", host: "::1"},
+		{in: "ssh://u@h:7", user: "u", host: "h", port: 7},
+		{in: "10.0.0.1", host: "10.0.0.1"},
+		{in: "", err: true},
+		{in: "@host", err: true},
+		{in: "host:0", err: true},
+		{in: "host:65536", err: true},
+		{in: "host:x", err: true},
+		{in: "-oProxyCommand=x", err: true},
+		{in: "a b", err: true},
+		{in: "[::1", err: true},
+		{in: "[::1]x", err: true},
+	}
+	for _, tt := range tests {
+		u, h, p, err := parseDest(tt.in)
+		if (err != nil) != tt.err || !tt.err && (u != tt.user || h != tt.host || p != tt.port) {
+			t.Errorf("parseDest(%q) = %q, %q, %d, %v, want %q, %q, %d, error %v", tt.in, u, h, p, err, tt.user, tt.host, tt.port, tt.err)
+		}
+	}
+}
+
+func FuzzParseDest(f *testing.F) {
+	for _, s := range []string{"builder", "root@h:22", "[::1]:2", "ssh://a@b", "a@@b", "[", "h:"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		u, h, p, err := parseDest(s)
+		if err != nil {
+			return
+		}
+		if h == "" || p < 0 || p > 65535 || strings.HasPrefix(h, "-") {
+			t.Fatalf("parseDest(%q) = %q, %q, %d", s, u, h, p)
+		}
+	})
+}
+
+func TestResolve(t *testing.T) {
+	home := t.TempDir()
+	sshDir := filepath.Join(home, ".ssh")
+	if err := os.MkdirAll(filepath.Join(sshDir, "conf.d"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	config := `
+Include conf.d/*.conf
+Host *.lan !bad.lan
+  HostName %h.example.net
+  User lanuser
+Host builder
+  HostName 10.1.2.3
+  Port 2222
+  User buildbot
+  IdentityFile ~/.ssh/builder_%r_%h_%p
+  IdentityFile %d/keys/%u-%n
+  ProxyJump jump1, ops@jump2:2200
+  ConnectTimeout 3
+  ServerAliveInterval 7
+  ServerAliveCountMax 5
+  UserKnownHostsFile ~/.ssh/kh1 /etc/kh2
+Host only
+  IdentitiesOnly yes
+Host nojump
+  ProxyJump none
+  UserKnownHostsFile none
+Host badport
+  Port nope
+Host badtoken
+  IdentityFile ~/.ssh/%z
+Host *
+  User everyone
+`
+	if err := os.WriteFile(filepath.Join(sshDir, "config"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sshDir, "conf.d", "a.conf"), []byte("Host included\n  HostName inc.example\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := loadSettings(Config{Home: home})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.localUser = "me"
+	defaultIDs := []string{filepath.Join(sshDir, "id_ed25519"), filepath.Join(sshDir, "id_ecdsa"), filepath.Join(sshDir, "id_rsa")}
+	defaultKH := []string{filepath.Join(sshDir, "known_hosts")}
+
+	tests := []struct {
+		dest string
+		want target
+		err  string
+	}{
+		{dest: "plain", want: target{alias: "plain", hostname: "plain", port: 22, user: "everyone", identityFiles: defaultIDs, knownHosts: defaultKH}},
+		{dest: "me2@plain:23", want: target{alias: "plain", hostname: "plain", port: 23, user: "me2", identityFiles: defaultIDs, knownHosts: defaultKH}},
+		{dest: "pc.lan", want: target{alias: "pc.lan", hostname: "pc.lan.example.net", port: 22, user: "lanuser", identityFiles: defaultIDs, knownHosts: defaultKH}},
+		{dest: "bad.lan", want: target{alias: "bad.lan", hostname: "bad.lan", port: 22, user: "everyone", identityFiles: defaultIDs, knownHosts: defaultKH}},
+		{dest: "included", want: target{alias: "included", hostname: "inc.example", port: 22, user: "everyone", identityFiles: defaultIDs, knownHosts: defaultKH}},
+		{dest: "builder", want: target{
+			alias: "builder", hostname: "10.1.2.3", port: 2222, user: "buildbot",
+			identityFiles:  []string{filepath.Join(sshDir, "builder_buildbot_10.1.2.3_2222"), filepath.Join(home, "keys", "me-builder")},
+			namedIDs:       true,
+			proxyJump:      []string{"jump1", "ops@jump2:2200"},
+			knownHosts:     []string{filepath.Join(sshDir, "kh1"), "/etc/kh2"},
+			connectTimeout: 3 * time.Second, keepAlive: 7 * time.Second, aliveCountMax: 5,
+		}},
+		{dest: "only", want: target{alias: "only", hostname: "only", port: 22, user: "everyone", identityFiles: defaultIDs, namedIDs: true, knownHosts: defaultKH}},
+		{dest: "nojump", want: target{alias: "nojump", hostname: "nojump", port: 22, user: "everyone", identityFiles: defaultIDs, knownHosts: []string{os.DevNull}}},
+		{dest: "badport", err: `invalid Port "nope"`},
+		{dest: "badtoken", err: "unknown token %z"},
+	}
+	for _, tt := range tests {
+		got, err := s.resolve(tt.dest)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("resolve(%q) = %v, want error %q", tt.dest, err, tt.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("resolve(%q) = %v", tt.dest, err)
+			continue
+		}
+		// Fields from the environment or defaults are checked apart.
+		got.dest, got.globalKnown, got.agentSocket = "", nil, ""
+		want := tt.want
+		if want.connectTimeout == 0 {
+			want.connectTimeout, want.keepAlive, want.aliveCountMax = defaultConnectTimeout, defaultKeepAlive, defaultAliveCountMax
+		}
+		if !reflect.DeepEqual(*got, want) {
+			t.Errorf("resolve(%q) =\n%+v, want\n%+v", tt.dest, *got, want)
+		}
+	}
+
+	// Config fields win over the file.
+	s.cfg = Config{Home: home, KnownHosts: []string{"/k"}, ConnectTimeout: time.Minute, KeepAlive: time.Hour}
+	got, err := s.resolve("builder")
+	if err != nil || got.connectTimeout != time.Minute || got.keepAlive != time.Hour || !reflect.DeepEqual(got.knownHosts, []string{"/k"}) || got.globalKnown != nil {
+		t.Errorf("resolve(builder) with Config = %+v, %v", got, err)
+	}
+}
+
+func TestMissingConfigIsFine(t *testing.T) {
+	s, err := loadSettings(Config{Home: t.TempDir()})
+	if err != nil {
+		t.Fatalf("loadSettings(no config) = %v", err)
+	}
+	if got, err := s.resolve("h"); err != nil || got.hostname != "h" || got.port != 22 {
+		t.Errorf("resolve(h) = %+v, %v", got, err)
+	}
+	bad := filepath.Join(t.TempDir(), "config")
+	os.WriteFile(bad, []byte("Match exec true\n  User x\n"), 0o600)
+	if _, err := loadSettings(Config{Home: t.TempDir(), SSHConfig: bad}); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("loadSettings(Match exec) = %v, want an error naming the file", err)
+	}
+}
+
+func TestAbsIncludes(t *testing.T) {
+	in := "Include a.conf ~/b /abs/c # note\n  include=d\nHost x\n  Include  e*\nIncludeFoo x\n"
+	want := "Include /h/.ssh/a.conf /h/b /abs/c # note\n  include=/h/.ssh/d\nHost x\n  Include  /h/.ssh/e*\nIncludeFoo x\n"
+	if got := string(absIncludes([]byte(in), "/h")); got != want {
+		t.Errorf("absIncludes =\n%q, want\n%q", got, want)
+	}
+}
