@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -25,6 +26,10 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	stdio := fs.Bool("stdio", false, "carry the TLS channel on standard input and output instead of TCP")
 	dest := fs.String("dest", "", "`directory` to land the files in; it must not exist or be empty")
 	replace := fs.Bool("replace", false, "replace a non-empty --dest atomically")
+	publish := fs.String("publish", "", "publish a netboot image as a new generation of slot hydra-INSTANCE in this `pxeDir` (instead of --dest)")
+	instance := fs.String("instance", "", "instance type of the slot, with --publish")
+	system := fs.String("system", "", "system of an instance type nbship does not know (aarch64-linux or x86_64-linux), with --publish")
+	keep := fs.Int("keep", image.DefaultKeep, "generations to keep, with --publish")
 	pinFlag := fs.String("peer-pin", "", "the relay's `pin` (SHA256:...), or - to read its fingerprint line from standard input")
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	wait := fs.Duration("accept-timeout", 2*time.Minute, "how long to wait for the pinned relay to connect")
@@ -39,10 +44,16 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	if (*listen == "") == !*stdio {
 		return usageError("recv: give exactly one of --listen ADDR or --stdio")
 	}
-	if *dest == "" {
-		return usageError("recv: --dest DIR is required")
+	var land target
+	var err error
+	switch {
+	case (*dest == "") == (*publish == ""):
+		return usageError("recv: give exactly one of --dest DIR or --publish PXEDIR")
+	case *dest != "":
+		land, err = prepareLanding(*dest, *replace)
+	default:
+		land, err = prepareSlot(ctx, e, *publish, *instance, *system, *keep)
 	}
-	land, err := prepareLanding(*dest, *replace)
 	if err != nil {
 		return err
 	}
@@ -89,12 +100,12 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	}
 	defer conn.Close()
 
-	stage, err := land.stage()
+	stage, have, err := land.stage()
 	if err != nil {
 		return err
 	}
 	defer land.cleanup()
-	sink, err := transfer.NewDirSink(stage, nil)
+	sink, err := transfer.NewDirSink(stage, have)
 	if err != nil {
 		return err
 	}
@@ -116,6 +127,17 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	}
 	printSummary(out, *asJSON, "received", s)
 	return nil
+}
+
+// target is where a receiver puts a verified tree.
+type target interface {
+	// stage makes the empty directory to receive into, and says which
+	// files (by SHA-256) are already at hand and need not be sent.
+	stage() (dir string, have func([32]byte) (string, bool), err error)
+	// commit puts the verified tree in place and names where it went.
+	commit() (string, error)
+	// cleanup removes what is left after a failure (or a replaced tree).
+	cleanup()
 }
 
 // landing puts a received tree at dest atomically: it is written into a
@@ -161,17 +183,17 @@ func checkDest(dest string, replace bool) error {
 	return nil
 }
 
-func (l *landing) stage() (string, error) {
+func (l *landing) stage() (string, func([32]byte) (string, bool), error) {
 	tmp, err := os.MkdirTemp(filepath.Dir(l.dest), "."+filepath.Base(l.dest)+".nbship-recv-")
 	if err != nil {
-		return "", fmt.Errorf("recv: %w", err)
+		return "", nil, fmt.Errorf("recv: %w", err)
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		os.Remove(tmp)
-		return "", fmt.Errorf("recv: %w", err)
+		return "", nil, fmt.Errorf("recv: %w", err)
 	}
 	l.tmp = tmp
-	return tmp, nil
+	return tmp, nil, nil
 }
 
 // commit moves the verified tree into place: a rename when dest is absent
@@ -209,5 +231,80 @@ func (l *landing) commit() (string, error) {
 func (l *landing) cleanup() {
 	if l.tmp != "" {
 		os.RemoveAll(l.tmp)
+	}
+}
+
+// slotTarget publishes into an image slot: staged in the slot's
+// generations directory, verified against the instance's profile (kernel
+// architecture, initrd format, netboot.ipxe), then switched to with one
+// rename. Files the current generation has are hard-linked, not sent.
+type slotTarget struct {
+	ctx     context.Context
+	e       *env
+	slot    *image.Slot
+	keep    int
+	staged  string
+	done    bool
+	current image.Generation
+}
+
+func prepareSlot(ctx context.Context, e *env, pxeDir, instance, system string, keep int) (*slotTarget, error) {
+	if instance == "" {
+		return nil, usageError("recv: --publish needs --instance NAME")
+	}
+	var extra []image.Profile
+	if system != "" {
+		p, err := image.ForSystem(instance, system)
+		if err != nil {
+			return nil, usageError("recv: %v", err)
+		}
+		extra = append(extra, p)
+	}
+	prof, err := image.Lookup(instance, extra)
+	if err != nil {
+		return nil, usageError("recv: %v", err)
+	}
+	if fi, err := os.Stat(pxeDir); err != nil || !fi.IsDir() {
+		return nil, withHint(fmt.Errorf("recv: pxeDir %s is not a directory", pxeDir), "create it, or fix pxeDir in the config")
+	}
+	slot, err := image.OpenSlot(pxeDir, prof)
+	if err != nil {
+		return nil, fmt.Errorf("recv: %w", err)
+	}
+	slot.Logf = func(format string, a ...any) { fmt.Fprintf(e.stderr, "nbship: recv: "+format+"\n", a...) }
+	return &slotTarget{ctx: ctx, e: e, slot: slot, keep: keep}, nil
+}
+
+func (t *slotTarget) stage() (string, func([32]byte) (string, bool), error) {
+	dir, err := t.slot.Stage()
+	if err != nil {
+		return "", nil, fmt.Errorf("recv: %w", err)
+	}
+	t.staged = dir
+	have, err := t.slot.Have()
+	if err != nil {
+		// Not fatal: everything is sent instead.
+		fmt.Fprintf(t.e.stderr, "nbship: recv: not reusing the current generation's files: %v\n", err)
+		return dir, nil, nil
+	}
+	return dir, func(sum [32]byte) (string, bool) {
+		p, ok := have[sum]
+		return p, ok
+	}, nil
+}
+
+func (t *slotTarget) commit() (string, error) {
+	t.done = true // Publish consumes the staged directory either way
+	g, err := t.slot.Publish(t.ctx, t.staged, t.keep)
+	if err != nil {
+		return "", fmt.Errorf("recv: %w", err)
+	}
+	fmt.Fprintf(t.e.stderr, "nbship: recv: published %s as generation %s\n", t.slot.Path(), g.Name)
+	return t.slot.Path(), nil
+}
+
+func (t *slotTarget) cleanup() {
+	if t.staged != "" && !t.done {
+		t.slot.Discard(t.staged)
 	}
 }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/nbship/nbship/internal/flow"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -60,11 +62,21 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 		dctx, cancel := context.WithTimeout(ctx, *dialTimeout)
 		conn, err = tunnel.Dial(dctx, *connect, id, pin)
 		cancel()
+		var de *tunnel.DialError
+		if errors.As(err, &de) && ctx.Err() == nil {
+			// Never reached the receiver: the controller may take the
+			// SSH path. Any other failure (a pin mismatch above all) it
+			// must not paper over.
+			return &exitError{code: flow.ExitDialFailed, err: fmt.Errorf("relay: %w", err)}
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
 	defer conn.Close()
+	if !*stdio {
+		fmt.Fprintf(e.stdout, "connected %s\n", conn.RemoteAddr())
+	}
 
 	cnt := new(transfer.Counters)
 	stop := progress(e, "relay", cnt)

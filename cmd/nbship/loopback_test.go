@@ -120,7 +120,11 @@ func TestLoopbackTransferTree(t *testing.T) {
 	if err := json.Unmarshal([]byte(recv.stdout), &rs); err != nil {
 		t.Fatalf("recv --json output %q: %v", recv.stdout, err)
 	}
-	if err := json.Unmarshal([]byte(relay.stdout), &ss); err != nil {
+	connected, js, _ := strings.Cut(relay.stdout, "\n")
+	if !strings.HasPrefix(connected, "connected 127.0.0.1:") {
+		t.Errorf("relay's line after its fingerprint = %q, want connected ADDR", connected)
+	}
+	if err := json.Unmarshal([]byte(js), &ss); err != nil {
 		t.Fatalf("relay --json output %q: %v", relay.stdout, err)
 	}
 	var raw int64

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nbship/nbship/image"
+	"github.com/nbship/nbship/internal/config"
+	"github.com/nbship/nbship/internal/flow"
+)
+
+func init() {
+	register(command{name: "aarch64", summary: "build the aarch64 netboot image on the build host and publish it on the PXE host", run: cmdAarch64})
+}
+
+// netbootFiles are what every image derivation's output must hold.
+var netbootFiles = []string{"Image", "initrd", "netboot.ipxe"}
+
+func cmdAarch64(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "aarch64", "--config FILE [flags]")
+	cfgPath := fs.String("config", "", "builders.conf `file`")
+	instance := fs.String("instance", "", "instance type (default: the config's instance, else c2.large.arm)")
+	drv := fs.String("drv", "", "use this already instantiated `.drv` instead of running nix-instantiate")
+	pathFlag := fs.String("path", flow.PathAuto, "how the image travels: auto (direct, else over SSH), direct, or ssh")
+	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the build host tries the direct path before auto falls back to SSH")
+	level := fs.String("level", "default", "zstd level: fastest, default or better")
+	asJSON := fs.Bool("json", false, "print a JSON summary on stdout")
+	var sf sshFlags
+	sf.add(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usageError("aarch64: unexpected argument %q", fs.Arg(0))
+	}
+	cfg, err := loadConfig(*cfgPath, "buildHost", "pxeHost", "pxeDir", "opensslServer", "opensslPort")
+	if err != nil {
+		return err
+	}
+	inst := firstOf(*instance, cfg.Instance, "c2.large.arm")
+	if err := checkProfile(cfg, inst, image.Aarch64); err != nil {
+		return err
+	}
+	start := time.Now()
+
+	hosts, err := dialAll(ctx, sf.config(e), cfg.BuildHost, cfg.PXEHost)
+	if err != nil {
+		return err
+	}
+	build, pxe := hosts[0], hosts[1]
+	defer build.Close()
+	defer pxe.Close()
+
+	if *drv == "" {
+		file := firstOf(cfg.NixFile, "./instances/"+inst+".nix")
+		fmt.Fprintf(e.stderr, "nbship: instantiating %s\n", file)
+		if *drv, err = flow.Instantiate(ctx, file, "./result-"+inst+".drv", e.stderr); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(e.stderr, "nbship: copying the closure of %s to %s\n", *drv, build.Name())
+	pushed, err := flow.PushClosure(ctx, build, *drv, e.stderr)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "nbship: building on %s (-j %d --cores %d)\n", build.Name(), cfg.Jobs(), cfg.Cores())
+	out, err := flow.Realise(ctx, build, *drv, "result-"+inst, cfg.Jobs(), cfg.Cores(), e.stderr)
+	if err != nil {
+		return err
+	}
+	if err := flow.CheckImage(ctx, build, out, netbootFiles); err != nil {
+		return err
+	}
+	bins, err := installAll(ctx, &sf, build, pxe)
+	if err != nil {
+		return err
+	}
+	ship := &flow.Ship{
+		From:        flow.End{Host: build, Bin: bins[0]},
+		To:          flow.End{Host: pxe, Bin: bins[1]},
+		SendArgs:    []string{out},
+		RecvArgs:    publishArgs(cfg, inst),
+		Listen:      ":" + strconv.Itoa(cfg.OpenSSLPort),
+		Connect:     fmt.Sprintf("%s:%d", cfg.OpenSSLServer, cfg.OpenSSLPort),
+		Path:        *pathFlag,
+		DialTimeout: *dialTimeout,
+		Level:       *level,
+		Log:         e.stderr,
+	}
+	res, err := ship.Run(ctx)
+	if err != nil {
+		return err
+	}
+	return printBuildSummary(e, *asJSON, buildSummary{
+		Instance: inst, Drv: *drv, Out: out, PathsPushed: pushed,
+		TotalSeconds: round(time.Since(start).Seconds(), 2),
+	}, res)
+}
+
+func firstOf(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// checkProfile refuses an instance type this flow cannot build.
+func checkProfile(cfg *config.Config, inst, system string) error {
+	p, err := image.Lookup(inst, imageExtraProfiles(cfg))
+	if err != nil {
+		return usageError("%v", err)
+	}
+	if p.System != system {
+		return withHint(usageError("instance %s is %s, not %s", inst, p.System, system), "use 'nbship %s' for it", strings.TrimSuffix(p.System, "-linux"))
+	}
+	return nil
+}
+
+// publishArgs tells the receiver to publish a generation of the slot.
+func publishArgs(cfg *config.Config, inst string) []string {
+	a := []string{"--publish", cfg.PXEDir, "--instance", inst, "--keep", strconv.Itoa(cfg.Keep())}
+	for _, p := range cfg.Profiles {
+		if p.Name == inst {
+			a = append(a, "--system", p.System)
+		}
+	}
+	return a
+}
+
+// buildSummary is what a build flow reports besides the stream figures.
+type buildSummary struct {
+	Instance     string  `json:"instance"`
+	Drv          string  `json:"drv"`
+	Out          string  `json:"out"`
+	PathsPushed  int     `json:"paths_pushed"`
+	TotalSeconds float64 `json:"total_seconds"`
+}
+
+func printBuildSummary(e *env, asJSON bool, b buildSummary, res *flow.Result) error {
+	var s summary
+	if err := json.Unmarshal(res.Relay, &s); err != nil {
+		return fmt.Errorf("ship: the relay's summary %q: %w", res.Relay, err)
+	}
+	var r summary
+	if err := json.Unmarshal(res.Recv, &r); err == nil && r.Published != "" {
+		s.Published = r.Published
+	}
+	if res.Path == flow.PathSSH {
+		s.WireBytes = res.WireBytes
+	}
+	s.Path = res.Path
+	if asJSON {
+		out := struct {
+			buildSummary
+			summary
+		}{b, s}
+		return json.NewEncoder(e.stdout).Encode(out)
+	}
+	fmt.Fprintf(e.stdout, "published %s (%s path)\n", s.Published, s.Path)
+	printSummary(e.stderr, false, "shipped", s)
+	fmt.Fprintf(e.stderr, "nbship: %s done in %.1fs\n", b.Instance, b.TotalSeconds)
+	return nil
+}

@@ -1,0 +1,214 @@
+package flow
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/nbship/nbship/remote"
+)
+
+// Instantiate runs nix-instantiate FILE --add-root ROOT --indirect locally,
+// as the old scripts did, and returns the .drv store path.
+func Instantiate(ctx context.Context, file, root string, stderr io.Writer) (string, error) {
+	if _, err := os.Stat(file); err != nil {
+		return "", fmt.Errorf("nix: %w; run nbship where ./instances lives, or set nixFile in the config", err)
+	}
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, "nix-instantiate", file, "--add-root", root, "--indirect")
+	cmd.Stdout = &out
+	cmd.Stderr = stderr
+	if err := cmd.Run(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return "", errors.New("nix: nix-instantiate is not installed on this machine; install Nix (Debian: apt-get install nix-bin)")
+		}
+		return "", fmt.Errorf("nix: nix-instantiate %s: %w", file, err)
+	}
+	p := strings.TrimSpace(out.String())
+	if i := strings.LastIndexByte(p, '\n'); i >= 0 {
+		p = p[i+1:]
+	}
+	// With --add-root it prints the root; the store path is its target.
+	if !strings.HasPrefix(p, "/nix/store/") {
+		t, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return "", fmt.Errorf("nix: resolving %s: %w", p, err)
+		}
+		p = t
+	}
+	if !strings.HasSuffix(p, ".drv") {
+		return "", fmt.Errorf("nix: nix-instantiate %s printed %q, not a .drv", file, p)
+	}
+	return p, nil
+}
+
+// localLines runs a local command and returns its stdout lines.
+func localLines(ctx context.Context, name string, args ...string) ([]string, error) {
+	var out, errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("nix: %s %s: %v: %s", name, strings.Join(args, " "), err, lastLine(errb.String()))
+	}
+	return lines(out.String()), nil
+}
+
+func lines(s string) []string {
+	var ls []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			ls = append(ls, l)
+		}
+	}
+	return ls
+}
+
+func lastLine(s string) string {
+	l := lines(s)
+	if len(l) == 0 {
+		return ""
+	}
+	return l[len(l)-1]
+}
+
+// Missing returns the paths (in their order) that are not valid in the
+// host's store.
+func Missing(ctx context.Context, host *remote.Client, paths []string) ([]string, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	var out bytes.Buffer
+	err := host.Run(ctx, remote.Cmd{
+		Args:   []string{"xargs", "-r", "nix-store", "--check-validity", "--print-invalid"},
+		Stdin:  strings.NewReader(strings.Join(paths, "\n") + "\n"),
+		Stdout: &out,
+	})
+	if err != nil {
+		return nil, noNix(host, err)
+	}
+	invalid := map[string]bool{}
+	for _, l := range lines(out.String()) {
+		invalid[l] = true
+	}
+	var missing []string
+	for _, p := range paths {
+		if invalid[p] {
+			missing = append(missing, p)
+		}
+	}
+	return missing, nil
+}
+
+// noNix turns "command not found" from a host into a clear error.
+func noNix(host *remote.Client, err error) error {
+	var ee *remote.ExitError
+	if errors.As(err, &ee) && (ee.Status == 127 || strings.Contains(ee.Stderr, "nix-store: not found") || strings.Contains(ee.Stderr, "nix-store: command not found")) {
+		return fmt.Errorf("nix: %s has no nix-store on its PATH; install Nix there (Debian: apt-get install nix-bin)", host.Name())
+	}
+	return err
+}
+
+// PushClosure copies the closure of path from the local store to host's,
+// only the paths the host lacks, in dependency order, through the
+// controller's SSH connection (it is the small .drv closure). It returns
+// how many paths were sent.
+func PushClosure(ctx context.Context, host *remote.Client, path string, stderr io.Writer) (int, error) {
+	closure, err := localLines(ctx, "nix-store", "--query", "--requisites", path)
+	if err != nil {
+		return 0, err
+	}
+	missing, err := Missing(ctx, host, closure)
+	if err != nil {
+		return 0, err
+	}
+	if len(missing) == 0 {
+		return 0, nil
+	}
+	export := exec.CommandContext(ctx, "nix-store", append([]string{"--export"}, missing...)...)
+	var errb bytes.Buffer
+	export.Stderr = &errb
+	pipe, err := export.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := export.Start(); err != nil {
+		return 0, fmt.Errorf("nix: nix-store --export: %w", err)
+	}
+	ierr := host.Run(ctx, remote.Cmd{
+		Args:   []string{"nix-store", "--import"},
+		Stdin:  pipe,
+		Stdout: io.Discard,
+		Stderr: Prefixed(stderr, host.Name()),
+	})
+	eerr := export.Wait()
+	if ierr != nil {
+		return 0, noNix(host, ierr)
+	}
+	if eerr != nil {
+		return 0, fmt.Errorf("nix: nix-store --export: %v: %s", eerr, lastLine(errb.String()))
+	}
+	return len(missing), nil
+}
+
+// Realise runs nix-store --realise on host with the build log streamed to
+// stderr (prefixed with the host), keeping the output alive with an
+// indirect GC root under ~/.cache/nbship/gcroots, and returns the output
+// path.
+func Realise(ctx context.Context, host *remote.Client, drv, rootName string, jobs, cores int, stderr io.Writer) (string, error) {
+	log := Prefixed(stderr, host.Name())
+	defer log.Close()
+	if err := host.Run(ctx, remote.Cmd{Args: []string{"mkdir", "-p", ".cache/nbship/gcroots"}}); err != nil {
+		return "", err
+	}
+	var out bytes.Buffer
+	err := host.Run(ctx, remote.Cmd{
+		Args: []string{"nix-store", "--realise", drv,
+			"--add-root", ".cache/nbship/gcroots/" + rootName, "--indirect",
+			"--keep-going", "-j", strconv.Itoa(jobs), "--cores", strconv.Itoa(cores)},
+		Stdout: &out,
+		Stderr: log,
+	})
+	if err != nil {
+		return "", noNix(host, err)
+	}
+	root := lastLine(out.String())
+	if root == "" {
+		return "", fmt.Errorf("nix: %s: nix-store --realise %s printed no output path", host.Name(), drv)
+	}
+	if strings.HasPrefix(root, "/nix/store/") {
+		return root, nil
+	}
+	// It printed the root; resolve it there.
+	o, err := host.Output(ctx, "readlink", "-f", root)
+	if err != nil {
+		return "", err
+	}
+	p := strings.TrimSpace(string(o))
+	if !strings.HasPrefix(p, "/nix/store/") {
+		return "", fmt.Errorf("nix: %s: the build's root %s points at %q, not a store path", host.Name(), root, p)
+	}
+	return p, nil
+}
+
+// CheckImage checks that a build output has the netboot files.
+func CheckImage(ctx context.Context, host *remote.Client, out string, files []string) error {
+	args := []string{"sh", "-c", `d=$1; shift; for f; do [ -e "$d/$f" ] || printf '%s\n' "$f"; done`, "sh", out}
+	o, err := host.Output(ctx, append(args, files...)...)
+	if err != nil {
+		return err
+	}
+	if miss := lines(string(o)); len(miss) > 0 {
+		return fmt.Errorf("nix: %s: the build output %s lacks %s; is this a netboot image derivation?", host.Name(), out, strings.Join(miss, ", "))
+	}
+	return nil
+}
