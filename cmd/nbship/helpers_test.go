@@ -6,64 +6,19 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nbship/nbship/internal/testbin"
 )
 
-// The nbship binaries built for this test process, one per GOARCH, built on
-// first use (the arm64 one only for tests that run it under qemu-user).
-var (
-	buildMu  sync.Mutex
-	binDir   string
-	binBuilt = map[string]string{}
-)
-
-// nbshipBinary builds cmd/nbship for linux/goarch (once) and returns its path.
-func nbshipBinary(t testing.TB, goarch string) string {
-	t.Helper()
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	if p, ok := binBuilt[goarch]; ok {
-		return p
-	}
-	if binDir == "" {
-		d, err := os.MkdirTemp("", "nbship-test-bin-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		binDir = d
-	}
-	out := filepath.Join(binDir, "nbship-linux-"+goarch)
-	cmd := exec.Command(goTool(), "build", "-o", out, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building nbship for %s: %v: %s", goarch, err, b)
-	}
-	binBuilt[goarch] = out
-	return out
-}
-
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
+func nbshipBinary(t testing.TB, goarch string) string { return testbin.Nbship(t, goarch) }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testbin.Cleanup()
 	os.Exit(code)
 }
 
