@@ -150,7 +150,7 @@ func (s *settings) connect(ctx context.Context, t *target, via *ssh.Client, log 
 	}
 	defer ids.close()
 
-	var refused *HostKeyError
+	var refused error // from the host key check
 	cc := &ssh.ClientConfig{
 		User: t.user,
 		Auth: []ssh.AuthMethod{ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {

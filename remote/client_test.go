@@ -230,3 +230,23 @@ func TestHomeFromEnv(t *testing.T) {
 		t.Fatalf("Output(true) = %v", err)
 	}
 }
+
+func TestMaxSessions(t *testing.T) {
+	t.Parallel()
+	s := startSSHD(t, sshdOptions{extra: []string{"MaxSessions 2"}})
+	h := newHome(t)
+	s.authorize(h.key.PublicKey())
+	h.trust(s)
+	c := h.dial(s.addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range 2 {
+		if _, err := c.Start(ctx, Cmd{Args: []string{"sleep", "30"}}); err != nil {
+			t.Fatalf("Start(sleep) = %v", err)
+		}
+	}
+	_, err := c.Output(context.Background(), "true")
+	if err == nil || !strings.Contains(err.Error(), "MaxSessions") {
+		t.Errorf("Output(true) with every session taken = %v, want a MaxSessions error", err)
+	}
+}

@@ -64,7 +64,7 @@ type ExitError struct {
 	Host    string // Client.Name()
 	Command string // the quoted command line, for messages
 	Status  int    // exit status; 128+n when killed by signal n
-	Signal  string // signal name without SIG (e.g. "TERM") when sshd reports one
+	Signal  string // signal name without SIG (e.g. "TERM") when sshd reports one: not under the wrapper (see Cmd), which exits 128+n
 	Stderr  string // the last ~4 KiB of the command's stderr
 }
 
@@ -250,7 +250,8 @@ func (c *Client) newSession(ctx context.Context) (*ssh.Session, error) {
 			return nil, err
 		}
 		var oce *ssh.OpenChannelError
-		if errors.As(r.err, &oce) && oce.Reason == ssh.Prohibited {
+		if errors.As(r.err, &oce) && (oce.Reason == ssh.ConnectionFailed || oce.Reason == ssh.Prohibited) {
+			// OpenSSH says "open failed" when MaxSessions is reached.
 			return nil, fmt.Errorf("ssh: %s: the host refused another session on this connection (sshd's MaxSessions, 10 by default): %w", c.name, r.err)
 		}
 		return nil, fmt.Errorf("ssh: %s: opening a session: %w", c.name, r.err)

@@ -141,58 +141,63 @@ func (h *hostKeys) algorithms() []string {
 	return out
 }
 
-// callback returns the HostKeyCallback for the handshake. A refusal is
-// also stored in *refused so Dial can return it unwrapped.
-func (h *hostKeys) callback(refused **HostKeyError) ssh.HostKeyCallback {
+// callback returns the HostKeyCallback for the handshake. Its error is
+// also stored in *refused, so that Dial can return it as it is rather than
+// wrapped in the handshake's.
+func (h *hostKeys) callback(refused *error) ssh.HostKeyCallback {
 	return func(_ string, remote net.Addr, key ssh.PublicKey) error {
-		err := h.check(h.addr, remote, key)
-		if cert, ok := key.(*ssh.Certificate); ok && err != nil && !isKeyOrRevoked(err) {
-			// A host certificate from an authority we do not trust:
-			// judge the plain key inside it, as OpenSSH does.
-			key = cert.Key
-			err = h.check(h.addr, remote, key)
+		err := h.verify(remote, key)
+		if err != nil {
+			*refused = err
 		}
-		if err == nil {
-			return nil
-		}
-		e := &HostKeyError{
-			Host:        h.host,
-			Addr:        knownhosts.Normalize(h.addr),
-			Fingerprint: ssh.FingerprintSHA256(key),
-			KeyType:     key.Type(),
-			File:        h.writeTo,
-		}
-		var ke *knownhosts.KeyError
-		var re *knownhosts.RevokedError
-		switch {
-		case errors.As(err, &re):
-			e.Revoked = true
-			e.File, e.Line = re.Revoked.Filename, re.Revoked.Line
-		case errors.As(err, &ke) && len(ke.Want) > 0:
-			// Known, but not with this key. Name the line that holds a
-			// key of the same type if there is one.
-			e.Changed = true
-			w := ke.Want[0]
-			for _, k := range ke.Want {
-				if k.Key.Type() == key.Type() {
-					w = k
-					break
-				}
-			}
-			e.File, e.Line = w.Filename, w.Line
-		case errors.As(err, &ke):
-			if h.acceptNew {
-				if err := h.add(key); err != nil {
-					return err
-				}
-				return nil
-			}
-		default:
-			return fmt.Errorf("ssh: %s: checking host key: %w", h.host, err)
-		}
-		*refused = e
-		return e
+		return err
 	}
+}
+
+func (h *hostKeys) verify(remote net.Addr, key ssh.PublicKey) error {
+	err := h.check(h.addr, remote, key)
+	if cert, ok := key.(*ssh.Certificate); ok && err != nil && !isKeyOrRevoked(err) {
+		// A host certificate from an authority we do not trust:
+		// judge the plain key inside it, as OpenSSH does.
+		key = cert.Key
+		err = h.check(h.addr, remote, key)
+	}
+	if err == nil {
+		return nil
+	}
+	e := &HostKeyError{
+		Host:        h.host,
+		Addr:        knownhosts.Normalize(h.addr),
+		Fingerprint: ssh.FingerprintSHA256(key),
+		KeyType:     key.Type(),
+		File:        h.writeTo,
+	}
+	var ke *knownhosts.KeyError
+	var re *knownhosts.RevokedError
+	switch {
+	case errors.As(err, &re):
+		e.Revoked = true
+		e.File, e.Line = re.Revoked.Filename, re.Revoked.Line
+	case errors.As(err, &ke) && len(ke.Want) > 0:
+		// Known, but not with this key. Name the line that holds a key
+		// of the same type if there is one.
+		e.Changed = true
+		w := ke.Want[0]
+		for _, k := range ke.Want {
+			if k.Key.Type() == key.Type() {
+				w = k
+				break
+			}
+		}
+		e.File, e.Line = w.Filename, w.Line
+	case errors.As(err, &ke):
+		if h.acceptNew {
+			return h.add(key)
+		}
+	default:
+		return fmt.Errorf("ssh: %s: checking host key: %w", h.host, err)
+	}
+	return e
 }
 
 func isKeyOrRevoked(err error) bool {

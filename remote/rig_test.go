@@ -503,6 +503,17 @@ func pgrep(t *testing.T, sub string) []string {
 	return procs
 }
 
+// killMatching kills what a failed test left running: the processes
+// whose command line has this test's unique marker.
+func killMatching(t *testing.T, marker string) {
+	for _, p := range pgrep(t, marker) {
+		pid, _, _ := strings.Cut(p, " ")
+		if n, err := strconv.Atoi(pid); err == nil {
+			syscall.Kill(n, syscall.SIGKILL)
+		}
+	}
+}
+
 // waitGone waits until no process matches pattern.
 func waitGone(t *testing.T, pattern string, d time.Duration) {
 	t.Helper()

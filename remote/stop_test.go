@@ -84,6 +84,7 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 			s, h := rigPair(t)
 			c := h.dial(s.addr)
 			m := fmt.Sprintf("%09d", rand.IntN(1e9))
+			t.Cleanup(func() { killMatching(t, m) }) // if the test failed
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			p, err := c.Start(ctx, Cmd{Args: []string{"sh", "-c", fmt.Sprintf(tt.script, m)}, Pipes: tt.pipes})
