@@ -233,6 +233,16 @@ func ServerOver(ctx context.Context, conn net.Conn, id *Identity, peerPin string
 	return &Conn{Conn: tc, Meter: m}, nil
 }
 
+// DialError is a failure to reach the peer at all (as opposed to reaching
+// it and failing the handshake).
+type DialError struct {
+	Addr string
+	Err  error
+}
+
+func (e *DialError) Error() string { return fmt.Sprintf("tunnel: cannot reach %s: %v", e.Addr, e.Err) }
+func (e *DialError) Unwrap() error { return e.Err }
+
 // Dial connects to addr and completes the client handshake. A refused
 // connection is retried until ctx ends, so a listener that is a moment late
 // is not an error.
@@ -249,11 +259,11 @@ func Dial(ctx context.Context, addr string, id *Identity, peerPin string) (*Conn
 			return c, nil
 		}
 		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("tunnel: dialing %s: %w", addr, err)
+			return nil, &DialError{Addr: addr, Err: err}
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("tunnel: dialing %s: connection refused until the deadline: %w", addr, err)
+			return nil, &DialError{Addr: addr, Err: errors.New("connection refused until the deadline")}
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
