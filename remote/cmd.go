@@ -429,7 +429,8 @@ func (p *Process) Wait() error {
 }
 
 // Close stops the command if it is still running (see Cmd) and closes
-// its session. It waits until the session is gone.
+// its session. It waits until the host confirms the session's end, or
+// 15 seconds at most.
 func (p *Process) Close() error {
 	p.stop(errProcessClosed)
 	<-p.done

@@ -70,6 +70,20 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
 		within:  4 * time.Second,
 	}, {
+		name:    "pipes, Client.Close",
+		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
+		pipes:   true,
+		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { c.Close() },
+		wantErr: func(err error) bool { return err != nil },
+		within:  4 * time.Second,
+	}, {
+		name:    "pipes, Process.Close",
+		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
+		pipes:   true,
+		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { p.Close() },
+		wantErr: func(err error) bool { return err != nil },
+		within:  4 * time.Second,
+	}, {
 		// With pipes and the connection cut, the command ends on stdin EOF.
 		name:    "pipes, TCP cut",
 		script:  "cat; echo 1000.%[1]s >/dev/null",
