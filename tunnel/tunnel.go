@@ -23,6 +23,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // PinPrefix starts every pin, as in OpenSSH's key fingerprints.
@@ -202,6 +204,33 @@ func ReadError(err error, id *Identity) error {
 	return err
 }
 
+// A dead link must end a transfer, not hang it: TCP keepalives find a
+// silent peer, and TCP_USER_TIMEOUT bounds how long sent data may stay
+// unacknowledged (a link that went down mid-stream) before the socket
+// fails. Both are far below the kernel defaults of hours and ~15 minutes.
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 5 * time.Second, Interval: 5 * time.Second, Count: 3}
+
+// UserTimeout is how long written data may stay unacknowledged.
+const UserTimeout = 20 * time.Second
+
+func setUserTimeout(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(UserTimeout/time.Millisecond))
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+func tuneTCP(c *net.TCPConn) {
+	c.SetKeepAliveConfig(keepAlive)
+	if rc, err := c.SyscallConn(); err == nil {
+		setUserTimeout("", "", rc)
+	}
+}
+
 // Conn is an established channel and the byte counters of the connection
 // under it.
 type Conn struct {
@@ -247,7 +276,7 @@ func (e *DialError) Unwrap() error { return e.Err }
 // connection is retried until ctx ends, so a listener that is a moment late
 // is not an error.
 func Dial(ctx context.Context, addr string, id *Identity, peerPin string) (*Conn, error) {
-	var d net.Dialer
+	d := net.Dialer{KeepAliveConfig: keepAlive, Control: setUserTimeout}
 	for {
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
@@ -279,6 +308,9 @@ func Accept(ctx context.Context, ln net.Listener, id *Identity, peerPin string, 
 	defer stop()
 	for {
 		conn, err := ln.Accept()
+		if tc, ok := conn.(*net.TCPConn); ok {
+			tuneTCP(tc)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("tunnel: no peer with pin %s connected to %s: %w", peerPin, ln.Addr(), context.Cause(ctx))

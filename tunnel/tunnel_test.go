@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func ident(t testing.TB) *Identity {
@@ -247,6 +249,50 @@ func BenchmarkTLSThroughput(b *testing.B) {
 	for b.Loop() {
 		if _, err := c.Write(buf); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// A link that goes down mid-stream must fail the socket in seconds, not
+// the kernel's ~15 minutes: both ends carry TCP_USER_TIMEOUT and keepalives.
+func TestDeadLinkTimeoutsAreSet(t *testing.T) {
+	srv, cli := ident(t), ident(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan *Conn, 1)
+	go func() {
+		c, _ := Accept(context.Background(), ln, srv, cli.Pin(), nil)
+		accepted <- c
+		if c != nil {
+			c.Write([]byte("ready"))
+		}
+	}()
+	c, err := Dial(context.Background(), ln.Addr().String(), cli, srv.Pin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := <-accepted
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	defer s.Close()
+	for name, conn := range map[string]*Conn{"dialled": c, "accepted": s} {
+		tc, ok := conn.Meter.Conn.(*net.TCPConn)
+		if !ok {
+			t.Fatalf("%s: not a TCP connection", name)
+		}
+		rc, _ := tc.SyscallConn()
+		var ut, ka int
+		rc.Control(func(fd uintptr) {
+			ut, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT)
+			ka, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+		})
+		if ut != int(UserTimeout/time.Millisecond) || ka != 1 {
+			t.Errorf("%s: TCP_USER_TIMEOUT = %d ms, SO_KEEPALIVE = %d; want %d ms and 1", name, ut, ka, UserTimeout/time.Millisecond)
 		}
 	}
 }
