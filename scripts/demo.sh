@@ -1,50 +1,46 @@
 #!/usr/bin/env bash
-# The demo command (README): installs what it needs, builds nbship, and moves
-# Debian's arm64 netboot files (kernel Image, initrd) plus a netboot.ipxe
-# from a relay to a receiver on loopback over the pinned channel, handing
-# each end the other's fingerprint on stdin as the controller does.
+# The demo command (README): on a fresh Debian machine as root, installs what
+# it needs, brings up the three-host rig (operator, aarch64 build host, PXE
+# host with nginx — network namespaces with their own sshd and Nix stores),
+# runs `nbship aarch64 --config builders.conf` from the operator, fetches
+# the published netboot.ipxe, Image and initrd from nginx as a booting
+# machine would, checks them against the build output, and tears it down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+top=$PWD
 bash scripts/deps.sh
 export PATH="/usr/local/go/bin:$PATH"
-make -s dist/nbship-linux-amd64
-bin=$PWD/dist/nbship-linux-amd64
+make -s build
+rig() { bash "$top/rig/rig.sh" "$@"; }
+# Hold the rig's lock for the whole demo, so a test run elsewhere on this
+# machine neither tears it down under us nor is torn down by us.
+mkdir -p /run/lock
+exec 9>>/run/lock/nbship-rig.lock
+flock 9
+export NBSHIP_RIG_LOCKED=1
 
-work=$(mktemp -d /tmp/nbship-demo.XXXXXX)
-cleanup() {
-	kill "${rpid:-}" "${spid:-}" 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'rig down' EXIT
+echo "demo: bringing up the rig (operator, builder, pxe)" >&2
+rig up
+eval "$(rig env)"
 
-d=/usr/lib/debian-installer/images/12/arm64/text/debian-installer/arm64
-mkdir "$work/src"
-ln -s "$d/linux" "$work/src/Image"
-ln -s "$d/initrd.gz" "$work/src/initrd"
-printf '#!ipxe\nkernel Image initrd=initrd console=ttyAMA0 ${cmdline}\ninitrd initrd\nboot\n' >"$work/src/netboot.ipxe"
+echo "demo: builders.conf on the operator:" >&2
+sed 's/^/    /' "$RIG_CONFIG" >&2
+echo "demo: nbship aarch64 --config $RIG_CONFIG" >&2
+summary=$(cd "$top/testdata" && rig exec op -- "$top/dist/nbship-linux-amd64" aarch64 --config "$RIG_CONFIG" --json)
+echo "demo: summary: $summary" >&2
+out=$(printf '%s' "$summary" | sed -n 's/.*"out":"\([^"]*\)".*/\1/p')
 
-mkdir -p "$work/pxe"
-mkfifo "$work/r.in" "$work/r.out" "$work/s.in" "$work/s.out"
-"$bin" recv --listen 127.0.0.1:0 --dest "$work/pxe/hydra-c2.large.arm" --peer-pin - --json \
-	<"$work/r.in" >"$work/r.out" &
-rpid=$!
-exec 3>"$work/r.in" 4<"$work/r.out"
-read -r rfp <&4
-read -r _ addr <&4
-"$bin" relay --connect "$addr" --peer-pin - --json "$work/src" <"$work/s.in" >"$work/s.out" &
-spid=$!
-exec 5>"$work/s.in" 6<"$work/s.out"
-read -r sfp <&6
-echo "receiver: $rfp, listening on $addr" >&2
-echo "relay:    $sfp" >&2
-echo "$sfp" >&3
-echo "$rfp" >&5
-summary=$(cat <&6)
-wait "$spid"
-wait "$rpid"
-echo "relay summary: $summary" >&2
-for f in Image initrd netboot.ipxe; do
-	cmp -s "$work/src/$f" "$work/pxe/hydra-c2.large.arm/$f" || { echo "demo: $f differs" >&2; exit 1; }
+fetched=$(mktemp -d)
+trap 'rm -rf "$fetched"; rig down' EXIT
+for f in netboot.ipxe Image initrd; do
+	url="${RIG_HTTP_URL}hydra-c2.large.arm/$f"
+	rig exec op -- curl -sSf -o "$fetched/$f" "$url"
+	served=$(sha256sum <"$fetched/$f" | cut -d' ' -f1)
+	built=$(rig exec build -- sha256sum "$out/$f" | cut -d' ' -f1)
+	[ "$served" = "$built" ] || { echo "demo: $url differs from the build output" >&2; exit 1; }
+	printf 'demo: GET %-50s %10d bytes  sha256 %s  = build output\n' "$url" "$(stat -c %s "$fetched/$f")" "${served:0:16}" >&2
 done
-ls -l "$work/pxe/hydra-c2.large.arm" >&2
-echo "demo: Image, initrd and netboot.ipxe arrived byte-identical" >&2
+echo "demo: served netboot.ipxe:" >&2
+sed 's/^/    /' "$fetched/netboot.ipxe" >&2
+echo "demo: done; tearing the rig down" >&2
