@@ -1,11 +1,15 @@
 package tunnel
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -69,5 +73,71 @@ func (s *StdioConn) SetDeadline(time.Time) error      { return nil }
 func (s *StdioConn) SetReadDeadline(time.Time) error  { return nil }
 func (s *StdioConn) SetWriteDeadline(time.Time) error { return nil }
 
-// Stdio is the process's own stdin and stdout as a connection.
-func Stdio() *StdioConn { return NewStdioConn(os.Stdin, os.Stdout, os.Stdin, os.Stdout) }
+// Stdio is the process's own stdin and stdout as a connection whose Close
+// interrupts a blocked read or write: both descriptors are switched to
+// non-blocking mode and reopened through Go's poller (a plain os.Stdin
+// blocks in read(2), where closing it cannot reach).
+func Stdio() (*StdioConn, error) {
+	var files [2]*os.File
+	for i, name := range []string{"stdin", "stdout"} {
+		if err := syscall.SetNonblock(i, true); err != nil {
+			return nil, fmt.Errorf("tunnel: %s: %w", name, err)
+		}
+		files[i] = os.NewFile(uintptr(i), name)
+	}
+	return NewStdioConn(files[0], files[1], files[0], files[1]), nil
+}
+
+// Watch closes c when no byte has crossed it, either way, for idle, and
+// then calls onIdle. It returns a function that stops watching. A peer
+// whose machine vanished, or a link that dropped under an SSH session that
+// nobody notices, otherwise leaves an end waiting for ever.
+func (c *Conn) Watch(idle time.Duration, onIdle func()) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(max(idle/8, 10*time.Millisecond))
+		defer tick.Stop()
+		last, quiet := c.WireBytes(), time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-tick.C:
+				if n := c.WireBytes(); n != last {
+					last, quiet = n, now
+					continue
+				}
+				if now.Sub(quiet) >= idle {
+					c.Conn.NetConn().Close()
+					if onIdle != nil {
+						onIdle()
+					}
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }
+}
+
+// Listen listens on addr, waiting while the port is taken (another nbship
+// shipping to this host) until ctx ends; waiting is reported once.
+func Listen(ctx context.Context, addr string, waiting func()) (net.Listener, error) {
+	told := false
+	for {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			return ln, err
+		}
+		if !told && waiting != nil {
+			waiting()
+			told = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (still taken when the wait ended)", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -296,3 +296,102 @@ func TestDeadLinkTimeoutsAreSet(t *testing.T) {
 		}
 	}
 }
+
+// pair returns both ends of a pinned channel on loopback.
+func pair(t *testing.T) (client, server *Conn) {
+	t.Helper()
+	srv, cli := ident(t), ident(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan *Conn, 1)
+	go func() {
+		c, _ := Accept(context.Background(), ln, srv, cli.Pin(), nil)
+		ch <- c
+	}()
+	c, err := Dial(context.Background(), ln.Addr().String(), cli, srv.Pin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-ch
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+func TestWatchClosesAnIdleChannel(t *testing.T) {
+	c, s := pair(t)
+	idle := make(chan struct{})
+	stop := s.Watch(200*time.Millisecond, func() { close(idle) })
+	defer stop()
+	go c.Write([]byte("x")) // completes the client's side of the handshake
+	start := time.Now()
+	buf := make([]byte, 8)
+	var err error
+	for err == nil {
+		_, err = s.Read(buf)
+	}
+	select {
+	case <-idle:
+	case <-time.After(5 * time.Second):
+		t.Fatal("onIdle not called")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("idle channel closed after %v, want about 200ms", d)
+	}
+}
+
+func TestWatchLeavesABusyChannel(t *testing.T) {
+	c, s := pair(t)
+	stop := s.Watch(300*time.Millisecond, func() { t.Error("a busy channel was closed as idle") })
+	go func() {
+		for range 20 {
+			if _, err := c.Write([]byte("tick")); err != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	buf := make([]byte, 4)
+	for range 20 {
+		if _, err := io.ReadFull(s, buf); err != nil {
+			t.Fatalf("read during steady traffic: %v", err)
+		}
+	}
+	stop()
+}
+
+func TestListenWaitsForABusyPort(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := busy.Addr().String()
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		busy.Close()
+	}()
+	waited := 0
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ln, err := Listen(ctx, addr, func() { waited++ })
+	if err != nil {
+		t.Fatalf("Listen on a port freed later: %v", err)
+	}
+	ln.Close()
+	if waited != 1 {
+		t.Errorf("waiting reported %d times, want once", waited)
+	}
+
+	busy, _ = net.Listen("tcp", "127.0.0.1:0")
+	defer busy.Close()
+	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := Listen(ctx, busy.Addr().String(), nil); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Errorf("Listen on a port that stays taken = %v, want address already in use", err)
+	}
+}
