@@ -26,10 +26,13 @@ const (
 	gensDir     = "generations" // under stateDir, one directory per instance
 	locksDir    = "locks"       // under stateDir, INSTANCE.lock
 	stagePrefix = ".staging-"   // in the instance's generations directory
-	trashPrefix = ".trash-"     // a generation being removed
-	sumsSuffix  = ".sums"       // GEN.sums beside GEN
-	timeLayout  = "20060102T150405Z"
-	staleAge    = time.Hour // unlocked staging older than this is a crashed run's
+	// creatingPrefix names a staging directory in the instant before it is
+	// locked; only those are judged by age.
+	creatingPrefix = ".creating-"
+	trashPrefix    = ".trash-" // a generation being removed
+	sumsSuffix     = ".sums"   // GEN.sums beside GEN
+	timeLayout     = "20060102T150405Z"
+	staleAge       = time.Hour // unlocked staging older than this is a crashed run's
 )
 
 // Generation is one published image of a slot.
@@ -210,17 +213,20 @@ func (s *Slot) Lock(ctx context.Context) (unlock func(), err error) {
 // file system as the generations (PXEDIR/.nbship/generations/INSTANCE/
 // .staging-XXXX). Write the image's files into it, flat, then call Publish
 // or Discard. While this process holds it, no cleanup removes it; left
-// behind by a crash, the next Publish or GC removes it after an hour.
+// behind by a crash, the next Publish or GC removes it.
 func (s *Slot) Stage() (dir string, err error) {
 	gd, err := s.mkGensDir()
 	if err != nil {
 		return "", err
 	}
-	dir, err = os.MkdirTemp(gd, stagePrefix)
+	// Made under another name, locked, then renamed: a directory named
+	// .staging-* is locked from its first moment, so an unlocked one is
+	// always a dead writer's and any cleanup may remove it at once.
+	tmp, err := os.MkdirTemp(gd, creatingPrefix)
 	if err != nil {
 		return "", fmt.Errorf("image: %w", err)
 	}
-	f, err := os.Open(dir)
+	f, err := os.Open(tmp)
 	if err == nil {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		if err != nil {
@@ -228,8 +234,14 @@ func (s *Slot) Stage() (dir string, err error) {
 		}
 	}
 	if err != nil {
-		os.Remove(dir)
-		return "", fmt.Errorf("image: lock staging directory %s: %w", dir, err)
+		os.Remove(tmp)
+		return "", fmt.Errorf("image: lock staging directory %s: %w", tmp, err)
+	}
+	dir = filepath.Join(gd, stagePrefix+strings.TrimPrefix(filepath.Base(tmp), creatingPrefix))
+	if err := os.Rename(tmp, dir); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return "", fmt.Errorf("image: %w", err)
 	}
 	s.mu.Lock()
 	s.staging[dir] = f
@@ -659,6 +671,10 @@ func (s *Slot) cleanLocked() error {
 		switch {
 		case strings.HasPrefix(n, trashPrefix):
 			os.RemoveAll(p)
+		case strings.HasPrefix(n, creatingPrefix):
+			if fi, err := os.Lstat(p); err == nil && time.Since(fi.ModTime()) > staleAge {
+				os.RemoveAll(p)
+			}
 		case strings.HasPrefix(n, stagePrefix):
 			if s.staleStaging(p) {
 				s.logf("removing %s, left by a run that did not finish", p)
@@ -684,10 +700,10 @@ func (s *Slot) cleanLocked() error {
 }
 
 // staleStaging reports whether a staging directory was left by a crash:
-// older than staleAge and nobody holds its lock.
+// nobody holds its lock (see Stage).
 func (s *Slot) staleStaging(dir string) bool {
 	fi, err := os.Lstat(dir)
-	if err != nil || !fi.IsDir() || time.Since(fi.ModTime()) < staleAge {
+	if err != nil || !fi.IsDir() {
 		return false
 	}
 	f, err := os.Open(dir)

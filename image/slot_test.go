@@ -419,16 +419,20 @@ func TestStaleStaging(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An unlocked .staging-* is a dead writer's however young: Stage locks
+	// before it names a directory so. Only .creating-* (the instant before
+	// the lock) is judged by age.
 	crashed := filepath.Join(s.GenerationsDir(), ".staging-crashed")
-	fresh := filepath.Join(s.GenerationsDir(), ".staging-fresh")
-	for _, d := range []string{crashed, fresh} {
+	creatingOld := filepath.Join(s.GenerationsDir(), ".creating-old")
+	fresh := filepath.Join(s.GenerationsDir(), ".creating-fresh")
+	for _, d := range []string{crashed, creatingOld, fresh} {
 		if err := os.Mkdir(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
 	old := time.Now().Add(-2 * time.Hour)
 	os.Chtimes(held, old, old)
-	os.Chtimes(crashed, old, old)
+	os.Chtimes(creatingOld, old, old)
 	// Leftovers a crash between steps leaves: a trash directory, a temporary symlink.
 	os.Mkdir(filepath.Join(s.GenerationsDir(), ".trash-000001-20200101T000000Z"), 0o755)
 	tmpLink := filepath.Join(filepath.Dir(s.Path()), ".hydra-c2.large.arm.tmp-0a1b2c3d")
@@ -439,7 +443,7 @@ func TestStaleStaging(t *testing.T) {
 	if _, err := s.GC(context.Background(), 3); err != nil {
 		t.Fatal(err)
 	}
-	for path, want := range map[string]bool{held: true, fresh: true, crashed: false, tmpLink: false, otherLink: true,
+	for path, want := range map[string]bool{held: true, fresh: true, crashed: false, creatingOld: false, tmpLink: false, otherLink: true,
 		filepath.Join(s.GenerationsDir(), ".trash-000001-20200101T000000Z"): false} {
 		_, err := os.Lstat(path)
 		if got := err == nil; got != want {
