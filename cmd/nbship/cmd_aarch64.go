@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/config"
 	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/remote"
 )
 
 func init() {
@@ -93,6 +95,7 @@ func cmdAarch64(ctx context.Context, e *env, args []string) error {
 	}
 	res, err := ship.Run(ctx)
 	if err != nil {
+		sweepSlot(pxe, bins[1], cfg, inst, e)
 		return err
 	}
 	return printBuildSummary(e, *asJSON, buildSummary{
@@ -166,4 +169,17 @@ func printBuildSummary(e *env, asJSON bool, b buildSummary, res *flow.Result) er
 	printSummary(e.stderr, false, "shipped", s)
 	fmt.Fprintf(e.stderr, "nbship: %s done in %.1fs\n", b.Instance, b.TotalSeconds)
 	return nil
+}
+
+// sweepSlot removes what a receiver killed mid-transfer left in the slot
+// (its staging directory) after a failed run; a receiver that could still
+// clean up did so itself. Best effort, with its own deadline: the run's
+// context may be the one that was cancelled.
+func sweepSlot(pxe *remote.Client, bin string, cfg *config.Config, inst string, e *env) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	pxe.Run(ctx, remote.Cmd{
+		Args:   []string{bin, "image", "gc", "--pxe-dir", cfg.PXEDir, "--instance", inst, "--keep", strconv.Itoa(cfg.Keep())},
+		Stderr: io.Discard,
+	})
 }
