@@ -56,6 +56,11 @@ func cmdAarch64(ctx context.Context, e *env, args []string) error {
 	build, pxe := hosts[0], hosts[1]
 	defer build.Close()
 	defer pxe.Close()
+	// First, so a host nbship cannot run on fails before any build work.
+	bins, err := installAll(ctx, &sf, build, pxe)
+	if err != nil {
+		return err
+	}
 
 	if *drv == "" {
 		file := firstOf(cfg.NixFile, "./instances/"+inst+".nix")
@@ -75,10 +80,6 @@ func cmdAarch64(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if err := flow.CheckImage(ctx, build, out, netbootFiles); err != nil {
-		return err
-	}
-	bins, err := installAll(ctx, &sf, build, pxe)
-	if err != nil {
 		return err
 	}
 	ship := &flow.Ship{
