@@ -12,7 +12,7 @@ PACKAGES=(
 	qemu-user-static binfmt-support
 	debian-installer-12-netboot-arm64 debian-installer-12-netboot-amd64
 	netcat-openbsd zstd iproute2 time psmisc procps util-linux make curl
-	ca-certificates qemu-system-x86 ipxe-qemu
+	ca-certificates qemu-system-x86 ipxe-qemu hyperfine
 )
 GO=${GO:-/usr/local/go/bin/go}
 
