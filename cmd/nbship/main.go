@@ -72,8 +72,15 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
 	err := run(ctx, e, os.Args[1:])
+	interrupted := ctx.Err() != nil
 	stop()
-	os.Exit(report(e.stderr, err))
+	code := report(e.stderr, err)
+	if interrupted && code != 0 {
+		// Whatever the error says (a remote end stopped, a session
+		// closed), the cause was the signal.
+		code = 130
+	}
+	os.Exit(code)
 }
 
 // report prints err as one line (plus an optional hint) and returns the exit code.

@@ -1,0 +1,417 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nbship/nbship/internal/rig"
+)
+
+// freshImage makes the setup build an arm64 image whose Image and initrd
+// differ from every other test's (bytes appended to both; the magics and
+// formats stay valid), so nothing can be reused from the slot and the
+// whole image crosses the channel.
+func (s *setup) freshImage(t *testing.T, instance string) {
+	t.Helper()
+	src := filepath.Join(repoRoot(t), "testdata", "instances", instance+".nix")
+	nix := filepath.Join(s.dir, instance+".nix")
+	expr := fmt.Sprintf(`let base = import %s { salt = %q; }; in
+derivation {
+  name = "netboot-fresh-%s";
+  system = base.system;
+  builder = "/bin/sh";
+  args = [ "-c" ''
+    /bin/mkdir $out
+    /bin/cp ${base}/netboot.ipxe $out/netboot.ipxe
+    /bin/cat ${base}/Image > $out/Image
+    /bin/cat ${base}/initrd > $out/initrd
+    /usr/bin/head -c 4194304 /dev/urandom >> $out/Image
+    echo %q >> $out/initrd
+  '' ];
+}
+`, src, s.salt, instance, s.salt)
+	if err := os.WriteFile(nix, []byte(expr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// started runs nbship on op in the background.
+type started struct {
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr lockedBuf
+	done   chan error
+}
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (s *setup) start(t *testing.T, ctx context.Context, args ...string) *started {
+	t.Helper()
+	st := &started{done: make(chan error, 1)}
+	st.cmd = s.r.Command(ctx, rig.Op, s.bin, args...)
+	st.cmd.Dir = s.dir
+	st.cmd.Stdout = &st.stdout
+	st.cmd.Stderr = &st.stderr
+	if err := st.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { st.done <- st.cmd.Wait() }()
+	t.Cleanup(func() { st.cmd.Process.Kill() })
+	return st
+}
+
+func (st *started) wait(t *testing.T, limit time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-st.done:
+		return err
+	case <-time.After(limit):
+		st.cmd.Process.Kill()
+		t.Fatalf("nbship did not end within %v (a hang):\n%s", limit, st.stderr.String())
+	}
+	return nil
+}
+
+// midStream waits until the receiver on pxe has written data into a
+// staging directory of instance: the transfer is under way.
+func midStream(t *testing.T, r *rig.Rig, instance string, st *started) {
+	t.Helper()
+	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
+	deadline := time.Now().Add(3 * time.Minute)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-st.done:
+			st.done <- err
+			t.Fatalf("nbship ended (%v) before the transfer was seen:\n%s", err, st.stderr.String())
+		default:
+		}
+		ents, _ := os.ReadDir(gens)
+		for _, e := range ents {
+			if !strings.HasPrefix(e.Name(), ".staging-") {
+				continue
+			}
+			var n int64
+			filepath.Walk(filepath.Join(gens, e.Name()), func(_ string, fi os.FileInfo, err error) error {
+				if err == nil && fi.Mode().IsRegular() {
+					n += fi.Size()
+				}
+				return nil
+			})
+			if n > 1<<20 {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("never saw the transfer under way:\n%s", st.stderr.String())
+}
+
+// nbshipPID finds the remote end (relay or recv) on host.
+func nbshipPID(t *testing.T, r *rig.Rig, host, role string) int {
+	t.Helper()
+	pids, err := r.Processes(host, "nbship")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pids {
+		cl, _ := os.ReadFile("/proc/" + strconv.Itoa(p) + "/cmdline")
+		if bytes.Contains(cl, []byte("\x00"+role+"\x00")) {
+			return p
+		}
+	}
+	t.Fatalf("no nbship %s on %s (pids %v)", role, host, pids)
+	return 0
+}
+
+// publishedBefore publishes a first generation and returns its served
+// netboot.ipxe and Image, which every failed run must leave in place.
+func publishedBefore(t *testing.T, ctx context.Context, instance string) (s *setup, ipxe, image []byte) {
+	t.Helper()
+	s = newSetup(t, instance)
+	s.resetSlot(t, ctx, instance)
+	s.freshImage(t, instance)
+	if _, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config); err != nil {
+		t.Fatalf("first publish: %v\n%s", err, stderr)
+	}
+	got := s.served(t, ctx, instance, "netboot.ipxe", "Image")
+	return s, got["netboot.ipxe"], got["Image"]
+}
+
+// unchanged checks that the slot still serves what it did before.
+func unchanged(t *testing.T, ctx context.Context, s *setup, instance string, ipxe, image []byte) {
+	t.Helper()
+	got := s.served(t, ctx, instance, "netboot.ipxe", "Image")
+	if !bytes.Equal(got["netboot.ipxe"], ipxe) || !bytes.Equal(got["Image"], image) {
+		t.Errorf("the published image changed after a failed run")
+	}
+}
+
+// oneLine checks that the run's final error line names what it must.
+func oneLine(t *testing.T, stderr string, want ...string) {
+	t.Helper()
+	last := lastErrorLine(stderr)
+	for _, w := range want {
+		if !strings.Contains(last, w) {
+			t.Errorf("last error line %q lacks %q\nstderr:\n%s", last, w, stderr)
+		}
+	}
+}
+
+// lastErrorLine is the final "nbship: ..." line that is not a hint.
+func lastErrorLine(stderr string) string {
+	lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "nbship: ") && !strings.HasPrefix(lines[i], "nbship: hint:") {
+			return lines[i]
+		}
+	}
+	return ""
+}
+
+func TestFaultRelayKilledMidStream(t *testing.T) {
+	ctx := mustCtx(t, 6*time.Minute)
+	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
+	s2 := newSetup(t, "c2.large.arm")
+	s2.freshImage(t, "c2.large.arm")
+	st := s2.start(t, ctx, "aarch64", "--config", s2.config)
+	midStream(t, s.r, "c2.large.arm", st)
+	pid := nbshipPID(t, s.r, rig.Build, "relay")
+	syscall.Kill(pid, syscall.SIGKILL)
+	if err := st.wait(t, 2*time.Minute); err == nil {
+		t.Fatalf("nbship succeeded with its relay killed:\n%s", st.stderr.String())
+	}
+	oneLine(t, st.stderr.String(), "root@builder")
+	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
+	noStaging(t, s.r)
+}
+
+func TestFaultReceiverKilledMidStream(t *testing.T) {
+	ctx := mustCtx(t, 6*time.Minute)
+	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
+	s2 := newSetup(t, "c2.large.arm")
+	s2.freshImage(t, "c2.large.arm")
+	st := s2.start(t, ctx, "aarch64", "--config", s2.config)
+	midStream(t, s.r, "c2.large.arm", st)
+	pid := nbshipPID(t, s.r, rig.PXE, "recv")
+	syscall.Kill(pid, syscall.SIGKILL)
+	if err := st.wait(t, 2*time.Minute); err == nil {
+		t.Fatalf("nbship succeeded with its receiver killed:\n%s", st.stderr.String())
+	}
+	oneLine(t, st.stderr.String(), "netboot@pxe")
+	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
+	noStaging(t, s.r) // the killed receiver's staging is swept by the controller
+}
+
+func TestFaultOperatorInterrupted(t *testing.T) {
+	ctx := mustCtx(t, 6*time.Minute)
+	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
+	s2 := newSetup(t, "c2.large.arm")
+	s2.freshImage(t, "c2.large.arm")
+	st := s2.start(t, ctx, "aarch64", "--config", s2.config)
+	midStream(t, s.r, "c2.large.arm", st)
+	st.cmd.Process.Signal(os.Interrupt)
+	stopped := time.Now()
+	err := st.wait(t, time.Minute)
+	if code := st.cmd.ProcessState.ExitCode(); err == nil || code != 130 {
+		t.Errorf("interrupted nbship exited %d (%v), want 130", code, err)
+	}
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
+	if d := time.Since(stopped); d > 10*time.Second {
+		t.Errorf("remote ends took %v to stop after Ctrl-C, want a few seconds", d)
+	}
+	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
+	noStaging(t, s.r)
+}
+
+func TestFaultDirectLinkDroppedMidStream(t *testing.T) {
+	ctx := mustCtx(t, 6*time.Minute)
+	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
+	s2 := newSetup(t, "c2.large.arm")
+	s2.freshImage(t, "c2.large.arm")
+	st := s2.start(t, ctx, "aarch64", "--config", s2.config, "--path", "direct")
+	midStream(t, s.r, "c2.large.arm", st)
+	if err := s.r.Link("build-pxe", false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.r.Link("build-pxe", true) })
+	// No hang: the dead link ends the run (TCP_USER_TIMEOUT, keepalives).
+	if err := st.wait(t, 2*time.Minute); err == nil {
+		t.Fatalf("nbship succeeded over a dropped link:\n%s", st.stderr.String())
+	}
+	s.r.Link("build-pxe", true)
+	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
+	noStaging(t, s.r)
+}
+
+func TestFaultChangedBuildHostKeyRefused(t *testing.T) {
+	s := newSetup(t, "c2.large.arm")
+	ctx := mustCtx(t, 2*time.Minute)
+	if err := s.r.Rekey(rig.Build); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.r.Trust() })
+	_, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config)
+	if err == nil {
+		t.Fatalf("nbship ran against a builder with a changed key:\n%s", stderr)
+	}
+	if last := lastErrorLine(stderr); !strings.Contains(last, "builder") || !strings.Contains(strings.ToLower(last), "changed") || !strings.Contains(last, "SHA256:") {
+		t.Errorf("error line %q does not name the builder, the change and the fingerprint", last)
+	}
+	for _, step := range []string{"instantiating", "uploaded nbship", "building on"} {
+		if strings.Contains(stderr, step) {
+			t.Errorf("nbship went on to %q after a host key failure", step)
+		}
+	}
+}
+
+func TestFaultPXEDiskFills(t *testing.T) {
+	ctx := mustCtx(t, 6*time.Minute)
+	// pxeDir on a 100 MiB tmpfs: one image (about 77 MB) fits, two do not.
+	small := filepath.Join(rigDirOf(t), "pxe", "small-"+strconv.Itoa(os.Getpid()))
+	r := rig.Require(t)
+	for _, c := range [][]string{{"mkdir", "-p", small}, {"mount", "-t", "tmpfs", "-o", "size=100m,mode=0755", "tmpfs", small}, {"chown", "netboot:", small}} {
+		if out, err := r.Run(ctx, rig.PXE, c[0], c[1:]...); err != nil {
+			t.Fatalf("%v: %v %s", c, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		r.Run(context.Background(), rig.PXE, "umount", small)
+		r.Run(context.Background(), rig.PXE, "rmdir", small)
+	})
+	s := newSetup(t, "c2.large.arm", "")
+	conf, _ := os.ReadFile(s.config)
+	conf = bytes.Replace(conf, []byte(r.PXEDir+"/"), []byte(small+"/"), 1)
+	os.WriteFile(s.config, conf, 0o644)
+	s.freshImage(t, "c2.large.arm")
+	if _, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config); err != nil {
+		t.Fatalf("first publish onto the tmpfs: %v\n%s", err, stderr)
+	}
+	slot := small + "/hydra-c2.large.arm"
+	before, err := r.Run(ctx, rig.PXE, "sh", "-c", "cd "+slot+"/ && sha256sum Image initrd netboot.ipxe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := newSetup(t, "c2.large.arm")
+	s2.config = s.config
+	s2.dir = s.dir
+	s2.salt = s.salt + "-second"
+	s2.freshImage(t, "c2.large.arm")
+	_, stderr, err := s2.run(t, ctx, "aarch64", "--config", s2.config)
+	if err == nil {
+		t.Fatalf("a second image fit on a tmpfs too small for two:\n%s", stderr)
+	}
+	if last := lastErrorLine(stderr); !strings.Contains(last, "no space left on device") {
+		t.Errorf("error line %q does not say the disk is full", last)
+	}
+	after, err := r.Run(ctx, rig.PXE, "sh", "-c", "cd "+slot+"/ && sha256sum Image initrd netboot.ipxe")
+	if err != nil || after != before {
+		t.Errorf("the published image changed after the disk filled: %v\nbefore %s\nafter %s", err, before, after)
+	}
+	left, _ := r.Run(ctx, rig.PXE, "find", small, "-name", ".staging-*")
+	if strings.TrimSpace(left) != "" {
+		t.Errorf("staging left on the full disk: %s", left)
+	}
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
+}
+
+func rigDirOf(t *testing.T) string { return rig.Require(t).Dir }
+
+func TestFaultBuildHostWithoutNix(t *testing.T) {
+	s := newSetup(t, "c2.large.arm")
+	ctx := mustCtx(t, 2*time.Minute)
+	// A /usr/bin without Nix's commands, bound over the build host's only.
+	nonix := filepath.Join(s.r.Dir, "build", "bin-without-nix")
+	os.RemoveAll(nonix)
+	if err := os.Mkdir(nonix, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(nonix) })
+	ents, err := os.ReadDir("/usr/bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if n == "nix" || strings.HasPrefix(n, "nix-") || n == "uname" {
+			continue
+		}
+		src, dst := filepath.Join("/usr/bin", n), filepath.Join(nonix, n)
+		if e.Type()&os.ModeSymlink != 0 {
+			l, _ := os.Readlink(src)
+			os.Symlink(l, dst)
+			continue
+		}
+		os.Link(src, dst)
+	}
+	uname, err := s.r.Run(ctx, rig.Build, "cat", "/usr/bin/uname") // the rig's aarch64 uname
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(nonix, "uname"), []byte(uname), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.r.Run(ctx, rig.Build, "mount", "--bind", nonix, "/usr/bin"); err != nil {
+		t.Fatalf("hiding Nix on the builder: %v %s", err, out)
+	}
+	// Lazily: processes of the run may still have files open under it.
+	t.Cleanup(func() { s.r.Run(context.Background(), rig.Build, "umount", "-l", "/usr/bin") })
+	_, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config)
+	if err == nil {
+		t.Fatalf("nbship succeeded on a build host without Nix:\n%s", stderr)
+	}
+	if last := lastErrorLine(stderr); !strings.Contains(last, "has no nix-store") || !strings.Contains(last, "root@builder") {
+		t.Errorf("error line %q does not say the builder lacks Nix", last)
+	}
+	if strings.Contains(stderr, "building on") {
+		t.Errorf("nbship tried to build anyway")
+	}
+}
+
+func TestFaultBuildHostOfAnotherArchitecture(t *testing.T) {
+	s := newSetup(t, "c2.large.arm")
+	ctx := mustCtx(t, 2*time.Minute)
+	fake := filepath.Join(s.dir, "uname")
+	os.WriteFile(fake, []byte("#!/bin/sh\ncase \"$1\" in -m) echo riscv64;; *) echo Linux;; esac\n"), 0o755)
+	if out, err := s.r.Run(ctx, rig.Build, "mount", "--bind", fake, "/usr/bin/uname"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	t.Cleanup(func() { s.r.Run(context.Background(), rig.Build, "umount", "-l", "/usr/bin/uname") })
+	_, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config)
+	if err == nil {
+		t.Fatalf("nbship went on with a riscv64 build host:\n%s", stderr)
+	}
+	if last := lastErrorLine(stderr); !strings.Contains(last, `unsupported machine "riscv64"`) || !strings.Contains(last, "root@builder") {
+		t.Errorf("error line %q does not name the host and its machine", last)
+	}
+	if strings.Contains(stderr, "instantiating") || strings.Contains(stderr, "building on") {
+		t.Errorf("nbship did build work before refusing the host")
+	}
+}
