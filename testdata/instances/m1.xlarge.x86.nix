@@ -10,7 +10,9 @@
 #
 # The script boots as is: qemu-system-x86_64 with iPXE fetches it over HTTP and
 # the kernel talks on ttyS0 (QEMU's serial) as well as ttyS1 (Packet's SOS
-# console for x86 machines). The builder is the host's /bin/sh (needs
+# console for x86 machines, and /dev/console as the last console=). Keep that
+# order: with console=ttyS1 first, Debian's kernel resets the QEMU machine right
+# after "Probing EDD" and never prints a line. The builder is the host's /bin/sh (needs
 # `sandbox = false`); PATH is unset in Nix builds, hence absolute /bin paths.
 { salt ? "", links ? false }:
 let
@@ -30,7 +32,7 @@ derivation {
     # ${instance} netboot image (nbship test data); salt: ${salt}
     # Use the cmdline variable to allow the user to specify custom kernel params
     # when chainloading this script from other iPXE scripts like netboot.xyz
-    kernel bzImage init=/sbin/init initrd=initrd console=ttyS1,115200n8 console=ttyS0,115200n8 ''${cmdline}
+    kernel bzImage init=/sbin/init initrd=initrd console=ttyS0,115200n8 console=ttyS1,115200n8 ''${cmdline}
     initrd initrd
     boot
   '';
