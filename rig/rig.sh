@@ -53,6 +53,16 @@ LINKS=(
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 
 die() { echo "rig.sh: $*" >&2; exit 1; }
+
+# Forks are slow on a loaded 2-core machine (~20 ms each), and every test
+# process brings the rig up and down: prefer builtins in the hot paths.
+
+# emit FILE writes its stdin (a here-document) to FILE without forking.
+emit() {
+	local text
+	IFS= read -r -d '' text || true
+	printf '%s' "$text" >"$1"
+}
 note() { echo "rig.sh: $*" >&2; }
 
 check_dir() {
@@ -83,11 +93,12 @@ lock() {
 }
 
 anchor_pid() {
-	local f=$RIG_DIR/$1/anchor.pid pid
+	local f=$RIG_DIR/$1/anchor.pid pid='' argv0=''
 	[ -r "$f" ] || return 1
-	pid=$(<"$f")
+	read -r pid <"$f" || true
 	[ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
-	grep -q "^nbs-anchor-$1" "/proc/$pid/cmdline" 2>/dev/null || return 1
+	{ IFS= read -r -d '' argv0 <"/proc/$pid/cmdline"; } 2>/dev/null || true
+	[ "$argv0" = "nbs-anchor-$1" ] || return 1
 	echo "$pid"
 }
 
@@ -131,7 +142,7 @@ rig_namespaces() {
 # one of the namespaces NSLIST (from rig_namespaces), plus daemons started with
 # a config under RIG_DIR and anchors (in case a namespace vanished under them).
 rig_pids() {
-	local nslist=$1 f pid
+	local nslist=$1 f pid comm
 	{
 		# One stat for all processes: "net:[inode] /proc/PID/ns/net".
 		stat -L -c 'net:[%i] %n' /proc/[0-9]*/ns/net 2>/dev/null || true
@@ -141,15 +152,19 @@ rig_pids() {
 	grep -l -a -F -e "$RIG_DIR/" -e nbs-anchor- /proc/[0-9]*/cmdline 2>/dev/null | while read -r f; do
 		pid=${f#/proc/}
 		pid=${pid%/cmdline}
-		case $(cat "/proc/$pid/comm" 2>/dev/null) in
+		comm=
+		{ read -r comm <"/proc/$pid/comm"; } 2>/dev/null || true
+		case $comm in
 		sshd | nginx | nix-daemon | sleep) echo "$pid" ;;
 		esac
 	done
 }
 
 alive() { # alive PID: exists and is not a zombie
-	local st
-	st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+	local st=
+	{ read -r st <"/proc/$1/stat"; } 2>/dev/null || return 1
+	st=${st##*) } # "pid (comm) S ..."; comm may hold spaces and parens
+	st=${st%% *}
 	[ -n "$st" ] && [ "$st" != Z ]
 }
 
@@ -176,8 +191,8 @@ teardown() {
 	for l in "${LINKS[@]}"; do # veths left in the root namespace by a crash mid-up
 		# shellcheck disable=SC2086
 		set -- $l
-		ip link del "$1" 2>/dev/null || true
-		ip link del "$3" 2>/dev/null || true
+		if [ -e "/sys/class/net/$1" ]; then ip link del "$1" 2>/dev/null || true; fi
+		if [ -e "/sys/class/net/$3" ]; then ip link del "$3" 2>/dev/null || true; fi
 	done
 	if [ -d "$RIG_DIR" ]; then
 		if [ -e "$RIG_DIR/.nbship-rig" ] || [ -z "$(ls -A "$RIG_DIR")" ]; then
@@ -219,8 +234,7 @@ ensure_user() {
 write_nix_conf() { # write_nix_conf HOST
 	local extra=
 	[ "$1" = build ] && extra=$'extra-platforms = aarch64-linux\n'
-	mkdir -p "$RIG_DIR/$1/etc-nix"
-	cat >"$RIG_DIR/$1/etc-nix/nix.conf" <<EOF
+	emit "$RIG_DIR/$1/etc-nix/nix.conf" <<EOF
 # nix.conf of rig host $1 (rig.sh)
 build-users-group =
 sandbox = false
@@ -233,7 +247,7 @@ EOF
 }
 
 write_uname() {
-	cat >"$RIG_DIR/build/uname" <<'EOF'
+	emit "$RIG_DIR/build/uname" <<'EOF'
 #!/bin/sh
 # uname of the rig's build host: answers like an aarch64 Debian machine.
 read -r n </proc/sys/kernel/hostname
@@ -285,11 +299,9 @@ EOF
 	chmod 0755 "$RIG_DIR/build/uname"
 }
 
-write_sshd() { # write_sshd HOST
+write_sshd() { # write_sshd HOST (its host key is made in up)
 	local d=$RIG_DIR/$1/ssh
-	mkdir -p "$d"
-	ssh-keygen -q -t ed25519 -N '' -C "nbs-$1-host" -f "$d/ssh_host_ed25519_key"
-	cat >"$d/sshd_config" <<EOF
+	emit "$d/sshd_config" <<EOF
 # sshd of rig host $1 (rig.sh)
 Port 22
 ListenAddress 0.0.0.0
@@ -313,8 +325,7 @@ EOF
 
 write_nginx() {
 	local d=$RIG_DIR/pxe/nginx
-	mkdir -p "$d/tmp" "$d/logs"
-	cat >"$d/nginx.conf" <<EOF
+	emit "$d/nginx.conf" <<EOF
 # nginx of the rig's pxe host (rig.sh): serves pxeDir as a netboot server would.
 daemon on;
 master_process on;
@@ -357,16 +368,12 @@ write_known_hosts() {
 }
 
 write_operator() {
-	local home=$RIG_DIR/op/home s=$RIG_DIR/op/home/.ssh
-	mkdir -p "$s"
-	chmod 0700 "$s"
-	ssh-keygen -q -t ed25519 -N '' -C "nbs-operator" -f "$s/id_ed25519"
-	mkdir -p "$RIG_DIR/authorized_keys"
-	cp "$s/id_ed25519.pub" "$RIG_DIR/authorized_keys/root"
-	cp "$s/id_ed25519.pub" "$RIG_DIR/authorized_keys/$PXE_USER"
-	chmod 0644 "$RIG_DIR/authorized_keys/"*
+	local s=$RIG_DIR/op/home/.ssh pub
+	read -r pub <"$s/id_ed25519.pub"
+	echo "$pub" >"$RIG_DIR/authorized_keys/root"
+	echo "$pub" >"$RIG_DIR/authorized_keys/$PXE_USER"
 	write_known_hosts
-	cat >"$s/config" <<EOF
+	emit "$s/config" <<EOF
 # The operator's ssh config (rig.sh). OpenSSH only reads this with -F; see RIG_SSH_OPTS.
 Host builder
 	HostName $BUILD_ADDR
@@ -388,14 +395,13 @@ Host *
 	ConnectTimeout 5
 EOF
 	# The real users' file format, values space-aligned.
-	cat >"$RIG_DIR/op/builders.conf" <<EOF
+	emit "$RIG_DIR/op/builders.conf" <<EOF
 buildHost       root@builder
 pxeHost         $PXE_USER@pxe
 pxeDir          $RIG_DIR/pxe/netboot/
 opensslServer   $PXE_DIRECT_ADDR
 opensslPort     61616
 EOF
-	chmod 0755 "$home"
 }
 
 # _anchor HOST runs inside the host's fresh network+mount namespaces: it makes
@@ -477,45 +483,55 @@ up() {
 	command -v nix-daemon >/dev/null || die "nix-daemon not found; run scripts/deps.sh"
 	[ -x /usr/sbin/sshd ] || die "/usr/sbin/sshd not found; run scripts/deps.sh"
 	[ -x /usr/sbin/nginx ] || die "/usr/sbin/nginx not found; run scripts/deps.sh"
+	umask 022 # the state dir must be traversable by netboot and nginx's www-data
 	mkdir -p /run/sshd /nix /etc/nix
 	chmod 0755 /run/sshd
 
+	# The marker first: teardown removes only a state dir that carries it.
 	mkdir -p "$RIG_DIR"
-	chmod 0755 "$RIG_DIR"
-	touch "$RIG_DIR/.nbship-rig"
-	ensure_user
-	local h
+	: >"$RIG_DIR/.nbship-rig"
+	local h d dirs=() pu=$RIG_DIR/pxe/nix/var/nix
 	for h in "${HOSTS[@]}"; do
-		mkdir -p "$RIG_DIR/$h/nix/store" "$RIG_DIR/$h/nix/var/nix/db" "$RIG_DIR/$h/nix/var/nix/gcroots" \
-			"$RIG_DIR/$h/nix/var/nix/profiles" "$RIG_DIR/$h/nix/var/nix/temproots" \
-			"$RIG_DIR/$h/nix/var/nix/userpool" "$RIG_DIR/$h/nix/var/nix/daemon-socket"
-		chmod 0755 "$RIG_DIR/$h" "$RIG_DIR/$h/nix" "$RIG_DIR/$h/nix/store"
-		write_nix_conf "$h"
+		dirs+=("$RIG_DIR/$h/nix/store" "$RIG_DIR/$h/etc-nix")
+		for d in db gcroots profiles temproots userpool daemon-socket; do
+			dirs+=("$RIG_DIR/$h/nix/var/nix/$d")
+		done
 	done
-	mkdir -p "$RIG_DIR/build/root" "$RIG_DIR/pxe/root" "$RIG_DIR/pxe/home" "$RIG_DIR/pxe/netboot"
-	chmod 0700 "$RIG_DIR/build/root" "$RIG_DIR/pxe/root"
-	chown "$PXE_USER:" "$RIG_DIR/pxe/home" "$RIG_DIR/pxe/netboot"
-	chmod 0755 "$RIG_DIR/pxe/home" "$RIG_DIR/pxe/netboot"
+	mkdir -p "${dirs[@]}" "$pu/profiles/per-user/$PXE_USER" "$pu/gcroots/per-user/$PXE_USER" \
+		"$RIG_DIR/pxe/home" "$RIG_DIR/pxe/netboot" "$RIG_DIR/pxe/nginx/tmp" "$RIG_DIR/pxe/nginx/logs" \
+		"$RIG_DIR/build/ssh" "$RIG_DIR/pxe/ssh" "$RIG_DIR/authorized_keys" "$RIG_DIR/op/home"
+	mkdir -m 0700 "$RIG_DIR/build/root" "$RIG_DIR/pxe/root" "$RIG_DIR/op/home/.ssh"
+	ssh-keygen -q -t ed25519 -N '' -C nbs-build-host -f "$RIG_DIR/build/ssh/ssh_host_ed25519_key" &
+	ssh-keygen -q -t ed25519 -N '' -C nbs-pxe-host -f "$RIG_DIR/pxe/ssh/ssh_host_ed25519_key" &
+	ssh-keygen -q -t ed25519 -N '' -C nbs-operator -f "$RIG_DIR/op/home/.ssh/id_ed25519" &
+	ensure_user
+	chown "$PXE_USER:" "$RIG_DIR/pxe/home" "$RIG_DIR/pxe/netboot" \
+		"$pu/profiles/per-user/$PXE_USER" "$pu/gcroots/per-user/$PXE_USER"
+	for h in "${HOSTS[@]}"; do write_nix_conf "$h"; done
 	write_uname
 	write_sshd build
 	write_sshd pxe
 	write_nginx
+	wait # for the keys
 	write_operator
 
-	# Namespaces and links.
-	local l
+	# Namespaces and links: one ip process for the machine, one per namespace.
+	local l root_batch=''
+	local -A batch=()
 	for h in "${HOSTS[@]}"; do
-		ip netns add "nbs-$h"
-		ip -n "nbs-$h" link set lo up
+		root_batch+="netns add nbs-$h"$'\n'
+		batch[$h]="link set lo up"$'\n'
 	done
 	for l in "${LINKS[@]}"; do
 		# shellcheck disable=SC2086
 		set -- $l
-		ip link add name "$1" netns "nbs-$2" type veth peer name "$3" netns "nbs-$4"
-		ip -n "nbs-$2" addr add "$5" dev "$1"
-		ip -n "nbs-$4" addr add "$6" dev "$3"
-		ip -n "nbs-$2" link set "$1" up
-		ip -n "nbs-$4" link set "$3" up
+		root_batch+="link add name $1 netns nbs-$2 type veth peer name $3 netns nbs-$4"$'\n'
+		batch[$2]+="addr add $5 dev $1"$'\n'"link set $1 up"$'\n'
+		batch[$4]+="addr add $6 dev $3"$'\n'"link set $3 up"$'\n'
+	done
+	ip -b - <<<"$root_batch"
+	for h in "${HOSTS[@]}"; do
+		ip -n "nbs-$h" -b - <<<"${batch[$h]}"
 	done
 
 	# Anchors: one long-lived process per host holding its mount namespace.
