@@ -16,10 +16,14 @@ import (
 const (
 	TypeFile = "file"
 	TypeDir  = "dir"
+	// TypeNAR is a Nix store path: Name is its base name, the data is its
+	// NAR (Size = narSize, SHA256 = narHash), and References and Deriver
+	// are its metadata from the sender's store database.
+	TypeNAR = "nar"
 )
 
-// Entry is one item of a stream: a directory, or a file whose Size bytes
-// follow in the data and must hash to SHA256.
+// Entry is one item of a stream: a directory, or a file (or a store path's
+// NAR) whose Size bytes follow in the data and must hash to SHA256.
 type Entry struct {
 	Name   string      `json:"name"`
 	Type   string      `json:"type"`
@@ -27,8 +31,24 @@ type Entry struct {
 	Size   int64       `json:"size,omitempty"`
 	SHA256 string      `json:"sha256,omitempty"` // lowercase hex
 
+	// Store paths only: base names of the paths this one refers to (it
+	// may name itself), and of the derivation that built it ("" if none).
+	References []string `json:"references,omitempty"`
+	Deriver    string   `json:"deriver,omitempty"`
+
 	sum [32]byte
 }
+
+// label names the entry in messages: a store path in full.
+func (e *Entry) label() string {
+	if e.Type == TypeNAR {
+		return StoreDir + "/" + e.Name
+	}
+	return e.Name
+}
+
+// hasData reports whether bytes of the entry follow in the data.
+func (e *Entry) hasData() bool { return e.Type == TypeFile || e.Type == TypeNAR }
 
 // Sum is the entry's SHA-256 as bytes (valid after Validate).
 func (e *Entry) Sum() [32]byte { return e.sum }
@@ -112,6 +132,10 @@ func (m *Manifest) Validate() error {
 	}
 	types := make(map[string]string, len(m.Entries))
 	var total int64
+	nars := m.narNames()
+	if len(nars) > 0 && len(nars) != len(m.Entries) {
+		return &ManifestError{Msg: "the stream mixes Nix store paths with files; a stream carries one or the other"}
+	}
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		if err := CheckName(e.Name); err != nil {
@@ -119,6 +143,9 @@ func (m *Manifest) Validate() error {
 		}
 		if _, dup := types[e.Name]; dup {
 			return &ManifestError{Name: e.Name, Msg: "duplicate name"}
+		}
+		if e.Type != TypeNAR && (e.References != nil || e.Deriver != "") {
+			return &ManifestError{Name: e.Name, Msg: "references or a deriver on an entry that is not a store path"}
 		}
 		if dir, _ := path.Split(e.Name); dir != "" {
 			if types[strings.TrimSuffix(dir, "/")] != TypeDir {
@@ -129,6 +156,14 @@ func (m *Manifest) Validate() error {
 			return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("mode %v is not plain permission bits (device files, setuid and the like are refused)", e.Mode)}
 		}
 		switch e.Type {
+		case TypeNAR:
+			if err := validateNAR(e, types, nars); err != nil {
+				return err
+			}
+			total += e.Size
+			if total > m.Total {
+				return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("NAR sizes add up to more than the announced total of %d bytes", m.Total)}
+			}
 		case TypeDir:
 			if e.Size != 0 || e.SHA256 != "" {
 				return &ManifestError{Name: e.Name, Msg: "a directory with a size or hash"}
@@ -147,7 +182,7 @@ func (m *Manifest) Validate() error {
 				return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("file sizes add up to more than the announced total of %d bytes", m.Total)}
 			}
 		default:
-			return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("type %q is not file or dir (symlinks are dereferenced by the sender; devices are never sent)", e.Type)}
+			return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("type %q is not file or dir, nor nar for a store path (symlinks are dereferenced by the sender; devices are never sent)", e.Type)}
 		}
 		types[e.Name] = e.Type
 	}

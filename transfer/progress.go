@@ -15,12 +15,14 @@ type Counters struct {
 	Total      atomic.Int64 // raw bytes to move (set when the manifest is known)
 	Raw        atomic.Int64 // raw bytes moved so far
 	Compressed atomic.Int64 // zstd bytes moved so far
-	Files      atomic.Int64 // files done
+	Files      atomic.Int64 // files (or store paths) done
+	FilesTotal atomic.Int64 // files (or store paths) to move
 	started    atomic.Bool
 }
 
-func (c *Counters) begin(total int64) {
+func (c *Counters) begin(total, files int64) {
 	c.Total.Store(total)
+	c.FilesTotal.Store(files)
 	c.started.Store(true)
 }
 
@@ -37,8 +39,18 @@ func (c *Counters) Ratio() float64 {
 // is true, otherwise a plain line at most every interval. It returns when
 // the last line is written.
 func Report(w io.Writer, tty bool, label string, c *Counters, interval time.Duration, stop <-chan struct{}) {
+	report(w, tty, label, c, interval, stop, false)
+}
+
+// ReportPaths is Report for store paths: it adds paths done of the total
+// and an estimate of the time left.
+func ReportPaths(w io.Writer, tty bool, label string, c *Counters, interval time.Duration, stop <-chan struct{}) {
+	report(w, tty, label, c, interval, stop, true)
+}
+
+func report(w io.Writer, tty bool, label string, c *Counters, interval time.Duration, stop <-chan struct{}, paths bool) {
 	if tty {
-		reportBar(w, label, c, stop)
+		reportBar(w, label, c, stop, paths)
 		return
 	}
 	start := time.Now()
@@ -58,13 +70,28 @@ func Report(w io.Writer, tty bool, label string, c *Counters, interval time.Dura
 			if total > 0 {
 				pct = 100 * float64(raw) / float64(total)
 			}
+			if paths {
+				fmt.Fprintf(w, "%s: %d/%d paths, %s of %s (%.0f%%), %.1f MB/s, ETA %s, ratio %.2f\n",
+					label, c.Files.Load(), c.FilesTotal.Load(), HumanBytes(raw), HumanBytes(total), pct,
+					float64(raw)/1e6/secs, eta(raw, total, secs), c.Ratio())
+				continue
+			}
 			fmt.Fprintf(w, "%s: %s of %s (%.0f%%), %.1f MB/s, ratio %.2f\n",
 				label, HumanBytes(raw), HumanBytes(total), pct, float64(raw)/1e6/secs, c.Ratio())
 		}
 	}
 }
 
-func reportBar(w io.Writer, label string, c *Counters, stop <-chan struct{}) {
+// eta estimates the time left at the average rate so far.
+func eta(done, total int64, secs float64) string {
+	if done <= 0 || secs <= 0 {
+		return "?"
+	}
+	left := time.Duration(float64(total-done) / (float64(done) / secs) * float64(time.Second))
+	return left.Round(time.Second).String()
+}
+
+func reportBar(w io.Writer, label string, c *Counters, stop <-chan struct{}, paths bool) {
 	var bar *progressbar.ProgressBar
 	t := time.NewTicker(150 * time.Millisecond)
 	defer t.Stop()
@@ -83,7 +110,11 @@ func reportBar(w io.Writer, label string, c *Counters, stop <-chan struct{}) {
 				progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
 			)
 		}
-		bar.Describe(fmt.Sprintf("%s (ratio %.2f)", label, c.Ratio()))
+		if paths {
+			bar.Describe(fmt.Sprintf("%s %d/%d paths (ratio %.2f)", label, c.Files.Load(), c.FilesTotal.Load(), c.Ratio()))
+		} else {
+			bar.Describe(fmt.Sprintf("%s (ratio %.2f)", label, c.Ratio()))
+		}
 		bar.Set64(c.Raw.Load())
 	}
 	for {

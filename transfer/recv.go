@@ -50,7 +50,7 @@ func Receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 		defer stop()
 	}
 	start := time.Now()
-	st, published, err := receive(conn, sink, o)
+	st, published, err := receive(ctx, conn, sink, o)
 	if err != nil {
 		err = ctxErr(ctx, err)
 		var pe *PeerError
@@ -70,7 +70,7 @@ func Receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 	return st, nil
 }
 
-func receive(conn io.ReadWriter, sink Sink, o ReceiveOptions) (*Stats, string, error) {
+func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOptions) (*Stats, string, error) {
 	cnt := o.Progress
 	if cnt == nil {
 		cnt = new(Counters)
@@ -100,21 +100,29 @@ func receive(conn io.ReadWriter, sink Sink, o ReceiveOptions) (*Stats, string, e
 	if err != nil {
 		return nil, "", err
 	}
+	if mc, ok := sink.(ManifestChecker); ok {
+		if err := mc.CheckManifest(ctx, m); err != nil {
+			return nil, "", err
+		}
+	} else if len(m.narNames()) > 0 {
+		return nil, "", &ManifestError{Msg: "the sender sent Nix store paths, and this receiver writes files (import store paths with recv --store)"}
+	}
 	want := make([]byte, (len(m.Entries)+7)/8)
-	var total int64
+	var total, count int64
 	st := &Stats{}
 	for i := range m.Entries {
 		e := &m.Entries[i]
-		if e.Type != TypeFile {
+		if !e.hasData() {
 			continue
 		}
 		st.Files++
 		if sink.Want(e) {
 			want[i/8] |= 1 << (i % 8)
 			total += e.Size
+			count++
 		}
 	}
-	cnt.begin(total)
+	cnt.begin(total, count)
 	if err := writeMsg(conn, msgWant, want); err != nil {
 		return nil, "", err
 	}
@@ -143,6 +151,11 @@ func receive(conn io.ReadWriter, sink Sink, o ReceiveOptions) (*Stats, string, e
 		default:
 			if err := receiveFile(dec, sink, e, buf, cnt); err != nil {
 				return nil, "", err
+			}
+			if v, ok := sink.(Verifier); ok {
+				if err := v.Verified(ctx, e); err != nil {
+					return nil, "", err
+				}
 			}
 			st.Sent++
 			st.Bytes += e.Size
@@ -184,17 +197,18 @@ func receiveFile(dec io.Reader, sink Sink, e *Entry, buf []byte, cnt *Counters) 
 	for n < e.Size {
 		k, rerr := dec.Read(buf[:min(int64(len(buf)), e.Size-n)])
 		if k > 0 {
+			testHookData(e, buf[:k], n)
 			h.Write(buf[:k])
 			if _, err := w.Write(buf[:k]); err != nil {
 				w.Close()
-				return fmt.Errorf("transfer: writing %s: %w", e.Name, err)
+				return fmt.Errorf("transfer: writing %s: %w", e.label(), err)
 			}
 			n += int64(k)
 			cnt.Raw.Add(int64(k))
 		}
 		if rerr == io.EOF {
 			w.Close()
-			return fmt.Errorf("transfer: refused stream: %s: data ended after %d of its %d bytes (truncated stream)", e.Name, n, e.Size)
+			return fmt.Errorf("transfer: refused stream: %s: data ended after %d of its %d bytes (truncated stream)", e.label(), n, e.Size)
 		}
 		if rerr != nil {
 			w.Close()
@@ -205,6 +219,9 @@ func receiveFile(dec io.Reader, sink Sink, e *Entry, buf []byte, cnt *Counters) 
 		return fmt.Errorf("transfer: writing %s: %w", e.Name, err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != e.SHA256 {
+		if e.Type == TypeNAR {
+			return fmt.Errorf("transfer: refused stream: %s: the NAR's SHA-256 %s does not match the announced %s; not imported, nor anything after it", e.label(), got, e.SHA256)
+		}
 		return fmt.Errorf("transfer: refused stream: %s: SHA-256 %s does not match the announced %s", e.Name, got, e.SHA256)
 	}
 	return nil

@@ -22,7 +22,8 @@ import (
 // Source is a manifest plus where each file entry's bytes come from.
 type Source struct {
 	Manifest Manifest
-	paths    []string // local path per entry ("" for directories)
+	paths    []string    // local path per entry ("" for directories)
+	store    StoreReader // where nar entries come from
 }
 
 // Collect builds a Source from local paths as `tar -h` would see them:
@@ -44,6 +45,37 @@ func Collect(ctx context.Context, args []string) (*Source, error) {
 			continue
 		}
 		if err := c.add(a, filepath.Base(a), fi); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.src.hash(ctx); err != nil {
+		return nil, err
+	}
+	return c.src, nil
+}
+
+// CollectEach is Collect with every argument an entry of its own at the
+// top level, named by its base name: a directory argument's contents go
+// under its name, a file argument is that file. Symlinks are followed as
+// by Collect, including a symlink that is itself an argument.
+func CollectEach(ctx context.Context, args []string) (*Source, error) {
+	c := collector{src: &Source{Manifest: Manifest{Version: Version}}, seen: map[string]bool{}}
+	for _, a := range args {
+		fi, err := os.Stat(a)
+		if err != nil {
+			return nil, fmt.Errorf("transfer: %w", err)
+		}
+		name := filepath.Base(a)
+		if !fi.IsDir() {
+			if err := c.add(a, name, fi); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := c.addEntry(Entry{Name: name, Type: TypeDir, Mode: fi.Mode().Perm()}, "", a); err != nil {
+			return nil, err
+		}
+		if err := c.walk(a, name, fi, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -301,17 +333,18 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 		return nil, fmt.Errorf("transfer: protocol error: want list of %d bytes for %d entries", len(want), len(src.Manifest.Entries))
 	}
 	st := &Stats{}
-	var toSend int64
+	var toSend, count int64
 	for i, e := range src.Manifest.Entries {
-		if e.Type != TypeFile {
+		if !e.hasData() {
 			continue
 		}
 		st.Files++
 		if wanted(want, i) {
 			toSend += e.Size
+			count++
 		}
 	}
-	cnt.begin(toSend)
+	cnt.begin(toSend, count)
 
 	// The receiver's final word (ack or abort) can come at any time: an
 	// abort while we are still writing means it gave up (disk full, bad
@@ -343,7 +376,7 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 		}
 	}()
 
-	werr := sendData(conn, src, want, o, cnt, st)
+	werr := sendData(ctx, conn, src, want, o, cnt, st)
 	var we writeErr
 	if werr != nil && !errors.As(werr, &we) {
 		// A local problem (a file changed under us): tell the receiver why,
@@ -388,7 +421,7 @@ func afterIf(cond bool, d time.Duration) <-chan time.Time {
 
 func wanted(bitmap []byte, i int) bool { return bitmap[i/8]&(1<<(i%8)) != 0 }
 
-func sendData(conn io.Writer, src *Source, want []byte, o SendOptions, cnt *Counters, st *Stats) error {
+func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o SendOptions, cnt *Counters, st *Stats) error {
 	cw := &chunkWriter{w: conn, count: func(n int) { cnt.Compressed.Add(int64(n)) }}
 	level := o.Level
 	if level == 0 {
@@ -400,14 +433,20 @@ func sendData(conn io.Writer, src *Source, want []byte, o SendOptions, cnt *Coun
 	}
 	for i := range src.Manifest.Entries {
 		e := &src.Manifest.Entries[i]
-		if e.Type != TypeFile {
+		if !e.hasData() {
 			continue
 		}
 		if !wanted(want, i) {
 			st.Reused++
 			continue
 		}
-		if err := sendFile(enc, src.paths[i], e, cnt); err != nil {
+		var err error
+		if e.Type == TypeNAR {
+			err = sendNAR(ctx, enc, src.store, e, cnt)
+		} else {
+			err = sendFile(enc, src.paths[i], e, cnt)
+		}
+		if err != nil {
 			enc.Close()
 			return err
 		}

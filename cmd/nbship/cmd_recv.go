@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,7 +22,7 @@ func init() {
 }
 
 func cmdRecv(ctx context.Context, e *env, args []string) error {
-	fs := newFlagSet(e, "recv", "(--listen ADDR | --stdio) --dest DIR --peer-pin PIN|- [flags]")
+	fs := newFlagSet(e, "recv", "(--listen ADDR | --stdio) (--dest DIR | --publish PXEDIR | --store) --peer-pin PIN|- [flags]")
 	listen := fs.String("listen", "", "`host:port` to listen on (port 0 picks a free one, printed on the second line)")
 	stdio := fs.Bool("stdio", false, "carry the TLS channel on standard input and output instead of TCP")
 	dest := fs.String("dest", "", "`directory` to land the files in; it must not exist or be empty")
@@ -30,6 +31,8 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	instance := fs.String("instance", "", "instance type of the slot, with --publish")
 	system := fs.String("system", "", "system of an instance type nbship does not know (aarch64-linux or x86_64-linux), with --publish")
 	keep := fs.Int("keep", image.DefaultKeep, "generations to keep, with --publish")
+	store := fs.Bool("store", false, "import the Nix store paths a relay --store sends into this host's store (instead of --dest)")
+	tmpDir := fs.String("tmpdir", "", "with --store: `directory` where each NAR waits for its check (default $TMPDIR or /tmp; needs room for the largest path)")
 	pinFlag := fs.String("peer-pin", "", "the relay's `pin` (SHA256:...), or - to read its fingerprint line from standard input")
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	wait := fs.Duration("accept-timeout", 2*time.Minute, "how long to wait for the pinned relay to connect")
@@ -47,6 +50,14 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	var land target
 	var err error
 	switch {
+	case *store && (*dest != "" || *publish != ""):
+		return usageError("recv: give exactly one of --dest DIR, --publish PXEDIR or --store")
+	case *store:
+		// Before anything else: a receiver without Nix fails before any
+		// data moves.
+		if err := transfer.LookNixStore(); err != nil {
+			return fmt.Errorf("recv: %w", err)
+		}
 	case (*dest == "") == (*publish == ""):
 		return usageError("recv: give exactly one of --dest DIR or --publish PXEDIR")
 	case *dest != "":
@@ -99,6 +110,13 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 		ln.Close()
 	}
 	defer conn.Close()
+	out := e.stdout
+	if *stdio || !*asJSON {
+		out = e.stderr
+	}
+	if *store {
+		return recvStore(ctx, e, conn, *tmpDir, out, *asJSON)
+	}
 
 	stage, have, err := land.stage()
 	if err != nil {
@@ -117,15 +135,31 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("recv: %w", err)
 	}
-	out := e.stdout
-	if *stdio {
-		out = e.stderr
+	printSummary(out, *asJSON, "received", newSummary(st, conn.WireBytes()))
+	return nil
+}
+
+// recvStore imports the store paths of the stream into this host's store.
+func recvStore(ctx context.Context, e *env, conn *tunnel.Conn, tmpDir string, out io.Writer, asJSON bool) error {
+	sink, err := transfer.NewStoreSink(&transfer.NixStore{}, tmpDir)
+	if err != nil {
+		return fmt.Errorf("recv: %w", err)
 	}
-	s := newSummary(st, conn.WireBytes())
-	if !*asJSON {
-		out = e.stderr
+	defer sink.Close()
+	cnt := new(transfer.Counters)
+	stop := storeProgress(e, "recv", cnt)
+	st, err := transfer.Receive(ctx, conn, sink, transfer.ReceiveOptions{
+		Progress: cnt,
+		Commit:   func() (string, error) { return "", sink.Confirm(ctx) },
+	})
+	stop()
+	if cerr := sink.Close(); err == nil && cerr != nil {
+		err = cerr
 	}
-	printSummary(out, *asJSON, "received", s)
+	if err != nil {
+		return fmt.Errorf("recv: %w", err)
+	}
+	printStoreSummary(out, asJSON, "imported", newSummary(st, conn.WireBytes()))
 	return nil
 }
 

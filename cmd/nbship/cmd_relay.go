@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/nbship/nbship/internal/flow"
 	"github.com/nbship/nbship/transfer"
@@ -16,13 +20,15 @@ func init() {
 }
 
 func cmdRelay(ctx context.Context, e *env, args []string) error {
-	fs := newFlagSet(e, "relay", "(--connect ADDR | --stdio) --peer-pin PIN|- [flags] PATH...")
+	fs := newFlagSet(e, "relay", "(--connect ADDR | --stdio) --peer-pin PIN|- [--store | --store-files] [flags] PATH...")
 	connect := fs.String("connect", "", "the receiver's `host:port`")
 	stdio := fs.Bool("stdio", false, "carry the TLS channel on standard input and output instead of TCP")
 	pinFlag := fs.String("peer-pin", "", "the receiver's `pin` (SHA256:...), or - to read its fingerprint line from standard input")
 	level := fs.String("level", "default", "zstd level: fastest, default or better")
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long to keep trying to reach the receiver")
+	store := fs.Bool("store", false, "send the closure of the store PATHs as Nix store paths, for recv --store (no PATH or -: one per line on standard input, after the pin line, up to an empty line)")
+	storeFiles := fs.Bool("store-files", false, "send the files of the store PATHs, each as a top-level entry named by its base name, for recv --dest (PATHs as with --store)")
 	life := fs.Bool("stdin-lifeline", false, "stop when standard input closes (set by the controller)")
 	fs.MarkHidden("stdin-lifeline")
 	if err := parseFlags(fs, args); err != nil {
@@ -31,12 +37,21 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	if (*connect == "") == !*stdio {
 		return usageError("relay: give exactly one of --connect ADDR or --stdio")
 	}
-	if fs.NArg() == 0 {
-		return usageError("relay: no PATH to send")
-	}
 	lvl, err := transfer.EncoderLevel(*level)
 	if err != nil {
 		return usageError("relay: %v", err)
+	}
+	if *store || *storeFiles {
+		if *store && *storeFiles {
+			return usageError("relay: give at most one of --store and --store-files")
+		}
+		return relayStore(ctx, e, relayOptions{
+			connect: *connect, stdio: *stdio, pin: *pinFlag, level: lvl, asJSON: *asJSON,
+			dialTimeout: *dialTimeout, lifeline: *life, files: *storeFiles,
+		}, fs.Args())
+	}
+	if fs.NArg() == 0 {
+		return usageError("relay: no PATH to send")
 	}
 	src, err := transfer.Collect(ctx, fs.Args())
 	if err != nil {
@@ -54,29 +69,11 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	if *life && !*stdio {
 		ctx = lifeline(ctx, e.stdin)
 	}
-
-	var conn *tunnel.Conn
-	if *stdio {
-		conn, err = tunnel.ClientOver(ctx, tunnel.NewStdioConn(e.stdin, e.stdout), id, pin)
-	} else {
-		dctx, cancel := context.WithTimeout(ctx, *dialTimeout)
-		conn, err = tunnel.Dial(dctx, *connect, id, pin)
-		cancel()
-		var de *tunnel.DialError
-		if errors.As(err, &de) && ctx.Err() == nil {
-			// Never reached the receiver: the controller may take the
-			// SSH path. Any other failure (a pin mismatch above all) it
-			// must not paper over.
-			return &exitError{code: flow.ExitDialFailed, err: fmt.Errorf("relay: %w", err)}
-		}
-	}
+	conn, err := relayDial(ctx, e, *stdio, *connect, *dialTimeout, id, pin, e.stdin)
 	if err != nil {
-		return fmt.Errorf("relay: %w", err)
+		return err
 	}
 	defer conn.Close()
-	if !*stdio {
-		fmt.Fprintf(e.stdout, "connected %s\n", conn.RemoteAddr())
-	}
 
 	cnt := new(transfer.Counters)
 	stop := progress(e, "relay", cnt)
@@ -90,5 +87,135 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 		out = e.stderr
 	}
 	printSummary(out, *asJSON, "sent", newSummary(st, conn.WireBytes()))
+	return nil
+}
+
+// relayDial opens the channel to the receiver: over stdin and stdout with
+// stdio, else by dialling connect (and printing "connected ADDR").
+func relayDial(ctx context.Context, e *env, stdio bool, connect string, dialTimeout time.Duration, id *tunnel.Identity, pin string, stdin io.Reader) (*tunnel.Conn, error) {
+	var conn *tunnel.Conn
+	var err error
+	if stdio {
+		conn, err = tunnel.ClientOver(ctx, tunnel.NewStdioConn(stdin, e.stdout), id, pin)
+	} else {
+		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		conn, err = tunnel.Dial(dctx, connect, id, pin)
+		cancel()
+		var de *tunnel.DialError
+		if errors.As(err, &de) && ctx.Err() == nil {
+			// Never reached the receiver: the controller may take the
+			// SSH path. Any other failure (a pin mismatch above all) it
+			// must not paper over.
+			return nil, &exitError{code: flow.ExitDialFailed, err: fmt.Errorf("relay: %w", err)}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	if !stdio {
+		fmt.Fprintf(e.stdout, "connected %s\n", conn.RemoteAddr())
+	}
+	return conn, nil
+}
+
+type relayOptions struct {
+	connect     string
+	stdio       bool
+	pin         string
+	level       zstd.EncoderLevel
+	asJSON      bool
+	dialTimeout time.Duration
+	lifeline    bool
+	files       bool // --store-files: the paths' files, not their NARs
+}
+
+// relayStore sends store paths: their closure as NARs (--store), or their
+// files (--store-files). The paths are the arguments, or, with none or -,
+// lines of standard input after the pin line up to an empty line or EOF
+// (so stdin can still be the lifeline, or carry the channel, after them).
+func relayStore(ctx context.Context, e *env, o relayOptions, args []string) error {
+	if !o.files {
+		if err := transfer.LookNixStore(); err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+	}
+	fromStdin := len(args) == 0 || len(args) == 1 && args[0] == "-"
+	collect := func(paths []string) (*transfer.Source, error) {
+		var src *transfer.Source
+		var err error
+		if o.files {
+			src, err = transfer.CollectEach(ctx, paths)
+		} else {
+			src, err = transfer.CollectStore(ctx, &transfer.NixStore{}, paths)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("relay: %w", err)
+		}
+		return src, nil
+	}
+	var src *transfer.Source
+	if !fromStdin {
+		paths, err := storePathArgs(args)
+		if err != nil {
+			return usageError("relay: %v", err)
+		}
+		if src, err = collect(paths); err != nil {
+			return err
+		}
+	}
+	id, err := tunnel.NewIdentity()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "fingerprint %s\n", id.Pin())
+	// Buffered from here on: everything after the pin (paths, the lifeline,
+	// or the channel itself with --stdio) is read through br.
+	br := bufio.NewReader(e.stdin)
+	pin, err := peerPin(o.pin, br)
+	if err != nil {
+		return err
+	}
+	if fromStdin {
+		paths, err := readStorePaths(br, "standard input", true)
+		if err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+		if len(paths) == 0 {
+			return usageError("relay: no store path on standard input")
+		}
+		if src, err = collect(paths); err != nil {
+			return err
+		}
+	}
+	if o.lifeline && !o.stdio {
+		ctx = lifeline(ctx, br)
+	}
+	conn, err := relayDial(ctx, e, o.stdio, o.connect, o.dialTimeout, id, pin, br)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+
+	cnt := new(transfer.Counters)
+	var stop func()
+	if o.files {
+		stop = progress(e, "relay", cnt)
+	} else {
+		stop = storeProgress(e, "relay", cnt)
+	}
+	st, err := transfer.Send(ctx, conn, src, transfer.SendOptions{Level: o.level, Progress: cnt})
+	stop()
+	if err != nil {
+		return fmt.Errorf("relay: %w", tunnel.ReadError(err, id))
+	}
+	out := e.stdout
+	if o.stdio || !o.asJSON {
+		out = e.stderr
+	}
+	if o.files {
+		printSummary(out, o.asJSON, "sent", newSummary(st, conn.WireBytes()))
+	} else {
+		printStoreSummary(out, o.asJSON, "sent", newSummary(st, conn.WireBytes()))
+	}
 	return nil
 }

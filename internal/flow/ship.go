@@ -7,12 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nbship/nbship/remote"
+	"github.com/nbship/nbship/transfer"
 )
 
 // ExitDialFailed is the relay's exit status when it could not reach the
@@ -29,14 +33,227 @@ const (
 
 // End is one end of the channel: a host and the nbship to run there.
 type End struct {
-	Host *remote.Client
-	Bin  string // nbship's path on the host
+	Host   *remote.Client // the host, over SSH (when Runner is nil)
+	Runner Runner         // starts the end's commands; nil: SSH(Host)
+	Bin    string         // nbship's path on the host
+}
+
+func (e End) runner() Runner {
+	if e.Runner != nil {
+		return e.Runner
+	}
+	return SSH(e.Host)
+}
+
+// Runner starts commands where an end runs: on a host over SSH (SSH) or on
+// this machine (Local).
+type Runner interface {
+	Name() string
+	// Start starts argv with env added to its environment, stdin and
+	// stdout piped, stderr to stderr. The command ends when ctx is done.
+	Start(ctx context.Context, argv []string, env map[string]string, stderr io.Writer) (*Process, error)
+}
+
+// Process is a command a Runner started. Read Stdout to EOF and close
+// Stdin to let it finish; Wait may be called more than once; Close stops it.
+type Process struct {
+	Stdin  io.WriteCloser
+	Stdout io.Reader
+	Proc
+}
+
+// Proc waits for or stops a started command.
+type Proc interface {
+	Wait() error
+	Close() error
+}
+
+// SSH is a Runner for a host reached over SSH.
+func SSH(c *remote.Client) Runner { return sshRunner{c} }
+
+type sshRunner struct{ c *remote.Client }
+
+func (r sshRunner) Name() string { return r.c.Name() }
+
+func (r sshRunner) Start(ctx context.Context, argv []string, env map[string]string, stderr io.Writer) (*Process, error) {
+	p, err := r.c.Start(ctx, remote.Cmd{Args: argv, Env: env, Pipes: true, Stderr: stderr})
+	if err != nil {
+		return nil, err
+	}
+	return &Process{Stdin: p.Stdin, Stdout: p.Stdout, Proc: p}, nil
+}
+
+// Local is a Runner for this machine: HOST "local" on the command line.
+type Local struct{}
+
+func (Local) Name() string { return "local" }
+
+// Start runs argv as a child process. Like an end over SSH it has its own
+// stdin and stdout pipes, and stops when its stdin closes.
+func (Local) Start(ctx context.Context, argv []string, env map[string]string, stderr io.Writer) (*Process, error) {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, err
+	}
+	t := &tailWriter{}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = os.Environ()
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stdin, cmd.Stdout = inR, outW
+	cmd.Stderr = t
+	if stderr != nil {
+		cmd.Stderr = io.MultiWriter(stderr, t)
+	}
+	cmd.WaitDelay = 5 * time.Second
+	err = cmd.Start()
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
+		return nil, fmt.Errorf("ship: local: %w", err)
+	}
+	lp := &localProc{cmd: cmd, stdin: inW, tail: t, done: make(chan struct{})}
+	go lp.wait()
+	lp.stopCtx = context.AfterFunc(ctx, func() { lp.Close() })
+	return &Process{Stdin: inW, Stdout: outR, Proc: lp}, nil
+}
+
+type localProc struct {
+	cmd     *exec.Cmd
+	stdin   io.Closer
+	tail    *tailWriter
+	stopCtx func() bool
+	done    chan struct{}
+	err     error
+}
+
+func (p *localProc) wait() {
+	err := p.cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		err = &LocalExitError{Command: strings.Join(p.cmd.Args, " "), Status: ee.ExitCode(), Stderr: p.tail.String()}
+	}
+	p.err = err
+	close(p.done)
+}
+
+func (p *localProc) Wait() error {
+	<-p.done
+	p.stopCtx()
+	return p.err
+}
+
+// Close stops the command as the controller going away would: its stdin
+// closes (an end with --stdin-lifeline stops), then TERM, then KILL.
+func (p *localProc) Close() error {
+	p.stdin.Close()
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(time.Second):
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(5 * time.Second):
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+	return nil
+}
+
+// LocalExitError is a local command that ran and failed.
+type LocalExitError struct {
+	Command string
+	Status  int // exit status; -1 when killed by a signal
+	Stderr  string
+}
+
+func (e *LocalExitError) Error() string {
+	msg := fmt.Sprintf("ship: local: %q exited with status %d", e.Command, e.Status)
+	if l := lastLine(e.Stderr); l != "" {
+		msg += ": " + l
+	}
+	return msg
+}
+
+// exitStatus is the exit status and stderr of a command that ran and failed
+// (over SSH or locally).
+func exitStatus(err error) (status int, stderr string, ok bool) {
+	var re *remote.ExitError
+	if errors.As(err, &re) {
+		return re.Status, re.Stderr, true
+	}
+	var le *LocalExitError
+	if errors.As(err, &le) {
+		return le.Status, le.Stderr, true
+	}
+	return 0, "", false
+}
+
+// tailWriter keeps the last few KiB written to it.
+type tailWriter struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if over := len(t.b) - 4096; over > 0 {
+		t.b = append(t.b[:0], t.b[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailWriter) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
+
+// CheckNixStore makes sure nix-store runs where e runs, so that a receiver
+// (or sender) of store paths without Nix fails before any data moves.
+func CheckNixStore(ctx context.Context, e End) error {
+	r := e.runner()
+	t := &tailWriter{}
+	missing := fmt.Errorf("ship: %s has no nix-store on its PATH; install Nix there (Debian: apt-get install nix-bin)", r.Name())
+	p, err := r.Start(ctx, []string{"nix-store", "--version"}, nil, t)
+	if err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return missing
+		}
+		return err
+	}
+	p.Stdin.Close()
+	io.Copy(io.Discard, p.Stdout)
+	err = p.Wait()
+	status, stderr, ok := exitStatus(err)
+	switch {
+	case err == nil:
+		return nil
+	case ok && (status == 127 || strings.Contains(stderr, "nix-store: not found") || strings.Contains(stderr, "nix-store: command not found")):
+		return missing
+	}
+	return fmt.Errorf("ship: %s: nix-store --version: %w", r.Name(), err)
 }
 
 // Ship describes one transfer from From to To.
 type Ship struct {
 	From, To    End
 	SendArgs    []string // what the relay sends: paths, or --store ...
+	SendStdin   []string // lines for the relay's stdin after the pin, then an empty line (store paths)
 	RecvArgs    []string // where the receiver puts it: --dest DIR --replace, --publish ...
 	Listen      string   // the receiver's listen address, e.g. ":61616"
 	Connect     string   // what the relay dials, opensslServer:opensslPort
@@ -78,25 +295,45 @@ type dialFailed struct{ reason string }
 
 func (d *dialFailed) Error() string { return "dial failed: " + d.reason }
 
-// end is a started remote end with a line reader on its stdout.
+// end is a started end with a line reader on its stdout.
 type end struct {
-	p      *remote.Process
+	p      *Process
 	out    *bufio.Reader
 	stderr *captureWriter
 	name   string
 }
 
 func (s *Ship) start(ctx context.Context, e End, args []string) (*end, error) {
-	c := &captureWriter{w: Prefixed(s.Log, e.Host.Name())}
-	p, err := e.Host.Start(ctx, remote.Cmd{
-		Args:   append([]string{e.Bin}, args...),
-		Pipes:  true,
-		Stderr: c,
-	})
+	r := e.runner()
+	c := &captureWriter{w: Prefixed(s.Log, r.Name())}
+	// Test builds pass their hooks on to the ends; release builds pass nothing.
+	p, err := r.Start(ctx, append([]string{e.Bin}, args...), transfer.TestHookEnv(), c)
 	if err != nil {
 		return nil, err
 	}
-	return &end{p: p, out: bufio.NewReader(p.Stdout), stderr: c, name: e.Host.Name()}, nil
+	return &end{p: p, out: bufio.NewReader(p.Stdout), stderr: c, name: r.Name()}, nil
+}
+
+// giveStdin writes the relay's input after its pin: SendStdin, then an
+// empty line that ends it.
+func (s *Ship) giveStdin(relay *end) error {
+	if s.SendStdin == nil {
+		return nil
+	}
+	var b strings.Builder
+	for _, l := range s.SendStdin {
+		b.WriteString(l)
+		b.WriteByte('\n')
+	}
+	b.WriteByte('\n')
+	if _, err := io.WriteString(relay.p.Stdin, b.String()); err != nil {
+		// It stopped reading: its own exit says why.
+		if werr := relay.p.Wait(); werr != nil {
+			return werr
+		}
+		return fmt.Errorf("ship: %s: giving the relay its store paths: %w", relay.name, err)
+	}
+	return nil
 }
 
 // line reads one line of the end's stdout; at EOF it returns the end's
@@ -171,10 +408,12 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 	if _, err := io.WriteString(relay.p.Stdin, rfp+"\n"); err != nil {
 		return nil, fmt.Errorf("ship: %s: giving the relay the receiver's pin: %w", relay.name, err)
 	}
+	if err := s.giveStdin(relay); err != nil {
+		return nil, err
+	}
 	if l, err := relay.line("connection"); err != nil {
-		var ee *remote.ExitError
-		if errors.As(err, &ee) && ee.Status == ExitDialFailed {
-			return nil, &dialFailed{reason: lastLine(ee.Stderr)}
+		if status, stderr, ok := exitStatus(err); ok && status == ExitDialFailed {
+			return nil, &dialFailed{reason: lastLine(stderr)}
 		}
 		return nil, err
 	} else if !strings.HasPrefix(l, "connected ") {
@@ -265,6 +504,9 @@ func (s *Ship) overSSH(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	if _, err := io.WriteString(relay.p.Stdin, rfp+"\n"); err != nil {
+		return nil, err
+	}
+	if err := s.giveStdin(relay); err != nil {
 		return nil, err
 	}
 	// From here on the controller carries TLS records it cannot read: the

@@ -23,9 +23,21 @@ var (
 // architecture's binary beside itself.
 func Nbship(t testing.TB, goarch string) string {
 	t.Helper()
+	return NbshipTags(t, goarch, "")
+}
+
+// TestHooks is the build tag of the test hooks (transfer/testhooks_on.go).
+const TestHooks = "nbship_testhooks"
+
+// NbshipTags is Nbship built with -tags tags (e.g. TestHooks). Each set of
+// tags gets a directory of its own, with the same names in it, so that a
+// controller built with tags uploads binaries built with the same tags.
+func NbshipTags(t testing.TB, goarch, tags string) string {
+	t.Helper()
 	mu.Lock()
 	defer mu.Unlock()
-	if p, ok := built[goarch]; ok {
+	key := goarch + "/" + tags
+	if p, ok := built[key]; ok {
 		return p
 	}
 	if dir == "" {
@@ -35,13 +47,22 @@ func Nbship(t testing.TB, goarch string) string {
 		}
 		dir = d
 	}
-	out := filepath.Join(dir, "nbship-linux-"+goarch)
-	cmd := exec.Command(goTool(), "build", "-trimpath", "-o", out, "github.com/nbship/nbship/cmd/nbship")
+	outDir := dir
+	args := []string{"build", "-trimpath"}
+	if tags != "" {
+		outDir = filepath.Join(dir, "tags-"+tags)
+		if err := os.MkdirAll(outDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "-tags", tags)
+	}
+	out := filepath.Join(outDir, "nbship-linux-"+goarch)
+	cmd := exec.Command(goTool(), append(args, "-o", out, "github.com/nbship/nbship/cmd/nbship")...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building nbship for linux/%s: %v: %s", goarch, err, b)
+		t.Fatalf("building nbship for linux/%s (tags %q): %v: %s", goarch, tags, err, b)
 	}
-	built[goarch] = out
+	built[key] = out
 	return out
 }
 

@@ -1,0 +1,370 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nbship/nbship/internal/config"
+	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/remote"
+	"github.com/nbship/nbship/transfer"
+)
+
+func init() {
+	register(command{name: "ship", summary: "move store paths between two hosts' Nix stores (or into a directory), directly", run: cmdShip})
+}
+
+// localHost is the HOST that means this machine.
+const localHost = "local"
+
+// defaultPort is the receiver's port for the direct path without a config.
+const defaultPort = 61616
+
+func cmdShip(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "ship", "--from HOST --to HOST (--store | --dest DIR) [flags] [PATH...|-]")
+	from := fs.String("from", "", "`HOST` that has the paths: an SSH destination, or local (default: the config's buildHost)")
+	to := fs.String("to", "", "`HOST` to ship to: an SSH destination, or local (default: the config's pxeHost)")
+	store := fs.Bool("store", false, "import the closure of the paths into the receiving host's Nix store (only the paths it lacks)")
+	dest := fs.String("dest", "", "put the files of the paths in this `directory` on the receiving host, one entry per path, named by its base name")
+	replace := fs.Bool("replace", false, "with --dest: replace a non-empty directory atomically")
+	pathFlag := fs.String("path", flow.PathAuto, "how the data travels: auto (direct, else over SSH), direct, or ssh")
+	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the sender tries the direct path before auto falls back to SSH")
+	listenPort := fs.Int("listen-port", 0, "the receiver's TCP `port` for the direct path (default: the config's opensslPort, else 61616)")
+	connect := fs.String("connect", "", "`host:port` the sender dials for the direct path (default: the config's opensslServer:opensslPort, else the --to host's name)")
+	level := fs.String("level", "default", "zstd level: fastest, default or better")
+	cfgPath := fs.String("config", "", "builders.conf `file` for the defaults above")
+	asJSON := fs.Bool("json", false, "print a JSON summary on stdout")
+	var sf sshFlags
+	sf.add(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *store == (*dest != "") {
+		return usageError("ship: give exactly one of --store or --dest DIR")
+	}
+	if *replace && *store {
+		return usageError("ship: --replace goes with --dest")
+	}
+	if _, err := transfer.EncoderLevel(*level); err != nil {
+		return usageError("ship: %v", err)
+	}
+	switch *pathFlag {
+	case flow.PathAuto, flow.PathDirect, flow.PathSSH:
+	default:
+		return usageError("ship: --path %q is not auto, direct or ssh", *pathFlag)
+	}
+
+	// The paths first: a bad line fails before any host is reached.
+	var paths []string
+	var err error
+	if fs.NArg() == 0 || fs.NArg() == 1 && fs.Arg(0) == "-" {
+		paths, err = readStorePaths(e.stdin, "standard input", false)
+	} else {
+		paths, err = storePathArgs(fs.Args())
+	}
+	if err != nil {
+		return usageError("ship: %v", err)
+	}
+	if len(paths) == 0 {
+		return usageError("ship: no store paths (give them as arguments or one per line on standard input)")
+	}
+
+	var cfg *config.Config
+	if *cfgPath != "" {
+		if cfg, err = loadConfig(*cfgPath); err != nil {
+			return err
+		}
+		*from = firstOf(*from, cfg.BuildHost)
+		*to = firstOf(*to, cfg.PXEHost)
+	}
+	if *from == "" || *to == "" {
+		return usageError("ship: --from HOST and --to HOST are required (or --config with buildHost and pxeHost)")
+	}
+	port := *listenPort
+	if port == 0 && cfg != nil && cfg.OpenSSLPort != 0 {
+		port = cfg.OpenSSLPort
+	}
+	if port == 0 {
+		port = defaultPort
+	}
+	if port < 1 || port > 65535 {
+		return usageError("ship: --listen-port %d is not a TCP port", port)
+	}
+	path := *pathFlag
+	addr := *connect
+	if addr == "" && cfg != nil && cfg.OpenSSLServer != "" {
+		addr = net.JoinHostPort(cfg.OpenSSLServer, strconv.Itoa(port))
+	}
+	if addr == "" {
+		switch {
+		case *to != localHost:
+			addr = net.JoinHostPort(destHost(*to), strconv.Itoa(port))
+		case *from == localHost:
+			addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		case path == flow.PathDirect:
+			return usageError("ship: --path direct with --to local needs --connect HOST:PORT (where %s reaches this machine)", *from)
+		default:
+			// Nothing tells where the sender reaches this machine.
+			path = flow.PathSSH
+		}
+	}
+	start := time.Now()
+
+	ends, closeEnds, err := shipEnds(ctx, e, &sf, *from, *to)
+	if err != nil {
+		return err
+	}
+	defer closeEnds()
+	src, dst := ends[0], ends[1]
+	if *store {
+		// Before any data moves: both ends need Nix.
+		if err := flow.CheckNixStore(ctx, dst); err != nil {
+			return err
+		}
+		if err := flow.CheckNixStore(ctx, src); err != nil {
+			return err
+		}
+	}
+	if err := installEnds(ctx, &sf, ends); err != nil {
+		return err
+	}
+
+	ship := &flow.Ship{
+		From:        src,
+		To:          dst,
+		SendStdin:   paths,
+		Listen:      ":" + strconv.Itoa(port),
+		Connect:     addr,
+		Path:        path,
+		DialTimeout: *dialTimeout,
+		Level:       *level,
+		Log:         e.stderr,
+	}
+	if *store {
+		ship.SendArgs = []string{"--store"}
+		ship.RecvArgs = []string{"--store"}
+	} else {
+		ship.SendArgs = []string{"--store-files"}
+		ship.RecvArgs = []string{"--dest", *dest}
+		if *replace {
+			ship.RecvArgs = append(ship.RecvArgs, "--replace")
+		}
+	}
+	closure := ""
+	if *store {
+		closure = " (and their closure)"
+	}
+	fmt.Fprintf(e.stderr, "nbship: shipping %d store paths%s from %s to %s\n", len(paths), closure, *from, *to)
+	res, err := ship.Run(ctx)
+	if err != nil {
+		return err
+	}
+	var s summary
+	if err := json.Unmarshal(res.Relay, &s); err != nil {
+		return fmt.Errorf("ship: the relay's summary %q: %w", res.Relay, err)
+	}
+	if res.Path == flow.PathSSH {
+		s.WireBytes = res.WireBytes
+	}
+	out := shipSummary{
+		PathsTotal: s.Files, PathsSent: s.FilesSent, PathsSkipped: s.Reused,
+		Bytes: s.Bytes, Compressed: s.Compressed, WireBytes: s.WireBytes,
+		Seconds: s.Seconds, MBps: s.MBps, Path: res.Path,
+		TotalSeconds: round(time.Since(start).Seconds(), 2),
+	}
+	if !*store {
+		// The stream counted files; the paths all went.
+		out.Files = s.Files
+		out.PathsTotal, out.PathsSent, out.PathsSkipped = len(paths), len(paths), 0
+		out.Dest = *dest
+	}
+	if *asJSON {
+		return json.NewEncoder(e.stdout).Encode(out)
+	}
+	what := "imported into " + *to
+	if !*store {
+		what = "put in " + *to + ":" + *dest
+	}
+	fmt.Fprintf(e.stdout, "%d store paths %s (%d sent, %d already there): %s raw, %s on the wire in %.2fs, %.1f MB/s (%s path)\n",
+		out.PathsTotal, what, out.PathsSent, out.PathsSkipped, transfer.HumanBytes(out.Bytes), transfer.HumanBytes(out.WireBytes), out.Seconds, out.MBps, out.Path)
+	return nil
+}
+
+// shipSummary is ship's --json object.
+type shipSummary struct {
+	PathsTotal   int     `json:"paths_total"`
+	PathsSent    int     `json:"paths_sent"`
+	PathsSkipped int     `json:"paths_skipped"`
+	Files        int     `json:"files,omitempty"` // with --dest
+	Bytes        int64   `json:"bytes"`           // raw: NARs (--store) or files (--dest) sent
+	Compressed   int64   `json:"compressed_bytes"`
+	WireBytes    int64   `json:"wire_bytes"`
+	Seconds      float64 `json:"seconds"` // the transfer, as the relay timed it
+	MBps         float64 `json:"mbps"`
+	Path         string  `json:"path"` // direct or ssh
+	Dest         string  `json:"dest,omitempty"`
+	TotalSeconds float64 `json:"total_seconds"` // everything, as this command timed it
+}
+
+// destHost is the host name of an SSH destination [user@]host[:port].
+func destHost(dest string) string {
+	if i := strings.LastIndexByte(dest, '@'); i >= 0 {
+		dest = dest[i+1:]
+	}
+	if h, _, err := net.SplitHostPort(dest); err == nil {
+		return h
+	}
+	return strings.Trim(dest, "[]")
+}
+
+// shipEnds makes the two ends: this machine for "local", else a host
+// reached over SSH (both dialled at once). The returned function closes
+// the connections.
+func shipEnds(ctx context.Context, e *env, sf *sshFlags, hosts ...string) ([]flow.End, func(), error) {
+	ends := make([]flow.End, len(hosts))
+	var dests []string
+	for _, h := range hosts {
+		if h != localHost {
+			dests = append(dests, h)
+		}
+	}
+	var clients []*remote.Client
+	if len(dests) > 0 {
+		var err error
+		if clients, err = dialAll(ctx, sf.config(e), dests...); err != nil {
+			return nil, nil, err
+		}
+	}
+	closeAll := func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	k := 0
+	for i, h := range hosts {
+		if h == localHost {
+			ends[i] = flow.End{Runner: flow.Local{}, Bin: self}
+			continue
+		}
+		ends[i] = flow.End{Host: clients[k]}
+		k++
+	}
+	return ends, closeAll, nil
+}
+
+// installEnds puts nbship on the ends that are remote hosts.
+func installEnds(ctx context.Context, sf *sshFlags, ends []flow.End) error {
+	var hosts []*remote.Client
+	var idx []int
+	for i, end := range ends {
+		if end.Host != nil {
+			hosts = append(hosts, end.Host)
+			idx = append(idx, i)
+		}
+	}
+	if len(hosts) == 0 {
+		return nil
+	}
+	bins, err := installAll(ctx, sf, hosts...)
+	if err != nil {
+		return err
+	}
+	for k, i := range idx {
+		ends[i].Bin = bins[k]
+	}
+	return nil
+}
+
+// maxPathLine bounds one line of store paths.
+const maxPathLine = 4096
+
+// readStorePaths reads store paths, one per line, from r: to EOF, or with
+// stopAtEmpty to the first empty line (what follows is not read, beyond
+// r's own buffering). Blank lines are skipped otherwise; duplicates are
+// dropped. A line that is not a store path is an error naming its number.
+func readStorePaths(r io.Reader, what string, stopAtEmpty bool) ([]string, error) {
+	br, ok := r.(*bufio.Reader)
+	if !ok {
+		br = bufio.NewReader(r)
+	}
+	var paths []string
+	seen := map[string]bool{}
+	for n := 1; ; n++ {
+		line, err := br.ReadString('\n')
+		if len(line) > maxPathLine {
+			return nil, fmt.Errorf("%s line %d is longer than %d bytes; it is not a store path", what, n, maxPathLine)
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("reading %s: %w", what, err)
+		}
+		if p := strings.TrimSpace(line); p != "" {
+			if _, perr := transfer.StoreBase(p); perr != nil {
+				return nil, fmt.Errorf("%s line %d: %q is not a store path (%s/HASH-NAME): %v", what, n, p, transfer.StoreDir, perr)
+			}
+			if !seen[p] {
+				seen[p] = true
+				paths = append(paths, p)
+			}
+		} else if stopAtEmpty && err == nil {
+			return paths, nil
+		}
+		if err != nil {
+			return paths, nil
+		}
+	}
+}
+
+// storePathArgs checks store paths given as arguments.
+func storePathArgs(args []string) ([]string, error) {
+	var paths []string
+	seen := map[string]bool{}
+	for _, a := range args {
+		if _, err := transfer.StoreBase(a); err != nil {
+			return nil, fmt.Errorf("%q is not a store path (%s/HASH-NAME): %v", a, transfer.StoreDir, err)
+		}
+		if !seen[a] {
+			seen[a] = true
+			paths = append(paths, a)
+		}
+	}
+	return paths, nil
+}
+
+// storeProgress is progress for store paths: paths done of total, bytes,
+// MB/s, ETA.
+func storeProgress(e *env, label string, c *transfer.Counters) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		transfer.ReportPaths(e.stderr, isTerminal(e.stderr), label, c, 5*time.Second, done)
+		close(finished)
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}
+
+// printStoreSummary is printSummary for store paths.
+func printStoreSummary(w io.Writer, asJSON bool, verb string, s summary) {
+	if asJSON {
+		json.NewEncoder(w).Encode(s)
+		return
+	}
+	fmt.Fprintf(w, "%s %d store paths (%d sent, %d already there), %s of NARs, %s on the wire (ratio %.2f) in %.2fs, %.1f MB/s\n",
+		verb, s.Files, s.FilesSent, s.Reused, transfer.HumanBytes(s.Bytes), transfer.HumanBytes(s.WireBytes), s.Ratio, s.Seconds, s.MBps)
+}

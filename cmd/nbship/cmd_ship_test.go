@@ -1,0 +1,506 @@
+package main
+
+// recv --store, relay --store and ship through the built binary, between
+// two real Nix stores on this machine (Nix "chroot" stores: NIX_REMOTE=DIR
+// keeps /nix/store paths under DIR). The same flows on the three-host rig
+// are in e2e/ship_test.go.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nbship/nbship/internal/testbin"
+	"github.com/nbship/nbship/transfer"
+)
+
+// testStore is a Nix store of its own, used through nix-store.
+type testStore struct {
+	root string
+	env  []string
+}
+
+func newTestStore(t *testing.T) *testStore {
+	t.Helper()
+	if _, err := exec.LookPath("nix-store"); err != nil {
+		if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
+			t.Fatal("nix-store not found (NBSHIP_REQUIRE_RIG=1); run scripts/deps.sh")
+		}
+		t.Skip("nix-store not found; run scripts/deps.sh")
+	}
+	root := t.TempDir()
+	env := append(os.Environ(), "NIX_REMOTE="+root,
+		"NIX_CONFIG=build-users-group =\nsubstituters =\nsandbox = false\nfsync-metadata = false")
+	return &testStore{root: root, env: env}
+}
+
+func (s *testStore) nixStore(t *testing.T, stdin []byte, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("nix-store", args...)
+	cmd.Env = s.env
+	cmd.Stdin = bytes.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("nix-store %s: %v: %s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String()
+}
+
+// valid reports which of paths are valid in the store.
+func (s *testStore) valid(t *testing.T, paths ...string) map[string]bool {
+	t.Helper()
+	invalid := map[string]bool{}
+	for _, l := range strings.Fields(s.nixStore(t, nil, append([]string{"--check-validity", "--print-invalid"}, paths...)...)) {
+		invalid[l] = true
+	}
+	v := map[string]bool{}
+	for _, p := range paths {
+		v[p] = !invalid[p]
+	}
+	return v
+}
+
+// storeName makes a store path name with a random hash part.
+func storeName(label string) string {
+	const alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
+	b := make([]byte, 32)
+	rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b) + "-" + label
+}
+
+// closure is three store paths, leaf <- mid <- top, as the rig's test
+// derivation makes them: executables, an empty file, a directory symlink,
+// a path that contains (and so refers to) itself, and a big file.
+type closure struct {
+	leaf, mid, top string // full store paths
+}
+
+func (c closure) all() []string { return []string{c.leaf, c.mid, c.top} }
+
+// addClosure puts a three-level closure into s through nix-store --import,
+// with bigSize random bytes in leaf.
+func addClosure(t *testing.T, s *testStore, bigSize int) closure {
+	t.Helper()
+	c := closure{
+		leaf: transfer.StoreDir + "/" + storeName("nbship-leaf"),
+		mid:  transfer.StoreDir + "/" + storeName("nbship-mid"),
+		top:  transfer.StoreDir + "/" + storeName("nbship-top"),
+	}
+	drv := storeName("nbship-top.drv")
+	src := t.TempDir()
+	leaf, mid, top := filepath.Join(src, "leaf"), filepath.Join(src, "mid"), filepath.Join(src, "top")
+	writeFile(t, filepath.Join(leaf, "bin/hello"), []byte("#!/bin/sh\necho leaf\n"), 0o555)
+	writeFile(t, filepath.Join(leaf, "data/empty"), nil, 0o444)
+	writeFile(t, filepath.Join(leaf, "data/big"), randomBytes(t, bigSize), 0o444)
+	writeFile(t, filepath.Join(leaf, "real/file"), []byte("in a directory reached by a symlink\n"), 0o444)
+	if err := os.Symlink("real", filepath.Join(leaf, "dirlink")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(mid, "self"), []byte(c.mid+"\n"), 0o444)
+	writeFile(t, filepath.Join(mid, "leaf-ref"), []byte(c.leaf+"\n"), 0o444)
+	if err := os.Symlink(c.leaf+"/bin/hello", filepath.Join(mid, "hello")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, top, []byte("#!/bin/sh\nexec "+c.mid+"/hello\n"), 0o555)
+
+	// The export stream goes straight from nix-store --dump of each tree
+	// into nix-store --import: nothing big is held in memory.
+	imp := exec.Command("nix-store", "--import")
+	imp.Env = s.env
+	w, err := imp.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	imp.Stdout, imp.Stderr = io.Discard, &errb
+	if err := imp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []struct {
+		dir, path string
+		refs      []string
+		deriver   string
+	}{
+		{leaf, c.leaf, nil, ""},
+		{mid, c.mid, []string{c.leaf, c.mid}, ""},
+		{top, c.top, []string{c.mid}, drv},
+	} {
+		dump := exec.Command("nix-store", "--dump", p.dir)
+		nar, err := dump.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dump.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var refs []string
+		for _, r := range p.refs {
+			refs = append(refs, filepath.Base(r))
+		}
+		if err := transfer.WriteExport(w, filepath.Base(p.path), nar, refs, p.deriver); err != nil {
+			t.Fatalf("exporting %s: %v", p.dir, err)
+		}
+		if err := dump.Wait(); err != nil {
+			t.Fatalf("nix-store --dump %s: %v", p.dir, err)
+		}
+	}
+	w.Write(make([]byte, 8)) // the final 0
+	w.Close()
+	if err := imp.Wait(); err != nil {
+		t.Fatalf("nix-store --import: %v: %s", err, errb.String())
+	}
+	return c
+}
+
+// startEnv is start with an environment.
+func startEnv(t *testing.T, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, stdin: stdin, stdout: bufio.NewReader(out), stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return p
+}
+
+// peakRSS samples the peak resident set (VmHWM, KiB) of pid, and of pid
+// alone (not its children, as a wait4 rusage would count), until stop is
+// closed; the result arrives on the returned channel.
+func peakRSS(pid int, stop <-chan struct{}) <-chan int64 {
+	res := make(chan int64, 1)
+	go func() {
+		var peak int64
+		for {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+				for _, l := range strings.Split(string(b), "\n") {
+					if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+						var kib int64
+						fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kib)
+						peak = max(peak, kib)
+					}
+				}
+			}
+			select {
+			case <-stop:
+				res <- peak
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return res
+}
+
+// storeLoopback runs recv --store on dst and relay --store on src over
+// loopback, the relay's paths on its stdin after the pin, as the ship
+// controller gives them. recvArgs are added to the receiver's arguments,
+// recvEnv to its environment. It returns both ends' outcomes and peak RSS
+// (KiB).
+func storeLoopback(t *testing.T, bin string, src, dst *testStore, recvArgs, recvEnv []string, paths ...string) (recv, relay outcome, recvPeak, relayPeak int64) {
+	t.Helper()
+	r := startEnv(t, append(slices.Clone(dst.env), recvEnv...), bin, append([]string{"recv", "--listen", "127.0.0.1:0", "--store", "--peer-pin", "-", "--json", "--stdin-lifeline"}, recvArgs...)...)
+	rfp := r.line(t)
+	addr, ok := strings.CutPrefix(r.line(t), "listening ")
+	if !ok {
+		t.Fatalf("recv's second line is not listening ADDR (stderr: %s)", r.stderr)
+	}
+	s := startEnv(t, src.env, bin, "relay", "--store", "--connect", addr, "--peer-pin", "-", "--json", "--stdin-lifeline")
+	stop := make(chan struct{})
+	rpeak, speak := peakRSS(r.cmd.Process.Pid, stop), peakRSS(s.cmd.Process.Pid, stop)
+	sfp := s.line(t)
+	r.stdin.Write([]byte(sfp + "\n"))
+	s.stdin.Write([]byte(rfp + "\n" + strings.Join(paths, "\n") + "\n\n"))
+	// The stdin of both stays open (the lifeline) until they are done.
+	so, serr := s.wait(t)
+	s.stdin.Close()
+	ro, rerr := r.wait(t)
+	r.stdin.Close()
+	close(stop)
+	return outcome{ro, r.stderr.String(), rerr}, outcome{so, s.stderr.String(), serr}, <-rpeak, <-speak
+}
+
+func relaySummary(t *testing.T, stdout string) summary {
+	t.Helper()
+	connected, js, _ := strings.Cut(stdout, "\n")
+	if !strings.HasPrefix(connected, "connected ") {
+		t.Fatalf("relay's stdout = %q, want connected then the summary", stdout)
+	}
+	var s summary
+	if err := json.Unmarshal([]byte(js), &s); err != nil {
+		t.Fatalf("relay --json output %q: %v", js, err)
+	}
+	return s
+}
+
+// sameClosure checks that dst has top's closure exactly as src has it:
+// the same paths, each valid, verified by Nix, with the same NAR.
+func sameClosure(t *testing.T, src, dst *testStore, top string) {
+	t.Helper()
+	want := strings.Fields(src.nixStore(t, nil, "-qR", top))
+	got := strings.Fields(dst.nixStore(t, nil, "-qR", top))
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("closure on the receiver = %v, want %v", got, want)
+	}
+	for _, p := range want {
+		dst.nixStore(t, nil, "--verify-path", p)
+		if a, b := src.nixStore(t, nil, "-q", "--hash", p), dst.nixStore(t, nil, "-q", "--hash", p); a != b {
+			t.Errorf("%s: NAR hash %s on the receiver, %s on the sender", p, b, a)
+		}
+		if a, b := src.nixStore(t, nil, "-q", "--deriver", p), dst.nixStore(t, nil, "-q", "--deriver", p); a != b {
+			t.Errorf("%s: deriver %s on the receiver, %s on the sender", p, b, a)
+		}
+	}
+}
+
+func TestStoreLoopback(t *testing.T) {
+	src, dst := newTestStore(t), newTestStore(t)
+	c := addClosure(t, src, 3<<20)
+	bin := nbshipBinary(t, "amd64")
+
+	tmp := t.TempDir()
+	recv, relay, _, _ := storeLoopback(t, bin, src, dst, []string{"--tmpdir", tmp}, nil, c.top)
+	if recv.err != nil || relay.err != nil {
+		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	}
+	sameClosure(t, src, dst, c.top)
+	s := relaySummary(t, relay.stdout)
+	if s.Files != 3 || s.FilesSent != 3 || s.Bytes < 3<<20 {
+		t.Errorf("relay summary = %+v, want 3 paths sent, over 3 MiB", s)
+	}
+
+	// Again: nothing but metadata moves.
+	recv, relay, _, _ = storeLoopback(t, bin, src, dst, []string{"--tmpdir", tmp}, nil, c.top)
+	if recv.err != nil || relay.err != nil {
+		t.Fatalf("again: recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	}
+	if s := relaySummary(t, relay.stdout); s.FilesSent != 0 || s.Reused != 3 || s.Bytes != 0 || s.WireBytes > 32<<10 {
+		t.Errorf("again: relay summary = %+v, want 0 sent, 3 skipped, a few KiB on the wire", s)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Errorf("the receiver left %v in its --tmpdir", ents)
+	}
+}
+
+func TestStoreLoopbackFlippedByte(t *testing.T) {
+	src := newTestStore(t)
+	c := addClosure(t, src, 1<<20)
+	flip := "NBSHIP_TEST_FLIP_NAR=" + filepath.Base(c.mid)
+
+	// Built with the test hooks, the receiver corrupts mid's NAR on arrival.
+	dst := newTestStore(t)
+	hooked := testbin.NbshipTags(t, "amd64", testbin.TestHooks)
+	tmp := t.TempDir()
+	recv, relay, _, _ := storeLoopback(t, hooked, src, dst, []string{"--tmpdir", tmp}, []string{flip}, c.top)
+	if recv.err == nil || relay.err == nil {
+		t.Fatalf("a corrupted NAR was accepted: recv %v, relay %v", recv.err, relay.err)
+	}
+	last := lastLine(recv.stderr)
+	if !strings.Contains(last, c.mid) || !strings.Contains(last, "SHA-256") {
+		t.Errorf("recv's error = %q, want it to name %s and the hash mismatch", last, c.mid)
+	}
+	if !strings.Contains(relay.stderr, c.mid) {
+		t.Errorf("relay's error does not name %s:\n%s", c.mid, relay.stderr)
+	}
+	if v := dst.valid(t, c.all()...); !v[c.leaf] || v[c.mid] || v[c.top] {
+		t.Errorf("valid on the receiver: %v; want leaf (before the bad path) only", v)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Errorf("the failed receiver left %v in its --tmpdir", ents)
+	}
+
+	// A release build ignores the variable: the same ship succeeds.
+	dst = newTestStore(t)
+	plain := nbshipBinary(t, "amd64")
+	recv, relay, _, _ = storeLoopback(t, plain, src, dst, nil, []string{flip}, c.top)
+	if recv.err != nil || relay.err != nil {
+		t.Fatalf("release build with %s: recv: %v %s\nrelay: %v %s", flip, recv.err, recv.stderr, relay.err, relay.stderr)
+	}
+	sameClosure(t, src, dst, c.top)
+	b, err := os.ReadFile(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte("NBSHIP_TEST_FLIP_NAR")) {
+		t.Errorf("the release binary %s contains the test hook's variable name", plain)
+	}
+}
+
+// A path far larger than any buffer crosses with both ends' memory
+// bounded: peak RSS well under the NAR's size.
+func TestStoreLoopbackMemoryBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("moves 256 MiB")
+	}
+	src, dst := newTestStore(t), newTestStore(t)
+	const big = 256 << 20
+	c := addClosure(t, src, big)
+	bin := nbshipBinary(t, "amd64")
+	recv, relay, rpeak, speak := storeLoopback(t, bin, src, dst, nil, nil, c.top)
+	if recv.err != nil || relay.err != nil {
+		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	}
+	dst.nixStore(t, nil, "--verify-path", c.leaf)
+	t.Logf("peak RSS: recv %d MiB, relay %d MiB, for a %d MiB NAR", rpeak>>10, speak>>10, big>>20)
+	for _, u := range []struct {
+		end string
+		kib int64
+	}{{"recv", rpeak}, {"relay", speak}} {
+		if u.kib<<10 > big/2 {
+			t.Errorf("%s peaked at %d MiB for a %d MiB NAR; want its memory bounded", u.end, u.kib>>10, big>>20)
+		}
+	}
+}
+
+// inStore runs bin with args where /nix is the test store's, as --dest
+// needs: it reads the paths' files under /nix/store.
+func (s *testStore) inStore(t *testing.T, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
+			t.Fatal("needs root for a mount namespace (NBSHIP_REQUIRE_RIG=1)")
+		}
+		t.Skip("needs root for a mount namespace with the test store at /nix")
+	}
+	if _, err := os.Stat("/nix"); err != nil {
+		t.Skip("no /nix to mount the test store on")
+	}
+	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--",
+		"/bin/sh", "-c", `mount --bind "$0" /nix && exec "$@"`, filepath.Join(s.root, "nix"), bin}, args...)...)
+	cmd.Env = s.env
+	return cmd
+}
+
+func TestShipLocalToDirectory(t *testing.T) {
+	src := newTestStore(t)
+	c := addClosure(t, src, 1<<20)
+	bin := nbshipBinary(t, "amd64")
+	for _, path := range []string{"direct", "ssh"} {
+		t.Run(path, func(t *testing.T) {
+			dest := filepath.Join(t.TempDir(), "out")
+			cmd := src.inStore(t, bin, "ship", "--from", "local", "--to", "local", "--dest", dest, "--path", path, "--listen-port", "0", "--json", "-")
+			cmd.Stdin = strings.NewReader(c.leaf + "\n" + c.mid + "\n")
+			var out, errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("nbship ship: %v\n%s", err, errb.String())
+			}
+			var s shipSummary
+			if err := json.Unmarshal(out.Bytes(), &s); err != nil {
+				t.Fatalf("ship --json = %q: %v", out.String(), err)
+			}
+			if s.PathsTotal != 2 || s.PathsSent != 2 || s.Path != path || s.Files < 5 {
+				t.Errorf("summary = %+v, want 2 paths, %s path", s, path)
+			}
+			leaf := filepath.Join(dest, filepath.Base(c.leaf))
+			for name, want := range map[string]struct {
+				mode os.FileMode
+				data string
+			}{
+				"bin/hello":    {0o555, "#!/bin/sh\necho leaf\n"},
+				"data/empty":   {0o444, ""},
+				"dirlink/file": {0o444, "in a directory reached by a symlink\n"},
+			} {
+				p := filepath.Join(leaf, name)
+				fi, err := os.Lstat(p)
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+					continue
+				}
+				b, _ := os.ReadFile(p)
+				if fi.Mode().Perm() != want.mode || string(b) != want.data {
+					t.Errorf("%s = %v %q, want %v %q", name, fi.Mode().Perm(), b, want.mode, want.data)
+				}
+			}
+			if fi, err := os.Lstat(filepath.Join(leaf, "dirlink")); err != nil || !fi.IsDir() {
+				t.Errorf("dirlink = %v, %v; want a directory (symlinks are followed)", fi, err)
+			}
+			self, err := os.ReadFile(filepath.Join(dest, filepath.Base(c.mid), "self"))
+			if err != nil || string(self) != c.mid+"\n" {
+				t.Errorf("mid/self = %q, %v", self, err)
+			}
+		})
+	}
+}
+
+func TestShipRefusesBadInput(t *testing.T) {
+	bin := nbshipBinary(t, "amd64")
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		stdin string
+		want  string
+	}{
+		{"bad line", []string{"--store"}, "/nix/store/0c2hk5ynqmw0b6g9nqwxbwn2rgvhd6m4-leaf\n\nhello\n", "standard input line 3: \"hello\" is not a store path"},
+		{"path inside a store path", []string{"--store", "-"}, "/nix/store/0c2hk5ynqmw0b6g9nqwxbwn2rgvhd6m4-leaf/bin/sh\n", "standard input line 1"},
+		{"bad hash", []string{"--store"}, "/nix/store/0c2hk5ynqmw0b6g9nqwxbwn2rgvhd6m4-leaf\n/nix/store/ec2hk5ynqmw0b6g9nqwxbwn2rgvhd6m4-leaf\n", "standard input line 2"},
+		{"bad argument", []string{"--store", "./result"}, "", `"./result" is not a store path`},
+		{"no paths", []string{"--store"}, "\n\n", "no store paths"},
+		{"no mode", nil, "", "exactly one of --store or --dest"},
+		{"both modes", []string{"--store", "--dest", "/tmp/x"}, "", "exactly one of --store or --dest"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(bin, append([]string{"ship", "--from", "local", "--to", "local"}, tc.args...)...)
+			cmd.Stdin = strings.NewReader(tc.stdin)
+			var errb bytes.Buffer
+			cmd.Stderr = &errb
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(errb.String(), tc.want) {
+				t.Errorf("ship %v <<< %q: %v, stderr %q; want exit 2 and %q", tc.args, tc.stdin, err, errb.String(), tc.want)
+			}
+		})
+	}
+}
+
+func TestShipReceiverWithoutNix(t *testing.T) {
+	bin := nbshipBinary(t, "amd64")
+	cmd := exec.Command(bin, "ship", "--from", "local", "--to", "local", "--store", "/nix/store/0c2hk5ynqmw0b6g9nqwxbwn2rgvhd6m4-leaf")
+	cmd.Env = []string{"PATH=/nonexistent", "HOME=" + t.TempDir()}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err == nil {
+		t.Fatalf("ship to a host without nix-store succeeded:\n%s", errb.String())
+	}
+	if !strings.Contains(errb.String(), "local has no nix-store on its PATH") {
+		t.Errorf("stderr = %q, want it to say local has no nix-store", errb.String())
+	}
+	if strings.Contains(errb.String(), "fingerprint") || out.Len() != 0 {
+		t.Errorf("ends were started: stdout %q, stderr %q", out.String(), errb.String())
+	}
+}
+
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}

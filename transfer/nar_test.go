@@ -1,0 +1,621 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestCheckStoreName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt", true},
+		{"00000000000000000000000000000000-x", true},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-hello-2.12.1", true},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a+b_c?d=e", true},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-" + strings.Repeat("x", 211), true},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-" + strings.Repeat("x", 212), false},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-", false},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq", false},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9v-short", false},
+		{"e3n6ml62lc6l9glpaz6fq7fvi2rks9vq-e-is-not-base32", false},
+		{"Z3N6ML62LC6L9GLPAZ6FQ7FVI2RKS9VQ-upper", false},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-.hidden", false},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a/b", false},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a b", false},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-..", false},
+		{"z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a\x00", false},
+		{"../../etc/passwd", false},
+		{"", false},
+	} {
+		err := CheckStoreName(tc.name)
+		if (err == nil) != tc.ok {
+			t.Errorf("CheckStoreName(%q) = %v, want ok %v", tc.name, err, tc.ok)
+		}
+	}
+}
+
+func TestStoreBase(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt", "z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt"},
+		{"/nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt/bin/x", ""},
+		{"/nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt/", ""},
+		{"/gnu/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt", ""},
+		{"nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt", ""},
+		{"/nix/store/", ""},
+	} {
+		got, err := StoreBase(tc.in)
+		if got != tc.want || (err == nil) != (tc.want != "") {
+			t.Errorf("StoreBase(%q) = %q, %v, want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestParseNARHash(t *testing.T) {
+	// One NAR's hash as Nix 2.8 printed it three ways (--dump-db, -q --hash,
+	// path-info --json).
+	want := "1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13"
+	for _, in := range []string{
+		want,
+		"sha256:" + want,
+		"sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw",
+		"sha256-HDfQGvQL4ugGkd48w99EN3ppmvuxfGjwgJZLL9Bx/BM=",
+	} {
+		sum, err := ParseNARHash(in)
+		if err != nil || hex.EncodeToString(sum[:]) != want {
+			t.Errorf("ParseNARHash(%q) = %x, %v, want %s", in, sum, err, want)
+		}
+	}
+	for _, in := range []string{
+		"", "sha256:", "md5:" + want, want[:63], "sha256:e4zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw",
+		"sha256:z4zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw", // overflows 256 bits
+		"sha256-HDfQGvQL4ugGkd48w99EN3ppmvuxfGjwgJZLL9Bx", "sha1:" + want[:40],
+	} {
+		if sum, err := ParseNARHash(in); err == nil {
+			t.Errorf("ParseNARHash(%q) = %x, want an error", in, sum)
+		}
+	}
+}
+
+func TestParseRegistrations(t *testing.T) {
+	// nix-store --dump-db of two paths (Nix 2.8), the second with a deriver
+	// and references, one of them itself.
+	out := `/nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt
+1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13
+120
+
+0
+/nix/store/rsrp4lak01chps2ljzsihqzb42flj32g-d
+e58cdd96a294b1a805e58211ba2f421ce16c01fe6e5a0a349145644310c16dda
+880
+/nix/store/0a4j1dpnhd5mzqkfahvqnl1s8bwmxmdg-d.drv
+2
+/nix/store/rsrp4lak01chps2ljzsihqzb42flj32g-d
+/nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt`
+	infos := map[string]*PathInfo{}
+	if err := parseRegistrations(strings.Split(out, "\n"), infos); err != nil {
+		t.Fatal(err)
+	}
+	d := infos["/nix/store/rsrp4lak01chps2ljzsihqzb42flj32g-d"]
+	a := infos["/nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt"]
+	if a == nil || d == nil || a.NARSize != 120 || d.NARSize != 880 || a.Deriver != "" ||
+		d.Deriver != "/nix/store/0a4j1dpnhd5mzqkfahvqnl1s8bwmxmdg-d.drv" || len(d.References) != 2 || len(a.References) != 0 {
+		t.Fatalf("parseRegistrations = %+v, %+v", a, d)
+	}
+	for _, bad := range []string{
+		"/nix/store/x\nnothex\n120\n\n0",
+		"/nix/store/x\n" + strings.Repeat("0", 64) + "\nbig\n\n0",
+		"/nix/store/x\n" + strings.Repeat("0", 64) + "\n1\n\n3\n/nix/store/y",
+		"/nix/store/x\n" + strings.Repeat("0", 64) + "\n1",
+	} {
+		if err := parseRegistrations(strings.Split(bad, "\n"), map[string]*PathInfo{}); err == nil {
+			t.Errorf("parseRegistrations(%q) = nil, want an error", bad)
+		}
+	}
+}
+
+// Store path names for the tests: leaf <- mid <- top, and a .drv.
+const (
+	leafName = "0c2hk5ynqmw0b6g9nqwxbwn2rgvhd6m4-leaf"
+	midName  = "1dlqm4z1xv5yc0m2mbhy0gblp2wbwra8-mid"
+	topName  = "2dm3ab6xr8gn3bs6rnx4gfz1i0dbws75-top"
+	drvName  = "3xlk6vfqv9c1xx59k0g9jxgf9ryr4h4m-top.drv"
+	nowhere  = "4l7p0sdzbqcfl8plvpfsl6vpf0w5mwvh-nowhere"
+)
+
+// fakeNAR is a stand-in NAR that says its own length, so that the fake
+// importer can find where it ends as Nix finds the end of a real one.
+func fakeNAR(content string) []byte {
+	b := binary.LittleEndian.AppendUint64(nil, uint64(len(content)))
+	return append(b, content...)
+}
+
+type fakePath struct {
+	nar     []byte
+	refs    []string // base names
+	deriver string
+}
+
+// fakeStore is a Nix store in memory, both ends' kind.
+type fakeStore struct {
+	mu       sync.Mutex
+	paths    map[string]*fakePath // base name -> path, valid paths only
+	dumps    map[string][]byte    // what Dump gives instead of the NAR (corruption)
+	imported []string             // base names, in import order
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{paths: map[string]*fakePath{}, dumps: map[string][]byte{}}
+}
+
+func (f *fakeStore) add(name, content string, refs []string, deriver string) {
+	f.paths[name] = &fakePath{nar: fakeNAR(content), refs: refs, deriver: deriver}
+}
+
+func (f *fakeStore) Closure(ctx context.Context, paths []string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	var walk func(p string) error
+	walk = func(p string) error {
+		if seen[p] {
+			return nil
+		}
+		seen[p] = true
+		b, _ := StoreBase(p)
+		fp := f.paths[b]
+		if fp == nil {
+			return fmt.Errorf("path '%s' is not valid", p)
+		}
+		for _, r := range fp.refs {
+			if err := walk(StoreDir + "/" + r); err != nil {
+				return err
+			}
+		}
+		out = append(out, p)
+		return nil
+	}
+	for _, p := range paths {
+		if err := walk(p); err != nil {
+			return nil, err
+		}
+	}
+	slices.Reverse(out) // as a worst case: dependents first
+	return out, nil
+}
+
+func (f *fakeStore) Info(ctx context.Context, paths []string) (map[string]*PathInfo, error) {
+	infos := map[string]*PathInfo{}
+	for _, p := range paths {
+		b, _ := StoreBase(p)
+		fp := f.paths[b]
+		info := &PathInfo{Path: p, NARSize: int64(len(fp.nar)), NARHash: sha256Sum(fp.nar)}
+		for _, r := range fp.refs {
+			info.References = append(info.References, StoreDir+"/"+r)
+		}
+		if fp.deriver != "" {
+			info.Deriver = StoreDir + "/" + fp.deriver
+		}
+		infos[p] = info
+	}
+	return infos, nil
+}
+
+func (f *fakeStore) Dump(ctx context.Context, p string, size int64) (io.ReadCloser, error) {
+	b, _ := StoreBase(p)
+	if d, ok := f.dumps[b]; ok {
+		return io.NopCloser(bytes.NewReader(d)), nil
+	}
+	return io.NopCloser(bytes.NewReader(f.paths[b].nar)), nil
+}
+
+func (f *fakeStore) Invalid(ctx context.Context, paths []string) (map[string]bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	inv := map[string]bool{}
+	for _, p := range paths {
+		if b, _ := StoreBase(p); f.paths[b] == nil {
+			inv[p] = true
+		}
+	}
+	return inv, nil
+}
+
+// Import parses the export format as nix-store --import does: a path is
+// added once its whole record has arrived.
+func (f *fakeStore) Import(ctx context.Context) (Importer, error) {
+	pr, pw := io.Pipe()
+	fi := &fakeImporter{pw: pw, done: make(chan error, 1)}
+	go func() {
+		err := f.parseExport(pr)
+		pr.CloseWithError(err)
+		fi.done <- err
+	}()
+	return fi, nil
+}
+
+func (f *fakeStore) parseExport(r io.Reader) error {
+	num := func() (uint64, error) {
+		var b [8]byte
+		_, err := io.ReadFull(r, b[:])
+		return binary.LittleEndian.Uint64(b[:]), err
+	}
+	str := func() (string, error) {
+		n, err := num()
+		if err != nil || n > 4096 {
+			return "", fmt.Errorf("bad string: %v", err)
+		}
+		b := make([]byte, (n+7)/8*8)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return "", err
+		}
+		return string(b[:n]), nil
+	}
+	for {
+		n, err := num()
+		if err != nil {
+			return fmt.Errorf("unexpected end of input: %v", err)
+		}
+		if n == 0 {
+			return nil
+		}
+		if n != 1 {
+			return errors.New("input doesn't look like something created by 'nix-store --export'")
+		}
+		l, err := num()
+		if err != nil || l > 1<<20 {
+			return fmt.Errorf("bad NAR: %v", err)
+		}
+		content := make([]byte, l)
+		if _, err := io.ReadFull(r, content); err != nil {
+			return err
+		}
+		if m, err := num(); err != nil || m != exportMagic {
+			return errors.New("Nix archive cannot be imported; wrong format")
+		}
+		p, err := str()
+		if err != nil {
+			return err
+		}
+		nrefs, err := num()
+		if err != nil {
+			return err
+		}
+		var refs []string
+		for range nrefs {
+			s, err := str()
+			if err != nil {
+				return err
+			}
+			b, _ := StoreBase(s)
+			refs = append(refs, b)
+		}
+		drv, err := str()
+		if err != nil {
+			return err
+		}
+		if sig, err := num(); err != nil || sig != 0 {
+			return errors.New("bad signature flag")
+		}
+		b, err := StoreBase(p)
+		if err != nil {
+			return err
+		}
+		for _, ref := range refs {
+			if _, ok := f.paths[ref]; !ok && ref != b {
+				return fmt.Errorf("cannot add path '%s' because it references invalid path '%s'", p, ref)
+			}
+		}
+		db, _ := StoreBase(drv)
+		f.mu.Lock()
+		f.paths[b] = &fakePath{nar: fakeNAR(string(content)), refs: refs, deriver: db}
+		f.imported = append(f.imported, b)
+		f.mu.Unlock()
+	}
+}
+
+type fakeImporter struct {
+	pw   *io.PipeWriter
+	done chan error
+	err  error
+	once sync.Once
+}
+
+func (fi *fakeImporter) Write(p []byte) (int, error) { return fi.pw.Write(p) }
+func (fi *fakeImporter) Close() error {
+	fi.once.Do(func() { fi.pw.Close(); fi.err = <-fi.done })
+	return fi.err
+}
+func (fi *fakeImporter) Kill() {
+	fi.once.Do(func() { fi.pw.CloseWithError(errors.New("killed")); fi.err = <-fi.done })
+}
+
+func sha256Sum(b []byte) [32]byte {
+	var s [32]byte
+	h, _ := hex.DecodeString(sha(b))
+	copy(s[:], h)
+	return s
+}
+
+func threeLevels() *fakeStore {
+	src := newFakeStore()
+	src.add(leafName, "leaf contents", nil, "")
+	src.add(midName, "mid contents, including /nix/store/"+midName, []string{leafName, midName}, "")
+	src.add(topName, "top", []string{midName, leafName}, drvName)
+	return src
+}
+
+// storeTrip ships the closure of top from src into dst over an in-memory
+// connection and returns both ends' results.
+func storeTrip(t *testing.T, src, dst *fakeStore, paths ...string) (sent, got *Stats, serr, rerr error) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := CollectStore(ctx, src, paths)
+	if err != nil {
+		t.Fatalf("CollectStore(%v): %v", paths, err)
+	}
+	sink, err := NewStoreSink(dst, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		got, rerr = Receive(ctx, b, sink, ReceiveOptions{Commit: func() (string, error) { return "", sink.Confirm(ctx) }})
+		if cerr := sink.Close(); rerr == nil {
+			rerr = cerr
+		}
+		b.Close()
+	}()
+	sent, serr = Send(ctx, a, s, SendOptions{Level: zstdFastest})
+	a.Close()
+	<-done
+	if _, err := os.Stat(sink.tmp); !os.IsNotExist(err) {
+		t.Errorf("the sink's temporary directory %s is still there", sink.tmp)
+	}
+	return sent, got, serr, rerr
+}
+
+func TestStoreRoundTrip(t *testing.T) {
+	src := threeLevels()
+	dst := newFakeStore()
+	sent, got, serr, rerr := storeTrip(t, src, dst, StoreDir+"/"+topName)
+	if serr != nil || rerr != nil {
+		t.Fatalf("Send = %v, Receive = %v", serr, rerr)
+	}
+	if want := []string{leafName, midName, topName}; !slices.Equal(dst.imported, want) {
+		t.Errorf("imported %v, want %v (dependencies first)", dst.imported, want)
+	}
+	if sent.Sent != 3 || got.Sent != 3 || sent.Files != 3 {
+		t.Errorf("sent %d of %d (receiver %d), want 3 of 3", sent.Sent, sent.Files, got.Sent)
+	}
+	for n, p := range src.paths {
+		q := dst.paths[n]
+		if q == nil || !bytes.Equal(q.nar, p.nar) || !slices.Equal(sortedCopy(q.refs), sortedCopy(p.refs)) || q.deriver != p.deriver {
+			t.Errorf("%s arrived as %+v, want %+v", n, q, p)
+		}
+	}
+
+	// Again: the receiver has everything, nothing moves.
+	dst.imported = nil
+	sent, _, serr, rerr = storeTrip(t, src, dst, StoreDir+"/"+topName)
+	if serr != nil || rerr != nil {
+		t.Fatalf("second Send = %v, Receive = %v", serr, rerr)
+	}
+	if sent.Sent != 0 || sent.Reused != 3 || sent.Bytes != 0 || len(dst.imported) != 0 {
+		t.Errorf("second ship sent %d, skipped %d, %d bytes, imported %v; want nothing sent", sent.Sent, sent.Reused, sent.Bytes, dst.imported)
+	}
+
+	// Half there: only the rest moves.
+	half := newFakeStore()
+	half.add(leafName, "leaf contents", nil, "")
+	sent, _, serr, rerr = storeTrip(t, src, half, StoreDir+"/"+topName)
+	if serr != nil || rerr != nil {
+		t.Fatalf("half Send = %v, Receive = %v", serr, rerr)
+	}
+	if want := []string{midName, topName}; !slices.Equal(half.imported, want) || sent.Sent != 2 || sent.Reused != 1 {
+		t.Errorf("half: imported %v, sent %d, skipped %d; want %v, 2, 1", half.imported, sent.Sent, sent.Reused, want)
+	}
+}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}
+
+func TestStoreSenderRefusesCorruptStore(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dump []byte
+		want string
+	}{
+		{"flipped byte", fakeNAR("mid contents, including /nix/store/" + strings.Replace(midName, "1", "2", 1)), "SHA-256 is not the one in the store's database"},
+		{"shorter", fakeNAR("mid"), "not the"},
+		{"longer", fakeNAR("mid contents, including /nix/store/" + midName + "and more"), "more than the"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := threeLevels()
+			src.dumps[midName] = tc.dump
+			dst := newFakeStore()
+			_, _, serr, rerr := storeTrip(t, src, dst, StoreDir+"/"+topName)
+			if serr == nil || !strings.Contains(serr.Error(), tc.want) || !strings.Contains(serr.Error(), midName) {
+				t.Errorf("Send = %v, want an error naming %s and containing %q", serr, midName, tc.want)
+			}
+			if rerr == nil {
+				t.Errorf("Receive succeeded from a corrupt store")
+			}
+			if dst.paths[midName] != nil || dst.paths[topName] != nil {
+				t.Errorf("imported %v, want neither mid nor top", dst.imported)
+			}
+		})
+	}
+}
+
+// narEntry is a manifest entry of a store path whose NAR is data.
+func narEntry(name string, data []byte, refs []string, deriver string) string {
+	e := map[string]any{"name": name, "type": "nar", "mode": 0, "size": len(data), "sha256": sha(data)}
+	if refs != nil {
+		e["references"] = refs
+	}
+	if deriver != "" {
+		e["deriver"] = deriver
+	}
+	b, _ := json.Marshal(e)
+	return string(b)
+}
+
+var (
+	leafNAR = fakeNAR("leaf")
+	midNAR  = fakeNAR("mid")
+	topNAR  = fakeNAR("top")
+)
+
+func narStream(entries []string, data ...[]byte) []byte {
+	var total int64
+	var all []byte
+	for _, d := range data {
+		total += int64(len(d))
+		all = append(all, d...)
+	}
+	return rawStream(1, manifest(total, entries...), all)
+}
+
+// hostileStore are streams a store receiver refuses; imported lists what
+// it must have imported before refusing (the paths before the bad one).
+var hostileStore = []struct {
+	name     string
+	stream   []byte
+	want     string
+	imported []string
+}{
+	{"not a store path name", narStream([]string{narEntry("leaf", leafNAR, nil, "")}, leafNAR), "not a store path name", nil},
+	{"e in the hash", narStream([]string{narEntry("e"+leafName[1:], leafNAR, nil, "")}, leafNAR), "not a store path name", nil},
+	{"name starts with a period", narStream([]string{narEntry(leafName[:33]+".x", leafNAR, nil, "")}, leafNAR), "not a store path name", nil},
+	{"path in a name", narStream([]string{narEntry(leafName+"/bin", leafNAR, nil, "")}, leafNAR), "parent directory is not declared", nil},
+	{"reference to an unknown path", narStream([]string{narEntry(midName, midNAR, []string{nowhere}, "")}, midNAR), "neither sent before it nor valid", nil},
+	{"reference later in the stream", narStream([]string{narEntry(midName, midNAR, []string{leafName}, ""), narEntry(leafName, leafNAR, nil, "")}, midNAR, leafNAR), "comes later in the stream", nil},
+	{"bad reference", narStream([]string{narEntry(midName, midNAR, []string{"../../etc"}, "")}, midNAR), "is not a store path name", nil},
+	{"reference twice", narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, midNAR, []string{leafName, leafName}, "")}, leafNAR, midNAR), "listed twice", nil},
+	{"deriver not a drv", narStream([]string{narEntry(leafName, leafNAR, nil, midName)}, leafNAR), "deriver", nil},
+	{"bad deriver", narStream([]string{narEntry(leafName, leafNAR, nil, "x.drv")}, leafNAR), "deriver", nil},
+	{"mode on a store path", rawStream(1, manifest(int64(len(leafNAR)), `{"name":"`+leafName+`","type":"nar","mode":493,"size":`+fmt.Sprint(len(leafNAR))+`,"sha256":"`+sha(leafNAR)+`"}`), leafNAR), "with a mode", nil},
+	{"empty NAR", narStream([]string{narEntry(leafName, nil, nil, "")}), "out of range", nil},
+	{"references on a file", rawStream(1, manifest(1, `{"name":"f","type":"file","mode":420,"size":1,"sha256":"`+sha([]byte("x"))+`","references":["`+leafName+`"]}`), []byte("x")), "not a store path", nil},
+	{"files to a store", rawStream(1, manifest(1, file("f", []byte("x"))), []byte("x")), "sender sent files", nil},
+	{"mixed", narStream([]string{narEntry(leafName, leafNAR, nil, ""), file("f", []byte("x"))}, leafNAR, []byte("x")), "mixes Nix store paths with files", nil},
+	{"hash mismatch", rawStream(1, manifest(int64(len(leafNAR)), narEntry(leafName, fakeNAR("lea!"), nil, "")), leafNAR), "/nix/store/" + leafName + ": the NAR's SHA-256", nil},
+	{"hash mismatch on the second", narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, fakeNAR("mi!"), []string{leafName}, ""), narEntry(topName, topNAR, []string{midName}, "")}, leafNAR, midNAR, topNAR), "/nix/store/" + midName + ": the NAR's SHA-256", []string{leafName}},
+	{"truncated in the second", rawStream(1, manifest(int64(len(leafNAR)+len(midNAR)), narEntry(leafName, leafNAR, nil, ""), narEntry(midName, midNAR, []string{leafName}, "")), append(slices.Clone(leafNAR), midNAR[:5]...)), "/nix/store/" + midName + ": data ended", []string{leafName}},
+	{"more than announced", rawStream(1, manifest(int64(len(leafNAR)), narEntry(leafName, leafNAR, nil, "")), append(slices.Clone(leafNAR), "more"...)), "more data than", []string{leafName}},
+}
+
+func TestStoreReceiveRefusesHostileStreams(t *testing.T) {
+	for _, tc := range hostileStore {
+		t.Run(tc.name, func(t *testing.T) {
+			dst := newFakeStore()
+			sink, err := NewStoreSink(dst, t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn := &scripted{r: bytes.NewReader(tc.stream)}
+			_, err = Receive(context.Background(), conn, sink, ReceiveOptions{Commit: func() (string, error) {
+				t.Error("Commit called for a refused stream")
+				return "", nil
+			}})
+			if cerr := sink.Close(); cerr != nil {
+				t.Errorf("sink.Close() = %v", cerr)
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Receive(%s) = %v, want error containing %q", tc.name, err, tc.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %q is more than one line", err)
+			}
+			if !slices.Equal(dst.imported, tc.imported) {
+				t.Errorf("imported %v, want %v", dst.imported, tc.imported)
+			}
+		})
+	}
+}
+
+func TestDirSinkRefusesStorePaths(t *testing.T) {
+	sink, err := NewDirSink(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	stream := narStream([]string{narEntry(leafName, leafNAR, nil, "")}, leafNAR)
+	_, err = Receive(context.Background(), &scripted{r: bytes.NewReader(stream)}, sink, ReceiveOptions{})
+	if err == nil || !strings.Contains(err.Error(), "recv --store") {
+		t.Errorf("Receive(store paths into a directory) = %v, want a refusal pointing at recv --store", err)
+	}
+}
+
+func TestTopoSort(t *testing.T) {
+	src := threeLevels()
+	paths := []string{StoreDir + "/" + topName, StoreDir + "/" + midName, StoreDir + "/" + leafName}
+	infos, _ := src.Info(context.Background(), paths)
+	got, err := topoSort(paths, infos)
+	if want := []string{paths[2], paths[1], paths[0]}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("topoSort(%v) = %v, %v, want %v", paths, got, err, want)
+	}
+	infos[paths[2]].References = []string{paths[0]} // leaf -> top: a cycle
+	if _, err := topoSort(paths, infos); err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Errorf("topoSort(cycle) = %v, want a cycle error", err)
+	}
+	infos[paths[2]].References = []string{StoreDir + "/" + nowhere}
+	if _, err := topoSort(paths, infos); err == nil || !strings.Contains(err.Error(), "not in the closure") {
+		t.Errorf("topoSort(reference outside) = %v, want an error", err)
+	}
+}
+
+func TestCollectStoreRefusesNonStorePaths(t *testing.T) {
+	for _, p := range []string{"/etc/passwd", "/nix/store/" + leafName + "/bin", "relative"} {
+		if _, err := CollectStore(context.Background(), threeLevels(), []string{p}); err == nil || !strings.Contains(err.Error(), "not a store path") {
+			t.Errorf("CollectStore(%q) = %v, want an error", p, err)
+		}
+	}
+	if _, err := CollectStore(context.Background(), threeLevels(), []string{StoreDir + "/" + nowhere}); err == nil || !strings.Contains(err.Error(), "not valid") {
+		t.Errorf("CollectStore(missing path) = %v, want the store's error", err)
+	}
+}
+
+func FuzzReceiveStore(f *testing.F) {
+	for _, tc := range hostileStore {
+		f.Add(tc.stream)
+	}
+	f.Add(narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, midNAR, []string{leafName, midName}, ""), narEntry(topName, topNAR, []string{midName}, drvName)}, leafNAR, midNAR, topNAR))
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		dst := newFakeStore()
+		sink, err := NewStoreSink(dst, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := Receive(context.Background(), &scripted{r: bytes.NewReader(stream)}, sink, ReceiveOptions{})
+		if cerr := sink.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+		if err == nil && st.Sent != len(dst.imported) {
+			t.Fatalf("accepted stream: %d paths sent, %d imported", st.Sent, len(dst.imported))
+		}
+		for _, p := range dst.imported {
+			if CheckStoreName(p) != nil {
+				t.Fatalf("imported %q, not a store path name", p)
+			}
+		}
+	})
+}
