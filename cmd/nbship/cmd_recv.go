@@ -36,6 +36,9 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	pinFlag := fs.String("peer-pin", "", "the relay's `pin` (SHA256:...), or - to read its fingerprint line from standard input")
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	wait := fs.Duration("accept-timeout", 2*time.Minute, "how long to wait for the pinned relay to connect")
+	idle := addIdleFlag(fs)
+	keepPartial := fs.Bool("keep-partial", false, "on failure, leave what arrived for a retry to reuse (set by the controller)")
+	fs.MarkHidden("keep-partial")
 	life := fs.Bool("stdin-lifeline", false, "stop when standard input closes (set by the controller)")
 	fs.MarkHidden("stdin-lifeline")
 	if err := parseFlags(fs, args); err != nil {
@@ -63,7 +66,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	case *dest != "":
 		land, err = prepareLanding(*dest, *replace)
 	default:
-		land, err = prepareSlot(ctx, e, *publish, *instance, *system, *keep)
+		land, err = prepareSlot(ctx, e, *publish, *instance, *system, *keep, *keepPartial)
 	}
 	if err != nil {
 		return err
@@ -74,7 +77,11 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	}
 	var ln net.Listener
 	if !*stdio {
-		ln, err = net.Listen("tcp", *listen)
+		lctx, cancel := context.WithTimeout(ctx, *wait)
+		ln, err = tunnel.Listen(lctx, *listen, func() {
+			fmt.Fprintf(e.stderr, "nbship: recv: %s is in use (another transfer to this host?); waiting up to %v for it\n", *listen, *wait)
+		})
+		cancel()
 		if err != nil {
 			return withHint(fmt.Errorf("recv: %w", err), "pick another port (opensslPort) or stop what is using it")
 		}
@@ -110,12 +117,14 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 		ln.Close()
 	}
 	defer conn.Close()
+	ctx, explain, stopIdle := watchIdle(ctx, e, conn, *idle, "recv")
+	defer stopIdle()
 	out := e.stdout
 	if *stdio || !*asJSON {
 		out = e.stderr
 	}
 	if *store {
-		return recvStore(ctx, e, conn, *tmpDir, out, *asJSON)
+		return explain(recvStore(ctx, e, conn, *tmpDir, out, *asJSON))
 	}
 
 	stage, have, err := land.stage()
@@ -133,7 +142,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	st, err := transfer.Receive(ctx, conn, sink, transfer.ReceiveOptions{Progress: cnt, Commit: land.commit})
 	stop()
 	if err != nil {
-		return fmt.Errorf("recv: %w", err)
+		return refusal(explain(fmt.Errorf("recv: %w", err)))
 	}
 	printSummary(out, *asJSON, "received", newSummary(st, conn.WireBytes()))
 	return nil
@@ -273,16 +282,17 @@ func (l *landing) cleanup() {
 // architecture, initrd format, netboot.ipxe), then switched to with one
 // rename. Files the current generation has are hard-linked, not sent.
 type slotTarget struct {
-	ctx     context.Context
-	e       *env
-	slot    *image.Slot
-	keep    int
-	staged  string
-	done    bool
-	current image.Generation
+	ctx    context.Context
+	e      *env
+	slot   *image.Slot
+	keep   int
+	staged string
+	done   bool
+	// keepPartial leaves a failed attempt's files for the next one.
+	keepPartial bool
 }
 
-func prepareSlot(ctx context.Context, e *env, pxeDir, instance, system string, keep int) (*slotTarget, error) {
+func prepareSlot(ctx context.Context, e *env, pxeDir, instance, system string, keep int, keepPartial bool) (*slotTarget, error) {
 	if instance == "" {
 		return nil, usageError("recv: --publish needs --instance NAME")
 	}
@@ -306,7 +316,7 @@ func prepareSlot(ctx context.Context, e *env, pxeDir, instance, system string, k
 		return nil, fmt.Errorf("recv: %w", err)
 	}
 	slot.Logf = func(format string, a ...any) { fmt.Fprintf(e.stderr, "nbship: recv: "+format+"\n", a...) }
-	return &slotTarget{ctx: ctx, e: e, slot: slot, keep: keep}, nil
+	return &slotTarget{ctx: ctx, e: e, slot: slot, keep: keep, keepPartial: keepPartial}, nil
 }
 
 func (t *slotTarget) stage() (string, func([32]byte) (string, bool), error) {
@@ -316,9 +326,13 @@ func (t *slotTarget) stage() (string, func([32]byte) (string, bool), error) {
 	}
 	t.staged = dir
 	have, err := t.slot.Have()
+	if err == nil {
+		// And what an earlier, failed attempt already received.
+		err = t.slot.Leftovers(have)
+	}
 	if err != nil {
 		// Not fatal: everything is sent instead.
-		fmt.Fprintf(t.e.stderr, "nbship: recv: not reusing the current generation's files: %v\n", err)
+		fmt.Fprintf(t.e.stderr, "nbship: recv: not reusing files already here: %v\n", err)
 		return dir, nil, nil
 	}
 	return dir, func(sum [32]byte) (string, bool) {
@@ -338,7 +352,12 @@ func (t *slotTarget) commit() (string, error) {
 }
 
 func (t *slotTarget) cleanup() {
-	if t.staged != "" && !t.done {
-		t.slot.Discard(t.staged)
+	if t.staged == "" || t.done {
+		return
 	}
+	if t.keepPartial {
+		t.slot.Release(t.staged)
+		return
+	}
+	t.slot.Discard(t.staged)
 }

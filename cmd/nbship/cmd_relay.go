@@ -29,6 +29,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long to keep trying to reach the receiver")
 	store := fs.Bool("store", false, "send the closure of the store PATHs as Nix store paths, for recv --store (no PATH or -: one per line on standard input, after the pin line, up to an empty line)")
 	storeFiles := fs.Bool("store-files", false, "send the files of the store PATHs, each as a top-level entry named by its base name, for recv --dest (PATHs as with --store)")
+	idle := addIdleFlag(fs)
 	life := fs.Bool("stdin-lifeline", false, "stop when standard input closes (set by the controller)")
 	fs.MarkHidden("stdin-lifeline")
 	if err := parseFlags(fs, args); err != nil {
@@ -47,7 +48,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 		}
 		return relayStore(ctx, e, relayOptions{
 			connect: *connect, stdio: *stdio, pin: *pinFlag, level: lvl, asJSON: *asJSON,
-			dialTimeout: *dialTimeout, lifeline: *life, files: *storeFiles,
+			dialTimeout: *dialTimeout, lifeline: *life, files: *storeFiles, idle: *idle,
 		}, fs.Args())
 	}
 	if fs.NArg() == 0 {
@@ -74,13 +75,15 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer conn.Close()
+	ctx, explain, stopIdle := watchIdle(ctx, e, conn, *idle, "relay")
+	defer stopIdle()
 
 	cnt := new(transfer.Counters)
 	stop := progress(e, "relay", cnt)
 	st, err := transfer.Send(ctx, conn, src, transfer.SendOptions{Level: lvl, Progress: cnt})
 	stop()
 	if err != nil {
-		return fmt.Errorf("relay: %w", tunnel.ReadError(err, id))
+		return refusal(explain(fmt.Errorf("relay: %w", tunnel.ReadError(err, id))))
 	}
 	out := e.stdout
 	if *stdio || !*asJSON {
@@ -110,7 +113,7 @@ func relayDial(ctx context.Context, e *env, stdio bool, connect string, dialTime
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("relay: %w", err)
+		return nil, refusal(fmt.Errorf("relay: %w", err))
 	}
 	if !stdio {
 		fmt.Fprintf(e.stdout, "connected %s\n", conn.RemoteAddr())
@@ -127,6 +130,7 @@ type relayOptions struct {
 	dialTimeout time.Duration
 	lifeline    bool
 	files       bool // --store-files: the paths' files, not their NARs
+	idle        time.Duration
 }
 
 // relayStore sends store paths: their closure as NARs (--store), or their
@@ -195,6 +199,8 @@ func relayStore(ctx context.Context, e *env, o relayOptions, args []string) erro
 		return err
 	}
 	defer conn.Close()
+	ctx, explain, stopIdle := watchIdle(ctx, e, conn, o.idle, "relay")
+	defer stopIdle()
 
 	cnt := new(transfer.Counters)
 	var stop func()
@@ -206,7 +212,7 @@ func relayStore(ctx context.Context, e *env, o relayOptions, args []string) erro
 	st, err := transfer.Send(ctx, conn, src, transfer.SendOptions{Level: o.level, Progress: cnt})
 	stop()
 	if err != nil {
-		return fmt.Errorf("relay: %w", tunnel.ReadError(err, id))
+		return refusal(explain(fmt.Errorf("relay: %w", tunnel.ReadError(err, id))))
 	}
 	out := e.stdout
 	if o.stdio || !o.asJSON {

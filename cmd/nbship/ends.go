@@ -11,10 +11,14 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
+	"github.com/nbship/nbship/image"
+	"github.com/nbship/nbship/internal/flow"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -139,4 +143,60 @@ func printSummary(w io.Writer, asJSON bool, verb string, s summary) {
 	}
 	fmt.Fprintf(w, "%s %d files (%d sent, %d already there), %s raw, %s on the wire (ratio %.2f) in %.2fs, %.1f MB/s\n",
 		verb, s.Files, s.FilesSent, s.Reused, transfer.HumanBytes(s.Bytes), transfer.HumanBytes(s.WireBytes), s.Ratio, s.Seconds, s.MBps)
+}
+
+// defaultIdle is how long an end waits with no byte moving on the channel
+// before it decides the other end, its host or the link is gone.
+const defaultIdle = 60 * time.Second
+
+func addIdleFlag(fs *pflag.FlagSet) *time.Duration {
+	return fs.Duration("idle-timeout", defaultIdle, "give up when no byte has crossed the channel for this `long` (the other end, its host or the link is gone)")
+}
+
+// watchIdle cancels the returned context when nothing has crossed conn for
+// idle; the returned function turns the transfer's error into one that
+// says so. An end blocked on a pipe that no close can interrupt (--stdio
+// under an SSH session whose connection died unnoticed) exits five seconds
+// later with the same line rather than wait for ever; what it staged is
+// then left unlocked, and the next publish, gc or the controller's sweep
+// removes it.
+func watchIdle(ctx context.Context, e *env, conn *tunnel.Conn, idle time.Duration, role string) (context.Context, func(error) error, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	msg := fmt.Sprintf("%s: nothing crossed the channel for %v: the other end, its host or the link is gone", role, idle)
+	var fired atomic.Bool
+	stop := conn.Watch(idle, func() {
+		fired.Store(true)
+		cancel()
+		if e.stdin == os.Stdin {
+			time.AfterFunc(5*time.Second, func() {
+				fmt.Fprintf(e.stderr, "nbship: %s\n", msg)
+				os.Exit(1)
+			})
+		}
+	})
+	explain := func(err error) error {
+		if err != nil && fired.Load() {
+			return errors.New(msg)
+		}
+		return err
+	}
+	return ctx, explain, func() { stop(); cancel() }
+}
+
+// refusal gives err the exit status that tells the controller not to
+// retry: what was sent was refused, or a certificate did not match.
+func refusal(err error) error {
+	var (
+		me *transfer.ManifestError
+		ve *image.VerifyError
+		pe *tunnel.PinError
+		re *tunnel.RefusedError
+	)
+	switch {
+	case errors.As(err, &me), errors.As(err, &ve):
+		return &exitError{code: flow.ExitRefused, err: err}
+	case errors.As(err, &pe), errors.As(err, &re):
+		return &exitError{code: flow.ExitPin, err: err}
+	}
+	return err
 }
