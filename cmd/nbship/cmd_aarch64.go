@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +32,8 @@ func cmdAarch64(ctx context.Context, e *env, args []string) error {
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the build host tries the direct path before auto falls back to SSH")
 	level := fs.String("level", "default", "zstd level: fastest, default or better")
 	asJSON := fs.Bool("json", false, "print a JSON summary on stdout")
+	retries := fs.Int("retries", 2, "run the transfer again this many times when an end or the link fails; a retry sends only what has not arrived")
+	idle := fs.Duration("idle-timeout", defaultIdle, "the ends give up when nothing crosses the channel for this `long`")
 	var sf sshFlags
 	sf.add(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -85,8 +88,8 @@ func cmdAarch64(ctx context.Context, e *env, args []string) error {
 	ship := &flow.Ship{
 		From:        flow.End{Host: build, Bin: bins[0]},
 		To:          flow.End{Host: pxe, Bin: bins[1]},
-		SendArgs:    []string{out},
-		RecvArgs:    publishArgs(cfg, inst),
+		SendArgs:    []string{"--idle-timeout=" + idle.String(), out},
+		RecvArgs:    append(publishArgs(cfg, inst), "--idle-timeout="+idle.String()),
 		Listen:      ":" + strconv.Itoa(cfg.OpenSSLPort),
 		Connect:     fmt.Sprintf("%s:%d", cfg.OpenSSLServer, cfg.OpenSSLPort),
 		Path:        *pathFlag,
@@ -94,7 +97,7 @@ func cmdAarch64(ctx context.Context, e *env, args []string) error {
 		Level:       *level,
 		Log:         e.stderr,
 	}
-	res, err := ship.Run(ctx)
+	res, err := shipWithRetries(ctx, e, ship, *retries)
 	if err != nil {
 		sweepSlot(pxe, bins[1], cfg, inst, e)
 		return err
@@ -183,4 +186,25 @@ func sweepSlot(pxe *remote.Client, bin string, cfg *config.Config, inst string, 
 		Args:   []string{bin, "image", "gc", "--pxe-dir", cfg.PXEDir, "--instance", inst, "--keep", strconv.Itoa(cfg.Keep())},
 		Stderr: io.Discard,
 	})
+}
+
+// shipWithRetries runs the transfer, and again after a failure a retry can
+// fix (an end or its host died, the link dropped), at most retries more
+// times. The receiver keeps what a failed attempt verified (--keep-partial)
+// and the next attempt links it instead of asking for it again.
+func shipWithRetries(ctx context.Context, e *env, ship *flow.Ship, retries int) (*flow.Result, error) {
+	base := ship.RecvArgs
+	for attempt := 1; ; attempt++ {
+		// Only an attempt that will be followed by another keeps what it
+		// received; the last one leaves nothing behind.
+		ship.RecvArgs = base
+		if attempt <= retries {
+			ship.RecvArgs = append(slices.Clip(base), "--keep-partial")
+		}
+		res, err := ship.Run(ctx)
+		if err == nil || attempt > retries || !flow.Retryable(ctx, err) {
+			return res, err
+		}
+		fmt.Fprintf(e.stderr, "nbship: attempt %d of %d failed: %v; trying again, sending only what has not arrived\n", attempt, retries+1, err)
+	}
 }
