@@ -25,7 +25,11 @@
 # State lives in ${NBSHIP_RIG_DIR:-/var/lib/nbship-rig}; there is one rig per
 # machine (namespace names are fixed). up/down/rekey take an exclusive flock on
 # /run/lock/nbship-rig.lock unless the caller says it already holds it
-# (NBSHIP_RIG_LOCKED=1, as the Go package internal/rig does).
+# (NBSHIP_RIG_LOCKED=1, as the Go package internal/rig does: a test process
+# holds the lock from its first use of the rig until it exits). A script that
+# uses the rig for longer than one command (a demo) should hold it the same way,
+# or a test process may tear the rig down under it:
+#   flock /run/lock/nbship-rig.lock env NBSHIP_RIG_LOCKED=1 ./demo-steps.sh
 #
 # Driving OpenSSH's own `ssh` (or nix-copy-closure, which runs it) as the
 # operator: ssh finds ~/.ssh through the password database (root -> /root), NOT
@@ -81,7 +85,7 @@ check_dir() {
 need_root() { [ "$(id -u)" = 0 ] || die "must run as root"; }
 
 # lock takes the machine-wide rig lock unless the caller already holds it.
-# fd 9 must not leak into the daemons we start: spawn closes it (9>&-).
+# fd 9 must not leak into the daemons we start: each start closes it (9>&-).
 lock() {
 	[ "${NBSHIP_RIG_LOCKED:-}" = 1 ] && return 0
 	mkdir -p "${LOCK%/*}"
@@ -296,7 +300,8 @@ for k in s n r v m p i o; do
 done
 echo "$out"
 EOF
-	chmod 0755 "$RIG_DIR/build/uname"
+	printf '#!/bin/sh\necho aarch64\n' >"$RIG_DIR/build/arch" # coreutils arch = uname -m
+	chmod 0755 "$RIG_DIR/build/uname" "$RIG_DIR/build/arch"
 }
 
 write_sshd() { # write_sshd HOST (its host key is made in up)
@@ -413,6 +418,7 @@ anchor_main() {
 	case $h in
 	build)
 		mount --bind "$RIG_DIR/build/uname" /usr/bin/uname
+		if [ -e /usr/bin/arch ]; then mount --bind "$RIG_DIR/build/arch" /usr/bin/arch; fi
 		mount --bind "$RIG_DIR/build/root" /root
 		;;
 	pxe)
