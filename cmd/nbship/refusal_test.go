@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +81,13 @@ func TestWrongPinRefusedByRecv(t *testing.T) {
 // hostileSend connects to a real recv over the pinned channel and writes a
 // crafted stream, as a modified sender would.
 func hostileSend(t *testing.T, stream []byte) (recvStderr string, recvErr error, dest string) {
+	stderr, err, dest, _ := hostileSendRSS(t, stream)
+	return stderr, err, dest
+}
+
+// hostileSendRSS is hostileSend that also returns the receiver's peak
+// resident memory in KiB.
+func hostileSendRSS(t *testing.T, stream []byte) (recvStderr string, recvErr error, dest string, maxRSS int64) {
 	t.Helper()
 	bin := nbshipBinary(t, "amd64")
 	parent := t.TempDir()
@@ -88,7 +96,11 @@ func hostileSend(t *testing.T, stream []byte) (recvStderr string, recvErr error,
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", id.Pin(), "--accept-timeout", "10s")
+	// Under /usr/bin/time, whose own fork gives the receiver a memory
+	// high-water mark of its own (the test process's would be inherited
+	// through Go's vfork-style exec).
+	rssFile := filepath.Join(t.TempDir(), "rss")
+	r := start(t, "/usr/bin/time", "-f", "%M", "-o", rssFile, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", id.Pin(), "--accept-timeout", "10s")
 	rpin := strings.TrimPrefix(r.line(t), "fingerprint ")
 	addr, _ := strings.CutPrefix(r.line(t), "listening ")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -103,7 +115,20 @@ func hostileSend(t *testing.T, stream []byte) (recvStderr string, recvErr error,
 	_, rerr := r.wait(t)
 	c.Close()
 	assertNoLeftovers(t, parent)
-	return r.stderr.String(), rerr, dest
+	b, err := os.ReadFile(rssFile)
+	if err != nil {
+		t.Fatalf("reading the receiver's peak memory: %v", err)
+	}
+	// The last line; time(1) puts "Command exited with ..." before it.
+	fields := strings.Fields(string(b))
+	if len(fields) == 0 {
+		t.Fatalf("no peak memory from time(1)")
+	}
+	maxRSS, err = strconv.ParseInt(fields[len(fields)-1], 10, 64)
+	if err != nil {
+		t.Fatalf("peak memory %q: %v", b, err)
+	}
+	return r.stderr.String(), rerr, dest, maxRSS
 }
 
 func frame(t byte, p []byte) []byte {
@@ -151,12 +176,18 @@ func TestRecvRefusesHostileSender(t *testing.T) {
 		{"compression bomb", crafted(1, `{"version":1,"total":4,"entries":[`+entry("a", []byte{0, 0, 0, 0})+`]}`, make([]byte, 256<<20)), "more data than"},
 		{"unknown version", crafted(9, `{}`, nil), "version 9 is not supported"},
 		{"truncated", crafted(1, `{"version":1,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, nil), "truncated"},
+		{"huge header", append([]byte("NBSHIP\x00\x00\x01"), 'H', 0x7f, 0xff, 0xff, 0xff), "larger than the limit"},
 		{"bad hash", crafted(1, `{"version":1,"total":1,"entries":[`+entry("a", []byte("y"))+`]}`, []byte("x")), "does not match"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			stderr, err, dest := hostileSend(t, tc.stream)
+			stderr, err, dest, rss := hostileSendRSS(t, tc.stream)
 			if err == nil {
 				t.Fatalf("recv accepted a %s stream", tc.name)
+			}
+			// Refused within bounded memory: no stream makes the
+			// receiver hold what it announces or decompresses.
+			if rss > 64<<10 || rss == 0 {
+				t.Errorf("recv peaked at %d KiB of memory on a %s stream, want under 64 MiB", rss, tc.name)
 			}
 			if !strings.Contains(stderr, tc.want) {
 				t.Errorf("recv stderr = %q, want it to contain %q", stderr, tc.want)
