@@ -193,40 +193,32 @@ func lastErrorLine(stderr string) string {
 	return ""
 }
 
-func TestFaultRelayKilledMidStream(t *testing.T) {
-	ctx := mustCtx(t, 6*time.Minute)
-	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
-	s2 := newSetup(t, "c2.large.arm")
-	s2.freshImage(t, "c2.large.arm")
-	st := s2.start(t, ctx, "aarch64", "--config", s2.config)
-	midStream(t, s.r, "c2.large.arm", st)
-	pid := nbshipPID(t, s.r, rig.Build, "relay")
-	syscall.Kill(pid, syscall.SIGKILL)
-	if err := st.wait(t, 2*time.Minute); err == nil {
-		t.Fatalf("nbship succeeded with its relay killed:\n%s", st.stderr.String())
+func TestFaultEndKilledMidStream(t *testing.T) {
+	for _, tc := range []struct {
+		host, role, names string
+	}{
+		{rig.Build, "relay", "root@builder"},
+		// The killed receiver cannot remove its staging; the controller's
+		// sweep after the failure does (noStaging below).
+		{rig.PXE, "recv", "netboot@pxe"},
+	} {
+		t.Run(tc.role, func(t *testing.T) {
+			ctx := mustCtx(t, 6*time.Minute)
+			s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
+			s2 := newSetup(t, "c2.large.arm")
+			s2.freshImage(t, "c2.large.arm")
+			st := s2.start(t, ctx, "aarch64", "--config", s2.config, "--retries", "0")
+			midStream(t, s.r, "c2.large.arm", st)
+			syscall.Kill(nbshipPID(t, s.r, tc.host, tc.role), syscall.SIGKILL)
+			if err := st.wait(t, 2*time.Minute); err == nil {
+				t.Fatalf("nbship succeeded with its %s killed:\n%s", tc.role, st.stderr.String())
+			}
+			oneLine(t, st.stderr.String(), tc.names)
+			unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
+			noNbshipLeft(t, s.r, rig.Build, rig.PXE)
+			noStaging(t, s.r)
+		})
 	}
-	oneLine(t, st.stderr.String(), "root@builder")
-	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
-	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
-	noStaging(t, s.r)
-}
-
-func TestFaultReceiverKilledMidStream(t *testing.T) {
-	ctx := mustCtx(t, 6*time.Minute)
-	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
-	s2 := newSetup(t, "c2.large.arm")
-	s2.freshImage(t, "c2.large.arm")
-	st := s2.start(t, ctx, "aarch64", "--config", s2.config)
-	midStream(t, s.r, "c2.large.arm", st)
-	pid := nbshipPID(t, s.r, rig.PXE, "recv")
-	syscall.Kill(pid, syscall.SIGKILL)
-	if err := st.wait(t, 2*time.Minute); err == nil {
-		t.Fatalf("nbship succeeded with its receiver killed:\n%s", st.stderr.String())
-	}
-	oneLine(t, st.stderr.String(), "netboot@pxe")
-	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
-	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
-	noStaging(t, s.r) // the killed receiver's staging is swept by the controller
 }
 
 func TestFaultOperatorInterrupted(t *testing.T) {
@@ -414,4 +406,146 @@ func TestFaultBuildHostOfAnotherArchitecture(t *testing.T) {
 	if strings.Contains(stderr, "instantiating") || strings.Contains(stderr, "building on") {
 		t.Errorf("nbship did build work before refusing the host")
 	}
+}
+
+// stagedFile waits until a staging directory of instance holds a file
+// named name (the receiver creates a file when the one before it is
+// complete and verified).
+func stagedFile(t *testing.T, r *rig.Rig, instance, name string, st *started) {
+	t.Helper()
+	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
+	deadline := time.Now().Add(3 * time.Minute)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-st.done:
+			st.done <- err
+			t.Fatalf("nbship ended (%v) before %s arrived:\n%s", err, name, st.stderr.String())
+		default:
+		}
+		m, _ := filepath.Glob(filepath.Join(gens, ".staging-*", name))
+		if len(m) > 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s never arrived:\n%s", name, st.stderr.String())
+}
+
+func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {
+	ctx := mustCtx(t, 6*time.Minute)
+	s := newSetup(t, "c2.large.arm")
+	s.resetSlot(t, ctx, "c2.large.arm")
+	s.freshImage(t, "c2.large.arm")
+	st := s.start(t, ctx, "aarch64", "--config", s.config, "--json", "--retries", "1")
+	// Image is complete and verified once the receiver starts on initrd.
+	stagedFile(t, s.r, "c2.large.arm", "initrd", st)
+	if err := s.r.Link("build-pxe", false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.r.Link("build-pxe", true) })
+	if err := st.wait(t, 3*time.Minute); err != nil {
+		t.Fatalf("nbship with one retry: %v\n%s", err, st.stderr.String())
+	}
+	stderr := st.stderr.String()
+	if !strings.Contains(stderr, "attempt 1 of 2 failed") {
+		t.Errorf("stderr does not report the failed first attempt:\n%s", stderr)
+	}
+	res := parseResult(t, st.stdout.String())
+	// The retry found the direct link down and went over SSH, and did not
+	// send Image again: the first attempt had verified it.
+	if res.Path != "ssh" || res.FilesSent != 2 {
+		t.Errorf("retry: path %s, %d files sent; want ssh and 2 (Image reused)", res.Path, res.FilesSent)
+	}
+	served := s.served(t, ctx, "c2.large.arm", netbootFiles...)
+	for _, f := range netbootFiles {
+		if want := s.storeFile(t, ctx, rig.Build, res.Out+"/"+f); !bytes.Equal(served[f], want) {
+			t.Errorf("%s served differs from the build output", f)
+		}
+	}
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
+	noStaging(t, s.r)
+}
+
+func TestFaultSSHPathLinkDroppedMidStream(t *testing.T) {
+	ctx := mustCtx(t, 6*time.Minute)
+	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
+	s2 := newSetup(t, "c2.large.arm")
+	s2.freshImage(t, "c2.large.arm")
+	st := s2.start(t, ctx, "aarch64", "--config", s2.config, "--path", "ssh", "--retries", "0", "--idle-timeout", "10s")
+	midStream(t, s.r, "c2.large.arm", st)
+	// The operator loses the PXE host: its SSH connection and the channel
+	// it carries die without a word.
+	if err := s.r.Link("op-pxe", false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.r.Link("op-pxe", true) })
+	if err := st.wait(t, 2*time.Minute); err == nil {
+		t.Fatalf("nbship succeeded without its PXE host:\n%s", st.stderr.String())
+	}
+	// The receiver, cut off behind an SSH session nobody closed, gives up
+	// by itself (idle timeout) and cleans up.
+	noNbshipLeftWithin(t, s.r, time.Minute, rig.Build, rig.PXE)
+	if err := s.r.Link("op-pxe", true); err != nil {
+		t.Fatal(err)
+	}
+	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
+	noStaging(t, s.r)
+}
+
+func TestFaultTwoRunsForOneSlotAtOnce(t *testing.T) {
+	ctx := mustCtx(t, 8*time.Minute)
+	a := newSetup(t, "c2.large.arm")
+	a.resetSlot(t, ctx, "c2.large.arm")
+	a.freshImage(t, "c2.large.arm")
+	b := newSetup(t, "c2.large.arm")
+	b.freshImage(t, "c2.large.arm")
+	ra := a.start(t, ctx, "aarch64", "--config", a.config, "--json")
+	rb := b.start(t, ctx, "aarch64", "--config", b.config, "--json")
+	ea, eb := ra.wait(t, 5*time.Minute), rb.wait(t, 5*time.Minute)
+	if ea != nil || eb != nil {
+		t.Fatalf("two runs at once: %v / %v\n--- a:\n%s\n--- b:\n%s", ea, eb, ra.stderr.String(), rb.stderr.String())
+	}
+	// Both published, one after the other: two generations, the slot
+	// serving the one that finished last, complete.
+	out, err := s2run(ctx, a, "ls", a.r.PXEDir+"/.nbship/generations/c2.large.arm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gens := 0
+	for _, l := range strings.Fields(out) {
+		if !strings.HasPrefix(l, ".") && !strings.HasSuffix(l, ".sums") {
+			gens++
+		}
+	}
+	if gens != 2 {
+		t.Errorf("generations after two runs = %d (%q), want 2", gens, out)
+	}
+	served := a.served(t, ctx, "c2.large.arm", "netboot.ipxe")["netboot.ipxe"]
+	if !bytes.Contains(served, []byte(a.salt)) && !bytes.Contains(served, []byte(b.salt)) {
+		t.Errorf("served netboot.ipxe is from neither run")
+	}
+	noStaging(t, a.r)
+}
+
+func s2run(ctx context.Context, s *setup, name string, args ...string) (string, error) {
+	return s.r.Run(ctx, rig.PXE, name, args...)
+}
+
+// noNbshipLeftWithin is noNbshipLeft with a longer wait, for ends that
+// must notice by themselves that their peer is gone.
+func noNbshipLeftWithin(t *testing.T, r *rig.Rig, d time.Duration, hosts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		left := 0
+		for _, h := range hosts {
+			pids, _ := r.Processes(h, "nbship")
+			left += len(pids)
+		}
+		if left == 0 {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	noNbshipLeft(t, r, hosts...)
 }
