@@ -1,10 +1,12 @@
 package main
 
-// nbship image: list, verify, roll back and collect the netboot generations
-// of the slots in a PXE host's pxeDir. Package image does the work; this
-// file is flags and output.
+// nbship image: list, verify, publish, roll back and collect the netboot
+// generations of the slots in a PXE host's pxeDir, here or (--host) on the
+// PXE host over SSH. Package image does the work; this file is flags,
+// output, and passing the subcommand on to the PXE host.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +14,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -19,6 +24,7 @@ import (
 
 	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/config"
+	"github.com/nbship/nbship/remote"
 )
 
 func init() {
@@ -33,6 +39,7 @@ type imageSub struct {
 var imageSubs = []imageSub{
 	{"list", "list the generations of every slot, or of --instance", imageList},
 	{"verify", "check an image directory, generation or slot against its instance type", imageVerify},
+	{"publish", "publish an image directory (a build output) as the slot's new generation", imagePublish},
 	{"rollback", "serve the previous generation again, or the one named by --to", imageRollback},
 	{"gc", "remove generations beyond the newest --keep (never the current one)", imageGC},
 	{"url", "print the netboot.ipxe URL a booting instance fetches", imageURL},
@@ -44,7 +51,7 @@ func cmdImage(ctx context.Context, e *env, args []string) error {
 		for _, s := range imageSubs {
 			fmt.Fprintf(w, "  %-9s %s\n", s.name, s.summary)
 		}
-		fmt.Fprintf(w, "\nThey act on this host's pxeDir (--pxe-dir, or pxeDir from --config).\nrun 'nbship image SUBCOMMAND --help' for its flags\n")
+		fmt.Fprintf(w, "\nThey act on the pxeDir of this host (--pxe-dir DIR), or of the PXE host over SSH\n(--host HOST; with --config FILE, pxeHost and pxeDir from it unless --local).\nrun 'nbship image SUBCOMMAND --help' for its flags\n")
 	}
 	if len(args) == 0 {
 		usage(e.stderr)
@@ -69,30 +76,35 @@ type imageFlags struct {
 	pxeDir   string
 	config   string
 	instance string
+	system   string
 	json     bool
+
+	// Where the subcommand runs (the ones that act on a pxeDir).
+	onPXE bool
+	host  string
+	local bool
+	ssh   sshFlags
 
 	cfg *config.Config
 }
 
-// addImageFlags registers --config and --instance, and --pxe-dir and
-// --json when the subcommand uses them.
+// addImageFlags registers --config, --instance and --system, and when the
+// subcommand acts on a pxeDir, --pxe-dir, --host, --local and the SSH
+// flags; --json when it has a JSON form.
 func addImageFlags(fs *pflag.FlagSet, sub string, pxeDir, asJSON bool) *imageFlags {
-	f := &imageFlags{sub: sub}
-	fs.StringVar(&f.config, "config", "", "builders.conf `FILE` to read pxeDir, instance, keepGenerations, baseURL and profile lines from")
+	f := &imageFlags{sub: sub, onPXE: pxeDir}
+	fs.StringVar(&f.config, "config", "", "builders.conf `FILE` to read pxeHost, pxeDir, instance, keepGenerations, baseURL and profile lines from")
 	fs.StringVar(&f.instance, "instance", "", "instance `NAME`, like c2.large.arm (default: instance from --config)")
+	fs.StringVar(&f.system, "system", "", "`SYSTEM` of an instance type nbship does not know: aarch64-linux or x86_64-linux (default: its profile line in --config)")
 	if pxeDir {
 		fs.StringVar(&f.pxeDir, "pxe-dir", "", "the `DIR` nginx serves (default: pxeDir from --config)")
+		fs.StringVar(&f.host, "host", "", "run on this PXE `HOST` ([user@]host[:port] or an ssh config alias) over SSH, with nbship put there (default with --config: pxeHost)")
+		fs.BoolVar(&f.local, "local", false, "act on this machine's --pxe-dir even though --config names a pxeHost")
+		f.ssh.add(fs)
 	}
 	if asJSON {
 		fs.BoolVar(&f.json, "json", false, "print the result as JSON")
 	}
-	// ---- --host goes here (not implemented yet) ----
-	// --host HOST will run the same subcommand on the PXE host over SSH
-	// (default: pxeHost from --config) instead of on this machine: register
-	// it here, and right after parseFlags in each subcommand, when it is
-	// set, start `nbship image SUB ARGS` (without --host) there through
-	// package remote, copy its stdout and stderr to e's and return its exit
-	// status. Everything in this file below acts locally.
 	return f
 }
 
@@ -150,7 +162,15 @@ func (f *imageFlags) profile() (image.Profile, error) {
 	if name == "" {
 		return image.Profile{}, withHint(usageError("%s: --instance NAME is required", f.sub), "name the instance type, like --instance c2.large.arm, or set instance in the config")
 	}
-	return image.Lookup(name, imageExtraProfiles(f.cfg))
+	extra := imageExtraProfiles(f.cfg)
+	if f.system != "" {
+		p, err := image.ForSystem(name, f.system)
+		if err != nil {
+			return image.Profile{}, usageError("%s: --system: %v", f.sub, err)
+		}
+		extra = append(extra, p)
+	}
+	return image.Lookup(name, extra)
 }
 
 func imageExtraProfiles(cfg *config.Config) []image.Profile {
@@ -210,6 +230,9 @@ func imageList(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if err := imageArgs(fs, "image list", 0); err != nil {
+		return err
+	}
+	if done, err := f.onHost(ctx, e, fs); done || err != nil {
 		return err
 	}
 	pxe, err := f.pxe()
@@ -284,6 +307,9 @@ func imageVerify(ctx context.Context, e *env, args []string) error {
 	if err := imageArgs(fs, "image verify", 1); err != nil {
 		return err
 	}
+	if done, err := f.onHost(ctx, e, fs); done || err != nil {
+		return err
+	}
 	p, err := f.profile()
 	if err != nil {
 		return err
@@ -340,6 +366,9 @@ func imageRollback(ctx context.Context, e *env, args []string) error {
 	if err := imageArgs(fs, "image rollback", 0); err != nil {
 		return err
 	}
+	if done, err := f.onHost(ctx, e, fs); done || err != nil {
+		return err
+	}
 	s, err := f.slot(e)
 	if err != nil {
 		return err
@@ -389,6 +418,9 @@ func imageGC(ctx context.Context, e *env, args []string) error {
 	}
 	if *keep < 1 {
 		return usageError("image gc: --keep %d: keep at least 1 generation", *keep)
+	}
+	if done, err := f.onHost(ctx, e, fs, "keep", strconv.Itoa(*keep)); done || err != nil {
+		return err
 	}
 	s, err := f.slot(e)
 	if err != nil {
@@ -462,4 +494,293 @@ func imageSize(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// imagePublished is what image publish reports (and nbship x86_64 reads).
+// The byte and file counts name the same things as a shipped image's:
+// files_sent are the files whose bytes were copied in, files_reused those
+// hard-linked from the generation that was current.
+type imagePublished struct {
+	Instance   string  `json:"instance"`
+	Generation string  `json:"generation"`
+	Previous   string  `json:"previous"`
+	Published  string  `json:"published"` // the slot, PXEDIR/hydra-INSTANCE
+	Files      int     `json:"files"`
+	FilesSent  int     `json:"files_sent"`
+	Reused     int     `json:"files_reused"`
+	Bytes      int64   `json:"bytes"` // copied
+	TotalBytes int64   `json:"total_bytes"`
+	Seconds    float64 `json:"seconds"`
+	MBps       float64 `json:"mbps"`
+}
+
+func imagePublish(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "image publish", "--instance NAME [--system SYSTEM] [--keep N] [--pxe-dir DIR | --config FILE] [--host HOST] [--json] DIR")
+	f := addImageFlags(fs, "image publish", true, true)
+	keep := fs.Int("keep", 0, "generations to keep, newest first; the current one is kept too (default: keepGenerations from --config, else 3)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := imageArgs(fs, "image publish", 1); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return withHint(usageError("image publish: no image directory given"), "name the directory that holds the kernel, initrd and netboot.ipxe, like a Nix build's output")
+	}
+	cfg, err := f.load()
+	if err != nil {
+		return err
+	}
+	if !fs.Changed("keep") {
+		*keep = cfg.Keep()
+	}
+	if *keep < 1 {
+		return usageError("image publish: --keep %d: keep at least 1 generation", *keep)
+	}
+	if done, err := f.onHost(ctx, e, fs, "keep", strconv.Itoa(*keep)); done || err != nil {
+		return err
+	}
+	s, err := f.slot(e)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	before, err := s.Current()
+	if err != nil {
+		return err
+	}
+	staged, err := s.Stage()
+	if err != nil {
+		return err
+	}
+	src := fs.Arg(0)
+	st, err := s.CopyImage(ctx, staged, src)
+	if err != nil {
+		s.Discard(staged)
+		return err
+	}
+	g, err := s.Publish(ctx, staged, *keep)
+	var ve *image.VerifyError
+	if errors.As(err, &ve) {
+		// Name the file the user gave, not its copy in the staging directory.
+		if rel, rerr := filepath.Rel(staged, ve.Path); rerr == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			ve = &image.VerifyError{Path: filepath.Join(src, rel), Msg: ve.Msg}
+		}
+		serves := "nothing"
+		if before != "" {
+			serves = before
+		}
+		return withHint(ve, "nothing was published: %s still serves %s", s.Path(), serves)
+	}
+	if err != nil {
+		return err
+	}
+	res := imagePublished{
+		Instance: s.Profile().Name, Generation: g.Name, Previous: before, Published: s.Path(),
+		Files: st.Files, FilesSent: st.Copied, Reused: st.Linked, Bytes: st.Bytes, TotalBytes: st.Total,
+		Seconds: round(time.Since(start).Seconds(), 3),
+	}
+	if res.Seconds > 0 {
+		res.MBps = round(float64(res.Bytes)/1e6/res.Seconds, 1)
+	}
+	if f.json {
+		return imageJSON(e.stdout, res)
+	}
+	printPublished(e.stderr, "nbship: ", res)
+	if before == "" {
+		_, err = fmt.Fprintf(e.stdout, "%s: serving %s\n", res.Published, g.Name)
+	} else {
+		_, err = fmt.Fprintf(e.stdout, "%s: serving %s (was %s)\n", res.Published, g.Name, before)
+	}
+	return err
+}
+
+// printPublished writes the figures of a publish as one line.
+func printPublished(w io.Writer, prefix string, r imagePublished) {
+	fmt.Fprintf(w, "%spublished %d files (%d copied, %d already there), %s copied of %s in %.2fs\n",
+		prefix, r.Files, r.FilesSent, r.Reused, imageSize(r.Bytes), imageSize(r.TotalBytes), r.Seconds)
+}
+
+// imageLocalFlags are the flags that say where a subcommand runs or how to
+// reach the host: they are not passed on to the host.
+var imageLocalFlags = map[string]bool{
+	"host": true, "local": true, "config": true,
+	"known-hosts": true, "accept-new": true, "ssh-config": true, "identity": true, "remote-nbship": true,
+}
+
+// remoteHost is where the subcommand runs: --host, else pxeHost from
+// --config unless --local; "" means here.
+func (f *imageFlags) remoteHost() (string, error) {
+	if !f.onPXE {
+		return "", nil
+	}
+	if f.local && f.host != "" {
+		return "", usageError("%s: --host and --local: give one", f.sub)
+	}
+	if f.local || f.host != "" {
+		return f.host, nil
+	}
+	if f.config == "" {
+		return "", nil
+	}
+	cfg, err := f.load()
+	if err != nil {
+		return "", err
+	}
+	return cfg.PXEHost, nil
+}
+
+// onHost runs the subcommand on the PXE host instead of here, when --host
+// or the config says so, and reports whether it did. The flags given on
+// the command line go along (but those of imageLocalFlags), plus what this
+// side read from the config: pxeDir, instance, the instance's profile line,
+// and resolved (name, value pairs, such as the keep the config set),
+// unless the command line gave them. nbship on the host never reads a
+// config file; it is told everything.
+func (f *imageFlags) onHost(ctx context.Context, e *env, fs *pflag.FlagSet, resolved ...string) (bool, error) {
+	host, err := f.remoteHost()
+	if err != nil || host == "" {
+		return false, err
+	}
+	args, err := f.remoteArgs(fs, resolved...)
+	if err != nil {
+		return true, err
+	}
+	hosts, err := dialAll(ctx, f.ssh.config(e), host)
+	if err != nil {
+		return true, err
+	}
+	c := hosts[0]
+	defer c.Close()
+	bin, err := f.ssh.install(ctx, c)
+	if err != nil {
+		return true, err
+	}
+	return true, runOnHost(ctx, c, bin, args, e.stdout, e.stderr)
+}
+
+// remoteArgs is the command line for nbship on the host (see onHost).
+func (f *imageFlags) remoteArgs(fs *pflag.FlagSet, resolved ...string) ([]string, error) {
+	args := []string{"image", strings.TrimPrefix(f.sub, "image ")}
+	fs.Visit(func(fl *pflag.Flag) {
+		if !imageLocalFlags[fl.Name] {
+			args = append(args, "--"+fl.Name+"="+fl.Value.String())
+		}
+	})
+	cfg, err := f.load()
+	if err != nil {
+		return nil, err
+	}
+	pass := func(name, value string) {
+		if value != "" && !fs.Changed(name) {
+			args = append(args, "--"+name+"="+value)
+		}
+	}
+	pxe, err := f.pxe()
+	if err != nil {
+		return nil, err
+	}
+	pass("pxe-dir", pxe)
+	inst, err := f.instanceName()
+	if err != nil {
+		return nil, err
+	}
+	pass("instance", inst)
+	for _, p := range cfg.Profiles {
+		if p.Name == inst {
+			pass("system", p.System)
+		}
+	}
+	for i := 0; i+1 < len(resolved); i += 2 {
+		pass(resolved[i], resolved[i+1])
+	}
+	args = append(args, "--")
+	return append(args, fs.Args()...), nil
+}
+
+// runOnHost runs nbship (at bin on host) with args, its stdout copied to
+// stdout and its stderr to stderr as it comes. When it fails, its last
+// lines, "nbship: WHAT" and maybe "nbship: hint: ...", are not copied but
+// returned as the error, named after the host and with its exit status, so
+// that the reason is said once, last, as for a local failure.
+func runOnHost(ctx context.Context, host *remote.Client, bin string, args []string, stdout, stderr io.Writer) error {
+	h := &heldLines{w: stderr}
+	err := host.Run(ctx, remote.Cmd{Args: append([]string{bin}, args...), Stdout: stdout, Stderr: h})
+	var ee *remote.ExitError
+	if !errors.As(err, &ee) {
+		h.flush()
+		return err
+	}
+	msg, hint := h.failure()
+	if msg == "" {
+		return &exitError{code: ee.Status, err: fmt.Errorf("%s: nbship %s exited with status %d", host.Name(), strings.Join(args[:min(2, len(args))], " "), ee.Status)}
+	}
+	err = &exitError{code: ee.Status, err: fmt.Errorf("%s: %s", host.Name(), msg)}
+	if hint != "" {
+		return withHint(err, "%s", hint)
+	}
+	return err
+}
+
+// heldLines copies lines to w, holding back the last two until more come
+// or flush: on failure they are the remote nbship's error and hint.
+type heldLines struct {
+	w       io.Writer
+	partial []byte
+	held    [][]byte
+}
+
+func (h *heldLines) Write(b []byte) (int, error) {
+	h.partial = append(h.partial, b...)
+	for {
+		i := bytes.IndexByte(h.partial, '\n')
+		if i < 0 {
+			break
+		}
+		h.held = append(h.held, append([]byte(nil), h.partial[:i+1]...))
+		h.partial = h.partial[i+1:]
+		if len(h.held) > 2 {
+			h.w.Write(h.held[0])
+			h.held = h.held[1:]
+		}
+	}
+	return len(b), nil
+}
+
+// lines returns the held lines, an unfinished last one included, and
+// forgets them.
+func (h *heldLines) lines() [][]byte {
+	ls := h.held
+	if len(h.partial) > 0 {
+		ls = append(ls, append(h.partial, '\n'))
+	}
+	h.held, h.partial = nil, nil
+	return ls
+}
+
+func (h *heldLines) flush() {
+	for _, l := range h.lines() {
+		h.w.Write(l)
+	}
+}
+
+// failure takes the error (and hint) nbship printed last, and copies the
+// other held lines.
+func (h *heldLines) failure() (msg, hint string) {
+	ls := h.lines()
+	const p, hp = "nbship: ", "nbship: hint: "
+	text := func(i int) string { return strings.TrimSuffix(string(ls[i]), "\n") }
+	n := len(ls)
+	switch {
+	case n >= 2 && strings.HasPrefix(text(n-1), hp) && strings.HasPrefix(text(n-2), p):
+		msg, hint = strings.TrimPrefix(text(n-2), p), strings.TrimPrefix(text(n-1), hp)
+		n -= 2
+	case n >= 1 && strings.HasPrefix(text(n-1), p) && !strings.HasPrefix(text(n-1), hp):
+		msg = strings.TrimPrefix(text(n-1), p)
+		n--
+	}
+	for _, l := range ls[:n] {
+		h.w.Write(l)
+	}
+	return msg, hint
 }

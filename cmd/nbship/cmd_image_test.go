@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,7 +65,7 @@ func imageWriteImage(t *testing.T, dir string, p image.Profile, tag string) {
 	}
 }
 
-func imagePublish(t *testing.T, pxe string, p image.Profile, tag string) image.Generation {
+func imageAddGen(t *testing.T, pxe string, p image.Profile, tag string) image.Generation {
 	t.Helper()
 	s, err := image.OpenSlot(pxe, p)
 	if err != nil {
@@ -117,9 +118,9 @@ func TestImageList(t *testing.T) {
 	out, _, code = imageRun(t, "list", "--pxe-dir", pxe, "--json")
 	imageWant(t, args, out, code, 0, "[]")
 
-	a1 := imagePublish(t, pxe, imageArm, "a1")
-	a2 := imagePublish(t, pxe, imageArm, "a2")
-	x1 := imagePublish(t, pxe, imageX86, "x1")
+	a1 := imageAddGen(t, pxe, imageArm, "a1")
+	a2 := imageAddGen(t, pxe, imageArm, "a2")
+	x1 := imageAddGen(t, pxe, imageX86, "x1")
 	// The old scripts' layout for another instance.
 	os.MkdirAll(filepath.Join(pxe, "hydra-c1.large.arm"), 0o755)
 
@@ -149,8 +150,8 @@ func TestImageList(t *testing.T) {
 
 func TestImageVerify(t *testing.T) {
 	pxe := t.TempDir()
-	g1 := imagePublish(t, pxe, imageArm, "1")
-	imagePublish(t, pxe, imageArm, "2")
+	g1 := imageAddGen(t, pxe, imageArm, "1")
+	imageAddGen(t, pxe, imageArm, "2")
 	dir := t.TempDir()
 	imageWriteImage(t, dir, imageArm, "d")
 	tests := []struct {
@@ -210,7 +211,7 @@ func TestImageRollbackAndGC(t *testing.T) {
 	pxe := t.TempDir()
 	var g []image.Generation
 	for i := 1; i <= 4; i++ {
-		g = append(g, imagePublish(t, pxe, imageX86, fmt.Sprint(i)))
+		g = append(g, imageAddGen(t, pxe, imageX86, fmt.Sprint(i)))
 	}
 	slot := filepath.Join(pxe, "hydra-m2.xlarge.x86")
 
@@ -279,7 +280,7 @@ profile         c3.large.arm aarch64-linux
 		t.Fatal(err)
 	}
 	for i := 0; i < 3; i++ {
-		imagePublish(t, pxe, c3, fmt.Sprint(i))
+		imageAddGen(t, pxe, c3, fmt.Sprint(i))
 	}
 	tests := []struct {
 		args []string
@@ -287,9 +288,9 @@ profile         c3.large.arm aarch64-linux
 	}{
 		{[]string{"url", "--config", conf}, "http://my.netboot.server/netboot/hydra-c3.large.arm/netboot.ipxe\n"},
 		{[]string{"url", "--config", conf, "--base-url", "https://other/", "--instance", "c2.large.arm"}, "https://other/hydra-c2.large.arm/netboot.ipxe\n"},
-		{[]string{"verify", "--config", conf}, "ok " + filepath.Join(pxe, "hydra-c3.large.arm")},
-		{[]string{"list", "--config", conf}, "c3.large.arm"},
-		{[]string{"gc", "--config", conf}, "000002-"}, // keepGenerations 1
+		{[]string{"verify", "--config", conf, "--local"}, "ok " + filepath.Join(pxe, "hydra-c3.large.arm")},
+		{[]string{"list", "--config", conf, "--local"}, "c3.large.arm"},
+		{[]string{"gc", "--config", conf, "--local"}, "000002-"}, // keepGenerations 1
 	}
 	for _, tt := range tests {
 		out, errs, code := imageRun(t, tt.args...)
@@ -298,7 +299,246 @@ profile         c3.large.arm aarch64-linux
 
 	bare := filepath.Join(t.TempDir(), "bare.conf")
 	os.WriteFile(bare, []byte("pxeHost netboot@pxe\n"), 0o644)
-	args := []string{"list", "--config", bare}
+	args := []string{"list", "--config", bare, "--local"}
 	_, errs, code := imageRun(t, args...)
 	imageWant(t, args, errs, code, 1, `missing key "pxeDir"; add a line like: pxeDir`)
+}
+
+// imageStoreOutput writes an image for p laid out as a Nix build output
+// often is: kernel and initrd are symlinks into another directory.
+func imageStoreOutput(t *testing.T, p image.Profile, tag, kernelTag string) string {
+	t.Helper()
+	files, out := t.TempDir(), t.TempDir()
+	imageWriteImage(t, files, p, kernelTag)
+	for _, name := range []string{p.Kernel, "initrd"} {
+		if err := os.Symlink(filepath.Join(files, name), filepath.Join(out, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := t.TempDir()
+	imageWriteImage(t, other, p, tag)
+	if err := os.Rename(filepath.Join(other, "netboot.ipxe"), filepath.Join(out, "netboot.ipxe")); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestImagePublish(t *testing.T) {
+	pxe := t.TempDir()
+	slot := filepath.Join(pxe, "hydra-m2.xlarge.x86")
+	src1 := imageStoreOutput(t, imageX86, "one", "k")
+	args := []string{"publish", "--pxe-dir", pxe, "--instance", "m2.xlarge.x86", src1}
+	out, errs, code := imageRun(t, args...)
+	imageWant(t, args, out, code, 0, slot+": serving 000001-")
+	imageWant(t, args, errs, code, 0, "published 3 files (3 copied, 0 already there)")
+	// The symlinks were followed: the slot serves files, not links.
+	for _, name := range []string{"bzImage", "initrd"} {
+		fi, err := os.Lstat(filepath.Join(slot, name))
+		if err != nil || !fi.Mode().IsRegular() {
+			t.Errorf("%s in the slot: %v, %v; want a regular file", name, fi, err)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(slot, "netboot.ipxe")); !bytes.Contains(b, []byte("# one\n")) {
+		t.Errorf("slot serves netboot.ipxe %q, want generation one's", b)
+	}
+
+	// Same kernel and initrd, new script: only the script is copied.
+	src2 := imageStoreOutput(t, imageX86, "two", "k")
+	args = []string{"publish", "--pxe-dir", pxe, "--instance", "m2.xlarge.x86", "--json", src2}
+	out, _, code = imageRun(t, args...)
+	var res imagePublished
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 {
+		t.Fatalf("publish --json = %q, exit %d: %v", out, code, err)
+	}
+	if res.Instance != "m2.xlarge.x86" || res.Published != slot || !strings.HasPrefix(res.Generation, "000002-") ||
+		!strings.HasPrefix(res.Previous, "000001-") || res.Files != 3 || res.FilesSent != 1 || res.Reused != 2 ||
+		res.Bytes == 0 || res.Bytes >= res.TotalBytes {
+		t.Errorf("publish --json = %+v, want generation 2 after 1, the script copied and 2 files reused", res)
+	}
+
+	// An x86 kernel for the arm slot is refused; the arm slot keeps serving
+	// what it served.
+	armSlot := filepath.Join(pxe, "hydra-c2.large.arm")
+	g := imageAddGen(t, pxe, imageArm, "arm1")
+	wrong := imageStoreOutput(t, imageX86, "wrong", "w")
+	os.Rename(filepath.Join(wrong, "bzImage"), filepath.Join(wrong, "Image"))
+	args = []string{"publish", "--pxe-dir", pxe, "--instance", "c2.large.arm", wrong}
+	out, errs, code = imageRun(t, args...)
+	imageWant(t, args, errs, code, 1, "nbship: image: "+wrong+"/Image is an x86_64 bzImage, but slot c2.large.arm needs an aarch64 Image\n",
+		"nbship: hint: nothing was published: "+armSlot+" still serves "+g.Name+"\n")
+	if out != "" {
+		t.Errorf("refused publish printed %q on stdout", out)
+	}
+	if link, _ := os.Readlink(armSlot); link != ".nbship/generations/c2.large.arm/"+g.Name {
+		t.Errorf("arm slot = %q after a refused publish, want %s", link, g.Name)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(pxe, ".nbship", "generations", "c2.large.arm")); len(ents) != 2 { // GEN and GEN.sums
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("arm generations dir holds %v after a refused publish, want only %s and its sums", names, g.Name)
+	}
+
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"publish", "--pxe-dir", pxe, "--instance", "m2.xlarge.x86"}, 2, "no image directory given"},
+		{[]string{"publish", "--pxe-dir", pxe, "--instance", "m2.xlarge.x86", src1, src2}, 2, "unexpected argument"},
+		{[]string{"publish", "--pxe-dir", pxe, src1}, 2, "--instance NAME is required"},
+		{[]string{"publish", "--pxe-dir", pxe, "--instance", "m2.xlarge.x86", "--keep", "0", src1}, 2, "keep at least 1"},
+		{[]string{"publish", "--pxe-dir", pxe, "--instance", "m2.xlarge.x86", filepath.Join(pxe, "nope")}, 1, "nope does not exist"},
+		{[]string{"publish", "--pxe-dir", pxe, "--instance", "c9.odd", "--system", "sparc64-linux", src1}, 2, `system "sparc64-linux" is not`},
+	} {
+		out, errs, code := imageRun(t, tt.args...)
+		imageWant(t, tt.args, out+errs, code, tt.code, tt.want)
+	}
+
+	// --system makes an instance nbship does not know publishable.
+	args = []string{"publish", "--pxe-dir", pxe, "--instance", "n3.xlarge.x86", "--system", "x86_64-linux", src1}
+	out, _, code = imageRun(t, args...)
+	imageWant(t, args, out, code, 0, filepath.Join(pxe, "hydra-n3.xlarge.x86")+": serving 000001-")
+}
+
+func TestImageRemoteArgs(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "builders.conf")
+	os.WriteFile(conf, []byte(`pxeHost         netboot@pxe
+pxeDir          /srv/netboot/
+instance        c3.large.arm
+keepGenerations 5
+profile         c3.large.arm aarch64-linux
+`), 0o644)
+	tests := []struct {
+		sub      string
+		args     []string
+		resolved []string
+		want     string
+	}{
+		{"list", []string{"--host", "pxe", "--pxe-dir", "/p"}, nil,
+			"image list --pxe-dir=/p --"},
+		{"list", []string{"--config", conf, "--json", "-i", "/id", "--known-hosts", "/kh", "--accept-new"}, nil,
+			"image list --json=true --pxe-dir=/srv/netboot/ --instance=c3.large.arm --system=aarch64-linux --"},
+		{"rollback", []string{"--config", conf, "--instance", "m2.xlarge.x86", "--to", "3"}, nil,
+			"image rollback --instance=m2.xlarge.x86 --to=3 --pxe-dir=/srv/netboot/ --"},
+		{"gc", []string{"--config", conf}, []string{"keep", "5"},
+			"image gc --pxe-dir=/srv/netboot/ --instance=c3.large.arm --system=aarch64-linux --keep=5 --"},
+		{"gc", []string{"--config", conf, "--keep", "2"}, []string{"keep", "2"},
+			"image gc --keep=2 --pxe-dir=/srv/netboot/ --instance=c3.large.arm --system=aarch64-linux --"},
+		{"verify", []string{"--host", "h", "--pxe-dir", "/p", "--instance", "x", "--system", "x86_64-linux", "--", "-odd dir"}, nil,
+			"image verify --instance=x --pxe-dir=/p --system=x86_64-linux -- -odd dir"},
+	}
+	for _, tt := range tests {
+		var errb bytes.Buffer
+		e := &env{stdout: &errb, stderr: &errb, getenv: func(string) string { return "" }}
+		fs := newFlagSet(e, "image "+tt.sub, "")
+		f := addImageFlags(fs, "image "+tt.sub, true, true)
+		fs.String("to", "", "")
+		fs.Int("keep", 0, "")
+		if err := parseFlags(fs, tt.args); err != nil {
+			t.Fatalf("%v: %v", tt.args, err)
+		}
+		got, err := f.remoteArgs(fs, tt.resolved...)
+		if err != nil {
+			t.Fatalf("remoteArgs(%q) = %v", tt.args, err)
+		}
+		if strings.Join(got, " ") != tt.want {
+			t.Errorf("remoteArgs(%q) =\n  %q\nwant\n  %q", tt.args, strings.Join(got, " "), tt.want)
+		}
+	}
+}
+
+func TestImageWhere(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "builders.conf")
+	os.WriteFile(conf, []byte("pxeHost netboot@pxe\npxeDir /p\n"), 0o644)
+	tests := []struct {
+		args []string
+		host string
+		err  string
+	}{
+		{[]string{"--pxe-dir", "/p"}, "", ""},
+		{[]string{"--host", "root@other"}, "root@other", ""},
+		{[]string{"--config", conf}, "netboot@pxe", ""},
+		{[]string{"--config", conf, "--host", "root@other"}, "root@other", ""},
+		{[]string{"--config", conf, "--local"}, "", ""},
+		{[]string{"--local", "--host", "x"}, "", "--host and --local: give one"},
+	}
+	for _, tt := range tests {
+		e := &env{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }}
+		fs := newFlagSet(e, "image list", "")
+		f := addImageFlags(fs, "image list", true, true)
+		if err := parseFlags(fs, tt.args); err != nil {
+			t.Fatal(err)
+		}
+		host, err := f.remoteHost()
+		if host != tt.host || (err == nil) != (tt.err == "") || err != nil && !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("remoteHost(%q) = %q, %v; want %q, %q", tt.args, host, err, tt.host, tt.err)
+		}
+	}
+	// url has no host: it only computes.
+	e := &env{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }}
+	fs := newFlagSet(e, "image url", "")
+	addImageFlags(fs, "image url", false, true)
+	if fs.Lookup("host") != nil {
+		t.Errorf("image url has a --host flag")
+	}
+}
+
+// With --host the subcommand really goes to the host: one that does not
+// answer is named in the error and nothing happens here.
+func TestImageHostUnreachable(t *testing.T) {
+	pxe := t.TempDir()
+	for _, sub := range [][]string{
+		{"list"},
+		{"rollback", "--instance", "m2.xlarge.x86"},
+		{"gc", "--instance", "m2.xlarge.x86"},
+		{"verify", "--instance", "m2.xlarge.x86"},
+		{"publish", "--instance", "m2.xlarge.x86", t.TempDir()},
+	} {
+		args := append(append([]string{"image"}, sub...), "--pxe-dir", pxe, "--host", "netboot@127.0.0.1:1")
+		code, stdout, stderr := runNbship(t, args...)
+		if code != 1 || stdout != "" || !strings.Contains(stderr, "127.0.0.1:1") {
+			t.Errorf("nbship %s: exit %d, stdout %q, stderr %q; want exit 1 naming the host", strings.Join(args, " "), code, stdout, stderr)
+		}
+	}
+	if ents, _ := os.ReadDir(pxe); len(ents) != 0 {
+		t.Errorf("the local pxeDir was touched: %v", ents)
+	}
+}
+
+func TestHeldLines(t *testing.T) {
+	tests := []struct {
+		name, in          string
+		passed, msg, hint string
+	}{
+		{"error only", "note 1\nnbship: image: bad\n", "note 1\n", "image: bad", ""},
+		{"error and hint", "a\nb\nnbship: image: bad\nnbship: hint: do x\n", "a\nb\n", "image: bad", "do x"},
+		{"unterminated", "a\nnbship: image: bad", "a\n", "image: bad", ""},
+		{"no nbship line", "a\nb\nc\n", "a\nb\nc\n", "", ""},
+		{"hint alone", "a\nnbship: hint: x\n", "a\nnbship: hint: x\n", "", ""},
+		{"notes before", "nbship: waiting for slot\nnbship: image: bad\n", "nbship: waiting for slot\n", "image: bad", ""},
+	}
+	for _, tt := range tests {
+		var out bytes.Buffer
+		h := &heldLines{w: &out}
+		for _, c := range []byte(tt.in) { // byte by byte: lines arrive in pieces
+			h.Write([]byte{c})
+		}
+		msg, hint := h.failure()
+		if out.String() != tt.passed || msg != tt.msg || hint != tt.hint {
+			t.Errorf("%s: passed %q, failure() = %q, %q; want %q, %q, %q", tt.name, out.String(), msg, hint, tt.passed, tt.msg, tt.hint)
+		}
+		out.Reset()
+		h = &heldLines{w: &out}
+		h.Write([]byte(tt.in))
+		h.flush()
+		want := tt.in
+		if !strings.HasSuffix(want, "\n") {
+			want += "\n"
+		}
+		if out.String() != want {
+			t.Errorf("%s: flush passed %q, want all of %q", tt.name, out.String(), want)
+		}
+	}
 }
