@@ -20,8 +20,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	defer testbin.Cleanup()
-	rig.Main(m)
+	rig.Main(m, testbin.Cleanup)
 }
 
 // repoRoot is the module's root (tests run in e2e/).

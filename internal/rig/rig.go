@@ -121,8 +121,13 @@ func Require(t testing.TB) *Rig {
 }
 
 // Main runs the tests and tears the rig down if this process brought it up.
-func Main(m *testing.M) {
+// Each of cleanups runs after the tests, before the process exits (a
+// deferred call in TestMain would not: Main ends with os.Exit).
+func Main(m *testing.M, cleanups ...func()) {
 	code := m.Run()
+	for _, c := range cleanups {
+		c()
+	}
 	if err := teardown(); err != nil {
 		fmt.Fprintf(os.Stderr, "rig: %v\n", err)
 		if code == 0 {
