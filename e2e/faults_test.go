@@ -471,7 +471,15 @@ func TestFaultSSHPathLinkDroppedMidStream(t *testing.T) {
 	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
 	s2 := newSetup(t, "c2.large.arm")
 	s2.freshImage(t, "c2.large.arm")
-	st := s2.start(t, ctx, "aarch64", "--config", s2.config, "--path", "ssh", "--retries", "0", "--idle-timeout", "10s")
+	// The operator's SSH notices a dead host after three missed keepalives:
+	// 5 s apart here (ServerAliveInterval) to keep the test short.
+	sshConfig := filepath.Join(s2.dir, "ssh_config")
+	base, err := os.ReadFile(filepath.Join(s.r.OpHome, ".ssh", "config"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(sshConfig, append([]byte("Host *\n\tServerAliveInterval 5\n\n"), base...), 0o644)
+	st := s2.start(t, ctx, "aarch64", "--config", s2.config, "--ssh-config", sshConfig, "--path", "ssh", "--retries", "0", "--idle-timeout", "10s")
 	midStream(t, s.r, "c2.large.arm", st)
 	// The operator loses the PXE host: its SSH connection and the channel
 	// it carries die without a word.
@@ -479,7 +487,7 @@ func TestFaultSSHPathLinkDroppedMidStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.r.Link("op-pxe", true) })
-	if err := st.wait(t, 2*time.Minute); err == nil {
+	if err := st.wait(t, 3*time.Minute); err == nil {
 		t.Fatalf("nbship succeeded without its PXE host:\n%s", st.stderr.String())
 	}
 	// The receiver, cut off behind an SSH session nobody closed, gives up
