@@ -46,6 +46,11 @@ func readBanner(rd io.Reader) (string, error) {
 			return "", fmt.Errorf("no SSH banner: %w", err)
 		}
 		s := strings.TrimRight(string(line), "\r\n")
+		if strings.HasPrefix(s, "SSH-") && strings.ContainsFunc(s, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+			// RFC 4253: the identification string ends at its CR LF and
+			// holds no other control characters.
+			return "", fmt.Errorf("malformed SSH banner %q", s)
+		}
 		if strings.HasPrefix(s, "SSH-2.0-") || strings.HasPrefix(s, "SSH-1.99-") {
 			return s, nil
 		}
