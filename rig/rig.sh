@@ -580,7 +580,7 @@ down() {
 
 print_env() {
 	local home=$RIG_DIR/op/home
-	[ -e "$RIG_DIR/.nbship-rig" ] || die "rig is not up ($RIG_DIR missing); run: rig.sh up"
+	[ -e "$RIG_DIR/.nbship-rig" ] || die "no rig in $RIG_DIR (no .nbship-rig marker); run: rig.sh up"
 	cat <<EOF
 RIG_DIR='$RIG_DIR'
 RIG_OP_HOME='$home'
