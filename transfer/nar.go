@@ -101,6 +101,13 @@ type Verifier interface {
 	Verified(ctx context.Context, e *Entry) error
 }
 
+// Abandoner is a Sink told that the transfer failed, before the sender is
+// told (after which the sender, and whatever started both ends, may stop
+// everything): it settles what it has committed to so far.
+type Abandoner interface {
+	Abandon()
+}
+
 // StoreWriter is the receiving Nix store as a StoreSink needs it. Paths are
 // full store paths.
 type StoreWriter interface {
@@ -290,20 +297,35 @@ func (s *StoreSink) Confirm(ctx context.Context) error {
 	return nil
 }
 
+// Abandon lets the import finish the paths fed completely (they were
+// verified) and stops it before the one being fed, if any: run before the
+// sender learns of a failure, so that the paths before a bad one are in
+// the store whatever happens to this process next.
+func (s *StoreSink) Abandon() {
+	s.endImport()
+}
+
+func (s *StoreSink) endImport() error {
+	if s.imp == nil {
+		return nil
+	}
+	imp := s.imp
+	s.imp = nil
+	if s.partial {
+		imp.Kill()
+		return nil
+	}
+	if err := writeNum(imp, 0); err != nil {
+		imp.Kill()
+		return err
+	}
+	return imp.Close()
+}
+
 // Close ends an import that is still running (the paths completely fed stay
 // imported; a partly fed one is not) and removes the temporary files.
 func (s *StoreSink) Close() error {
-	var err error
-	if s.imp != nil {
-		if s.partial {
-			s.imp.Kill()
-		} else if err = writeNum(s.imp, 0); err == nil {
-			err = s.imp.Close()
-		} else {
-			s.imp.Kill()
-		}
-		s.imp = nil
-	}
+	err := s.endImport()
 	if rerr := os.RemoveAll(s.tmp); err == nil && rerr != nil {
 		err = rerr
 	}

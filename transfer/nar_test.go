@@ -619,3 +619,97 @@ func FuzzReceiveStore(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseNARHash(f *testing.F) {
+	for _, s := range []string{
+		"1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13",
+		"sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw",
+		"sha256-HDfQGvQL4ugGkd48w99EN3ppmvuxfGjwgJZLL9Bx/BM=",
+		"sha256:zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sum, err := ParseNARHash(s)
+		if err != nil {
+			return
+		}
+		// Whatever form it came in, its hex form parses to the same hash.
+		again, err := ParseNARHash(hex.EncodeToString(sum[:]))
+		if err != nil || again != sum {
+			t.Fatalf("ParseNARHash(%q) = %x, but its hex parses to %x, %v", s, sum, again, err)
+		}
+	})
+}
+
+// encodeNixBase32 is Nix's printHash32, for checking the decoder.
+func encodeNixBase32(b []byte) string {
+	n := (len(b)*8-1)/5 + 1
+	out := make([]byte, 0, n)
+	for k := n - 1; k >= 0; k-- {
+		bit := k * 5
+		i, j := bit/8, uint(bit%8)
+		c := b[i] >> j
+		if i < len(b)-1 {
+			c |= b[i+1] << (8 - j)
+		}
+		out = append(out, nixBase32[c&0x1f])
+	}
+	return string(out)
+}
+
+func TestNixBase32RoundTrip(t *testing.T) {
+	want, _ := hex.DecodeString("1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13")
+	if got := encodeNixBase32(want); got != "04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw" {
+		t.Fatalf("encodeNixBase32 = %s, not what Nix printed", got)
+	}
+	for i := range 2000 {
+		b := make([]byte, 32)
+		for k := range b {
+			b[k] = byte(i*7 + k*k*31 + i*k)
+		}
+		if i%3 == 0 {
+			randRead(b)
+		}
+		got, err := decodeNixBase32(encodeNixBase32(b), 32)
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("decodeNixBase32(encode(%x)) = %x, %v", b, got, err)
+		}
+	}
+}
+
+// ackWatch is a scripted connection that notes what the store had imported
+// when the receiver wrote its final word.
+type ackWatch struct {
+	scripted
+	dst          *fakeStore
+	importedThen []string
+}
+
+func (a *ackWatch) Write(p []byte) (int, error) {
+	if len(p) > 0 && p[0] == msgAck {
+		a.dst.mu.Lock()
+		a.importedThen = slices.Clone(a.dst.imported)
+		a.dst.mu.Unlock()
+	}
+	return a.scripted.Write(p)
+}
+
+// The paths before a bad one are in the store before the sender hears of
+// the failure: once it has, the ends may be stopped at any moment.
+func TestStoreSinkImportsBeforeTellingSender(t *testing.T) {
+	stream := narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, fakeNAR("mi!"), []string{leafName}, "")}, leafNAR, midNAR)
+	dst := newFakeStore()
+	sink, err := NewStoreSink(dst, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	conn := &ackWatch{scripted: scripted{r: bytes.NewReader(stream)}, dst: dst}
+	if _, err := Receive(context.Background(), conn, sink, ReceiveOptions{}); err == nil {
+		t.Fatal("Receive accepted a NAR whose hash does not match")
+	}
+	if want := []string{leafName}; !slices.Equal(conn.importedThen, want) {
+		t.Errorf("imported when the sender was told: %v, want %v", conn.importedThen, want)
+	}
+}

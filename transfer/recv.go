@@ -52,6 +52,9 @@ func Receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 	start := time.Now()
 	st, published, err := receive(ctx, conn, sink, o)
 	if err != nil {
+		if a, ok := sink.(Abandoner); ok {
+			a.Abandon()
+		}
 		err = ctxErr(ctx, err)
 		var pe *PeerError
 		if !errors.As(err, &pe) && !errors.Is(err, ErrTruncated) {

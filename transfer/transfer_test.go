@@ -314,6 +314,8 @@ func FuzzReceive(f *testing.F) {
 	}
 	f.Add(rawStream(1, manifest(3, file("d", []byte("abc"))), []byte("abc")))
 	f.Add(rawStream(1, manifest(3, `{"name":"d","type":"dir","mode":493}`, file("d/f", []byte("abc"))), []byte("abc")))
+	// Store paths, which a file sink refuses.
+	f.Add(narStream([]string{narEntry(leafName, leafNAR, nil, "")}, leafNAR))
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		sink := &memSink{t: t}
 		st, err := Receive(context.Background(), &scripted{r: bytes.NewReader(stream)}, sink, ReceiveOptions{})

@@ -38,7 +38,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	replace := fs.Bool("replace", false, "with --dest: replace a non-empty directory atomically")
 	pathFlag := fs.String("path", flow.PathAuto, "how the data travels: auto (direct, else over SSH), direct, or ssh")
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the sender tries the direct path before auto falls back to SSH")
-	listenPort := fs.Int("listen-port", 0, "the receiver's TCP `port` for the direct path (default: the config's opensslPort, else 61616)")
+	listenPort := fs.Int("listen-port", -1, "the receiver's TCP `port` for the direct path; 0 lets it pick one (default: the config's opensslPort, else 61616)")
 	connect := fs.String("connect", "", "`host:port` the sender dials for the direct path (default: the config's opensslServer:opensslPort, else the --to host's name)")
 	level := fs.String("level", "default", "zstd level: fastest, default or better")
 	cfgPath := fs.String("config", "", "builders.conf `file` for the defaults above")
@@ -90,13 +90,13 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		return usageError("ship: --from HOST and --to HOST are required (or --config with buildHost and pxeHost)")
 	}
 	port := *listenPort
-	if port == 0 && cfg != nil && cfg.OpenSSLPort != 0 {
+	if port < 0 && cfg != nil && cfg.OpenSSLPort != 0 {
 		port = cfg.OpenSSLPort
 	}
-	if port == 0 {
+	if port < 0 {
 		port = defaultPort
 	}
-	if port < 1 || port > 65535 {
+	if port > 65535 {
 		return usageError("ship: --listen-port %d is not a TCP port", port)
 	}
 	path := *pathFlag
@@ -124,19 +124,19 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer closeEnds()
-	src, dst := ends[0], ends[1]
 	if *store {
-		// Before any data moves: both ends need Nix.
-		if err := flow.CheckNixStore(ctx, dst); err != nil {
+		// Before any data moves: both ends need Nix, the receiver first.
+		if err := flow.CheckNixStore(ctx, ends[1]); err != nil {
 			return err
 		}
-		if err := flow.CheckNixStore(ctx, src); err != nil {
+		if err := flow.CheckNixStore(ctx, ends[0]); err != nil {
 			return err
 		}
 	}
 	if err := installEnds(ctx, &sf, ends); err != nil {
 		return err
 	}
+	src, dst := ends[0], ends[1]
 
 	ship := &flow.Ship{
 		From:        src,

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -389,10 +390,18 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := recv.line("listening address"); err != nil {
+	l, err := recv.line("listening address")
+	if err != nil {
 		return nil, err
 	}
-	relay, err := s.start(ctx, s.From, s.sendArgs("--connect", s.Connect, "--dial-timeout", dt.String()))
+	connect := s.Connect
+	if host, port, err := net.SplitHostPort(connect); err == nil && port == "0" {
+		// Port 0: the receiver picked one; dial that.
+		if _, p, err := net.SplitHostPort(strings.TrimPrefix(l, "listening ")); err == nil {
+			connect = net.JoinHostPort(host, p)
+		}
+	}
+	relay, err := s.start(ctx, s.From, s.sendArgs("--connect", connect, "--dial-timeout", dt.String()))
 	if err != nil {
 		return nil, err
 	}
