@@ -3,6 +3,8 @@
 # that assembles Debian's arm64 installer kernel and initrd into the same shape
 # NixOS's netboot output has: Image, initrd, netboot.ipxe.
 #
+#   instance  the instance type it stands for (the other arm files import
+#          this one with their own name).
 #   salt   any string; it lands in netboot.ipxe, so a new salt forces a new build.
 #   links  true: Image and initrd are symlinks to their source store paths (as in
 #          a real NixOS netboot output, whose files point into other store paths);
@@ -10,9 +12,8 @@
 #
 # The builder is the host's /bin/sh (needs `sandbox = false`); PATH is unset in
 # Nix builds, hence absolute /bin paths.
-{ salt ? "", links ? false }:
+{ salt ? "", links ? false, instance ? "c2.large.arm" }:
 let
-  instance = "c2.large.arm";
   dir = /usr/lib/debian-installer/images/12/arm64/text/debian-installer/arm64;
   kernel = builtins.path { path = dir + "/linux"; name = "debian-12-arm64-Image"; };
   initrd = builtins.path { path = dir + "/initrd.gz"; name = "debian-12-arm64-initrd"; };

@@ -3,6 +3,8 @@
 # that assembles Debian's amd64 installer kernel and initrd into the same shape
 # NixOS's netboot output has: bzImage, initrd, netboot.ipxe.
 #
+#   instance  the instance type it stands for (the other x86 files import
+#          this one with their own name).
 #   salt   any string; it lands in netboot.ipxe, so a new salt forces a new build.
 #   links  true: bzImage and initrd are symlinks to their source store paths (as
 #          in a real NixOS netboot output, whose files point into other store
@@ -14,9 +16,8 @@
 # order: with console=ttyS1 first, Debian's kernel resets the QEMU machine right
 # after "Probing EDD" and never prints a line. The builder is the host's /bin/sh (needs
 # `sandbox = false`); PATH is unset in Nix builds, hence absolute /bin paths.
-{ salt ? "", links ? false }:
+{ salt ? "", links ? false, instance ? "m2.xlarge.x86" }:
 let
-  instance = "m2.xlarge.x86";
   dir = /usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64;
   kernel = builtins.path { path = dir + "/linux"; name = "debian-12-amd64-bzImage"; };
   initrd = builtins.path { path = dir + "/initrd.gz"; name = "debian-12-amd64-initrd"; };
