@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# contender.sh — one step of one benchmark scenario, as hyperfine calls it.
+#
+#   contender.sh prepare SCENARIO   reset the destination, sync, pre-warm the source
+#   contender.sh run SCENARIO       one timed run; appends a record to
+#                                   $BENCH_RAW/runs/SCENARIO.jsonl
+#   contender.sh verify SCENARIO    check the last run's data arrived intact
+#   contender.sh describe SCENARIO  print the contender's commands
+#
+# SCENARIO is DATASET.LINK.CONTENDER, e.g. netboot.100mbit.seed. DATASET is
+# netboot, closure or big; LINK only names the shaping (run.sh applies it).
+# CONTENDER:
+#   nbship             netboot: `nbship aarch64 --drv DRV` from the operator (the
+#                      ship step: SSH, checks, relay/recv, transfer, verify, publish)
+#   nbship-noop        the same with the image already published (nothing to send)
+#   nbship-bare        nbship relay on build, nbship recv on pxe, started directly
+#                      (no SSH), pins exchanged through pipes, as scripts/demo.sh did
+#   nbship-store       closure: `nbship ship --store` from the operator
+#   nbship-store-noop  the same with the closure already in the PXE store
+#   seed               tar -hczf | openssl enc -aes-256-cbc -k PSK | nc  →  nc -l | openssl enc -d | tar xzf
+#   ssh-tar            ssh builder tar -hczf | ssh pxe tar xzf (through the operator)
+#   nix-copy           nix copy --from ssh://builder --to ssh://pxe (through the operator)
+#   nix-copy-closure   nix-copy-closure --from builder, then --to pxe (through the operator)
+#   zstd-nc            tar -hcf | zstd -T0 | nc  →  nc -l | zstd -d | tar xf (no encryption)
+#
+# run.sh exports the environment this needs (BENCH_*, RIG_*).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+step=${1:?usage: contender.sh prepare|run|verify|describe SCENARIO}
+scenario=${2:?usage: contender.sh prepare|run|verify|describe SCENARIO}
+IFS=. read -r dataset link contender <<<"$scenario"
+: "${link:?}" "${contender:?bad scenario $scenario}"
+
+W=$BENCH_WORK/nbship # the wrapper: the real nbship under /usr/bin/time
+BIN=$BENCH_WORK/bin/nbship
+SLOT=c2.large.arm
+DST=$BENCH_DST/$contender
+
+case $dataset in
+netboot)
+	SRC=$BENCH_NETBOOT_OUT
+	NAMES=(Image initrd netboot.ipxe)
+	RELAY_SRC=$BENCH_NETBOOT_OUT
+	;;
+closure | big)
+	SRC=/nix/store
+	paths_file=$BENCH_WORK/$dataset.paths
+	mapfile -t PATHS <"$paths_file"
+	NAMES=("${PATHS[@]##*/}")
+	RELAY_SRC=$BENCH_WORK/$dataset.links # one symlink per store path
+	TOP_PATH=$(<"$BENCH_WORK/$dataset.top")
+	;;
+*) die "unknown dataset $dataset" ;;
+esac
+
+# ---------------------------------------------------------------- prepare --
+
+reset_dir() { # a fresh, empty destination the netboot user can write to
+	rm -rf --one-file-system "$DST"
+	mkdir -p "$DST"
+	chown netboot: "$DST"
+}
+
+delete_store_paths() { # HOST: remove the dataset's paths from that host's store
+	on "$1" nix-store --delete --ignore-liveness "${PATHS[@]}" >/dev/null 2>&1 || true
+	if on "$1" nix-store --check-validity "${PATHS[@]}" 2>/dev/null; then
+		die "could not delete the $dataset paths from $1's store"
+	fi
+}
+
+prepare() {
+	case $contender in
+	nbship) rm -rf "$RIG_PXE_DIR/hydra-$SLOT" "$RIG_PXE_DIR/.nbship/generations/$SLOT" ;;
+	nbship-noop) # the image must be there already; ship it once if not
+		[ -e "$RIG_PXE_DIR/hydra-$SLOT/initrd" ] || { rec=$(mktemp -d "$BENCH_WORK/XXXXXX") && c_nbship; } ;;
+	nbship-store-noop)
+		on pxe nix-store --check-validity "${PATHS[@]}" >/dev/null 2>&1 || { rec=$(mktemp -d "$BENCH_WORK/XXXXXX") && c_nbship_store; } ;;
+	nbship-store | nix-copy) delete_store_paths pxe ;;
+	nix-copy-closure) delete_store_paths pxe && delete_store_paths op ;;
+	*) rm -rf --one-file-system "$DST" ;;
+	esac
+	case $contender in
+	seed | ssh-tar | zstd-nc) reset_dir ;;
+	esac
+	# Same page-cache state for everyone: dirty pages of the previous run
+	# written back, the source in the cache, the disk idle.
+	sync
+	on build bash -c 'cd "$1" && shift && find -L "$@" -type f -print0 | xargs -0 -r cat >/dev/null' _ "$SRC" "${NAMES[@]}"
+	settle
+}
+
+# -------------------------------------------------------------------- run --
+
+ssh_opts() { echo "$RIG_SSH_OPTS"; }
+
+c_nbship() {
+	(cd "$BENCH_WORK" && on op /usr/bin/time -f %M -o "$rec/ctl.rss" "$BIN" aarch64 --config "$BENCH_CONF" --drv "$BENCH_DRV" \
+		--remote-nbship "$W" --json) >"$rec/out" 2>"$rec/err"
+}
+
+c_nbship_store() {
+	# Store paths on stdin, as `nix-store -qR $out | nbship ship ... --store`.
+	# shellcheck disable=SC2086
+	(cd "$BENCH_WORK" && on op /usr/bin/time -f %M -o "$rec/ctl.rss" "$BIN" ship --from root@builder --to netboot@pxe --store \
+		$BENCH_SHIP_ARGS --remote-nbship "$W" --json) <"$paths_file" >"$rec/out" 2>"$rec/err"
+}
+
+c_nbship_bare() {
+	local d=$rec rfp addr sfp rp sp rs=0 ss=0 r_in r_out s_in s_out
+	mkfifo "$d/r.in" "$d/r.out" "$d/s.in" "$d/s.out"
+	on pxe "$W" recv --listen "$PXE_DIRECT:$PORT_NBSHIP" --dest "$DST" --peer-pin - --json \
+		<"$d/r.in" >"$d/r.out" 2>"$d/recv.err" &
+	rp=$!
+	exec {r_in}>"$d/r.in" {r_out}<"$d/r.out"
+	read -r rfp <&"$r_out" || true
+	read -r _ addr <&"$r_out" || true
+	[ -n "$addr" ] || die "recv did not start: $(cat "$d/recv.err")"
+	on build "$W" relay --connect "$addr" --peer-pin - --json "$RELAY_SRC" \
+		<"$d/s.in" >"$d/s.out" 2>"$d/relay.err" &
+	sp=$!
+	exec {s_in}>"$d/s.in" {s_out}<"$d/s.out"
+	read -r sfp <&"$s_out" || die "relay did not start: $(cat "$d/relay.err")"
+	echo "$sfp" >&"$r_in"
+	echo "$rfp" >&"$s_in"
+	grep '^{' <&"$s_out" >"$d/out" || true # after "connected ...": the summary
+	wait "$sp" || ss=$?
+	cat <&"$r_out" >"$d/recv.out"
+	wait "$rp" || rs=$?
+	exec {r_in}>&- {r_out}<&- {s_in}>&- {s_out}<&-
+	rm -f "$d/r.in" "$d/r.out" "$d/s.in" "$d/s.out"
+	if [ "$ss" != 0 ] || [ "$rs" != 0 ]; then
+		die "relay exited $ss, recv $rs: $(tail -n3 "$d/relay.err" "$d/recv.err")"
+	fi
+}
+
+# nc_pipe PORT SEND RECV: RECV (reading the socket on stdin) listens on pxe,
+# SEND (its stdout goes to the socket) runs on build once the port is open.
+nc_pipe() {
+	local port=$1 send=$2 recv=$3 rp rs=0
+	on pxe bash -o pipefail -c "nc -l $PXE_DIRECT $port </dev/null | $recv" >"$rec/recv.out" 2>"$rec/recv.err" &
+	rp=$!
+	wait_listen pxe "$port"
+	on build bash -o pipefail -c "$send | nc -N $PXE_DIRECT $port" >"$rec/out" 2>"$rec/err" ||
+		die "sender failed: $(tail -n3 "$rec/err")"
+	wait "$rp" || rs=$?
+	[ "$rs" = 0 ] || die "receiver exited $rs: $(tail -n3 "$rec/recv.err")"
+}
+
+q() { printf '%q ' "$@"; }
+
+c_seed() {
+	# The PSK as the old script made it: md5sum of random bytes. Its setup
+	# (PSK, listener, waiting for the port) is part of the measured run.
+	local psk
+	psk=$(head -c 32 /dev/urandom | md5sum | cut -d' ' -f1)
+	nc_pipe "$PORT_SEED" \
+		"tar -hczf - -C $(q "$SRC" "${NAMES[@]}")| openssl enc -aes-256-cbc -e -k $psk 2>/dev/null" \
+		"openssl enc -aes-256-cbc -d -k $psk 2>/dev/null | tar xzf - -C $(q "$DST")"
+}
+
+c_zstd_nc() {
+	nc_pipe "$PORT_ZSTD" \
+		"tar -hcf - -C $(q "$SRC" "${NAMES[@]}")| zstd -T0 -q" \
+		"zstd -d -q | tar xf - -C $(q "$DST")"
+}
+
+c_ssh_tar() {
+	local o
+	o=$(ssh_opts)
+	(cd / && on op bash -o pipefail -c \
+		"ssh $o builder $(q "$(q tar -hczf - -C "$SRC" "${NAMES[@]}")") | ssh $o pxe $(q "$(q tar xzf - -C "$DST")")") \
+		>"$rec/out" 2>"$rec/err"
+}
+
+c_nix_copy() {
+	(cd / && on op env NIX_SSHOPTS="$RIG_SSH_OPTS" \
+		nix copy --no-check-sigs --from ssh://builder --to ssh://pxe "$TOP_PATH") >"$rec/out" 2>"$rec/err"
+}
+
+c_nix_copy_closure() {
+	(cd / && on op env NIX_SSHOPTS="$RIG_SSH_OPTS" sh -c \
+		'nix-copy-closure --from builder "$1" && nix-copy-closure --to pxe "$1"' _ "$TOP_PATH") >"$rec/out" 2>"$rec/err"
+}
+
+rss_of() { # rss_of ROLE self|tree: that end's peak RSS in KiB (see rss-wrapper.sh), or null
+	local f v=
+	for f in "$rec/rss.$1".*."$2"; do
+		[ -e "$f" ] || continue
+		while read -r l; do [ -n "$l" ] && v=$l; done <"$f" # GNU time's last line
+	done
+	case $v in '' | *[!0-9]*) echo null ;; *) echo "$v" ;; esac
+}
+
+run() {
+	local runs=$BENCH_WORK/runs/$scenario
+	mkdir -p "$runs" "$BENCH_RAW/runs"
+	rec=$(mktemp -d "$runs/XXXXXX")
+	chmod 1777 "$rec"
+	echo "$rec" >"$BENCH_WORK/rss/current"
+	local w0 w1 t0 t1 l0 fn=c_${contender//-/_}
+	fn=${fn%_noop}
+	l0=$(loadavg)
+	w0=$(wire)
+	# The harness's own clock, tight around the contender (hyperfine's
+	# times also include this script's bookkeeping).
+	t0=$EPOCHREALTIME
+	if ! "$fn"; then
+		# Keep what the failed run printed: $rec goes away with the rig.
+		mkdir -p "$BENCH_RAW/failed"
+		cp -r "$rec" "$BENCH_RAW/failed/$scenario.${rec##*/}"
+		die "$scenario failed; its output is in bench/results/failed/$scenario.${rec##*/}: $(tail -qn3 "$rec"/*err 2>/dev/null)"
+	fi
+	t1=$EPOCHREALTIME
+	w1=$(wire)
+	local summary=null ctl=null
+	if [ -s "$rec/out" ] && head -c1 "$rec/out" | grep -q '{'; then
+		summary=$(grep '^{' "$rec/out" | tail -n1)
+	fi
+	[ -s "$rec/ctl.rss" ] && ctl=$(tail -n1 "$rec/ctl.rss")
+	{
+		printf '{"seconds":%s,"load":"%s",' "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')" "$l0"
+		printf '"wire":{'
+		join -j1 <(echo "$w0" | sort) <(echo "$w1" | sort) | awk '{ printf "%s\"%s\":%.0f", (NR > 1 ? "," : ""), $1, $3 - $2 }'
+		printf '},"rss_kib":{"relay":%s,"recv":%s,"ctl":%s,"relay_tree":%s,"recv_tree":%s},"summary":%s}\n' \
+			"$(rss_of relay self)" "$(rss_of recv self)" "$ctl" "$(rss_of relay tree)" "$(rss_of recv tree)" "$summary"
+	} >>"$BENCH_RAW/runs/$scenario.jsonl"
+	echo "$BENCH_WORK/rss/other" >"$BENCH_WORK/rss/current"
+}
+
+# ----------------------------------------------------------------- verify --
+
+# tree_sum HOST DIR: one hash over every file's name and SHA-256 under DIR/NAMES.
+tree_sum() {
+	on "$1" bash -c 'cd "$1" && shift && find -L "$@" -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum' _ "$2" "${NAMES[@]}"
+}
+
+verify() {
+	local want got
+	want=$(cat "$BENCH_WORK/$dataset.sum")
+	case $contender in
+	nbship | nbship-noop) got=$(tree_sum pxe "$RIG_PXE_DIR/hydra-$SLOT/") ;;
+	nbship-store | nbship-store-noop | nix-copy | nix-copy-closure)
+		on pxe nix-store --check-validity "${PATHS[@]}" || die "$scenario: the closure is not valid in pxe's store"
+		got=$(tree_sum pxe /nix/store)
+		;;
+	*) got=$(tree_sum pxe "$DST") ;;
+	esac
+	[ "$got" = "$want" ] || die "$scenario: what arrived differs from the source ($got, want $want)"
+}
+
+describe() {
+	local o='$RIG_SSH_OPTS'
+	case $contender in
+	nbship | nbship-noop) echo "(op) nbship aarch64 --config builders.conf --drv $BENCH_DRV --remote-nbship WRAPPER --json" ;;
+	nbship-store | nbship-store-noop) echo "(op) nbship ship --from root@builder --to netboot@pxe --store $BENCH_SHIP_ARGS --remote-nbship WRAPPER --json < PATHS" ;;
+	nbship-bare)
+		echo "(pxe) WRAPPER recv --listen $PXE_DIRECT:$PORT_NBSHIP --dest $DST --peer-pin - --json"
+		echo "(build) WRAPPER relay --connect $PXE_DIRECT:$PORT_NBSHIP --peer-pin - --json $RELAY_SRC"
+		;;
+	seed)
+		echo "(pxe) nc -l $PXE_DIRECT $PORT_SEED | openssl enc -aes-256-cbc -d -k PSK | tar xzf - -C $DST"
+		echo "(build) tar -hczf - -C $SRC ${NAMES[*]} | openssl enc -aes-256-cbc -e -k PSK | nc -N $PXE_DIRECT $PORT_SEED"
+		;;
+	zstd-nc)
+		echo "(pxe) nc -l $PXE_DIRECT $PORT_ZSTD | zstd -d | tar xf - -C $DST"
+		echo "(build) tar -hcf - -C $SRC ${NAMES[*]} | zstd -T0 | nc -N $PXE_DIRECT $PORT_ZSTD"
+		;;
+	ssh-tar) echo "(op) ssh $o builder tar -hczf - -C $SRC ${NAMES[*]} | ssh $o pxe tar xzf - -C $DST" ;;
+	nix-copy) echo "(op) NIX_SSHOPTS=$o nix copy --no-check-sigs --from ssh://builder --to ssh://pxe $TOP_PATH" ;;
+	nix-copy-closure) echo "(op) NIX_SSHOPTS=$o sh -c 'nix-copy-closure --from builder $TOP_PATH && nix-copy-closure --to pxe $TOP_PATH'" ;;
+	esac
+}
+
+case $step in
+sum) tree_sum build "$SRC" ;;
+prepare) prepare ;;
+run) run ;;
+verify) verify ;;
+describe) describe ;;
+*) die "unknown step $step" ;;
+esac

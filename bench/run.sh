@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# run.sh — `make bench`: nbship against what it replaces, on the same data,
+# the same links and the same machine, in one run. See BENCHMARKS.md.
+#
+# Brings up the three-host rig (holding its lock throughout), puts the data
+# in the builder's store, then for each link (unshaped veth, tbf 1gbit,
+# tbf 100mbit) times every contender moving each data set builder → pxe with
+# hyperfine (1 warm-up + 5 runs; BENCH_QUICK=1: 1 + 3), counting the bytes on
+# all three links and each nbship end's peak RSS. Then: re-shipping data
+# already there, the 2 GiB closure for peak RSS, and BENCHMARKS.md's tables
+# regenerated from bench/results/ (where the raw output stays).
+#
+# Environment: BENCH_QUICK=1 (smoke run: 1 warm-up + 3 runs), BENCH_FULL=1
+# (every contender on every link), BENCH_LINKS="unshaped 100mbit" (a subset),
+# BENCH_ONLY=REGEX (only scenarios matching it), BENCH_BIG=0 (skip the 2 GiB
+# closure), BENCH_GO=1 (also run bench/gobench.sh), BENCH_RESULTS=DIR (write
+# the raw results and a copy of BENCHMARKS.md there instead).
+set -euo pipefail
+[ -z "${BENCH_RESULTS:-}" ] || BENCH_RESULTS=$(realpath -m "$BENCH_RESULTS")
+cd "$(dirname "$0")/.."
+top=$PWD
+export BENCH_TOP=$top
+bash scripts/deps.sh
+export PATH="/usr/local/go/bin:$PATH"
+make -s build
+. bench/lib.sh
+
+quick=${BENCH_QUICK:-0}
+warmup=1 runs=5
+[ "$quick" = 1 ] && runs=3
+links=${BENCH_LINKS:-unshaped 1gbit 100mbit}
+only=${BENCH_ONLY:-.}
+
+# BENCH_RESULTS=DIR keeps a trial run away from bench/results and BENCHMARKS.md.
+export BENCH_RAW=${BENCH_RESULTS:-$top/bench/results}
+doc=BENCHMARKS.md
+[ -n "${BENCH_RESULTS:-}" ] && doc=$BENCH_RAW/BENCHMARKS.md
+
+# The rig's lock for the whole run: tests elsewhere on this machine wait, and
+# neither tear the rig down under us nor are torn down by us.
+mkdir -p /run/lock
+exec 9>>/run/lock/nbship-rig.lock
+if ! flock -n 9; then
+	note "waiting for the rig lock (someone is using the rig)"
+	flock 9
+fi
+export NBSHIP_RIG_LOCKED=1
+
+# The previous results stay until this run has the rig; then everything but
+# the Go benchmarks' output (bench/gobench.sh writes that) is replaced.
+rm -rf "$BENCH_RAW/runs" "$BENCH_RAW/hyperfine" "$BENCH_RAW/failed"
+rm -f "$BENCH_RAW"/{meta,commands,scenarios}.txt "$BENCH_RAW/bench.log"
+mkdir -p "$BENCH_RAW/runs" "$BENCH_RAW/hyperfine"
+exec > >(tee -a "$BENCH_RAW/bench.log") 2>&1
+trap '' PIPE # if tee goes, the run goes on (and says so in scenarios.txt)
+
+cleanup() {
+	shape_all off >/dev/null 2>&1 || true
+	rig down || true
+}
+trap cleanup EXIT
+started=$(date +%s)
+
+note "bringing up the rig"
+rig up
+eval "$(rig env)"
+export RIG_DIR RIG_OP_HOME RIG_CONFIG RIG_PXE_DIR RIG_SSH_OPTS
+export BENCH_WORK=$RIG_DIR/bench BENCH_DST=$RIG_PXE_DIR/bench-dst
+mkdir -p "$BENCH_WORK/bin" "$BENCH_WORK/rss/other" "$BENCH_DST"
+chmod 0755 "$BENCH_WORK" "$BENCH_WORK/bin"
+chmod 1777 "$BENCH_WORK/rss" "$BENCH_WORK/rss/other"
+chown netboot: "$BENCH_DST"
+echo "$BENCH_WORK/rss/other" >"$BENCH_WORK/rss/current"
+chmod 0644 "$BENCH_WORK/rss/current"
+
+# A native relay: the builder claims aarch64, and nbship would otherwise run
+# the arm64 binary there under qemu-user. Both hosts run bench/rss-wrapper.sh
+# around the amd64 binary (--remote-nbship), which records each end's peak RSS.
+install -m 0755 dist/nbship-linux-amd64 "$BENCH_WORK/bin/nbship"
+install -m 0755 bench/rss-wrapper.sh "$BENCH_WORK/nbship"
+
+# ------------------------------------------------------------------ meta ----
+{
+	echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+	echo "cpu_flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'sha_ni|aes|avx2|vaes|avx512f' | tr '\n' ' ')"
+	echo "memory: $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+	echo "kernel: $(uname -r)"
+	echo "nbship: $(dist/nbship-linux-amd64 --version) ($(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ', dirty tree'))"
+	echo "go: $(go version | cut -d' ' -f3)"
+	echo "tools: $(nix --version | head -1); $(ssh -V 2>&1); $(openssl version | cut -d' ' -f1-2); gzip $(gzip --version | head -1 | cut -d' ' -f2); zstd $(zstd --version | grep -o 'v[0-9.]*'); $(hyperfine --version)"
+	echo "runs: $warmup warm-up + $runs"
+	echo "links: $links"
+	echo "load_start: $(loadavg)"
+} >"$BENCH_RAW/meta.txt"
+cat "$BENCH_RAW/meta.txt"
+
+# ------------------------------------------------------------------ data ----
+note "data: netboot files (build the c2.large.arm image on the builder, publish it once)"
+cat >"$BENCH_WORK/c2.large.arm.nix" <<EOF
+import $top/testdata/instances/c2.large.arm.nix { salt = "bench"; }
+EOF
+{ cat "$RIG_CONFIG"; echo "nixFile $BENCH_WORK/c2.large.arm.nix"; echo "instance c2.large.arm"; } >"$BENCH_WORK/builders.conf"
+export BENCH_CONF=$BENCH_WORK/builders.conf
+first=$(cd "$BENCH_WORK" && rig exec op -- "$BENCH_WORK/bin/nbship" aarch64 --config "$BENCH_CONF" \
+	--remote-nbship "$BENCH_WORK/nbship" --json)
+BENCH_DRV=$(jq -r .drv <<<"$first")
+BENCH_NETBOOT_OUT=$(jq -r .out <<<"$first")
+export BENCH_DRV BENCH_NETBOOT_OUT
+echo "netboot: drv $BENCH_DRV out $BENCH_NETBOOT_OUT" | tee -a "$BENCH_RAW/meta.txt"
+
+# store_dataset NAME ATTR: build ATTR of bench/closure.nix in the builder's
+# store; write NAME.top, NAME.paths (the closure), NAME.links (a directory of
+# symlinks to its paths, what the file contenders send) and NAME.sum.
+store_dataset() {
+	local name=$1 attr=$2 libs t0 p paths
+	libs=$(ldd /usr/bin/nix | awk '$3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u | tr '\n' ' ')
+	t0=$(date +%s)
+	rig exec build -- nix-build "$top/bench/closure.nix" -A "$attr" --argstr libs "$libs" --no-out-link \
+		>"$BENCH_WORK/$name.top" 2>"$BENCH_WORK/$name.build.log" ||
+		die "building $attr in the builder's store failed: $(tail -n5 "$BENCH_WORK/$name.build.log")"
+	rig exec build -- nix-store -qR "$(<"$BENCH_WORK/$name.top")" >"$BENCH_WORK/$name.paths"
+	rm -rf "$BENCH_WORK/$name.links"
+	mkdir "$BENCH_WORK/$name.links"
+	while read -r p; do ln -s "$p" "$BENCH_WORK/$name.links/${p##*/}"; done <"$BENCH_WORK/$name.paths"
+	bash bench/contender.sh sum "$name.setup.x" >"$BENCH_WORK/$name.sum"
+	local files bytes
+	mapfile -t paths <"$BENCH_WORK/$name.paths"
+	read -r files bytes < <(rig exec build -- sh -c 'find "$@" -type f -printf "%s\n" | awk "{ n++; s += \$1 } END { printf \"%d %.0f\\n\", n, s }"' _ "${paths[@]}")
+	echo "$name: $(wc -l <"$BENCH_WORK/$name.paths") store paths, $files files, $bytes bytes (built in $(($(date +%s) - t0)) s), top $(<"$BENCH_WORK/$name.top")" | tee -a "$BENCH_RAW/meta.txt"
+}
+note "data: netboot sums"
+bash bench/contender.sh sum netboot.setup.x >"$BENCH_WORK/netboot.sum"
+note "data: the ~400 MB closure in the builder's store"
+store_dataset closure closure
+
+# nbship ship --store is being written; picked up when the binary has it.
+store_ok=0
+if help=$("$BENCH_WORK/bin/nbship" ship --help 2>&1) && grep -q -- '--store' <<<"$help"; then
+	store_ok=1
+	BENCH_SHIP_ARGS=
+	grep -q -- '--config' <<<"$help" && BENCH_SHIP_ARGS="--config $BENCH_CONF"
+	export BENCH_SHIP_ARGS
+	echo "ship --store: available (extra args: ${BENCH_SHIP_ARGS:-none})" | tee -a "$BENCH_RAW/meta.txt"
+else
+	echo "ship --store: not available in this nbship (not run: ship --store not yet available)" | tee -a "$BENCH_RAW/meta.txt"
+fi
+
+# --------------------------------------------------------------- timing ----
+
+# hf SCENARIO [WARMUP RUNS]: hyperfine one scenario; a failure is recorded
+# and the bench goes on.
+hf() {
+	local s=$1 w=${2:-$warmup} r=${3:-$runs} t0
+	[[ $s =~ $only ]] || return 0
+	local h
+	for h in op build pxe; do
+		if ! [ -r "$RIG_DIR/$h/anchor.pid" ] || ! [ -d "/proc/$(<"$RIG_DIR/$h/anchor.pid")" ]; then
+			die "the rig went away under the bench before $s (was rig.sh down run by someone not holding /run/lock/nbship-rig.lock?)"
+		fi
+	done
+	t0=$(date +%s)
+	rm -f "$BENCH_RAW/runs/$s.jsonl"
+	bash bench/contender.sh describe "$s" | sed "s|^|$s: |" >>"$BENCH_RAW/commands.txt"
+	note "$s: $w warm-up + $r runs (load $(loadavg))"
+	if hyperfine -N --show-output --warmup "$w" --runs "$r" \
+		--prepare "bash $top/bench/contender.sh prepare $s" \
+		--command-name "$s" --export-json "$BENCH_RAW/hyperfine/$s.json" \
+		"bash $top/bench/contender.sh run $s" &&
+		bash bench/contender.sh verify "$s"; then
+		echo "$s ok $(($(date +%s) - t0))s load $(loadavg)" >>"$BENCH_RAW/scenarios.txt"
+	else
+		echo "$s FAILED $(($(date +%s) - t0))s load $(loadavg)" >>"$BENCH_RAW/scenarios.txt"
+		note "$s FAILED; going on"
+	fi
+}
+
+# Which contenders run on which link. The full matrix (BENCH_FULL=1) takes
+# about twice as long; by default the closure skips cells that add time but
+# no information on this machine: at 1gbit every closure contender runs as
+# in the unshaped case (none reaches 1 Gbit/s here; the unshaped table shows
+# each one's rate on its busiest link), and at 100mbit the gzip pipelines stay
+# CPU-bound below the link rate, and nix-copy-closure is two link-bound hops
+# in a row.
+netboot_set="nbship nbship-bare seed ssh-tar zstd-nc"
+closure_all="nbship-store nbship-bare seed ssh-tar nix-copy nix-copy-closure zstd-nc"
+closure_set() { # closure_set LINK
+	if [ "${BENCH_FULL:-0}" = 1 ] || [ "$1" = unshaped ]; then
+		echo "$closure_all"
+	elif [ "$1" = 100mbit ]; then
+		echo "nbship-store nbship-bare nix-copy zstd-nc"
+	fi
+}
+
+for link in $links; do
+	if [ "$link" = unshaped ]; then shape_all off; else shape_all "$link"; fi
+	for c in $netboot_set; do
+		hf "netboot.$link.$c"
+	done
+	for c in $(closure_set "$link"); do
+		[ "$c" = nbship-store ] && [ "$store_ok" != 1 ] && continue
+		# On a shaped link the bare file ship of the closure is only needed
+		# when the store ship could not be measured.
+		if [ "$c" = nbship-bare ] && [ "$link" != unshaped ] && [ "${BENCH_FULL:-0}" != 1 ] &&
+			grep -q "^closure.$link.nbship-store ok" "$BENCH_RAW/scenarios.txt" 2>/dev/null; then
+			continue
+		fi
+		hf "closure.$link.$c"
+	done
+done
+shape_all off
+
+# Data already there: the fixed cost of a run, and what re-shipping moves.
+hf netboot.unshaped.nbship-noop
+[ "$store_ok" = 1 ] && hf closure.unshaped.nbship-store-noop
+
+# Peak RSS of each end for a ~2 GiB closure (synthetic data, see closure.nix).
+if [ "${BENCH_BIG:-1}" = 1 ] && [[ "big.unshaped.nbship-store big.unshaped.nbship-bare" =~ $only ]]; then
+	note "data: the ~2 GiB closure in the builder's store"
+	store_dataset big big
+	[ "$store_ok" = 1 ] && hf big.unshaped.nbship-store 0 1
+	# The file ship of the same data when the store ship could not be measured.
+	grep -q '^big.unshaped.nbship-store ok' "$BENCH_RAW/scenarios.txt" 2>/dev/null || hf big.unshaped.nbship-bare 0 1
+	mapfile -t paths <"$BENCH_WORK/big.paths"
+	rig exec pxe -- nix-store --delete --ignore-liveness "${paths[@]}" >/dev/null 2>&1 || true
+	rm -rf "${BENCH_DST:?}"/*
+fi
+
+# Go benchmarks of the stream and the channel (bench/gobench.sh) only when
+# asked: they take minutes, and their output is meant for benchstat.
+if [ "${BENCH_GO:-0}" = 1 ]; then
+	bash bench/gobench.sh || note "go test -bench failed (see bench/results/gobench.txt)"
+fi
+
+echo "load_end: $(loadavg)" >>"$BENCH_RAW/meta.txt"
+echo "total_seconds: $(($(date +%s) - started))" >>"$BENCH_RAW/meta.txt"
+note "writing $doc"
+[ -e "$doc" ] || cp BENCHMARKS.md "$doc"
+go run ./bench/report -results "$BENCH_RAW" -doc "$doc"
+note "done in $(($(date +%s) - started)) s; raw output in $BENCH_RAW"
