@@ -71,6 +71,8 @@ func newShipRig(t *testing.T, limit time.Duration, hooks bool) (*shipRig, contex
 	t.Helper()
 	r := rig.Require(t)
 	ctx := mustCtx(t, limit)
+	start := time.Now()
+	t.Cleanup(func() { t.Logf("%v with the rig up", time.Since(start).Round(time.Second)) })
 	tags := ""
 	if hooks {
 		tags = testbin.TestHooks
