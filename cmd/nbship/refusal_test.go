@@ -20,62 +20,58 @@ import (
 	"github.com/nbship/nbship/tunnel"
 )
 
-func TestWrongPinRefusedByRelay(t *testing.T) {
+// wrongPin runs recv and relay on loopback and gives one of them (liar) a
+// pin that is not its peer's; the other gets the right one.
+func wrongPin(t *testing.T, liar string) (r, s *proc, rpin, spin, wrong string) {
+	t.Helper()
 	bin := nbshipBinary(t, "amd64")
 	src := t.TempDir()
 	writeFile(t, filepath.Join(src, "Image"), []byte("kernel"), 0o644)
 	parent := t.TempDir()
-	dest := filepath.Join(parent, "out")
-	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-", "--accept-timeout", "3s")
+	r = start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", filepath.Join(parent, "out"), "--peer-pin", "-", "--accept-timeout", "3s")
 	rfp := r.line(t)
 	addr, _ := strings.CutPrefix(r.line(t), "listening ")
-	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
+	s = start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
 	sfp := s.line(t)
-	wrong := tunnel.Fingerprint([]byte("some other certificate"))
-	r.stdin.Write([]byte(sfp + "\n"))
-	s.stdin.Write([]byte("fingerprint " + wrong + "\n"))
+	wrong = tunnel.Fingerprint([]byte("some other certificate"))
+	toRecv, toRelay := sfp, rfp
+	if liar == "recv" {
+		toRecv = "fingerprint " + wrong
+	} else {
+		toRelay = "fingerprint " + wrong
+	}
+	r.stdin.Write([]byte(toRecv + "\n"))
+	s.stdin.Write([]byte(toRelay + "\n"))
 	_, serr := s.wait(t)
 	_, rerr := r.wait(t)
 	if serr == nil || rerr == nil {
 		t.Fatalf("relay exit %v, recv exit %v; want both to fail", serr, rerr)
 	}
-	rpin := strings.TrimPrefix(rfp, "fingerprint ")
+	assertNoLeftovers(t, parent)
+	return r, s, strings.TrimPrefix(rfp, "fingerprint "), strings.TrimPrefix(sfp, "fingerprint "), wrong
+}
+
+func TestWrongPinRefusedByRelay(t *testing.T) {
+	r, s, rpin, _, wrong := wrongPin(t, "relay")
 	if msg := s.stderr.String(); !strings.Contains(msg, "fingerprint mismatch") || !strings.Contains(msg, wrong) || !strings.Contains(msg, rpin) {
 		t.Errorf("relay stderr %q: want fingerprint mismatch naming %s and %s", msg, wrong, rpin)
+	}
+	if code := s.cmd.ProcessState.ExitCode(); code != 77 {
+		t.Errorf("relay exit = %d, want 77 (a pin mismatch: not to be retried)", code)
 	}
 	if msg := r.stderr.String(); !strings.Contains(msg, "refused") {
 		t.Errorf("recv stderr %q: want it to report the refused peer", msg)
 	}
-	assertNoLeftovers(t, parent)
 }
 
 func TestWrongPinRefusedByRecv(t *testing.T) {
-	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), []byte("kernel"), 0o644)
-	parent := t.TempDir()
-	dest := filepath.Join(parent, "out")
-	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-", "--accept-timeout", "3s")
-	rfp := r.line(t)
-	addr, _ := strings.CutPrefix(r.line(t), "listening ")
-	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
-	sfp := s.line(t)
-	wrong := tunnel.Fingerprint([]byte("not the relay"))
-	r.stdin.Write([]byte(wrong + "\n"))
-	s.stdin.Write([]byte(rfp + "\n"))
-	_, serr := s.wait(t)
-	_, rerr := r.wait(t)
-	if serr == nil || rerr == nil {
-		t.Fatalf("relay exit %v, recv exit %v; want both to fail", serr, rerr)
-	}
-	spin := strings.TrimPrefix(sfp, "fingerprint ")
+	r, s, _, spin, wrong := wrongPin(t, "recv")
 	if msg := r.stderr.String(); !strings.Contains(msg, "fingerprint mismatch") || !strings.Contains(msg, wrong) || !strings.Contains(msg, spin) {
 		t.Errorf("recv stderr %q: want fingerprint mismatch naming %s and %s", msg, wrong, spin)
 	}
 	if msg := s.stderr.String(); !strings.Contains(msg, "refused our certificate") {
 		t.Errorf("relay stderr %q: want it to say its certificate was refused", msg)
 	}
-	assertNoLeftovers(t, parent)
 }
 
 // hostileSend connects to a real recv over the pinned channel and writes a
