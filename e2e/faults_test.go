@@ -504,3 +504,56 @@ func TestFaultTwoRunsForOneSlotAtOnce(t *testing.T) {
 func s2run(ctx context.Context, s *setup, name string, args ...string) (string, error) {
 	return s.r.Run(ctx, rig.PXE, name, args...)
 }
+
+func TestFaultSSHPathLinkDroppedMidStream(t *testing.T) {
+	ctx := mustCtx(t, 6*time.Minute)
+	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
+	s2 := newSetup(t, "c2.large.arm")
+	s2.freshImage(t, "c2.large.arm")
+	// The operator's SSH notices a dead host after three missed keepalives:
+	// 5 s apart here (ServerAliveInterval) to keep the test short.
+	sshConfig := filepath.Join(s2.dir, "ssh_config")
+	base, err := os.ReadFile(filepath.Join(s.r.OpHome, ".ssh", "config"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(sshConfig, append([]byte("Host *\n\tServerAliveInterval 5\n\n"), base...), 0o644)
+	st := s2.start(t, ctx, "aarch64", "--config", s2.config, "--ssh-config", sshConfig, "--path", "ssh", "--retries", "0", "--idle-timeout", "10s")
+	midStream(t, s.r, "c2.large.arm", st)
+	// The operator loses the PXE host: its SSH connection and the channel
+	// it carries die without a word.
+	if err := s.r.Link("op-pxe", false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.r.Link("op-pxe", true) })
+	if err := st.wait(t, 3*time.Minute); err == nil {
+		t.Fatalf("nbship succeeded without its PXE host:\n%s", st.stderr.String())
+	}
+	// The receiver, cut off behind an SSH session nobody closed, gives up
+	// by itself (idle timeout) and cleans up.
+	noNbshipLeftWithin(t, s.r, time.Minute, rig.Build, rig.PXE)
+	if err := s.r.Link("op-pxe", true); err != nil {
+		t.Fatal(err)
+	}
+	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
+	noStaging(t, s.r)
+}
+
+// noNbshipLeftWithin is noNbshipLeft with a longer wait, for ends that
+// must notice by themselves that their peer is gone.
+func noNbshipLeftWithin(t *testing.T, r *rig.Rig, d time.Duration, hosts ...string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		left := 0
+		for _, h := range hosts {
+			pids, _ := r.Processes(h, "nbship")
+			left += len(pids)
+		}
+		if left == 0 {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	noNbshipLeft(t, r, hosts...)
+}

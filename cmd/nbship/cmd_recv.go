@@ -132,6 +132,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer land.cleanup()
+	atForcedExit(land.cleanup)
 	sink, err := transfer.NewDirSink(stage, have)
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -157,9 +158,30 @@ func addIdleFlag(fs *pflag.FlagSet) *time.Duration {
 // idle; the returned function turns the transfer's error into one that
 // says so. An end blocked on a pipe that no close can interrupt (--stdio
 // under an SSH session whose connection died unnoticed) exits five seconds
-// later with the same line rather than wait for ever; what it staged is
-// then left unlocked, and the next publish, gc or the controller's sweep
-// removes it.
+// later with the same line rather than wait for ever, after the cleanups
+// registered with atForcedExit (what it staged is removed).
+// Cleanups that must run even when an end exits without returning (the
+// idle watchdog's forced exit): removing what it staged.
+var (
+	forcedExitMu       sync.Mutex
+	forcedExitCleanups []func()
+)
+
+// atForcedExit registers f to run before a forced exit.
+func atForcedExit(f func()) {
+	forcedExitMu.Lock()
+	defer forcedExitMu.Unlock()
+	forcedExitCleanups = append(forcedExitCleanups, f)
+}
+
+func runForcedExitCleanups() {
+	forcedExitMu.Lock()
+	defer forcedExitMu.Unlock()
+	for _, f := range forcedExitCleanups {
+		f()
+	}
+}
+
 func watchIdle(ctx context.Context, e *env, conn *tunnel.Conn, idle time.Duration, role string) (context.Context, func(error) error, func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	msg := fmt.Sprintf("%s: nothing crossed the channel for %v: the other end, its host or the link is gone", role, idle)
@@ -170,6 +192,7 @@ func watchIdle(ctx context.Context, e *env, conn *tunnel.Conn, idle time.Duratio
 		if e.stdin == os.Stdin {
 			time.AfterFunc(5*time.Second, func() {
 				fmt.Fprintf(e.stderr, "nbship: %s\n", msg)
+				runForcedExitCleanups()
 				os.Exit(1)
 			})
 		}

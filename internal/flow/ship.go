@@ -459,6 +459,7 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 		ssum        json.RawMessage
 		serr, swerr error
 	)
+	relayDone := make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -466,9 +467,20 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 		if rerr == nil {
 			rerr = recv.p.Wait()
 		}
+		if rerr != nil {
+			// The receiver is gone (failed, or its host or link died). A
+			// relay that does not hear of it in a few seconds is stopped:
+			// under the SSH path nothing else reads what it writes.
+			select {
+			case <-relayDone:
+			case <-time.After(10 * time.Second):
+				relay.p.Close()
+			}
+		}
 	}()
 	ssum, serr = relaySum()
 	swerr = relay.p.Wait()
+	close(relayDone)
 	if serr == nil {
 		serr = swerr
 	}
@@ -480,7 +492,7 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 	if serr != nil {
 		if rerr != nil && !errors.Is(rerr, io.EOF) {
 			// The receiver's own reason is usually the more telling one.
-			return nil, fmt.Errorf("%v (receiver: %v)", serr, rerr)
+			return nil, fmt.Errorf("%w (receiver: %v)", serr, rerr)
 		}
 		return nil, serr
 	}
