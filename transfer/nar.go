@@ -2,18 +2,17 @@ package transfer
 
 // Nix store paths in the stream: the manifest checks of "nar" entries, and
 // the receiving side, StoreSink, which lands each verified NAR in the local
-// store through one `nix-store --import` fed in Nix's export format.
+// store through one `nix-store --serve --write`.
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // narNames is the set of the manifest's store path names.
@@ -113,55 +112,115 @@ type Abandoner interface {
 type StoreWriter interface {
 	// Invalid returns which of paths are not valid in the store.
 	Invalid(ctx context.Context, paths []string) (map[string]bool, error)
-	// Import starts an import that reads Nix's export format.
+	// Import starts an import speaking Nix's serve protocol
+	// (nix-store --serve --write).
 	Import(ctx context.Context) (Importer, error)
 }
 
-// Importer is a running import (nix-store --import). A path is imported
-// once its whole record is written; the records of the paths before it
-// stay imported whatever happens later.
+// Importer is a running nix-store --serve --write: Write is its input, Read
+// its output. A path it was given completely is added once it replied for
+// it; a path not given completely is never added.
 type Importer interface {
-	io.Writer
-	// Close ends the input and waits for the import; an error means that
-	// not every record written was imported.
-	Close() error
-	// Kill stops the import at once: a record not completely written is
-	// not imported.
+	io.ReadWriter
+	// CloseWrite ends its input: it finishes the paths it was given, then
+	// exits.
+	CloseWrite() error
+	// Wait waits for it to exit, after its output was read to the end; an
+	// error means not every path given was added.
+	Wait() error
+	// Kill stops it at once.
 	Kill()
 }
 
 // exportMagic ends the NAR of each record of Nix's export format.
 const exportMagic = 0x4558494e
 
-// StoreSink imports store paths into a Nix store. Each NAR is written to a
-// temporary file (in a private directory, removed by Close) while the
-// receiver hashes it; only once its size and SHA-256 matched is it fed,
-// hashed again on the way, to the import, so neither a NAR that failed its
-// check nor any path after it is imported, and memory stays bounded
-// whatever the size of a path.
+// Nix's serve protocol (nix-store --serve), the parts nbship speaks: the
+// greeting, and the command that adds one store path from its NAR, given
+// with its metadata. Numbers are 64-bit little-endian; strings their
+// length, their bytes and zeros up to a multiple of 8.
+const (
+	serveMagic1      = 0x390c9deb // client → server
+	serveMagic2      = 0x5452eecb // server → client
+	serveVersion     = 2<<8 | 5   // the version that has cmdAddToStoreNar
+	cmdAddToStoreNar = 9
+	// holdBack is how many of a NAR's last bytes wait for its check: until
+	// they are written Nix cannot finish the NAR, so cannot add the path.
+	holdBack = 4096
+)
+
+// StoreSink imports store paths into a Nix store through one long-lived
+// nix-store --serve --write. Each NAR streams into it as it arrives (Nix
+// writes it out under the store, unregistered, as it reads), while the
+// receiver hashes it; the NAR's last bytes are held back until its size
+// and SHA-256 matched the announced narSize and narHash, and Nix, given
+// the same narHash and narSize, checks them again before it registers the
+// path. So a NAR that fails the check is never added (Nix is stopped
+// before it has the whole NAR), no path after it is sent to Nix, and
+// memory stays bounded whatever the size of a path.
 type StoreSink struct {
 	st      StoreWriter
-	tmp     string
 	paths   []string        // every path of the manifest, for Confirm
 	invalid map[string]bool // paths the store lacks: the ones wanted
-	cur     string          // temporary file of the entry being received
 	imp     Importer
-	partial bool // the import has an incomplete record
-	buf     []byte
+	cur     *narWriter // the NAR being received
+	fed     int        // paths given to Nix completely
+	partial bool       // a path given to Nix in part
+	replies *replies
 }
 
-// NewStoreSink makes a sink importing into st, with its temporary files in
-// a new private directory under dir ("" for the default).
-func NewStoreSink(st StoreWriter, dir string) (*StoreSink, error) {
-	tmp, err := os.MkdirTemp(dir, "nbship-nar-")
-	if err != nil {
-		return nil, fmt.Errorf("transfer: %w", err)
+// replies counts nix-store's replies, one per path added.
+type replies struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	n    int
+	end  error // why they ended, once they have
+}
+
+// read counts the replies on r until it ends.
+func (rs *replies) read(r io.Reader) {
+	var b [8]byte
+	for {
+		_, err := io.ReadFull(r, b[:])
+		if err == nil && binary.LittleEndian.Uint64(b[:]) != 1 {
+			err = fmt.Errorf("nix-store --serve replied %d to an added path, not 1", binary.LittleEndian.Uint64(b[:]))
+		}
+		rs.mu.Lock()
+		if err != nil {
+			rs.end = err
+			rs.cond.Broadcast()
+			rs.mu.Unlock()
+			return
+		}
+		rs.n++
+		rs.cond.Broadcast()
+		rs.mu.Unlock()
 	}
-	if err := os.Chmod(tmp, 0o700); err != nil {
-		os.Remove(tmp)
-		return nil, fmt.Errorf("transfer: %w", err)
+}
+
+// wait waits for n replies, or for their end; it returns how many came.
+func (rs *replies) wait(n int) int {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for rs.n < n && rs.end == nil {
+		rs.cond.Wait()
 	}
-	return &StoreSink{st: st, tmp: tmp, buf: make([]byte, 256<<10)}, nil
+	return rs.n
+}
+
+// drain waits for their end and returns how many came and why they ended.
+func (rs *replies) drain() (int, error) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for rs.end == nil {
+		rs.cond.Wait()
+	}
+	return rs.n, rs.end
+}
+
+// NewStoreSink makes a sink importing into st.
+func NewStoreSink(st StoreWriter) *StoreSink {
+	return &StoreSink{st: st}
 }
 
 // CheckManifest refuses anything but store paths, and store paths that
@@ -199,6 +258,13 @@ func (s *StoreSink) CheckManifest(ctx context.Context, m *Manifest) error {
 		}
 	}
 	s.invalid = invalid
+	for i := range m.Entries {
+		if s.Want(&m.Entries[i]) {
+			// Greet Nix before any data moves: a store that cannot
+			// import is refused now.
+			return s.start(ctx)
+		}
+	}
 	return nil
 }
 
@@ -210,55 +276,121 @@ func (s *StoreSink) Mkdir(e *Entry) error {
 	return fmt.Errorf("transfer: %s: a directory entry in a stream of store paths", e.Name)
 }
 
-// Create starts the temporary file of e's NAR.
-func (s *StoreSink) Create(e *Entry) (io.WriteCloser, error) {
-	f, err := os.CreateTemp(s.tmp, "nar-")
+// start starts the import and greets it; a goroutine counts its replies.
+func (s *StoreSink) start(ctx context.Context) error {
+	imp, err := s.st.Import(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("transfer: %w", err)
+		return err
 	}
-	s.cur = f.Name()
-	return f, nil
+	fail := func(err error) error {
+		imp.Kill()
+		io.Copy(io.Discard, imp)
+		if werr := imp.Wait(); werr != nil {
+			return fmt.Errorf("transfer: %w", werr)
+		}
+		return fmt.Errorf("transfer: nix-store --serve: %w", err)
+	}
+	if err := writeNum(imp, serveMagic1); err != nil {
+		return fail(err)
+	}
+	var hello [16]byte
+	if _, err := io.ReadFull(imp, hello[:]); err != nil {
+		return fail(fmt.Errorf("no greeting: %w", err))
+	}
+	if m := binary.LittleEndian.Uint64(hello[:8]); m != serveMagic2 {
+		return fail(fmt.Errorf("greeting %#x is not Nix's serve protocol", m))
+	}
+	if v := binary.LittleEndian.Uint64(hello[8:]); v>>8 != serveVersion>>8 || v&0xff < serveVersion&0xff {
+		return fail(fmt.Errorf("serve protocol %d.%d; nbship needs %d.%d or later in that series (Nix 2.3 or later)", v>>8, v&0xff, serveVersion>>8, serveVersion&0xff))
+	}
+	if err := writeNum(imp, serveVersion); err != nil {
+		return fail(err)
+	}
+	s.imp = imp
+	s.replies = &replies{}
+	s.replies.cond.L = &s.replies.mu
+	go s.replies.read(imp)
+	return nil
+}
+
+// Create gives Nix the command that adds e, with e's metadata, and returns
+// the writer of its NAR.
+func (s *StoreSink) Create(e *Entry) (io.WriteCloser, error) {
+	if s.imp == nil {
+		return nil, fmt.Errorf("transfer: %s: a store path the manifest did not ask for", e.label())
+	}
+	b := binary.LittleEndian.AppendUint64(nil, cmdAddToStoreNar)
+	b = appendStr(b, StoreDir+"/"+e.Name)
+	deriver := ""
+	if e.Deriver != "" {
+		deriver = StoreDir + "/" + e.Deriver
+	}
+	b = appendStr(b, deriver)
+	b = appendStr(b, "sha256:"+e.SHA256)
+	refs := slices.Clone(e.References)
+	slices.Sort(refs)
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(refs)))
+	for _, r := range refs {
+		b = appendStr(b, StoreDir+"/"+r)
+	}
+	b = binary.LittleEndian.AppendUint64(b, 0)              // registration time: now
+	b = binary.LittleEndian.AppendUint64(b, uint64(e.Size)) // narSize
+	b = binary.LittleEndian.AppendUint64(b, 0)              // not built here ("ultimate")
+	b = binary.LittleEndian.AppendUint64(b, 0)              // no signatures
+	b = appendStr(b, "")                                    // not content-addressed
+	s.partial = true
+	if _, err := s.imp.Write(b); err != nil {
+		return nil, s.importErr(e, err)
+	}
+	return &narWriter{s: s, e: e, limit: e.Size - min(e.Size, holdBack)}, nil
+}
+
+// narWriter passes a NAR to Nix but for its last bytes, which it keeps
+// until Verified.
+type narWriter struct {
+	s     *StoreSink
+	e     *Entry
+	n     int64 // bytes written to it
+	limit int64 // bytes passed on before the check
+	held  []byte
+}
+
+func (w *narWriter) Write(p []byte) (int, error) {
+	if w.n+int64(len(p)) > w.e.Size {
+		return 0, fmt.Errorf("transfer: %s: more than its %d announced bytes", w.e.label(), w.e.Size)
+	}
+	pass := min(int64(len(p)), max(w.limit-w.n, 0))
+	if pass > 0 {
+		if _, err := w.s.imp.Write(p[:pass]); err != nil {
+			return 0, w.s.importErr(w.e, err)
+		}
+	}
+	w.held = append(w.held, p[pass:]...)
+	w.n += int64(len(p))
+	return len(p), nil
+}
+
+func (w *narWriter) Close() error {
+	w.s.cur = w
+	return nil
 }
 
 // Reuse accepts a path the store already has.
 func (s *StoreSink) Reuse(e *Entry) error { return nil }
 
-// Verified feeds the NAR just received, whose size and hash matched, to the
-// import as one export record, and removes its temporary file. The NAR is
-// hashed again as it is read back: the record's trailer, without which Nix
-// does not import the path, is written only if it still matches.
+// Verified gives Nix the last bytes of the NAR just received, whose size
+// and hash matched: Nix adds the path once it has checked them too.
 func (s *StoreSink) Verified(ctx context.Context, e *Entry) error {
-	path := s.cur
-	s.cur = ""
-	defer os.Remove(path)
-	if s.imp == nil {
-		imp, err := s.st.Import(ctx)
-		if err != nil {
-			return err
-		}
-		s.imp = imp
+	w := s.cur
+	s.cur = nil
+	if w == nil || w.e != e || w.n != e.Size {
+		return fmt.Errorf("transfer: %s: verified before it was received whole", e.label())
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("transfer: %w", err)
-	}
-	defer f.Close()
-	s.partial = true
-	if err := writeNum(s.imp, 1); err != nil {
-		return s.importErr(e, err)
-	}
-	h := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(s.imp, h), io.LimitReader(f, e.Size+1), s.buf)
-	if err != nil {
-		return s.importErr(e, err)
-	}
-	if n != e.Size || [32]byte(h.Sum(nil)) != e.sum {
-		return fmt.Errorf("transfer: %s/%s: the NAR changed on disk after it was verified; not imported", StoreDir, e.Name)
-	}
-	if err := writeTrailer(s.imp, e); err != nil {
+	if _, err := s.imp.Write(w.held); err != nil {
 		return s.importErr(e, err)
 	}
 	s.partial = false
+	s.fed++
 	return nil
 }
 
@@ -268,19 +400,7 @@ func (s *StoreSink) importErr(e *Entry, err error) error {
 
 // Finish ends the import and waits until every path fed is in the store.
 func (s *StoreSink) Finish() error {
-	if s.imp == nil {
-		return nil
-	}
-	imp := s.imp
-	s.imp = nil
-	if err := writeNum(imp, 0); err != nil {
-		imp.Kill()
-		return fmt.Errorf("transfer: ending the import: %w", err)
-	}
-	if err := imp.Close(); err != nil {
-		return fmt.Errorf("transfer: %w", err)
-	}
-	return nil
+	return s.endImport()
 }
 
 // Confirm checks that every path of the stream is now valid in the store.
@@ -305,6 +425,9 @@ func (s *StoreSink) Abandon() {
 	s.endImport()
 }
 
+// endImport ends the import: when no path is given in part, by ending its
+// input and waiting for it; else by waiting for its replies for the paths
+// given whole, and then killing it.
 func (s *StoreSink) endImport() error {
 	if s.imp == nil {
 		return nil
@@ -312,24 +435,28 @@ func (s *StoreSink) endImport() error {
 	imp := s.imp
 	s.imp = nil
 	if s.partial {
+		s.replies.wait(s.fed)
 		imp.Kill()
+	} else {
+		imp.CloseWrite()
+	}
+	got, why := s.replies.drain()
+	werr := imp.Wait()
+	switch {
+	case s.partial:
 		return nil
+	case werr != nil:
+		return fmt.Errorf("transfer: %w", werr)
+	case got != s.fed:
+		return fmt.Errorf("transfer: nix-store --serve added %d of the %d paths it was given, then stopped: %v", got, s.fed, why)
 	}
-	if err := writeNum(imp, 0); err != nil {
-		imp.Kill()
-		return err
-	}
-	return imp.Close()
+	return nil
 }
 
 // Close ends an import that is still running (the paths completely fed stay
-// imported; a partly fed one is not) and removes the temporary files.
+// imported; a partly fed one is not).
 func (s *StoreSink) Close() error {
-	err := s.endImport()
-	if rerr := os.RemoveAll(s.tmp); err == nil && rerr != nil {
-		err = rerr
-	}
-	return err
+	return s.endImport()
 }
 
 // writeNum writes a number as Nix serialises it: 64-bit little-endian.

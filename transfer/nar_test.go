@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -233,20 +232,23 @@ func (f *fakeStore) Invalid(ctx context.Context, paths []string) (map[string]boo
 	return inv, nil
 }
 
-// Import parses the export format as nix-store --import does: a path is
-// added once its whole record has arrived.
+// Import speaks the serve protocol as nix-store --serve --write does: a
+// path is added once its whole NAR has arrived and matched the narHash and
+// narSize given with it; the first error ends it.
 func (f *fakeStore) Import(ctx context.Context) (Importer, error) {
-	pr, pw := io.Pipe()
-	fi := &fakeImporter{pw: pw, done: make(chan error, 1)}
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	fi := &fakeImporter{in: inW, out: outR, done: make(chan error, 1)}
 	go func() {
-		err := f.parseExport(pr)
-		pr.CloseWithError(err)
+		err := f.serve(inR, outW)
+		inR.CloseWithError(errors.New("nix-store exited"))
+		outW.Close()
 		fi.done <- err
 	}()
 	return fi, nil
 }
 
-func (f *fakeStore) parseExport(r io.Reader) error {
+func (f *fakeStore) serve(r io.Reader, w io.Writer) error {
 	num := func() (uint64, error) {
 		var b [8]byte
 		_, err := io.ReadFull(r, b[:])
@@ -263,29 +265,30 @@ func (f *fakeStore) parseExport(r io.Reader) error {
 		}
 		return string(b[:n]), nil
 	}
+	if m, err := num(); err != nil || m != serveMagic1 {
+		return errors.New("protocol mismatch")
+	}
+	w.Write(binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, serveMagic2), 2<<8|7))
+	if _, err := num(); err != nil {
+		return err
+	}
 	for {
-		n, err := num()
+		cmd, err := num()
 		if err != nil {
-			return fmt.Errorf("unexpected end of input: %v", err)
+			return nil // end of input
 		}
-		if n == 0 {
-			return nil
-		}
-		if n != 1 {
-			return errors.New("input doesn't look like something created by 'nix-store --export'")
-		}
-		l, err := num()
-		if err != nil || l > 1<<20 {
-			return fmt.Errorf("bad NAR: %v", err)
-		}
-		content := make([]byte, l)
-		if _, err := io.ReadFull(r, content); err != nil {
-			return err
-		}
-		if m, err := num(); err != nil || m != exportMagic {
-			return errors.New("Nix archive cannot be imported; wrong format")
+		if cmd != cmdAddToStoreNar {
+			return fmt.Errorf("unknown serve command %d", cmd)
 		}
 		p, err := str()
+		if err != nil {
+			return err
+		}
+		drv, err := str()
+		if err != nil {
+			return err
+		}
+		hash, err := str()
 		if err != nil {
 			return err
 		}
@@ -302,12 +305,27 @@ func (f *fakeStore) parseExport(r io.Reader) error {
 			b, _ := StoreBase(s)
 			refs = append(refs, b)
 		}
-		drv, err := str()
-		if err != nil {
-			return err
+		var regTime, narSize, ultimate, nsigs uint64
+		for _, v := range []*uint64{&regTime, &narSize, &ultimate, &nsigs} {
+			if *v, err = num(); err != nil {
+				return err
+			}
 		}
-		if sig, err := num(); err != nil || sig != 0 {
-			return errors.New("bad signature flag")
+		if nsigs != 0 {
+			return errors.New("unexpected signatures")
+		}
+		if ca, err := str(); err != nil || ca != "" {
+			return fmt.Errorf("bad content address %q: %v", ca, err)
+		}
+		if narSize == 0 || narSize > 1<<20 {
+			return fmt.Errorf("bad narSize %d", narSize)
+		}
+		nar := make([]byte, narSize)
+		if _, err := io.ReadFull(r, nar); err != nil {
+			return fmt.Errorf("unexpected end-of-file: %v", err)
+		}
+		if got := "sha256:" + sha(nar); got != hash {
+			return fmt.Errorf("hash mismatch importing path '%s'; specified: %s, got: %s", p, hash, got)
 		}
 		b, err := StoreBase(p)
 		if err != nil {
@@ -320,26 +338,33 @@ func (f *fakeStore) parseExport(r io.Reader) error {
 		}
 		db, _ := StoreBase(drv)
 		f.mu.Lock()
-		f.paths[b] = &fakePath{nar: fakeNAR(string(content)), refs: refs, deriver: db}
+		f.paths[b] = &fakePath{nar: nar, refs: refs, deriver: db}
 		f.imported = append(f.imported, b)
 		f.mu.Unlock()
+		if _, err := w.Write(binary.LittleEndian.AppendUint64(nil, 1)); err != nil {
+			return err
+		}
 	}
 }
 
 type fakeImporter struct {
-	pw   *io.PipeWriter
+	in   *io.PipeWriter
+	out  *io.PipeReader
 	done chan error
 	err  error
 	once sync.Once
 }
 
-func (fi *fakeImporter) Write(p []byte) (int, error) { return fi.pw.Write(p) }
-func (fi *fakeImporter) Close() error {
-	fi.once.Do(func() { fi.pw.Close(); fi.err = <-fi.done })
+func (fi *fakeImporter) Write(p []byte) (int, error) { return fi.in.Write(p) }
+func (fi *fakeImporter) Read(p []byte) (int, error)  { return fi.out.Read(p) }
+func (fi *fakeImporter) CloseWrite() error           { return fi.in.Close() }
+func (fi *fakeImporter) Wait() error {
+	fi.once.Do(func() { fi.err = <-fi.done })
 	return fi.err
 }
 func (fi *fakeImporter) Kill() {
-	fi.once.Do(func() { fi.pw.CloseWithError(errors.New("killed")); fi.err = <-fi.done })
+	fi.in.CloseWithError(errors.New("killed"))
+	fi.out.CloseWithError(errors.New("killed"))
 }
 
 func sha256Sum(b []byte) [32]byte {
@@ -366,10 +391,7 @@ func storeTrip(t *testing.T, src, dst *fakeStore, paths ...string) (sent, got *S
 	if err != nil {
 		t.Fatalf("CollectStore(%v): %v", paths, err)
 	}
-	sink, err := NewStoreSink(dst, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sink := NewStoreSink(dst)
 	a, b := net.Pipe()
 	done := make(chan struct{})
 	go func() {
@@ -383,9 +405,6 @@ func storeTrip(t *testing.T, src, dst *fakeStore, paths ...string) (sent, got *S
 	sent, serr = Send(ctx, a, s, SendOptions{Level: zstdFastest})
 	a.Close()
 	<-done
-	if _, err := os.Stat(sink.tmp); !os.IsNotExist(err) {
-		t.Errorf("the sink's temporary directory %s is still there", sink.tmp)
-	}
 	return sent, got, serr, rerr
 }
 
@@ -527,12 +546,9 @@ func TestStoreReceiveRefusesHostileStreams(t *testing.T) {
 	for _, tc := range hostileStore {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := newFakeStore()
-			sink, err := NewStoreSink(dst, t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
+			sink := NewStoreSink(dst)
 			conn := &scripted{r: bytes.NewReader(tc.stream)}
-			_, err = Receive(context.Background(), conn, sink, ReceiveOptions{Commit: func() (string, error) {
+			_, err := Receive(context.Background(), conn, sink, ReceiveOptions{Commit: func() (string, error) {
 				t.Error("Commit called for a refused stream")
 				return "", nil
 			}})
@@ -601,10 +617,7 @@ func FuzzReceiveStore(f *testing.F) {
 	f.Add(narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, midNAR, []string{leafName, midName}, ""), narEntry(topName, topNAR, []string{midName}, drvName)}, leafNAR, midNAR, topNAR))
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		dst := newFakeStore()
-		sink, err := NewStoreSink(dst, "")
-		if err != nil {
-			t.Fatal(err)
-		}
+		sink := NewStoreSink(dst)
 		st, err := Receive(context.Background(), &scripted{r: bytes.NewReader(stream)}, sink, ReceiveOptions{})
 		if cerr := sink.Close(); err == nil && cerr != nil {
 			err = cerr
@@ -700,10 +713,7 @@ func (a *ackWatch) Write(p []byte) (int, error) {
 func TestStoreSinkImportsBeforeTellingSender(t *testing.T) {
 	stream := narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, fakeNAR("mi!"), []string{leafName}, "")}, leafNAR, midNAR)
 	dst := newFakeStore()
-	sink, err := NewStoreSink(dst, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sink := NewStoreSink(dst)
 	defer sink.Close()
 	conn := &ackWatch{scripted: scripted{r: bytes.NewReader(stream)}, dst: dst}
 	if _, err := Receive(context.Background(), conn, sink, ReceiveOptions{}); err == nil {

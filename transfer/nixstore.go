@@ -15,7 +15,7 @@ import (
 )
 
 // NixStore is the local Nix store through Nix 2.8's nix-store command:
-// --query --requisites, --dump-db, --export, --check-validity and --import.
+// --query --requisites, --dump-db, --export, --check-validity and --serve --write.
 // It is both a StoreReader and a StoreWriter.
 type NixStore struct {
 	Env []string // nix-store's environment; nil: this process's
@@ -223,23 +223,31 @@ func (n *NixStore) Invalid(ctx context.Context, paths []string) (map[string]bool
 	return invalid, nil
 }
 
-// Import starts nix-store --import. (Nix 2.8 holds each NAR it imports in
-// its own memory; nbship's ends do not.)
+// Import starts nix-store --serve --write: the import speaking Nix's serve
+// protocol, whose add-NAR command streams each NAR into the store as it
+// arrives (neither nix-store nor the daemon behind it holds a NAR in
+// memory) and registers the path only if the NAR's size and SHA-256 are
+// the ones given with it.
 func (n *NixStore) Import(ctx context.Context) (Importer, error) {
-	cmd, t := n.command(ctx, "--import")
+	cmd, t := n.command(ctx, "--serve", "--write")
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, nixErr("--import", err, t)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
 	}
-	return &importer{cmd: cmd, in: in, t: t}, nil
+	if err := cmd.Start(); err != nil {
+		return nil, nixErr("--serve", err, t)
+	}
+	return &importer{cmd: cmd, in: in, out: out, t: t}, nil
 }
 
 type importer struct {
 	cmd  *exec.Cmd
 	in   io.WriteCloser
+	out  io.ReadCloser
 	t    *tail
 	once sync.Once
 	err  error
@@ -249,31 +257,35 @@ func (im *importer) Write(p []byte) (int, error) {
 	n, err := im.in.Write(p)
 	if err != nil {
 		// It stopped reading: its own words say why.
-		if werr := im.wait(); werr != nil {
+		im.in.Close()
+		if werr := im.Wait(); werr != nil {
 			return n, werr
 		}
-		return n, fmt.Errorf("nix-store --import stopped reading: %w", err)
+		return n, fmt.Errorf("nix-store --serve stopped reading: %w", err)
 	}
 	return n, nil
 }
 
-func (im *importer) wait() error {
+func (im *importer) Read(p []byte) (int, error) { return im.out.Read(p) }
+
+func (im *importer) CloseWrite() error { return im.in.Close() }
+
+// Wait waits for nix-store to exit; its output must have been read to EOF
+// (or it killed). An error carries its last words.
+func (im *importer) Wait() error {
 	im.once.Do(func() {
 		im.in.Close()
 		if err := im.cmd.Wait(); err != nil {
-			im.err = nixErr("--import", err, im.t)
+			im.err = nixErr("--serve", err, im.t)
 		}
 	})
 	return im.err
 }
 
-func (im *importer) Close() error { return im.wait() }
-
 func (im *importer) Kill() {
 	if im.cmd.Process != nil {
 		im.cmd.Process.Kill()
 	}
-	im.wait()
 }
 
 // tail keeps the last few KiB of a command's stderr, for its error.

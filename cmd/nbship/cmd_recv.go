@@ -32,7 +32,6 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	system := fs.String("system", "", "system of an instance type nbship does not know (aarch64-linux or x86_64-linux), with --publish")
 	keep := fs.Int("keep", image.DefaultKeep, "generations to keep, with --publish")
 	store := fs.Bool("store", false, "import the Nix store paths a relay --store sends into this host's store (instead of --dest)")
-	tmpDir := fs.String("tmpdir", "", "with --store: `directory` where each NAR waits for its check (default $TMPDIR or /tmp; needs room for the largest path)")
 	pinFlag := fs.String("peer-pin", "", "the relay's `pin` (SHA256:...), or - to read its fingerprint line from standard input")
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	wait := fs.Duration("accept-timeout", 2*time.Minute, "how long to wait for the pinned relay to connect")
@@ -124,7 +123,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 		out = e.stderr
 	}
 	if *store {
-		return explain(recvStore(ctx, e, conn, *tmpDir, out, *asJSON))
+		return explain(recvStore(ctx, e, conn, out, *asJSON))
 	}
 
 	stage, have, err := land.stage()
@@ -150,11 +149,8 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 }
 
 // recvStore imports the store paths of the stream into this host's store.
-func recvStore(ctx context.Context, e *env, conn *tunnel.Conn, tmpDir string, out io.Writer, asJSON bool) error {
-	sink, err := transfer.NewStoreSink(&transfer.NixStore{}, tmpDir)
-	if err != nil {
-		return fmt.Errorf("recv: %w", err)
-	}
+func recvStore(ctx context.Context, e *env, conn *tunnel.Conn, out io.Writer, asJSON bool) error {
+	sink := transfer.NewStoreSink(&transfer.NixStore{})
 	defer sink.Close()
 	cnt := new(transfer.Counters)
 	stop := storeProgress(e, "recv", cnt)
