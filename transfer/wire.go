@@ -50,6 +50,12 @@ func writeMsg(w io.Writer, t byte, payload []byte) error {
 
 // readMsg reads one message whose payload may be at most max bytes.
 func readMsg(r io.Reader, max int) (byte, []byte, error) {
+	return readMsgInto(r, max, nil)
+}
+
+// readMsgInto is readMsg with the payload read into *space, grown as
+// needed (nil: a new slice); the payload is valid until the next call.
+func readMsgInto(r io.Reader, max int, space *[]byte) (byte, []byte, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -61,7 +67,15 @@ func readMsg(r io.Reader, max int) (byte, []byte, error) {
 	if uint64(n) > uint64(max) {
 		return 0, nil, fmt.Errorf("transfer: message %q of %d bytes is larger than the limit of %d", hdr[0], n, max)
 	}
-	p := make([]byte, n)
+	var p []byte
+	if space == nil {
+		p = make([]byte, n)
+	} else {
+		if cap(*space) < int(n) {
+			*space = make([]byte, n)
+		}
+		p = (*space)[:n]
+	}
 	if _, err := io.ReadFull(r, p); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return 0, nil, ErrTruncated
@@ -101,7 +115,15 @@ func (c *chunkWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		k := min(len(p), sendChunk)
-		if err := writeMsg(c.w, msgData, p[:k]); err != nil {
+		// Header and payload go as two writes: no copy of the payload,
+		// no allocation per message.
+		var hdr [5]byte
+		hdr[0] = msgData
+		binary.BigEndian.PutUint32(hdr[1:], uint32(k))
+		if _, err := c.w.Write(hdr[:]); err != nil {
+			return n, err
+		}
+		if _, err := c.w.Write(p[:k]); err != nil {
 			return n, err
 		}
 		if c.count != nil {
@@ -117,6 +139,7 @@ func (c *chunkWriter) Write(p []byte) (int, error) {
 type chunkReader struct {
 	r     io.Reader
 	buf   []byte
+	space []byte // where messages are read, reused
 	done  bool
 	count func(int)
 }
@@ -126,7 +149,7 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 		if c.done {
 			return 0, io.EOF
 		}
-		t, payload, err := readMsg(c.r, maxChunk)
+		t, payload, err := readMsgInto(c.r, maxChunk, &c.space)
 		if err != nil {
 			return 0, err
 		}
