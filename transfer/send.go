@@ -23,7 +23,25 @@ import (
 type Source struct {
 	Manifest Manifest
 	paths    []string    // local path per entry ("" for directories)
+	stamps   []stamp     // what each file looked like when collected
 	store    StoreReader // where nar entries come from
+}
+
+// stamp is what changes when a file is written to or replaced: Send checks
+// it again after reading the file (the receiver checks every byte against
+// the announced SHA-256 anyway; this names the cause on the sending end).
+type stamp struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime syscall.Timespec
+}
+
+func stampOf(fi fs.FileInfo) stamp {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return stamp{size: fi.Size()}
+	}
+	return stamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
 }
 
 // Collect builds a Source from local paths as `tar -h` would see them:
@@ -144,7 +162,11 @@ func (c *collector) add(p, name string, fi fs.FileInfo) error {
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("transfer: %s is a %s; nbship sends only files and directories", p, kind(fi.Mode()))
 	}
-	return c.addEntry(Entry{Name: name, Type: TypeFile, Mode: fi.Mode().Perm(), Size: fi.Size()}, p, p)
+	if err := c.addEntry(Entry{Name: name, Type: TypeFile, Mode: fi.Mode().Perm(), Size: fi.Size()}, p, p); err != nil {
+		return err
+	}
+	c.src.stamps[len(c.src.stamps)-1] = stampOf(fi)
+	return nil
 }
 
 func (c *collector) addEntry(e Entry, src, origin string) error {
@@ -157,6 +179,7 @@ func (c *collector) addEntry(e Entry, src, origin string) error {
 	c.seen[e.Name] = true
 	c.src.Manifest.Entries = append(c.src.Manifest.Entries, e)
 	c.src.paths = append(c.src.paths, src)
+	c.src.stamps = append(c.src.stamps, stamp{})
 	if e.Type == TypeFile {
 		c.src.Manifest.Total += e.Size
 	}
@@ -427,10 +450,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 	if level == 0 {
 		level = zstd.SpeedDefault
 	}
-	enc, err := zstd.NewWriter(cw, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.NumCPU()))
-	if err != nil {
-		return err
-	}
+	out := &frames{cw: cw, level: level}
 	for i := range src.Manifest.Entries {
 		e := &src.Manifest.Entries[i]
 		if !e.hasData() {
@@ -440,22 +460,30 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 			st.Reused++
 			continue
 		}
+		var w io.Writer
 		var err error
-		if e.Type == TypeNAR {
-			err = sendNAR(ctx, enc, src.store, e, cnt)
+		if e.Type != TypeNAR && incompressible(src.paths[i], e.Size) {
+			w, err = out.stored()
 		} else {
-			err = sendFile(enc, src.paths[i], e, cnt)
+			w, err = out.compressed()
+		}
+		if err == nil {
+			if e.Type == TypeNAR {
+				err = sendNAR(ctx, w, src.store, e, cnt)
+			} else {
+				err = sendFile(w, src.paths[i], src.stamps[i], e, cnt)
+			}
 		}
 		if err != nil {
-			enc.Close()
+			out.abort()
 			return err
 		}
 		st.Sent++
 		st.Bytes += e.Size
 		cnt.Files.Add(1)
 	}
-	if err := enc.Close(); err != nil {
-		return writeErr{err}
+	if err := out.Close(); err != nil {
+		return err
 	}
 	if err := writeMsg(conn, msgEnd, nil); err != nil {
 		return writeErr{err}
@@ -469,19 +497,20 @@ type writeErr struct{ error }
 
 func (w writeErr) Unwrap() error { return w.error }
 
-func sendFile(w io.Writer, p string, e *Entry, cnt *Counters) error {
+// sendFile streams a file into w. Its bytes are not hashed again here (the
+// receiver checks every one against the announced SHA-256); a file that was
+// written to or replaced since it was collected is caught by its stamp.
+func sendFile(w io.Writer, p string, was stamp, e *Entry, cnt *Counters) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return fmt.Errorf("transfer: %w", err)
 	}
 	defer f.Close()
-	h := sha256.New()
 	buf := make([]byte, 256<<10)
 	var n int64
 	for n < e.Size {
 		k, rerr := f.Read(buf[:min(int64(len(buf)), e.Size-n)])
 		if k > 0 {
-			h.Write(buf[:k])
 			if _, err := w.Write(buf[:k]); err != nil {
 				return writeErr{err}
 			}
@@ -498,8 +527,12 @@ func sendFile(w io.Writer, p string, e *Entry, cnt *Counters) error {
 	if n != e.Size {
 		return fmt.Errorf("transfer: %s shrank while being sent (announced %d bytes, read %d); nothing was published", p, e.Size, n)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != e.SHA256 {
-		return fmt.Errorf("transfer: %s changed while being sent (its SHA-256 is no longer the announced one); nothing was published", p)
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("transfer: %w", err)
+	}
+	if now := stampOf(fi); now != was {
+		return fmt.Errorf("transfer: %s changed while being sent (it was written to after nbship hashed it); nothing was published", p)
 	}
 	return nil
 }

@@ -387,3 +387,40 @@ func randRead(p []byte) {
 		binary.LittleEndian.PutUint64(p[i:], x)
 	}
 }
+
+// A file written to between Collect and Send: the sender names it, the
+// receiver refuses its bytes (they no longer match the announced SHA-256).
+func TestSendRefusesFileChangedAfterCollect(t *testing.T) {
+	src := t.TempDir()
+	mkfile(t, filepath.Join(src, "a"), bytes.Repeat([]byte("a"), 1<<20), 0o644)
+	mkfile(t, filepath.Join(src, "b"), []byte("stays"), 0o644)
+	ctx := context.Background()
+	s, err := Collect(ctx, []string{src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Same size, other bytes.
+	mkfile(t, filepath.Join(src, "a"), bytes.Repeat([]byte("b"), 1<<20), 0o644)
+	dir := t.TempDir()
+	sink, err := NewDirSink(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	a, b := net.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, rerr := Receive(ctx, b, sink, ReceiveOptions{})
+		b.Close()
+		done <- rerr
+	}()
+	_, serr := Send(ctx, a, s, SendOptions{Level: zstdFastest})
+	a.Close()
+	rerr := <-done
+	if serr == nil || !strings.Contains(serr.Error(), filepath.Join(src, "a")) || !strings.Contains(serr.Error(), "changed") {
+		t.Errorf("Send = %v, want an error naming %s as changed", serr, filepath.Join(src, "a"))
+	}
+	if rerr == nil {
+		t.Error("Receive accepted a file whose bytes are not the announced ones")
+	}
+}

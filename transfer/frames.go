@@ -1,0 +1,180 @@
+package transfer
+
+// The data stream is a sequence of zstd frames, which the receiver's
+// decoder reads as one: runs of compressible entries go through the zstd
+// encoder, and a file that zstd would not shrink (an initrd already gzipped,
+// say) goes as a frame of raw blocks, which costs no compression time.
+
+import (
+	"encoding/binary"
+	"io"
+	"os"
+	"runtime"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Raw frames: the zstd magic, a frame header with no content size, no
+// checksum and a 128 KiB window, then blocks of up to 128 KiB, each behind
+// a 3-byte header (bit 0: last block; bits 1-2: type, 0 for raw; bits
+// 3-23: size). An empty last block ends the frame.
+const (
+	rawBlock      = 128 << 10
+	zstdMagic     = 0xFD2FB528
+	rawWindowDesc = (17 - 10) << 3 // window log 17: 128 KiB
+)
+
+// frames writes the stream into cw, switching between the encoder and raw
+// frames as asked.
+type frames struct {
+	cw    io.Writer
+	level zstd.EncoderLevel
+	enc   *zstd.Encoder
+	open  bool   // the encoder has a frame open
+	buf   []byte // one raw block with its header
+	raw   bool   // a raw frame is open
+}
+
+// compressed returns the writer for compressible bytes.
+func (f *frames) compressed() (io.Writer, error) {
+	if err := f.endRaw(); err != nil {
+		return nil, err
+	}
+	if f.enc == nil {
+		enc, err := zstd.NewWriter(f.cw, zstd.WithEncoderLevel(f.level), zstd.WithEncoderConcurrency(runtime.NumCPU()))
+		if err != nil {
+			return nil, err
+		}
+		f.enc = enc
+		f.open = true
+	} else if !f.open {
+		f.enc.Reset(f.cw)
+		f.open = true
+	}
+	return f.enc, nil
+}
+
+// stored returns the writer for bytes sent as they are.
+func (f *frames) stored() (io.Writer, error) {
+	if f.open {
+		f.open = false
+		if err := f.enc.Close(); err != nil {
+			return nil, writeErr{err}
+		}
+	}
+	if !f.raw {
+		hdr := binary.LittleEndian.AppendUint32(nil, zstdMagic)
+		hdr = append(hdr, 0, rawWindowDesc)
+		if _, err := f.cw.Write(hdr); err != nil {
+			return nil, writeErr{err}
+		}
+		f.raw = true
+		if f.buf == nil {
+			f.buf = make([]byte, 3, 3+rawBlock)
+		}
+	}
+	return rawWriter{f}, nil
+}
+
+type rawWriter struct{ f *frames }
+
+// Write fills blocks of rawBlock bytes and sends each whole one.
+func (w rawWriter) Write(p []byte) (int, error) {
+	f := w.f
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), 3+rawBlock-len(f.buf))
+		f.buf = append(f.buf, p[:k]...)
+		p = p[k:]
+		n += k
+		if len(f.buf) == 3+rawBlock {
+			if err := f.flushBlock(false); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (f *frames) flushBlock(last bool) error {
+	size := len(f.buf) - 3
+	if size == 0 && !last {
+		return nil
+	}
+	h := uint32(size) << 3
+	if last {
+		h |= 1
+	}
+	f.buf[0], f.buf[1], f.buf[2] = byte(h), byte(h>>8), byte(h>>16)
+	_, err := f.cw.Write(f.buf)
+	f.buf = f.buf[:3]
+	if err != nil {
+		return writeErr{err}
+	}
+	return nil
+}
+
+// endRaw ends an open raw frame with its last block.
+func (f *frames) endRaw() error {
+	if !f.raw {
+		return nil
+	}
+	f.raw = false
+	return f.flushBlock(true)
+}
+
+// Close ends whatever frame is open.
+func (f *frames) Close() error {
+	if err := f.endRaw(); err != nil {
+		return err
+	}
+	if f.open {
+		f.open = false
+		if err := f.enc.Close(); err != nil {
+			return writeErr{err}
+		}
+	}
+	return nil
+}
+
+// abort drops the encoder after a failure.
+func (f *frames) abort() {
+	if f.enc != nil {
+		f.enc.Close()
+	}
+}
+
+// Sampling: a file of at least sampleMin bytes whose samples zstd's fastest
+// level shrinks by less than 3% is sent stored.
+const (
+	sampleMin   = 1 << 20
+	sampleSize  = 64 << 10
+	sampleRatio = 0.97
+)
+
+var sampler, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+
+// incompressible tells whether zstd would gain next to nothing on the file
+// at p of size bytes, from three samples at a quarter, half and three
+// quarters of it. A file it cannot read is compressible: reading it for
+// real reports the error.
+func incompressible(p string, size int64) bool {
+	if size < sampleMin {
+		return false
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	buf := make([]byte, sampleSize)
+	var in, out int
+	var dst []byte
+	for q := int64(1); q <= 3; q++ {
+		n, _ := f.ReadAt(buf, size*q/4-sampleSize/2)
+		dst = sampler.EncodeAll(buf[:n], dst[:0])
+		in += n
+		out += len(dst)
+	}
+	return in > 0 && float64(out) >= sampleRatio*float64(in)
+}
