@@ -140,6 +140,7 @@ if help=$("$BENCH_WORK/bin/nbship" ship --help 2>&1) && grep -q -- '--store' <<<
 	store_ok=1
 	BENCH_SHIP_ARGS=
 	grep -q -- '--config' <<<"$help" && BENCH_SHIP_ARGS="--config $BENCH_CONF"
+	BENCH_SHIP_ARGS+=${BENCH_SHIP_EXTRA:+ $BENCH_SHIP_EXTRA}
 	export BENCH_SHIP_ARGS
 	echo "ship --store: available (extra args: ${BENCH_SHIP_ARGS:-none})" | tee -a "$BENCH_RAW/meta.txt"
 else

@@ -157,12 +157,15 @@ const (
 // the same narHash and narSize, checks them again before it registers the
 // path. So a NAR that fails the check is never added (Nix is stopped
 // before it has the whole NAR), no path after it is sent to Nix, and
-// memory stays bounded whatever the size of a path.
+// memory stays bounded whatever the size of a path. Between the two, a
+// spool (spool.go) lets the network run ahead of Nix.
 type StoreSink struct {
 	st      StoreWriter
 	paths   []string        // every path of the manifest, for Confirm
 	invalid map[string]bool // paths the store lacks: the ones wanted
 	imp     Importer
+	out     *spool     // what goes to imp after the greeting
+	cutAt   int64      // where in out the path given in part starts
 	cur     *narWriter // the NAR being received
 	fed     int        // paths given to Nix completely
 	partial bool       // a path given to Nix in part
@@ -306,7 +309,11 @@ func (s *StoreSink) start(ctx context.Context) error {
 	if err := writeNum(imp, serveVersion); err != nil {
 		return fail(err)
 	}
-	s.imp = imp
+	out, err := newSpool("", imp)
+	if err != nil {
+		return fail(err)
+	}
+	s.imp, s.out = imp, out
 	s.replies = &replies{}
 	s.replies.cond.L = &s.replies.mu
 	go s.replies.read(imp)
@@ -339,7 +346,8 @@ func (s *StoreSink) Create(e *Entry) (io.WriteCloser, error) {
 	b = binary.LittleEndian.AppendUint64(b, 0)              // no signatures
 	b = appendStr(b, "")                                    // not content-addressed
 	s.partial = true
-	if _, err := s.imp.Write(b); err != nil {
+	s.cutAt = s.out.offset()
+	if _, err := s.out.Write(b); err != nil {
 		return nil, s.importErr(e, err)
 	}
 	return &narWriter{s: s, e: e, limit: e.Size - min(e.Size, holdBack)}, nil
@@ -361,7 +369,7 @@ func (w *narWriter) Write(p []byte) (int, error) {
 	}
 	pass := min(int64(len(p)), max(w.limit-w.n, 0))
 	if pass > 0 {
-		if _, err := w.s.imp.Write(p[:pass]); err != nil {
+		if _, err := w.s.out.Write(p[:pass]); err != nil {
 			return 0, w.s.importErr(w.e, err)
 		}
 	}
@@ -386,7 +394,7 @@ func (s *StoreSink) Verified(ctx context.Context, e *Entry) error {
 	if w == nil || w.e != e || w.n != e.Size {
 		return fmt.Errorf("transfer: %s: verified before it was received whole", e.label())
 	}
-	if _, err := s.imp.Write(w.held); err != nil {
+	if _, err := s.out.Write(w.held); err != nil {
 		return s.importErr(e, err)
 	}
 	s.partial = false
@@ -425,9 +433,9 @@ func (s *StoreSink) Abandon() {
 	s.endImport()
 }
 
-// endImport ends the import: when no path is given in part, by ending its
-// input and waiting for it; else by waiting for its replies for the paths
-// given whole, and then killing it.
+// endImport ends the import: when Nix has no path in part, by ending its
+// input after the last whole path and waiting for it; else by waiting for
+// its replies for the paths given whole, and then killing it.
 func (s *StoreSink) endImport() error {
 	if s.imp == nil {
 		return nil
@@ -435,9 +443,15 @@ func (s *StoreSink) endImport() error {
 	imp := s.imp
 	s.imp = nil
 	if s.partial {
-		s.replies.wait(s.fed)
-		imp.Kill()
+		if s.out.cut(s.cutAt) {
+			s.replies.wait(s.fed)
+			imp.Kill()
+		} else {
+			s.partial = false // Nix has the whole paths only
+			imp.CloseWrite()
+		}
 	} else {
+		s.out.finish()
 		imp.CloseWrite()
 	}
 	got, why := s.replies.drain()
