@@ -24,6 +24,10 @@ const (
 	rawWindowDesc = (17 - 10) << 3 // window log 17: 128 KiB
 )
 
+// encoderWindow is the zstd window: half the default level's 8 MiB, for
+// 0.1% more bytes on a Go toolchain's tree and less memory per encoder.
+const encoderWindow = 4 << 20
+
 // frames writes the stream into cw, switching between the encoder and raw
 // frames as asked.
 type frames struct {
@@ -41,7 +45,8 @@ func (f *frames) compressed() (io.Writer, error) {
 		return nil, err
 	}
 	if f.enc == nil {
-		enc, err := zstd.NewWriter(f.cw, zstd.WithEncoderLevel(f.level), zstd.WithEncoderConcurrency(runtime.NumCPU()))
+		enc, err := zstd.NewWriter(f.cw, zstd.WithEncoderLevel(f.level), zstd.WithEncoderConcurrency(runtime.NumCPU()),
+			zstd.WithWindowSize(encoderWindow))
 		if err != nil {
 			return nil, err
 		}
@@ -156,9 +161,9 @@ var sampler, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), z
 
 // incompressible tells whether zstd would gain next to nothing on the file
 // at p of size bytes, from three samples at a quarter, half and three
-// quarters of it. A file it cannot read is compressible: reading it for
-// real reports the error.
-func incompressible(p string, size int64) bool {
+// quarters of it, read into buf. A file it cannot read is compressible:
+// reading it for real reports the error.
+func incompressible(p string, size int64, buf []byte) bool {
 	if size < sampleMin {
 		return false
 	}
@@ -167,7 +172,7 @@ func incompressible(p string, size int64) bool {
 		return false
 	}
 	defer f.Close()
-	buf := make([]byte, sampleSize)
+	buf = buf[:sampleSize]
 	var in, out int
 	var dst []byte
 	for q := int64(1); q <= 3; q++ {

@@ -325,7 +325,7 @@ func (s *DirSink) Reuse(e *Entry) error {
 			return fmt.Errorf("transfer: reusing %s: %w", e.Name, err)
 		}
 	}
-	sum, err := hashFile(dst, e.Size)
+	sum, err := hashFile(dst, e.Size, make([]byte, 128<<10))
 	if err != nil {
 		return err
 	}

@@ -207,9 +207,10 @@ func (s *Source) hash(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			buf := make([]byte, 128<<10)
 			for i := range idx {
 				e := &s.Manifest.Entries[i]
-				sum, err := hashFile(s.paths[i], e.Size)
+				sum, err := hashFile(s.paths[i], e.Size, buf)
 				if err != nil {
 					select {
 					case errs <- err:
@@ -246,7 +247,7 @@ feed:
 	return ctx.Err()
 }
 
-func hashFile(p string, size int64) ([32]byte, error) {
+func hashFile(p string, size int64, buf []byte) ([32]byte, error) {
 	var sum [32]byte
 	f, err := os.Open(p)
 	if err != nil {
@@ -254,7 +255,8 @@ func hashFile(p string, size int64) ([32]byte, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	// Only the Reader: *os.File's WriteTo would bring its own buffer.
+	n, err := io.CopyBuffer(h, struct{ io.Reader }{f}, buf)
 	if err != nil {
 		return sum, fmt.Errorf("transfer: reading %s: %w", p, err)
 	}
@@ -451,6 +453,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 		level = zstd.SpeedDefault
 	}
 	out := &frames{cw: cw, level: level}
+	buf := make([]byte, 256<<10) // one for every file: no garbage per file
 	for i := range src.Manifest.Entries {
 		e := &src.Manifest.Entries[i]
 		if !e.hasData() {
@@ -462,16 +465,16 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 		}
 		var w io.Writer
 		var err error
-		if e.Type != TypeNAR && incompressible(src.paths[i], e.Size) {
+		if e.Type != TypeNAR && incompressible(src.paths[i], e.Size, buf) {
 			w, err = out.stored()
 		} else {
 			w, err = out.compressed()
 		}
 		if err == nil {
 			if e.Type == TypeNAR {
-				err = sendNAR(ctx, w, src.store, e, cnt)
+				err = sendNAR(ctx, w, src.store, e, cnt, buf)
 			} else {
-				err = sendFile(w, src.paths[i], src.stamps[i], e, cnt)
+				err = sendFile(w, src.paths[i], src.stamps[i], e, cnt, buf)
 			}
 		}
 		if err != nil {
@@ -500,13 +503,12 @@ func (w writeErr) Unwrap() error { return w.error }
 // sendFile streams a file into w. Its bytes are not hashed again here (the
 // receiver checks every one against the announced SHA-256); a file that was
 // written to or replaced since it was collected is caught by its stamp.
-func sendFile(w io.Writer, p string, was stamp, e *Entry, cnt *Counters) error {
+func sendFile(w io.Writer, p string, was stamp, e *Entry, cnt *Counters, buf []byte) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return fmt.Errorf("transfer: %w", err)
 	}
 	defer f.Close()
-	buf := make([]byte, 256<<10)
 	var n int64
 	for n < e.Size {
 		k, rerr := f.Read(buf[:min(int64(len(buf)), e.Size-n)])

@@ -140,14 +140,13 @@ func topoSort(closure []string, infos map[string]*PathInfo) ([]string, error) {
 // sendNAR streams the NAR of e from the store into w, and fails if it is not
 // exactly the size and SHA-256 the store's database announced (a corrupt
 // source store: the receiver would refuse it anyway).
-func sendNAR(ctx context.Context, w io.Writer, st StoreReader, e *Entry, cnt *Counters) error {
+func sendNAR(ctx context.Context, w io.Writer, st StoreReader, e *Entry, cnt *Counters, buf []byte) error {
 	p := e.label()
 	rc, err := st.Dump(ctx, p, e.Size)
 	if err != nil {
 		return err
 	}
 	h := sha256.New()
-	buf := make([]byte, 256<<10)
 	var n int64
 	for n < e.Size {
 		k, rerr := rc.Read(buf[:min(int64(len(buf)), e.Size-n)])

@@ -22,6 +22,7 @@ func init() {
 }
 
 func cmdRecv(ctx context.Context, e *env, args []string) error {
+	limitMemory(e)
 	fs := newFlagSet(e, "recv", "(--listen ADDR | --stdio) (--dest DIR | --publish PXEDIR | --store) --peer-pin PIN|- [flags]")
 	listen := fs.String("listen", "", "`host:port` to listen on (port 0 picks a free one, printed on the second line)")
 	stdio := fs.Bool("stdio", false, "carry the TLS channel on standard input and output instead of TCP")

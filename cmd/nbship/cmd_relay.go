@@ -20,6 +20,7 @@ func init() {
 }
 
 func cmdRelay(ctx context.Context, e *env, args []string) error {
+	limitMemory(e)
 	fs := newFlagSet(e, "relay", "(--connect ADDR | --stdio) --peer-pin PIN|- [--store | --store-files] [flags] PATH...")
 	connect := fs.String("connect", "", "the receiver's `host:port`")
 	stdio := fs.Bool("stdio", false, "carry the TLS channel on standard input and output instead of TCP")

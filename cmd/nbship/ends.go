@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -222,4 +223,16 @@ func refusal(err error) error {
 		return &exitError{code: flow.ExitPin, err: err}
 	}
 	return err
+}
+
+// endMemoryLimit is the soft memory limit of recv and relay. Both stream:
+// their live heap is a few buffers and the zstd state, whatever the size of
+// the transfer, but Go's collector would let garbage grow the heap to twice
+// that before collecting. GOMEMLIMIT, when set, wins.
+const endMemoryLimit = 40 << 20
+
+func limitMemory(e *env) {
+	if e.getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(endMemoryLimit)
+	}
 }
