@@ -41,7 +41,7 @@ type spool struct {
 func newSpool(dir string, to io.Writer) (*spool, error) {
 	f, err := os.CreateTemp(dir, "nbship-spool-")
 	if err != nil {
-		return nil, fmt.Errorf("transfer: spool for the import: %w", err)
+		return nil, fmt.Errorf("transfer: the import's spool: %w (TMPDIR chooses where it goes)", err)
 	}
 	os.Remove(f.Name())
 	s := &spool{f: f, to: to, done: make(chan struct{})}
@@ -67,7 +67,7 @@ func (s *spool) Write(p []byte) (int, error) {
 	s.cond.Broadcast()
 	s.mu.Unlock()
 	if err != nil {
-		return n, fmt.Errorf("transfer: spool for the import: %w", err)
+		return n, fmt.Errorf("transfer: the import's spool: %w (TMPDIR chooses where it goes)", err)
 	}
 	return n, nil
 }

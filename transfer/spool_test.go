@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,5 +134,14 @@ func TestSpoolDestinationError(t *testing.T) {
 	}
 	if err := s.finish(); !errors.Is(err, boom) {
 		t.Errorf("finish = %v, want the destination's error", err)
+	}
+}
+
+// A spool that cannot be made says where it would have gone and how to
+// choose another place.
+func TestSpoolUnwritableDir(t *testing.T) {
+	_, err := newSpool("/nonexistent/nbship-test", newGate(true))
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/nbship-test") || !strings.Contains(err.Error(), "TMPDIR") {
+		t.Errorf("newSpool in a missing directory = %v, want an error naming it and TMPDIR", err)
 	}
 }

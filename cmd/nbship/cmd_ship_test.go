@@ -334,7 +334,8 @@ func TestStoreLoopbackFlippedByte(t *testing.T) {
 	// Built with the test hooks, the receiver corrupts mid's NAR on arrival.
 	dst := newTestStore(t)
 	hooked := testbin.NbshipTags(t, "amd64", testbin.TestHooks)
-	recv, relay, _, _ := storeLoopback(t, hooked, src, dst, nil, []string{flip}, c.top)
+	tmp := t.TempDir() // the receiver's spool goes here, and must not stay
+	recv, relay, _, _ := storeLoopback(t, hooked, src, dst, nil, []string{flip, "TMPDIR=" + tmp}, c.top)
 	if recv.err == nil || relay.err == nil {
 		t.Fatalf("a corrupted NAR was accepted: recv %v, relay %v", recv.err, relay.err)
 	}
@@ -347,6 +348,9 @@ func TestStoreLoopbackFlippedByte(t *testing.T) {
 	}
 	if v := dst.valid(t, c.all()...); !v[c.leaf] || v[c.mid] || v[c.top] {
 		t.Errorf("valid on the receiver: %v; want leaf (before the bad path) only", v)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Errorf("the failed receiver left %v in its TMPDIR", ents)
 	}
 
 	// A release build ignores the variable: the same ship succeeds.
