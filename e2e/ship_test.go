@@ -1,8 +1,8 @@
 package e2e
 
 // nbship ship on the rig: store paths built by real Nix on the build host
-// move into the PXE host's real store (nix-store --import through its
-// nix-daemon, as the netboot user), or into a directory there.
+// move into the PXE host's real store (nix-store --serve --write through
+// its nix-daemon, as the netboot user), or into a directory there.
 
 import (
 	"bytes"
@@ -166,11 +166,15 @@ func (s *shipRig) valid(t *testing.T, ctx context.Context, host string, paths ..
 	return v
 }
 
-// noTempNARs checks that no receiver left its private NAR directory.
+// noTempNARs checks that no receiver left a file of its own in /tmp: the
+// spool between the network and nix-store has no name, and nbship keeps no
+// NAR anywhere else.
 func noTempNARs(t *testing.T) {
 	t.Helper()
-	if m, _ := filepath.Glob("/tmp/nbship-nar-*"); len(m) > 0 {
-		t.Errorf("a receiver's temporary NAR directory is left: %v", m)
+	for _, pat := range []string{"/tmp/nbship-spool-*", "/tmp/nbship-nar-*"} {
+		if m, _ := filepath.Glob(pat); len(m) > 0 {
+			t.Errorf("a receiver left temporary files: %v", m)
+		}
 	}
 }
 
@@ -329,5 +333,78 @@ func TestShipInvalidStorePathOnStdin(t *testing.T) {
 	}
 	if strings.Contains(stderr, "ssh:") || strings.Contains(stderr, "shipping") {
 		t.Errorf("ship reached the hosts before refusing its input:\n%s", stderr)
+	}
+}
+
+// Ctrl-C in the middle of an import: exit status 130, no nbship and no
+// nix-store left on either host, nothing in /tmp, top (which never
+// arrived) not valid on pxe, and whatever was imported whole.
+func TestShipStoreInterrupted(t *testing.T) {
+	s, ctx := newShipRig(t, 3*time.Minute, false)
+	if err := s.r.Shape("100mbit"); err != nil { // 50 MB: about 4 s in flight
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.r.Shape("off") })
+	st := &started{done: make(chan error, 1)}
+	st.cmd = s.r.Command(ctx, rig.Op, s.bin, "ship", "--config", s.r.Config, "--store", "--json", s.top)
+	st.cmd.Stdout, st.cmd.Stderr = &st.stdout, &st.stderr
+	if err := st.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { st.done <- st.cmd.Wait() }()
+	t.Cleanup(func() { st.cmd.Process.Kill() })
+
+	// Mid-stream: Nix is restoring leaf's big file on pxe.
+	big := filepath.Join(s.r.Dir, "pxe", s.leaf, "data", "big")
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if fi, err := os.Stat(big); err == nil && fi.Size() > 4<<20 {
+			break
+		}
+		select {
+		case err := <-st.done:
+			t.Fatalf("ship ended (%v) before the import was seen under way at %s:\n%s", err, big, st.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never saw %s grow:\n%s", big, st.stderr.String())
+		}
+	}
+	st.cmd.Process.Signal(os.Interrupt)
+	err := st.wait(t, time.Minute)
+	if code := st.cmd.ProcessState.ExitCode(); err == nil || code != 130 {
+		t.Errorf("interrupted ship exited %d (%v), want 130:\n%s", code, err, st.stderr.String())
+	}
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		pids, err := s.r.Processes(rig.PXE, "nix-store")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pids) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nix-store processes left on pxe: %v", pids)
+		}
+	}
+	v := s.valid(t, ctx, rig.PXE, s.leaf, s.mid, s.top)
+	if v[s.top] || v[s.mid] {
+		t.Errorf("valid on pxe after the interrupt: %v; mid and top never arrived whole", v)
+	}
+	if v[s.leaf] {
+		s.on(t, ctx, rig.PXE, "nix-store", "--verify-path", s.leaf)
+	}
+	noTempNARs(t)
+
+	// The next ship completes the closure, whatever the interrupt left.
+	stdout, stderr, err := s.ship(t, ctx, s.top+"\n", nil, "--store", "--json")
+	if err != nil {
+		t.Fatalf("ship after the interrupt: %v\n%s", err, stderr)
+	}
+	if res := parseShip(t, stdout); res.PathsTotal != 3 || res.PathsSent+res.PathsSkipped != 3 {
+		t.Errorf("ship after the interrupt = %+v", res)
+	}
+	for _, p := range []string{s.leaf, s.mid, s.top} {
+		s.on(t, ctx, rig.PXE, "nix-store", "--verify-path", p)
 	}
 }
