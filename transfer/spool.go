@@ -16,9 +16,13 @@ import (
 	"syscall"
 )
 
+// maxLag bounds the backlog Nix must still import when the last byte has
+// arrived; while it does, nothing crosses the channel, and both ends'
+// idle watchdogs (60 s by default) must not take that for a dead link: at
+// 256 MiB a Nix importing at 5 MB/s or more keeps well inside them.
 const (
-	maxLag   = 1 << 30  // bytes the network may run ahead of Nix
-	punchGap = 16 << 20 // free the file's head in steps of this
+	maxLag   = 256 << 20 // bytes the network may run ahead of Nix
+	punchGap = 16 << 20  // free the file's head in steps of this
 	feedSize = 256 << 10
 )
 
