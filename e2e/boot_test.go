@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nbship/nbship/internal/rig"
+	"github.com/nbship/nbship/internal/testbin"
 )
 
 // needQEMU skips (or with NBSHIP_REQUIRE_RIG=1 fails) without
@@ -26,11 +26,7 @@ func needQEMU(t *testing.T) string {
 		_, err = os.Stat("/usr/lib/ipxe/qemu/efi-virtio.rom")
 	}
 	if err != nil {
-		msg := fmt.Sprintf("boot test: %v (run scripts/deps.sh: qemu-system-x86, ipxe-qemu)", err)
-		if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		testbin.Missing(t, "boot test: %v (run scripts/deps.sh: qemu-system-x86, ipxe-qemu)", err)
 	}
 	return qemu
 }

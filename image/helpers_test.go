@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nbship/nbship/internal/testbin"
 )
 
 // Debian's netboot kernels and initrds (debian-installer-12-netboot-arm64
@@ -27,11 +29,7 @@ var debian = map[string]struct{ kernel, initrd string }{
 func needRig(t *testing.T, path, pkg string) {
 	t.Helper()
 	if _, err := os.Stat(path); err != nil {
-		msg := fmt.Sprintf("%s missing (install Debian package %s): %v", path, pkg, err)
-		if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		testbin.Missing(t, "%s missing (install Debian package %s): %v", path, pkg, err)
 	}
 }
 

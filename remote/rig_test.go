@@ -22,6 +22,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nbship/nbship/internal/testbin"
 )
 
 // The tests run a real OpenSSH sshd on 127.0.0.1 with its own host key,
@@ -48,23 +50,16 @@ func needRig(t *testing.T) {
 			reason = "no OpenSSH server: " + err.Error() + " (apt-get install openssh-server)"
 		}
 	}
-	if reason == "" {
-		return
+	if reason != "" {
+		testbin.Missing(t, "%s", reason)
 	}
-	if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
-		t.Fatal(reason)
-	}
-	t.Skip(reason)
 }
 
 func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
-			t.Fatalf("%s not found: %v", name, err)
-		}
-		t.Skipf("%s not found: %v", name, err)
+		testbin.Missing(t, "%s not found: %v", name, err)
 	}
 	return p
 }

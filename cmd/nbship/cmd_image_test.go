@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/nbship/nbship/image"
+	"github.com/nbship/nbship/internal/testbin"
 )
 
 // imageRun runs `nbship image ARGS` in-process and returns its stdout,
@@ -190,10 +191,7 @@ func TestImageVerify(t *testing.T) {
 func TestImageVerifyDebianKernel(t *testing.T) {
 	kernel := "/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64/linux"
 	if _, err := os.Stat(kernel); err != nil {
-		if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
-			t.Fatalf("%v (install debian-installer-12-netboot-amd64)", err)
-		}
-		t.Skipf("%v (install debian-installer-12-netboot-amd64)", err)
+		testbin.Missing(t, "%v (install debian-installer-12-netboot-amd64)", err)
 	}
 	dir := t.TempDir()
 	imageWriteImage(t, dir, imageArm, "d")

@@ -34,10 +34,7 @@ type testStore struct {
 func newTestStore(t *testing.T) *testStore {
 	t.Helper()
 	if _, err := exec.LookPath("nix-store"); err != nil {
-		if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
-			t.Fatal("nix-store not found (NBSHIP_REQUIRE_RIG=1); run scripts/deps.sh")
-		}
-		t.Skip("nix-store not found; run scripts/deps.sh")
+		testbin.Missing(t, "nix-store not found; run scripts/deps.sh")
 	}
 	root := t.TempDir()
 	env := append(os.Environ(), "NIX_REMOTE="+root,
@@ -405,13 +402,10 @@ func TestStoreLoopbackMemoryBounded(t *testing.T) {
 func (s *testStore) inStore(t *testing.T, bin string, args ...string) *exec.Cmd {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
-			t.Fatal("needs root for a mount namespace (NBSHIP_REQUIRE_RIG=1)")
-		}
-		t.Skip("needs root for a mount namespace with the test store at /nix")
+		testbin.Missing(t, "needs root for a mount namespace with the test store at /nix")
 	}
 	if _, err := os.Stat("/nix"); err != nil {
-		t.Skip("no /nix to mount the test store on")
+		testbin.Missing(t, "no /nix to mount the test store on (Debian's nix-bin makes it)")
 	}
 	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--",
 		"/bin/sh", "-c", `mount --bind "$0" /nix && exec "$@"`, filepath.Join(s.root, "nix"), bin}, args...)...)

@@ -41,6 +41,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nbship/nbship/internal/testbin"
 )
 
 // Hosts of the rig.
@@ -91,10 +93,7 @@ func Require(t testing.TB) *Rig {
 		t.Fatalf("rig: %v", upErr)
 	}
 	if reason := missing(); reason != "" {
-		if os.Getenv("NBSHIP_REQUIRE_RIG") == "1" {
-			t.Fatalf("rig: %s (NBSHIP_REQUIRE_RIG=1)", reason)
-		}
-		t.Skipf("rig: %s", reason)
+		testbin.Missing(t, "rig: %s", reason)
 	}
 	script, err := scriptPath()
 	if err != nil {

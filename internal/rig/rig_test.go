@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nbship/nbship/internal/testbin"
 )
 
 func TestMain(m *testing.M) { Main(m) }
@@ -212,7 +214,7 @@ func goTool(t *testing.T) string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	t.Skip("no go tool to build an arm64 test program")
+	testbin.Missing(t, "no go tool to build an arm64 test program")
 	return ""
 }
 
