@@ -152,16 +152,7 @@ func record(b *testing.B, dir string, level zstd.EncoderLevel) (fromSender, from
 	defer sink.Close()
 	a, c := net.Pipe()
 	ra, rc := &recorder{Conn: a}, &recorder{Conn: c}
-	var rerr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_, rerr = Receive(ctx, rc, sink, ReceiveOptions{})
-		rc.Close()
-	}()
-	_, serr := Send(ctx, ra, src, SendOptions{Level: level})
-	ra.Close()
-	<-done
+	_, _, serr, rerr := pipeTrip(src, sink, level, ra, rc, ReceiveOptions{})
 	if serr != nil || rerr != nil {
 		b.Fatalf("recording a transfer: send %v, receive %v", serr, rerr)
 	}
@@ -273,16 +264,7 @@ func BenchmarkSendReceiveTree(b *testing.B) {
 					b.Fatal(err)
 				}
 				a, c := net.Pipe()
-				var rerr error
-				done := make(chan struct{})
-				go func() {
-					defer close(done)
-					_, rerr = Receive(ctx, c, sink, ReceiveOptions{})
-					c.Close()
-				}()
-				_, serr := Send(ctx, a, src, SendOptions{Level: zstd.SpeedDefault})
-				a.Close()
-				<-done
+				_, _, serr, rerr := pipeTrip(src, sink, zstd.SpeedDefault, a, c, ReceiveOptions{})
 				sink.Close()
 				if serr != nil || rerr != nil {
 					b.Fatal(serr, rerr)

@@ -392,19 +392,11 @@ func storeTrip(t *testing.T, src, dst *fakeStore, paths ...string) (sent, got *S
 		t.Fatalf("CollectStore(%v): %v", paths, err)
 	}
 	sink := NewStoreSink(dst)
-	a, b := net.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		got, rerr = Receive(ctx, b, sink, ReceiveOptions{Commit: func() (string, error) { return "", sink.Confirm(ctx) }})
-		if cerr := sink.Close(); rerr == nil {
-			rerr = cerr
-		}
-		b.Close()
-	}()
-	sent, serr = Send(ctx, a, s, SendOptions{Level: zstdFastest})
-	a.Close()
-	<-done
+	a, c := net.Pipe()
+	sent, got, serr, rerr = pipeTrip(s, sink, zstdFastest, a, c, ReceiveOptions{Commit: func() (string, error) { return "", sink.Confirm(ctx) }})
+	if cerr := sink.Close(); rerr == nil {
+		rerr = cerr
+	}
 	return sent, got, serr, rerr
 }
 

@@ -35,12 +35,28 @@ func mkfile(t testing.TB, p string, data []byte, mode os.FileMode) {
 	os.Chmod(p, mode)
 }
 
+// pipeTrip runs Send of src at level on a and Receive into sink on c, the
+// two ends of an in-memory connection (net.Pipe, or wrappers of its ends),
+// and returns both ends' results once both have ended.
+func pipeTrip(src *Source, sink Sink, level zstd.EncoderLevel, a, c io.ReadWriteCloser, ro ReceiveOptions) (sent, got *Stats, serr, rerr error) {
+	ctx := context.Background()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		got, rerr = Receive(ctx, c, sink, ro)
+		c.Close()
+	}()
+	sent, serr = Send(ctx, a, src, SendOptions{Level: level})
+	a.Close()
+	<-done
+	return sent, got, serr, rerr
+}
+
 // roundTrip sends src's paths through Send and Receive over an in-memory
 // connection into a fresh directory and returns both ends' results.
 func roundTrip(t testing.TB, have func([32]byte) (string, bool), paths ...string) (dir string, sent, got *Stats, serr, rerr error) {
 	t.Helper()
-	ctx := context.Background()
-	src, err := Collect(ctx, paths)
+	src, err := Collect(context.Background(), paths)
 	if err != nil {
 		t.Fatalf("Collect(%v): %v", paths, err)
 	}
@@ -50,16 +66,8 @@ func roundTrip(t testing.TB, have func([32]byte) (string, bool), paths ...string
 		t.Fatal(err)
 	}
 	defer sink.Close()
-	a, b := net.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		got, rerr = Receive(ctx, b, sink, ReceiveOptions{})
-		b.Close()
-	}()
-	sent, serr = Send(ctx, a, src, SendOptions{Level: zstdFastest})
-	a.Close()
-	<-done
+	a, c := net.Pipe()
+	sent, got, serr, rerr = pipeTrip(src, sink, zstdFastest, a, c, ReceiveOptions{})
 	return dir, sent, got, serr, rerr
 }
 
@@ -340,12 +348,8 @@ func TestSenderSeesReceiverRefusal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, b := net.Pipe()
-	go func() {
-		Receive(ctx, b, sink, ReceiveOptions{Commit: func() (string, error) { return "", errors.New("pxeDir is full") }})
-		b.Close()
-	}()
-	_, err = Send(ctx, a, s, SendOptions{})
+	a, c := net.Pipe()
+	_, _, err, _ = pipeTrip(s, sink, zstd.SpeedDefault, a, c, ReceiveOptions{Commit: func() (string, error) { return "", errors.New("pxeDir is full") }})
 	var pe *PeerError
 	if !errors.As(err, &pe) || !strings.Contains(err.Error(), "pxeDir is full") {
 		t.Errorf("Send = %v, want the receiver's reason", err)
@@ -401,22 +405,13 @@ func TestSendRefusesFileChangedAfterCollect(t *testing.T) {
 	}
 	// Same size, other bytes.
 	mkfile(t, filepath.Join(src, "a"), bytes.Repeat([]byte("b"), 1<<20), 0o644)
-	dir := t.TempDir()
-	sink, err := NewDirSink(dir, nil)
+	sink, err := NewDirSink(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sink.Close()
-	a, b := net.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		_, rerr := Receive(ctx, b, sink, ReceiveOptions{})
-		b.Close()
-		done <- rerr
-	}()
-	_, serr := Send(ctx, a, s, SendOptions{Level: zstdFastest})
-	a.Close()
-	rerr := <-done
+	a, c := net.Pipe()
+	_, _, serr, rerr := pipeTrip(s, sink, zstdFastest, a, c, ReceiveOptions{})
 	if serr == nil || !strings.Contains(serr.Error(), filepath.Join(src, "a")) || !strings.Contains(serr.Error(), "changed") {
 		t.Errorf("Send = %v, want an error naming %s as changed", serr, filepath.Join(src, "a"))
 	}
