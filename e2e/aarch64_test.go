@@ -20,7 +20,7 @@ func TestAarch64EndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nbship aarch64: %v\n%s", err, stderr)
 	}
-	res := parseResult(t, stdout)
+	res := parseJSON[buildResult](t, stdout)
 	if res.Path != "direct" {
 		t.Errorf("path = %q, want direct", res.Path)
 	}
@@ -53,7 +53,7 @@ func TestAarch64EndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second run: %v\n%s", err, stderr)
 	}
-	again := parseResult(t, stdout)
+	again := parseJSON[buildResult](t, stdout)
 	if again.FilesSent != 0 || again.Bytes != 0 || again.WireBytes > 64<<10 {
 		t.Errorf("re-ship sent %d files, %d bytes, %d on the wire; want nothing but metadata", again.FilesSent, again.Bytes, again.WireBytes)
 	}
@@ -72,7 +72,7 @@ func TestAarch64FallsBackToSSH(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nbship aarch64 with the direct link down: %v\n%s", err, stderr)
 	}
-	res := parseResult(t, stdout)
+	res := parseJSON[buildResult](t, stdout)
 	if res.Path != "ssh" {
 		t.Errorf("path = %q, want ssh", res.Path)
 	}

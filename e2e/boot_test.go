@@ -49,7 +49,7 @@ func TestBootPublishedImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nbship x86_64: %v\n%s", err, stderr)
 	}
-	res := parseResult(t, stdout)
+	res := parseJSON[buildResult](t, stdout)
 	files := s.served(t, ctx, inst, x86Files...)
 	if !bytes.Contains(files["netboot.ipxe"], []byte(s.salt)) {
 		t.Fatalf("nginx does not serve this test's netboot.ipxe")

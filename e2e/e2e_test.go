@@ -87,13 +87,14 @@ type buildResult struct {
 	Seconds   float64 `json:"seconds"`
 }
 
-func parseResult(t *testing.T, stdout string) buildResult {
+// parseJSON decodes a command's --json output into a T.
+func parseJSON[T any](t *testing.T, stdout string) T {
 	t.Helper()
-	var b buildResult
-	if err := json.Unmarshal([]byte(stdout), &b); err != nil {
+	var v T
+	if err := json.Unmarshal([]byte(stdout), &v); err != nil {
 		t.Fatalf("--json output %q: %v", stdout, err)
 	}
-	return b
+	return v
 }
 
 // served fetches the slot's files from nginx as a booting machine would.

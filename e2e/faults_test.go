@@ -450,7 +450,7 @@ func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {
 	if !strings.Contains(stderr, "attempt 1 of 2 failed") {
 		t.Errorf("stderr does not report the failed first attempt:\n%s", stderr)
 	}
-	res := parseResult(t, st.stdout.String())
+	res := parseJSON[buildResult](t, st.stdout.String())
 	// The retry found the direct link down and went over SSH, and did not
 	// send Image again: the first attempt had verified it.
 	if res.Path != "ssh" || res.FilesSent != 2 {

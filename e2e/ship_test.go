@@ -7,7 +7,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -138,15 +137,6 @@ type shipResult struct {
 	Path         string `json:"path"`
 }
 
-func parseShip(t *testing.T, stdout string) shipResult {
-	t.Helper()
-	var r shipResult
-	if err := json.Unmarshal([]byte(stdout), &r); err != nil {
-		t.Fatalf("ship --json output %q: %v", stdout, err)
-	}
-	return r
-}
-
 // closureOf is the sorted closure of p on host.
 func (s *shipRig) closureOf(t *testing.T, ctx context.Context, host, p string) []string {
 	t.Helper()
@@ -187,7 +177,7 @@ func TestShipStoreClosure(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nbship ship --store: %v\n%s", err, stderr)
 	}
-	res := parseShip(t, stdout)
+	res := parseJSON[shipResult](t, stdout)
 	if res.PathsTotal != 3 || res.PathsSent != 3 || res.PathsSkipped != 0 || res.Path != "direct" || res.Bytes < 50<<20 {
 		t.Errorf("summary = %+v, want 3 of 3 paths sent directly, over 50 MiB", res)
 	}
@@ -217,7 +207,7 @@ func TestShipStoreClosure(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second ship: %v\n%s", err, stderr)
 	}
-	if res := parseShip(t, stdout); res.PathsSent != 0 || res.PathsSkipped != 3 || res.Bytes != 0 || res.WireBytes > 32<<10 {
+	if res := parseJSON[shipResult](t, stdout); res.PathsSent != 0 || res.PathsSkipped != 3 || res.Bytes != 0 || res.WireBytes > 32<<10 {
 		t.Errorf("re-ship = %+v, want 0 sent, 3 skipped, only metadata on the wire", res)
 	}
 
@@ -229,7 +219,7 @@ func TestShipStoreClosure(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ship --dest: %v\n%s", err, stderr)
 	}
-	if res := parseShip(t, stdout); res.PathsTotal != 2 || res.Path != "direct" || res.Files < 5 {
+	if res := parseJSON[shipResult](t, stdout); res.PathsTotal != 2 || res.Path != "direct" || res.Files < 5 {
 		t.Errorf("--dest summary = %+v, want 2 paths, 5 or more files, direct", res)
 	}
 	leaf := dest + "/" + filepath.Base(s.leaf)
@@ -257,7 +247,7 @@ func TestShipStoreHalfPresent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ship mid: %v\n%s", err, stderr)
 	}
-	if res := parseShip(t, stdout); res.PathsSent != 2 || res.Path != "ssh" {
+	if res := parseJSON[shipResult](t, stdout); res.PathsSent != 2 || res.Path != "ssh" {
 		t.Errorf("shipping mid = %+v, want its 2 paths sent over ssh", res)
 	}
 	if v := s.valid(t, ctx, rig.PXE, s.leaf, s.mid, s.top); !v[s.leaf] || !v[s.mid] || v[s.top] {
@@ -268,7 +258,7 @@ func TestShipStoreHalfPresent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ship top: %v\n%s", err, stderr)
 	}
-	res := parseShip(t, stdout)
+	res := parseJSON[shipResult](t, stdout)
 	if res.PathsTotal != 3 || res.PathsSent != 1 || res.PathsSkipped != 2 || fmt.Sprint(res.Bytes) != topSize {
 		t.Errorf("shipping top with the rest there = %+v, want 1 sent (top's %s NAR bytes), 2 skipped", res, topSize)
 	}
@@ -401,7 +391,7 @@ func TestShipStoreInterrupted(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ship after the interrupt: %v\n%s", err, stderr)
 	}
-	if res := parseShip(t, stdout); res.PathsTotal != 3 || res.PathsSent+res.PathsSkipped != 3 {
+	if res := parseJSON[shipResult](t, stdout); res.PathsTotal != 3 || res.PathsSent+res.PathsSkipped != 3 {
 		t.Errorf("ship after the interrupt = %+v", res)
 	}
 	for _, p := range []string{s.leaf, s.mid, s.top} {

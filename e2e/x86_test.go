@@ -38,7 +38,7 @@ func TestX86_64EndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nbship x86_64: %v\n%s", err, stderr)
 	}
-	res := parseResult(t, stdout)
+	res := parseJSON[buildResult](t, stdout)
 	if res.Instance != inst || res.Path != "local" || res.Files != 3 || res.FilesSent == 0 || res.Bytes == 0 {
 		t.Errorf("summary = %+v, want %s, path local, 3 files copied in", res, inst)
 	}
