@@ -8,8 +8,8 @@ package transfer
 import (
 	"encoding/binary"
 	"io"
-	"os"
 	"runtime"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -157,27 +157,26 @@ const (
 	sampleRatio = 0.97
 )
 
-var sampler, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+// sampler is made on first use: most nbship commands send nothing.
+var sampler = sync.OnceValue(func() *zstd.Encoder {
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	return enc
+})
 
-// incompressible tells whether zstd would gain next to nothing on the file
-// at p of size bytes, from three samples at a quarter, half and three
-// quarters of it, read into buf. A file it cannot read is compressible:
-// reading it for real reports the error.
-func incompressible(p string, size int64, buf []byte) bool {
+// incompressible tells whether zstd would gain next to nothing on f, of
+// size bytes, from three samples at a quarter, half and three quarters of
+// it, read into buf. A read error counts as compressible: reading the file
+// for real reports it.
+func incompressible(f io.ReaderAt, size int64, buf []byte) bool {
 	if size < sampleMin {
 		return false
 	}
-	f, err := os.Open(p)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
 	buf = buf[:sampleSize]
 	var in, out int
 	var dst []byte
 	for q := int64(1); q <= 3; q++ {
 		n, _ := f.ReadAt(buf, size*q/4-sampleSize/2)
-		dst = sampler.EncodeAll(buf[:n], dst[:0])
+		dst = sampler().EncodeAll(buf[:n], dst[:0])
 		in += n
 		out += len(dst)
 	}

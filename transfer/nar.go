@@ -201,14 +201,13 @@ func (rs *replies) read(r io.Reader) {
 	}
 }
 
-// wait waits for n replies, or for their end; it returns how many came.
-func (rs *replies) wait(n int) int {
+// wait waits for n replies, or for their end.
+func (rs *replies) wait(n int) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	for rs.n < n && rs.end == nil {
 		rs.cond.Wait()
 	}
-	return rs.n
 }
 
 // drain waits for their end and returns how many came and why they ended.
@@ -327,19 +326,10 @@ func (s *StoreSink) Create(e *Entry) (io.WriteCloser, error) {
 		return nil, fmt.Errorf("transfer: %s: a store path the manifest did not ask for", e.label())
 	}
 	b := binary.LittleEndian.AppendUint64(nil, cmdAddToStoreNar)
-	b = appendStr(b, StoreDir+"/"+e.Name)
-	deriver := ""
-	if e.Deriver != "" {
-		deriver = StoreDir + "/" + e.Deriver
-	}
-	b = appendStr(b, deriver)
+	b = appendPath(b, e.Name)
+	b = appendPath(b, e.Deriver)
 	b = appendStr(b, "sha256:"+e.SHA256)
-	refs := slices.Clone(e.References)
-	slices.Sort(refs)
-	b = binary.LittleEndian.AppendUint64(b, uint64(len(refs)))
-	for _, r := range refs {
-		b = appendStr(b, StoreDir+"/"+r)
-	}
+	b = appendPaths(b, e.References)
 	b = binary.LittleEndian.AppendUint64(b, 0)              // registration time: now
 	b = binary.LittleEndian.AppendUint64(b, uint64(e.Size)) // narSize
 	b = binary.LittleEndian.AppendUint64(b, 0)              // not built here ("ultimate")
@@ -489,22 +479,34 @@ func appendStr(b []byte, s string) []byte {
 	return append(b, make([]byte, (8-len(s)%8)%8)...)
 }
 
+// appendPath appends the full store path of a base name as a Nix string;
+// "" stays "" (no deriver).
+func appendPath(b []byte, name string) []byte {
+	if name == "" {
+		return appendStr(b, "")
+	}
+	return appendStr(b, StoreDir+"/"+name)
+}
+
+// appendPaths appends a set of store paths as Nix serialises one: their
+// number, then each full path, sorted.
+func appendPaths(b []byte, names []string) []byte {
+	names = slices.Clone(names)
+	slices.Sort(names)
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(names)))
+	for _, n := range names {
+		b = appendPath(b, n)
+	}
+	return b
+}
+
 // writeTrailer writes what follows a NAR in an export record: the magic,
 // the path, its references, its deriver and no signature.
 func writeTrailer(w io.Writer, e *Entry) error {
 	b := binary.LittleEndian.AppendUint64(nil, exportMagic)
-	b = appendStr(b, StoreDir+"/"+e.Name)
-	refs := slices.Clone(e.References)
-	slices.Sort(refs)
-	b = binary.LittleEndian.AppendUint64(b, uint64(len(refs)))
-	for _, r := range refs {
-		b = appendStr(b, StoreDir+"/"+r)
-	}
-	deriver := ""
-	if e.Deriver != "" {
-		deriver = StoreDir + "/" + e.Deriver
-	}
-	b = appendStr(b, deriver)
+	b = appendPath(b, e.Name)
+	b = appendPaths(b, e.References)
+	b = appendPath(b, e.Deriver)
 	b = binary.LittleEndian.AppendUint64(b, 0)
 	_, err := w.Write(b)
 	return err

@@ -246,6 +246,7 @@ type DirSink struct {
 	// reuse holds, for files the sender skipped, where the same bytes are.
 	reuse map[string]string
 	dirs  []*Entry
+	buf   []byte // for re-hashing reused files
 }
 
 // NewDirSink writes into dir, which must exist and be empty. have, when not
@@ -325,7 +326,10 @@ func (s *DirSink) Reuse(e *Entry) error {
 			return fmt.Errorf("transfer: reusing %s: %w", e.Name, err)
 		}
 	}
-	sum, err := hashFile(dst, e.Size, make([]byte, 128<<10))
+	if s.buf == nil {
+		s.buf = make([]byte, 128<<10)
+	}
+	sum, err := hashFile(dst, e.Size, s.buf)
 	if err != nil {
 		return err
 	}

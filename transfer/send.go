@@ -463,19 +463,14 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 			st.Reused++
 			continue
 		}
-		var w io.Writer
 		var err error
-		if e.Type != TypeNAR && incompressible(src.paths[i], e.Size, buf) {
-			w, err = out.stored()
-		} else {
-			w, err = out.compressed()
-		}
-		if err == nil {
-			if e.Type == TypeNAR {
+		if e.Type == TypeNAR {
+			var w io.Writer
+			if w, err = out.compressed(); err == nil {
 				err = sendNAR(ctx, w, src.store, e, cnt, buf)
-			} else {
-				err = sendFile(w, src.paths[i], src.stamps[i], e, cnt, buf)
 			}
+		} else {
+			err = sendFile(out, src.paths[i], src.stamps[i], e, cnt, buf)
 		}
 		if err != nil {
 			out.abort()
@@ -500,15 +495,25 @@ type writeErr struct{ error }
 
 func (w writeErr) Unwrap() error { return w.error }
 
-// sendFile streams a file into w. Its bytes are not hashed again here (the
-// receiver checks every one against the announced SHA-256); a file that was
-// written to or replaced since it was collected is caught by its stamp.
-func sendFile(w io.Writer, p string, was stamp, e *Entry, cnt *Counters, buf []byte) error {
+// sendFile streams a file into out: stored when zstd would not shrink it,
+// else compressed. Its bytes are not hashed again here (the receiver checks
+// every one against the announced SHA-256); a file that was written to or
+// replaced since it was collected is caught by its stamp.
+func sendFile(out *frames, p string, was stamp, e *Entry, cnt *Counters, buf []byte) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return fmt.Errorf("transfer: %w", err)
 	}
 	defer f.Close()
+	var w io.Writer
+	if incompressible(f, e.Size, buf) {
+		w, err = out.stored()
+	} else {
+		w, err = out.compressed()
+	}
+	if err != nil {
+		return err
+	}
 	var n int64
 	for n < e.Size {
 		k, rerr := f.Read(buf[:min(int64(len(buf)), e.Size-n)])

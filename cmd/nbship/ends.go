@@ -155,12 +155,6 @@ func addIdleFlag(fs *pflag.FlagSet) *time.Duration {
 	return fs.Duration("idle-timeout", defaultIdle, "give up when no byte has crossed the channel for this `long` (the other end, its host or the link is gone)")
 }
 
-// watchIdle cancels the returned context when nothing has crossed conn for
-// idle; the returned function turns the transfer's error into one that
-// says so. An end blocked on a pipe that no close can interrupt (--stdio
-// under an SSH session whose connection died unnoticed) exits five seconds
-// later with the same line rather than wait for ever, after the cleanups
-// registered with atForcedExit (what it staged is removed).
 // Cleanups that must run even when an end exits without returning (the
 // idle watchdog's forced exit): removing what it staged.
 var (
@@ -183,6 +177,12 @@ func runForcedExitCleanups() {
 	}
 }
 
+// watchIdle cancels the returned context when nothing has crossed conn for
+// idle; the returned function turns the transfer's error into one that
+// says so. An end blocked on a pipe that no close can interrupt (--stdio
+// under an SSH session whose connection died unnoticed) exits five seconds
+// later with the same line rather than wait for ever, after the cleanups
+// registered with atForcedExit (what it staged is removed).
 func watchIdle(ctx context.Context, e *env, conn *tunnel.Conn, idle time.Duration, role string) (context.Context, func(error) error, func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	msg := fmt.Sprintf("%s: nothing crossed the channel for %v: the other end, its host or the link is gone", role, idle)
