@@ -37,6 +37,29 @@ type frames struct {
 	open  bool   // the encoder has a frame open
 	buf   []byte // one raw block with its header
 	raw   bool   // a raw frame is open
+	// storedBytes counts the file bytes sent in raw frames.
+	storedBytes int64
+}
+
+// way is stored() when raw, else compressed().
+func (f *frames) way(raw bool) (io.Writer, error) {
+	if raw {
+		return f.stored()
+	}
+	return f.compressed()
+}
+
+// flush writes out everything given so far, without ending the frame.
+func (f *frames) flush() error {
+	if f.raw {
+		return f.flushBlock(false)
+	}
+	if f.open {
+		if err := f.enc.Flush(); err != nil {
+			return writeErr{err}
+		}
+	}
+	return nil
 }
 
 // compressed returns the writer for compressible bytes.
@@ -92,6 +115,7 @@ func (w rawWriter) Write(p []byte) (int, error) {
 		f.buf = append(f.buf, p[:k]...)
 		p = p[k:]
 		n += k
+		f.storedBytes += int64(k)
 		if len(f.buf) == 3+rawBlock {
 			if err := f.flushBlock(false); err != nil {
 				return n, err

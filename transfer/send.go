@@ -291,13 +291,17 @@ type SendOptions struct {
 
 // Stats is what one transfer did.
 type Stats struct {
-	Files      int     `json:"files"`        // file entries in the stream
-	Sent       int     `json:"files_sent"`   // files whose bytes crossed
-	Reused     int     `json:"files_reused"` // files the receiver already had
-	Bytes      int64   `json:"bytes"`        // raw bytes of the files sent
-	Compressed int64   `json:"compressed_bytes"`
-	Seconds    float64 `json:"seconds"`
-	Published  string  `json:"published,omitempty"`
+	Files      int   `json:"files"`        // file entries in the stream
+	Sent       int   `json:"files_sent"`   // files whose bytes crossed
+	Reused     int   `json:"files_reused"` // files the receiver already had
+	Bytes      int64 `json:"bytes"`        // raw bytes of the files sent
+	Compressed int64 `json:"compressed_bytes"`
+	// Stored is how many of Bytes went as they are, not compressed: files
+	// zstd would not shrink, and stretches of others that reached the
+	// receiver sooner that way on this link.
+	Stored    int64   `json:"stored_bytes"`
+	Seconds   float64 `json:"seconds"`
+	Published string  `json:"published,omitempty"`
 }
 
 type readyMsg struct {
@@ -453,6 +457,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 		level = zstd.SpeedDefault
 	}
 	out := &frames{cw: cw, level: level}
+	ad := newAdapter(conn)
 	buf := make([]byte, 256<<10) // one for every file: no garbage per file
 	for i := range src.Manifest.Entries {
 		e := &src.Manifest.Entries[i]
@@ -470,7 +475,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 				err = sendNAR(ctx, w, src.store, e, cnt, buf)
 			}
 		} else {
-			err = sendFile(out, src.paths[i], src.stamps[i], e, cnt, buf)
+			err = sendFile(out, ad, src.paths[i], src.stamps[i], e, cnt, buf)
 		}
 		if err != nil {
 			out.abort()
@@ -483,6 +488,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 	if err := out.Close(); err != nil {
 		return err
 	}
+	st.Stored = out.storedBytes
 	if err := writeMsg(conn, msgEnd, nil); err != nil {
 		return writeErr{err}
 	}
@@ -499,40 +505,29 @@ func (w writeErr) Unwrap() error { return w.error }
 // else compressed. Its bytes are not hashed again here (the receiver checks
 // every one against the announced SHA-256); a file that was written to or
 // replaced since it was collected is caught by its stamp.
-func sendFile(out *frames, p string, was stamp, e *Entry, cnt *Counters, buf []byte) error {
+func sendFile(out *frames, ad *adapter, p string, was stamp, e *Entry, cnt *Counters, buf []byte) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return fmt.Errorf("transfer: %w", err)
 	}
 	defer f.Close()
-	var w io.Writer
-	if incompressible(f, e.Size, buf) {
-		w, err = out.stored()
-	} else {
-		w, err = out.compressed()
+	r := &fileReader{f: f, path: p, size: e.Size, buf: buf, cnt: cnt}
+	switch {
+	case incompressible(f, e.Size, buf):
+		var w io.Writer
+		if w, err = out.stored(); err == nil {
+			err = r.send(w, e.Size)
+		}
+	case ad.unacked == nil || e.Size < adaptMin:
+		var w io.Writer
+		if w, err = out.compressed(); err == nil {
+			err = r.send(w, e.Size)
+		}
+	default:
+		err = ad.sendFile(out, r, e.Size)
 	}
 	if err != nil {
 		return err
-	}
-	var n int64
-	for n < e.Size {
-		k, rerr := f.Read(buf[:min(int64(len(buf)), e.Size-n)])
-		if k > 0 {
-			if _, err := w.Write(buf[:k]); err != nil {
-				return writeErr{err}
-			}
-			n += int64(k)
-			cnt.Raw.Add(int64(k))
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("transfer: reading %s: %w", p, rerr)
-		}
-	}
-	if n != e.Size {
-		return fmt.Errorf("transfer: %s shrank while being sent (announced %d bytes, read %d); nothing was published", p, e.Size, n)
 	}
 	fi, err := f.Stat()
 	if err != nil {

@@ -241,6 +241,26 @@ type Conn struct {
 // WireBytes is what crossed the underlying connection both ways.
 func (c *Conn) WireBytes() int64 { return c.Meter.In.Load() + c.Meter.Out.Load() }
 
+// Unacked is how many bytes written to the channel the peer's TCP has not
+// yet acknowledged (the send queue, SIOCOUTQ): what the link still has to
+// carry. ok is false when the channel does not run over a TCP socket (over
+// an SSH session's stdio, say), where nothing can be learnt about the link.
+func (c *Conn) Unacked() (n int, ok bool) {
+	sc, isSys := c.Meter.Conn.(syscall.Conn)
+	if !isSys {
+		return 0, false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil || ierr != nil {
+		return 0, false
+	}
+	return n, true
+}
+
 // ClientOver and ServerOver run the handshake over an existing connection
 // (such as StdioConn) and return the channel.
 func ClientOver(ctx context.Context, conn net.Conn, id *Identity, peerPin string) (*Conn, error) {

@@ -395,3 +395,57 @@ func TestListenWaitsForABusyPort(t *testing.T) {
 		t.Errorf("Listen on a port that stays taken = %v, want address already in use", err)
 	}
 }
+
+// Unacked reports the send queue: it fills while the peer reads nothing
+// (its window closes) and empties once the peer has read it all.
+func TestUnackedFollowsTheSendQueue(t *testing.T) {
+	cli, srv := pair(t)
+	const total = 32 << 20
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := cli.Write(make([]byte, total))
+		wrote <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, ok := cli.Unacked()
+		if !ok {
+			t.Fatal("Unacked not available on a TCP channel")
+		}
+		if n > 1<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the peer reads nothing, yet only %d bytes are queued", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := io.CopyN(io.Discard, srv, total); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, _ := cli.Unacked()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("everything was read, yet %d bytes are still queued", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Over a connection that is not a socket (an SSH session's stdio) nothing
+// can be learnt about the link.
+func TestUnackedNotOverStdio(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := &Conn{Meter: Meter(NewStdioConn(a, a, a))}
+	if n, ok := c.Unacked(); ok {
+		t.Fatalf("Unacked over stdio = %d, true; want false", n)
+	}
+}

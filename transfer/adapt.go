@@ -1,0 +1,184 @@
+package transfer
+
+// Compressing is only worth it while the link is slower than the
+// compressor. On a 100 Mbit or 1 Gbit link zstd's output keeps the link
+// busy and saves most of the bytes; on a link faster than the compressor
+// (two hosts on a 10 Gbit LAN, or veths on one machine) the compressor is
+// the bottleneck, and a kernel sent as it is arrives sooner than the same
+// kernel compressed. Which case holds is not known in advance and can
+// change, so big compressible files are sent in stretches, and before a
+// stretch both ways are timed on the live connection with a small probe
+// each: the probe's bytes, then until the peer's TCP has acknowledged them
+// (the socket's send queue, which the channel reports). The faster way
+// sends the stretch. NARs are always compressed.
+
+import (
+	"fmt"
+	"io"
+	"time"
+)
+
+// unackedConn is a connection that can tell how many written bytes the
+// peer has not yet acknowledged (tunnel.Conn over TCP).
+type unackedConn interface {
+	Unacked() (int, bool)
+}
+
+const (
+	adaptMin  = 8 << 20   // smaller files are compressed without probing
+	probeSize = 512 << 10 // bytes of a file each probe sends
+	drainLow  = 64 << 10  // "acknowledged": at most this much still queued (a delayed ACK may hold the tail)
+	drainPoll = 100 * time.Microsecond
+	// Before a probe the queue from earlier data must drain; a link that
+	// does not drain it within this long is slow, and is left to the
+	// compressor without probing.
+	drainFirst = 100 * time.Millisecond
+)
+
+// stretch is how many bytes go the chosen way before the next probe (a
+// variable for tests).
+var stretch int64 = 32 << 20
+
+// adapter makes the choice for one transfer.
+type adapter struct {
+	unacked func() (int, bool) // nil: the link cannot be observed; always compress
+	raw     bool               // the current choice
+	left    int64              // bytes to send the current way before the next probe
+	now     func() time.Time
+	probes  int // how many times the two ways were timed (for tests)
+}
+
+func newAdapter(conn any) *adapter {
+	a := &adapter{now: time.Now}
+	if u, ok := conn.(unackedConn); ok {
+		if _, ok := u.Unacked(); ok {
+			a.unacked = u.Unacked
+		}
+	}
+	return a
+}
+
+// drain waits until at most drainLow bytes are unacknowledged, for at most
+// limit; it reports whether they were.
+func (a *adapter) drain(limit time.Duration) bool {
+	end := a.now().Add(limit)
+	for {
+		n, ok := a.unacked()
+		if !ok {
+			return false
+		}
+		if n <= drainLow {
+			return true
+		}
+		if !a.now().Before(end) {
+			return false
+		}
+		time.Sleep(drainPoll)
+	}
+}
+
+// sendFile sends size bytes from r, a compressible file, into out: the way
+// the last probe chose, probing again every stretch while enough of the
+// file is left for a probe to pay.
+func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
+	for size > 0 {
+		if a.left <= 0 && size >= 4*probeSize {
+			n, err := a.probe(out, r)
+			if err != nil {
+				return err
+			}
+			size -= n
+			continue
+		}
+		k := size
+		if a.left > 0 {
+			k = min(k, a.left)
+		}
+		w, err := out.way(a.raw)
+		if err != nil {
+			return err
+		}
+		if err := r.send(w, k); err != nil {
+			return err
+		}
+		size -= k
+		a.left -= k
+	}
+	return nil
+}
+
+// probe sends a probe compressed and, unless the link clearly could not
+// keep up with that, one stored, timing each from its first byte until
+// the peer acknowledged its last; it sets the way for the next stretch and
+// returns how many bytes of the file it sent.
+func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
+	a.raw, a.left = false, stretch
+	a.probes++
+	if !a.drain(drainFirst) {
+		return 0, nil
+	}
+	w, err := out.compressed()
+	if err != nil {
+		return 0, err
+	}
+	t0 := a.now()
+	if err := r.send(w, probeSize); err != nil {
+		return 0, err
+	}
+	if err := out.flush(); err != nil {
+		return probeSize, err
+	}
+	written := a.now().Sub(t0)
+	// Waiting longer for the link than the compressor took means the link
+	// is the bottleneck even for compressed bytes: stored would be slower.
+	if !a.drain(written) {
+		return probeSize, nil
+	}
+	compressed := a.now().Sub(t0)
+	if w, err = out.stored(); err != nil {
+		return probeSize, err
+	}
+	t1 := a.now()
+	if err := r.send(w, probeSize); err != nil {
+		return probeSize, err
+	}
+	if err := out.flush(); err != nil {
+		return 2 * probeSize, err
+	}
+	spent := a.now().Sub(t1)
+	a.raw = spent < compressed && a.drain(compressed-spent)
+	return 2 * probeSize, nil
+}
+
+// fileReader reads one file's bytes into the stream.
+type fileReader struct {
+	f    io.Reader
+	path string
+	size int64 // as announced
+	buf  []byte
+	cnt  *Counters
+	n    int64 // bytes read so far
+}
+
+// send copies exactly k more bytes of the file into w.
+func (r *fileReader) send(w io.Writer, k int64) error {
+	for k > 0 {
+		n, rerr := r.f.Read(r.buf[:min(int64(len(r.buf)), k)])
+		if n > 0 {
+			if _, err := w.Write(r.buf[:n]); err != nil {
+				return writeErr{err}
+			}
+			k -= int64(n)
+			r.n += int64(n)
+			r.cnt.Raw.Add(int64(n))
+		}
+		switch {
+		case k == 0:
+		case rerr == io.EOF:
+			return fmt.Errorf("transfer: %s shrank while being sent (announced %d bytes, read %d); nothing was published", r.path, r.size, r.n)
+		case rerr != nil:
+			return fmt.Errorf("transfer: reading %s: %w", r.path, rerr)
+		}
+	}
+	return nil
+}
