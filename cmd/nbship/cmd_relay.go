@@ -55,10 +55,17 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() == 0 {
 		return usageError("relay: no PATH to send")
 	}
-	src, err := transfer.Collect(ctx, fs.Args())
-	if err != nil {
-		return fmt.Errorf("relay: %w", err)
-	}
+	// The files are hashed while the pins are exchanged and the channel is
+	// set up: the manifest is needed only once the receiver is ready.
+	cctx, stopHashing := context.WithCancel(ctx)
+	defer stopHashing()
+	hashed := make(chan struct{})
+	var src *transfer.Source
+	var cerr error
+	go func() {
+		defer close(hashed)
+		src, cerr = transfer.Collect(cctx, fs.Args())
+	}()
 	id, err := tunnel.NewIdentity()
 	if err != nil {
 		return err
@@ -71,11 +78,27 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	if *life && !*stdio {
 		ctx = lifeline(ctx, e.stdin)
 	}
+	// A path that is missing fails at once: say so before dialling.
+	select {
+	case <-hashed:
+		if cerr != nil {
+			return fmt.Errorf("relay: %w", cerr)
+		}
+	default:
+	}
 	conn, err := relayDial(ctx, e, *stdio, *connect, *dialTimeout, id, pin, e.stdin)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	select {
+	case <-hashed:
+	case <-ctx.Done():
+		return fmt.Errorf("relay: %w", context.Cause(ctx))
+	}
+	if cerr != nil {
+		return fmt.Errorf("relay: %w", cerr)
+	}
 	ctx, explain, stopIdle := watchIdle(ctx, e, conn, *idle, "relay")
 	defer stopIdle()
 

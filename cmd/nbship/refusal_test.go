@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -222,4 +223,40 @@ func TestRecvRefusesNonEmptyDestUnlessReplace(t *testing.T) {
 		t.Errorf("stale file survived the replace")
 	}
 	assertNoLeftovers(t, filepath.Dir(dest), "slot")
+}
+
+// The relay hashes its files while the pins are exchanged; a path that is
+// not there still fails before it dials, with one line naming the path,
+// and the receiver never sees a connection.
+func TestRelayMissingPathFailsBeforeDialling(t *testing.T) {
+	bin := nbshipBinary(t, "amd64")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dialled := make(chan struct{}, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			dialled <- struct{}{}
+			c.Close()
+		}
+	}()
+	missing := filepath.Join(t.TempDir(), "no-such-Image")
+	s := start(t, bin, "relay", "--connect", ln.Addr().String(), "--peer-pin", "-", missing)
+	s.line(t) // its fingerprint
+	s.stdin.Write([]byte("fingerprint " + tunnel.Fingerprint([]byte("the receiver")) + "\n"))
+	_, err = s.wait(t)
+	if err == nil {
+		t.Fatal("relay of a missing path exited 0")
+	}
+	msg := strings.TrimSpace(s.stderr.String())
+	if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, missing) {
+		t.Errorf("relay stderr %q: want one line naming %s", msg, missing)
+	}
+	select {
+	case <-dialled:
+		t.Error("the relay dialled the receiver although it had nothing to send")
+	default:
+	}
 }
