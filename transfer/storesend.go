@@ -57,6 +57,9 @@ func CollectStore(ctx context.Context, st StoreReader, paths []string) (*Source,
 	if err != nil {
 		return nil, err
 	}
+	if ec, ok := st.(entryCounter); ok {
+		order = importOrder(order, infos, countEntries(ec, order))
+	}
 	src := &Source{Manifest: Manifest{Version: Version}, store: st}
 	for _, p := range order {
 		info := infos[p]
