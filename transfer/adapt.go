@@ -9,8 +9,9 @@ package transfer
 // change, so big compressible files are sent in stretches, and before a
 // stretch both ways are timed on the live connection with a small probe
 // each: the probe's bytes, then until the peer's TCP has acknowledged them
-// (the socket's send queue, which the channel reports). The faster way
-// sends the stretch. NARs are always compressed.
+// (the socket's send queue, which the channel reports). Stored sends the
+// stretch only when its probe got through in under half the time the
+// compressor alone needed; otherwise zstd does. NARs are always compressed.
 
 import (
 	"fmt"
@@ -29,6 +30,9 @@ const (
 	probeSize = 512 << 10 // bytes of a file each probe sends
 	drainLow  = 64 << 10  // "acknowledged": at most this much still queued (a delayed ACK may hold the tail)
 	drainPoll = 100 * time.Microsecond
+	// Stored is chosen only when its probe reached the peer this many
+	// times faster than the compressor alone took for the same bytes.
+	storedMargin = 2
 	// Before a probe the queue from earlier data must drain; a link that
 	// does not drain it within this long is slow, and is left to the
 	// compressor without probing.
@@ -134,7 +138,6 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	if !a.drain(written) {
 		return probeSize, nil
 	}
-	compressed := a.now().Sub(t0)
 	if w, err = out.stored(); err != nil {
 		return probeSize, err
 	}
@@ -145,8 +148,15 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	if err := out.flush(); err != nil {
 		return 2 * probeSize, err
 	}
+	// Compressing and sending overlap, so what compressed costs per byte is
+	// the compressor's time, not that plus the link's. Stored must also
+	// beat it by a margin: a cold encoder and the start of a file make the
+	// probe's compressor slower than it will be, and going stored wrongly
+	// costs the link the whole ratio (three times the bytes, for a
+	// kernel), while compressing wrongly costs only the compressor's time.
+	budget := time.Duration(float64(written) / storedMargin)
 	spent := a.now().Sub(t1)
-	a.raw = spent < compressed && a.drain(compressed-spent)
+	a.raw = spent < budget && a.drain(budget-spent)
 	return 2 * probeSize, nil
 }
 
