@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nbship/nbship/internal/config"
@@ -124,17 +125,22 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer closeEnds()
+	// Before any data moves: with --store both ends need Nix (asked on both
+	// at once, while nbship is put in place; the receiver's answer is
+	// reported first).
+	nixErrs := make([]error, len(ends))
+	var checks sync.WaitGroup
 	if *store {
-		// Before any data moves: both ends need Nix, the receiver first.
-		if err := flow.CheckNixStore(ctx, ends[1]); err != nil {
-			return err
-		}
-		if err := flow.CheckNixStore(ctx, ends[0]); err != nil {
-			return err
+		for i := range ends {
+			checks.Go(func() { nixErrs[i] = flow.CheckNixStore(ctx, ends[i]) })
 		}
 	}
-	if err := installEnds(ctx, &sf, ends); err != nil {
-		return err
+	ierr := installEnds(ctx, &sf, ends)
+	checks.Wait()
+	for _, err := range []error{nixErrs[1], nixErrs[0], ierr} {
+		if err != nil {
+			return err
+		}
 	}
 	src, dst := ends[0], ends[1]
 

@@ -13,10 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -518,4 +520,41 @@ func lastLine(s string) string {
 		return s[i+1:]
 	}
 	return s
+}
+
+// With a known port both ends start at once; when the receiver then
+// refuses (here: a destination that is not empty), the operator reads its
+// one line and nothing from the relay that was stopped because of it.
+func TestShipReceiverRefusalIsTheOneLine(t *testing.T) {
+	src := newTestStore(t)
+	c := addClosure(t, src, 1<<10)
+	bin := nbshipBinary(t, "amd64")
+	dest := t.TempDir()
+	writeFile(t, filepath.Join(dest, "keep"), []byte("already here"), 0o644)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := src.inStore(t, bin, "ship", "--from", "local", "--to", "local", "--dest", dest, "--path", "direct",
+		"--listen-port", strconv.Itoa(port), "-")
+	cmd.Stdin = strings.NewReader(c.leaf + "\n")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Run(); err == nil {
+		t.Fatalf("ship into a non-empty directory succeeded:\n%s", errb.String())
+	}
+	msg := errb.String()
+	if !strings.Contains(msg, "not empty") {
+		t.Errorf("stderr %q: want the receiver's refusal of the non-empty destination", msg)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(msg), "\n") {
+		if strings.Contains(l, "nbship: relay:") || strings.Contains(l, "reading --peer-pin") {
+			t.Errorf("stderr line %q: the stopped relay's complaint reached the operator:\n%s", l, msg)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dest, "keep")); string(b) != "already here" {
+		t.Errorf("the destination's file is now %q", b)
+	}
 }

@@ -381,6 +381,26 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 	if dt <= 0 {
 		dt = 5 * time.Second
 	}
+	// When the port is known, both ends start at once: the relay waits for
+	// the receiver's pin before it dials, so it cannot be early. Port 0 is
+	// known only once the receiver has picked one.
+	host, port, _ := net.SplitHostPort(s.Connect)
+	var relay *end
+	var relayErr error
+	recvUp := false
+	defer func() {
+		if relay != nil {
+			if !recvUp {
+				// Stopped because the receiver failed: its reason is the
+				// one to read, not the relay's complaint at being stopped.
+				relay.stderr.silence()
+			}
+			relay.p.Close()
+		}
+	}()
+	if port != "0" {
+		relay, relayErr = s.start(ctx, s.From, s.sendArgs("--connect", s.Connect, "--dial-timeout", dt.String()))
+	}
 	recv, err := s.start(ctx, s.To, s.recvArgs("--listen", s.Listen, "--accept-timeout", (dt+30*time.Second).String()))
 	if err != nil {
 		return nil, err
@@ -394,18 +414,20 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	connect := s.Connect
-	if host, port, err := net.SplitHostPort(connect); err == nil && port == "0" {
+	recvUp = true
+	if relayErr != nil {
+		return nil, relayErr
+	}
+	if relay == nil {
 		// Port 0: the receiver picked one; dial that.
+		connect := s.Connect
 		if _, p, err := net.SplitHostPort(strings.TrimPrefix(l, "listening ")); err == nil {
 			connect = net.JoinHostPort(host, p)
 		}
+		if relay, err = s.start(ctx, s.From, s.sendArgs("--connect", connect, "--dial-timeout", dt.String())); err != nil {
+			return nil, err
+		}
 	}
-	relay, err := s.start(ctx, s.From, s.sendArgs("--connect", connect, "--dial-timeout", dt.String()))
-	if err != nil {
-		return nil, err
-	}
-	defer relay.p.Close()
 	sfp, err := relay.fingerprint()
 	if err != nil {
 		return nil, err
@@ -555,10 +577,18 @@ func (s *Ship) overSSH(ctx context.Context) (*Result, error) {
 // captureWriter passes stderr through and keeps the last JSON line (the
 // --json summary of an end whose stdout is the channel).
 type captureWriter struct {
-	w    io.WriteCloser
-	mu   sync.Mutex
-	buf  []byte
-	last json.RawMessage
+	w      io.WriteCloser
+	mu     sync.Mutex
+	buf    []byte
+	last   json.RawMessage
+	silent bool // lines are dropped, not passed on
+}
+
+// silence drops whatever the end writes from now on.
+func (c *captureWriter) silence() {
+	c.mu.Lock()
+	c.silent = true
+	c.mu.Unlock()
 }
 
 func (c *captureWriter) Write(b []byte) (int, error) {
@@ -578,8 +608,9 @@ func (c *captureWriter) Write(b []byte) (int, error) {
 		}
 		c.buf = c.buf[i+1:]
 	}
+	silent := c.silent
 	c.mu.Unlock()
-	if len(pass) > 0 {
+	if len(pass) > 0 && !silent {
 		c.w.Write(pass)
 	}
 	return len(b), nil
