@@ -109,17 +109,18 @@ c_nbship_store() {
 c_nbship_bare() {
 	local d=$rec rfp addr sfp rp sp rs=0 ss=0 r_in r_out s_in s_out
 	mkfifo "$d/r.in" "$d/r.out" "$d/s.in" "$d/s.out"
+	# Both ends start at once, as the controller starts them when the port
+	# is known: the relay dials only once it has the receiver's pin.
 	on pxe "$W" recv --listen "$PXE_DIRECT:$PORT_NBSHIP" --dest "$DST" --peer-pin - --json \
 		<"$d/r.in" >"$d/r.out" 2>"$d/recv.err" &
 	rp=$!
-	exec {r_in}>"$d/r.in" {r_out}<"$d/r.out"
+	on build "$W" relay --connect "$PXE_DIRECT:$PORT_NBSHIP" --peer-pin - --json "$RELAY_SRC" \
+		<"$d/s.in" >"$d/s.out" 2>"$d/relay.err" &
+	sp=$!
+	exec {r_in}>"$d/r.in" {r_out}<"$d/r.out" {s_in}>"$d/s.in" {s_out}<"$d/s.out"
 	read -r rfp <&"$r_out" || true
 	read -r _ addr <&"$r_out" || true
 	[ -n "$addr" ] || die "recv did not start: $(cat "$d/recv.err")"
-	on build "$W" relay --connect "$addr" --peer-pin - --json "$RELAY_SRC" \
-		<"$d/s.in" >"$d/s.out" 2>"$d/relay.err" &
-	sp=$!
-	exec {s_in}>"$d/s.in" {s_out}<"$d/s.out"
 	read -r sfp <&"$s_out" || die "relay did not start: $(cat "$d/relay.err")"
 	echo "$sfp" >&"$r_in"
 	echo "$rfp" >&"$s_in"
