@@ -27,8 +27,13 @@ type unackedConn interface {
 
 const (
 	adaptMin  = 8 << 20   // smaller files are compressed without probing
-	probeSize = 512 << 10 // bytes of a file each probe sends
-	drainLow  = 64 << 10  // "acknowledged": at most this much still queued (a delayed ACK may hold the tail)
+	probeSize = 512 << 10 // bytes of a file the compressed probe sends
+	leadIn    = 256 << 10 // compressed before the compressed probe, not timed
+	// The stored probe is bigger: the first bytes on an idle link go
+	// faster than the link's rate (its burst, the queues), which matters
+	// less the more bytes follow them.
+	rawProbe  = 1 << 20
+	drainLow  = 64 << 10 // "acknowledged": at most this much still queued (a delayed ACK may hold the tail)
 	drainPoll = 100 * time.Microsecond
 	// Stored is chosen only when its probe reached the peer this many
 	// times faster than the compressor alone took for the same bytes.
@@ -86,7 +91,7 @@ func (a *adapter) drain(limit time.Duration) bool {
 // file is left for a probe to pay.
 func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 	for size > 0 {
-		if a.left <= 0 && size >= 4*probeSize {
+		if a.left <= 0 && size >= 2*(leadIn+probeSize+rawProbe) {
 			n, err := a.probe(out, r)
 			if err != nil {
 				return err
@@ -125,28 +130,34 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	t0 := a.now()
-	if err := r.send(w, probeSize); err != nil {
+	// The encoder's first blocks cost it several times what later ones do
+	// (its tables and window are being allocated and touched): a lead-in,
+	// not timed, keeps that out of the probe.
+	if err := r.send(w, leadIn); err != nil {
 		return 0, err
 	}
+	t0 := a.now()
+	if err := r.send(w, probeSize); err != nil {
+		return leadIn, err
+	}
 	if err := out.flush(); err != nil {
-		return probeSize, err
+		return leadIn + probeSize, err
 	}
 	written := a.now().Sub(t0)
 	// Waiting longer for the link than the compressor took means the link
 	// is the bottleneck even for compressed bytes: stored would be slower.
 	if !a.drain(written) {
-		return probeSize, nil
+		return leadIn + probeSize, nil
 	}
 	if w, err = out.stored(); err != nil {
-		return probeSize, err
+		return leadIn + probeSize, err
 	}
 	t1 := a.now()
-	if err := r.send(w, probeSize); err != nil {
-		return probeSize, err
+	if err := r.send(w, rawProbe); err != nil {
+		return leadIn + probeSize, err
 	}
 	if err := out.flush(); err != nil {
-		return 2 * probeSize, err
+		return leadIn + probeSize + rawProbe, err
 	}
 	// Compressing and sending overlap, so what compressed costs per byte is
 	// the compressor's time, not that plus the link's. Stored must also
@@ -154,10 +165,10 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	// probe's compressor slower than it will be, and going stored wrongly
 	// costs the link the whole ratio (three times the bytes, for a
 	// kernel), while compressing wrongly costs only the compressor's time.
-	budget := time.Duration(float64(written) / storedMargin)
+	budget := time.Duration(float64(written) * rawProbe / probeSize / storedMargin)
 	spent := a.now().Sub(t1)
 	a.raw = spent < budget && a.drain(budget-spent)
-	return 2 * probeSize, nil
+	return leadIn + probeSize + rawProbe, nil
 }
 
 // fileReader reads one file's bytes into the stream.

@@ -112,7 +112,8 @@ func shipOver(t *testing.T, file string, level zstd.EncoderLevel, wrap func(io.R
 const adaptFile = 12 << 20
 
 // On a link faster than the compressor, a big compressible file goes
-// stored once a probe has shown that: all of it but the compressed probe.
+// stored once a probe has shown that: all of it but the compressed lead-in
+// and probe.
 func TestAdaptFastLinkSendsStored(t *testing.T) {
 	f := wordyFile(t, adaptFile)
 	// The slowest level makes the compressed probe take many times what
@@ -120,8 +121,8 @@ func TestAdaptFastLinkSendsStored(t *testing.T) {
 	st := shipOver(t, f, zstd.SpeedBestCompression, func(c io.ReadWriteCloser) io.ReadWriteCloser {
 		return &shapedConn{ReadWriteCloser: c}
 	})
-	if st.Stored != adaptFile-probeSize {
-		t.Fatalf("stored %d of %d bytes; want all but the compressed probe (%d)", st.Stored, st.Bytes, adaptFile-probeSize)
+	if want := int64(adaptFile - leadIn - probeSize); st.Stored != want {
+		t.Fatalf("stored %d of %d bytes; want all but the compressed lead-in and probe (%d)", st.Stored, st.Bytes, want)
 	}
 }
 
@@ -134,8 +135,8 @@ func TestAdaptSlowLinkCompresses(t *testing.T) {
 	st := shipOver(t, f, zstd.SpeedDefault, func(c io.ReadWriteCloser) io.ReadWriteCloser {
 		return &shapedConn{ReadWriteCloser: c, rate: 2 << 20, limit: 256 << 10}
 	})
-	if st.Stored > probeSize {
-		t.Fatalf("stored %d bytes over a 2 MB/s link; want at most one probe (%d)", st.Stored, probeSize)
+	if st.Stored > rawProbe {
+		t.Fatalf("stored %d bytes over a 2 MB/s link; want at most one probe (%d)", st.Stored, rawProbe)
 	}
 	if st.Compressed > st.Bytes/4 {
 		t.Fatalf("%d bytes on the wire for %d of text: not compressed", st.Compressed, st.Bytes)
@@ -171,7 +172,7 @@ func TestAdaptReprobesEveryStretch(t *testing.T) {
 	// Stored: the first probe's stored half, the first stretch, and the
 	// second probe's stored half unless the compressed half alone showed
 	// the link was now the bottleneck; the rest compressed.
-	if lo, hi := stretch+probeSize, stretch+2*probeSize; st.Stored < lo || st.Stored > hi {
+	if lo, hi := stretch+rawProbe, stretch+2*rawProbe; st.Stored < lo || st.Stored > hi {
 		t.Fatalf("stored %d of %d bytes; want the first stretch and its probe, at most one more probe (%d..%d)", st.Stored, st.Bytes, lo, hi)
 	}
 }
