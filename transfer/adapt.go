@@ -7,11 +7,12 @@ package transfer
 // the bottleneck, and a kernel sent as it is arrives sooner than the same
 // kernel compressed. Which case holds is not known in advance and can
 // change, so big compressible files are sent in stretches, and before a
-// stretch both ways are timed on the live connection with a small probe
-// each: the probe's bytes, then until the peer's TCP has acknowledged them
-// (the socket's send queue, which the channel reports). Stored sends the
-// stretch only when its probe got through in under half the time the
-// compressor alone needed; otherwise zstd does. NARs are always compressed.
+// stretch both ways are timed on the live connection: the compressor on a
+// small probe, and a probe sent stored from its first byte until the
+// peer's TCP has acknowledged its last (the socket's send queue, which the
+// channel reports). Stored sends the stretch only when it got through in
+// under half the compressor's time for as many bytes; otherwise zstd does.
+// NARs are always compressed.
 
 import (
 	"fmt"
@@ -54,7 +55,6 @@ type adapter struct {
 	raw     bool               // the current choice
 	left    int64              // bytes to send the current way before the next probe
 	now     func() time.Time
-	probes  int // how many times the two ways were timed (for tests)
 }
 
 func newAdapter(conn any) *adapter {
@@ -116,13 +116,12 @@ func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 	return nil
 }
 
-// probe sends a probe compressed and, unless the link clearly could not
-// keep up with that, one stored, timing each from its first byte until
-// the peer acknowledged its last; it sets the way for the next stretch and
-// returns how many bytes of the file it sent.
+// probe sends a probe compressed, timing the compressor, and, unless the
+// link could not keep up even with that, one stored, timed from its first
+// byte until the peer acknowledged its last; it sets the way for the next
+// stretch and returns how many bytes of the file it sent.
 func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	a.raw, a.left = false, stretch
-	a.probes++
 	if !a.drain(drainFirst) {
 		return 0, nil
 	}

@@ -502,7 +502,7 @@ type writeErr struct{ error }
 func (w writeErr) Unwrap() error { return w.error }
 
 // sendFile streams a file into out: stored when zstd would not shrink it,
-// else compressed. Its bytes are not hashed again here (the receiver checks
+// a big one as the adapter finds faster on this link, else compressed. Its bytes are not hashed again here (the receiver checks
 // every one against the announced SHA-256); a file that was written to or
 // replaced since it was collected is caught by its stamp.
 func sendFile(out *frames, ad *adapter, p string, was stamp, e *Entry, cnt *Counters, buf []byte) error {
@@ -512,19 +512,14 @@ func sendFile(out *frames, ad *adapter, p string, was stamp, e *Entry, cnt *Coun
 	}
 	defer f.Close()
 	r := &fileReader{f: f, path: p, size: e.Size, buf: buf, cnt: cnt}
-	switch {
-	case incompressible(f, e.Size, buf):
-		var w io.Writer
-		if w, err = out.stored(); err == nil {
-			err = r.send(w, e.Size)
-		}
-	case ad.unacked == nil || e.Size < adaptMin:
-		var w io.Writer
-		if w, err = out.compressed(); err == nil {
-			err = r.send(w, e.Size)
-		}
-	default:
+	stored := incompressible(f, e.Size, buf)
+	if !stored && ad.unacked != nil && e.Size >= adaptMin {
 		err = ad.sendFile(out, r, e.Size)
+	} else {
+		var w io.Writer
+		if w, err = out.way(stored); err == nil {
+			err = r.send(w, e.Size)
+		}
 	}
 	if err != nil {
 		return err
