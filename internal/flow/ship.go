@@ -385,10 +385,10 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 	// the receiver's pin before it dials, so it cannot be early. Port 0 is
 	// known only once the receiver has picked one.
 	host, port, _ := net.SplitHostPort(s.Connect)
-	var relay *end
+	var relay, recv *end
 	var relayErr error
 	recvUp := false
-	defer func() {
+	defer func() { // the relay first, then the receiver
 		if relay != nil {
 			if !recvUp {
 				// Stopped because the receiver failed: its reason is the
@@ -396,6 +396,9 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 				relay.stderr.silence()
 			}
 			relay.p.Close()
+		}
+		if recv != nil {
+			recv.p.Close()
 		}
 	}()
 	if port != "0" {
@@ -405,7 +408,6 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer recv.p.Close()
 	rfp, err := recv.fingerprint()
 	if err != nil {
 		return nil, err
