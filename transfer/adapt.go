@@ -54,11 +54,10 @@ type adapter struct {
 	unacked func() (int, bool) // nil: the link cannot be observed; always compress
 	raw     bool               // the current choice
 	left    int64              // bytes to send the current way before the next probe
-	now     func() time.Time
 }
 
 func newAdapter(conn any) *adapter {
-	a := &adapter{now: time.Now}
+	a := &adapter{}
 	if u, ok := conn.(unackedConn); ok {
 		if _, ok := u.Unacked(); ok {
 			a.unacked = u.Unacked
@@ -70,7 +69,7 @@ func newAdapter(conn any) *adapter {
 // drain waits until at most drainLow bytes are unacknowledged, for at most
 // limit; it reports whether they were.
 func (a *adapter) drain(limit time.Duration) bool {
-	end := a.now().Add(limit)
+	end := time.Now().Add(limit)
 	for {
 		n, ok := a.unacked()
 		if !ok {
@@ -79,7 +78,7 @@ func (a *adapter) drain(limit time.Duration) bool {
 		if n <= drainLow {
 			return true
 		}
-		if !a.now().Before(end) {
+		if !time.Now().Before(end) {
 			return false
 		}
 		time.Sleep(drainPoll)
@@ -135,14 +134,14 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	if err := r.send(w, leadIn); err != nil {
 		return 0, err
 	}
-	t0 := a.now()
+	t0 := time.Now()
 	if err := r.send(w, probeSize); err != nil {
 		return leadIn, err
 	}
 	if err := out.flush(); err != nil {
 		return leadIn + probeSize, err
 	}
-	written := a.now().Sub(t0)
+	written := time.Now().Sub(t0)
 	// Waiting longer for the link than the compressor took means the link
 	// is the bottleneck even for compressed bytes: stored would be slower.
 	if !a.drain(written) {
@@ -151,7 +150,7 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	if w, err = out.stored(); err != nil {
 		return leadIn + probeSize, err
 	}
-	t1 := a.now()
+	t1 := time.Now()
 	if err := r.send(w, rawProbe); err != nil {
 		return leadIn + probeSize, err
 	}
@@ -165,7 +164,7 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	// costs the link the whole ratio (three times the bytes, for a
 	// kernel), while compressing wrongly costs only the compressor's time.
 	budget := time.Duration(float64(written) * rawProbe / probeSize / storedMargin)
-	spent := a.now().Sub(t1)
+	spent := time.Now().Sub(t1)
 	a.raw = spent < budget && a.drain(budget-spent)
 	return leadIn + probeSize + rawProbe, nil
 }

@@ -502,9 +502,10 @@ type writeErr struct{ error }
 func (w writeErr) Unwrap() error { return w.error }
 
 // sendFile streams a file into out: stored when zstd would not shrink it,
-// a big one as the adapter finds faster on this link, else compressed. Its bytes are not hashed again here (the receiver checks
-// every one against the announced SHA-256); a file that was written to or
-// replaced since it was collected is caught by its stamp.
+// a big one as the adapter finds faster on this link, else compressed. Its
+// bytes are not hashed again here (the receiver checks every one against
+// the announced SHA-256); a file that was written to or replaced since it
+// was collected is caught by its stamp.
 func sendFile(out *frames, ad *adapter, p string, was stamp, e *Entry, cnt *Counters, buf []byte) error {
 	f, err := os.Open(p)
 	if err != nil {
