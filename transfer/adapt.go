@@ -13,6 +13,18 @@ package transfer
 // channel reports). Stored sends the stretch only when it got through in
 // under half the compressor's time for as many bytes; otherwise zstd does.
 // NARs are always compressed.
+//
+// The other way round, a link much slower than the compressor leaves the
+// CPU idle while the link is full: there zstd's better level, with a
+// window big enough for binaries that repeat each other, sends a quarter
+// fewer bytes of a closure in the same link time. Once per transfer (files
+// or NARs, when no level was asked for), big compressible data is timed
+// through the default level and the link's rate taken from how fast the
+// queue that probe left drains; the rest of the transfer goes at the
+// better level once the link needs more than harderCost times the time
+// the source and the compressor took for the same bytes. A file is probed so only after a
+// stored probe found the link slower than the compressor (a fast link,
+// where the netboot files go stored, pays nothing for it); a NAR at once.
 
 import (
 	"fmt"
@@ -43,6 +55,23 @@ const (
 	// does not drain it within this long is slow, and is left to the
 	// compressor without probing.
 	drainFirst = 100 * time.Millisecond
+
+	// The level probe is bigger than the stored one: its compressed
+	// output must outlast a shaped link's burst (10 ms of its rate) to
+	// show the rate behind it.
+	levelProbe = 2 << 20
+	// harderCost is how many times the default level's time per byte the
+	// better level with harderWindow takes (measured on the bench closure:
+	// 2.3-3x), so the link must be that much slower than the compressor
+	// for the better level to keep it busy.
+	harderCost = 3
+	// levelQueue is the least the probe must leave queued for the drain to
+	// say anything about the link: less, and the link kept up with it.
+	levelQueue = 2 * drainLow
+	// levelFirst is how long the level probe waits for the queue of
+	// earlier data to drain: longer than a stored probe, since on a link
+	// known to be slow the wait costs nothing (the link is busy with it).
+	levelFirst = time.Second
 )
 
 // stretch is how many bytes go the chosen way before the next probe (a
@@ -54,16 +83,83 @@ type adapter struct {
 	unacked func() (int, bool) // nil: the link cannot be observed; always compress
 	raw     bool               // the current choice
 	left    int64              // bytes to send the current way before the next probe
+	// sent counts the stream's bytes written to the connection.
+	sent func() int64
+	// leveled: the level is settled (asked for, unobservable, or moved to
+	// better); until then every NAR big enough and every stretch of a big
+	// file after a stored probe that found the link slow is probed, since
+	// the data decides as much as the link (a NAR of 11,000 small
+	// sources comes out of nix-store no faster than a 100 Mbit link takes
+	// it compressed; the binaries after it three times faster).
+	leveled bool
+	// harder: the link is much slower than the compressor; the frames
+	// are at the better level and stored is not tried.
+	harder bool
+	// slow: a stored probe found the link slower than the compressor,
+	// which is when a file's level is worth probing.
+	slow bool
 }
 
-func newAdapter(conn any) *adapter {
-	a := &adapter{}
+// newAdapter makes the adapter for a transfer over conn; auto lets it
+// choose the level.
+func newAdapter(conn any, auto bool, sent func() int64) *adapter {
+	a := &adapter{sent: sent, leveled: true}
 	if u, ok := conn.(unackedConn); ok {
 		if _, ok := u.Unacked(); ok {
 			a.unacked = u.Unacked
+			a.leveled = !auto
 		}
 	}
 	return a
+}
+
+// levelPays reports whether data of size bytes is where to settle the
+// level: enough of it for the probe, and not yet settled.
+func (a *adapter) levelPays(size int64) bool {
+	return !a.leveled && size >= 2*(leadIn+levelProbe)
+}
+
+// probeLevel sends leadIn+levelProbe bytes of r at the default level,
+// timing the source and the compressor on the last levelProbe of them,
+// then times the drain of what that left queued, and hardens out for the
+// rest of the transfer when the link took more than harderCost times their
+// time per byte. It returns how many bytes of r it sent.
+func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
+	a.slow = false
+	if !a.drain(levelFirst) {
+		// A backlog from earlier data that will not drain: no rate to
+		// measure this time.
+		return 0, nil
+	}
+	w, err := out.compressed()
+	if err != nil {
+		return 0, err
+	}
+	if err := r.send(w, leadIn); err != nil {
+		return 0, err
+	}
+	t0, c0 := time.Now(), a.sent()
+	if err := r.send(w, levelProbe); err != nil {
+		return leadIn, err
+	}
+	if err := out.flush(); err != nil {
+		return leadIn + levelProbe, err
+	}
+	written, produced := time.Since(t0), a.sent()-c0
+	queued, ok := a.unacked()
+	if !ok || queued < levelQueue || produced <= 0 {
+		return leadIn + levelProbe, nil
+	}
+	// The link carries the queue at its rate; the compressor made
+	// produced bytes in written. Harder pays if draining the queue (all
+	// but drainLow of it) takes longer than harderCost times the
+	// compressor's time for as many bytes.
+	budget := time.Duration(harderCost * float64(written) * float64(queued-drainLow) / float64(produced))
+	if a.drain(budget) {
+		return leadIn + levelProbe, nil
+	}
+	a.harder, a.leveled = true, true
+	return leadIn + levelProbe, out.harden()
 }
 
 // drain waits until at most drainLow bytes are unacknowledged, for at most
@@ -90,7 +186,15 @@ func (a *adapter) drain(limit time.Duration) bool {
 // file is left for a probe to pay.
 func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 	for size > 0 {
-		if a.left <= 0 && size >= 2*(leadIn+probeSize+rawProbe) {
+		if a.slow && a.levelPays(size) {
+			n, err := a.probeLevel(out, r)
+			if err != nil {
+				return err
+			}
+			size -= n
+			continue
+		}
+		if !a.harder && a.left <= 0 && size >= 2*(leadIn+probeSize+rawProbe) {
 			n, err := a.probe(out, r)
 			if err != nil {
 				return err
@@ -145,6 +249,7 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	// Waiting longer for the link than the compressor took means the link
 	// is the bottleneck even for compressed bytes: stored would be slower.
 	if !a.drain(written) {
+		a.slow = true
 		return leadIn + probeSize, nil
 	}
 	if w, err = out.stored(); err != nil {
@@ -169,7 +274,7 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	return leadIn + probeSize + rawProbe, nil
 }
 
-// fileReader reads one file's bytes into the stream.
+// fileReader reads one file's bytes, or one NAR's, into the stream.
 type fileReader struct {
 	f    io.Reader
 	path string
@@ -177,6 +282,8 @@ type fileReader struct {
 	buf  []byte
 	cnt  *Counters
 	n    int64 // bytes read so far
+	// short is the error for an end before size bytes; nil: a file's.
+	short func(n int64) error
 }
 
 // send copies exactly k more bytes of the file into w.
@@ -193,6 +300,8 @@ func (r *fileReader) send(w io.Writer, k int64) error {
 		}
 		switch {
 		case k == 0:
+		case rerr == io.EOF && r.short != nil:
+			return r.short(r.n)
 		case rerr == io.EOF:
 			return fmt.Errorf("transfer: %s shrank while being sent (announced %d bytes, read %d); nothing was published", r.path, r.size, r.n)
 		case rerr != nil:

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -189,4 +190,108 @@ func (w writeHook) Write(p []byte) (int, error) {
 	w.hook(n)
 	w.mu.Unlock()
 	return n, err
+}
+
+// repeatingData is a 4 MiB prefix (where the probes happen) and then a
+// block of rep bytes twice; all of it compresses 3-4:1 (text lines with
+// short runs of random bytes). A 4 MiB window cannot reach back to the
+// repeat when rep is more than that; harderWindow can.
+func repeatingData(rep int) []byte {
+	r := rand.New(rand.NewPCG(3, 4))
+	fill := func(n int) []byte {
+		var b bytes.Buffer
+		noise := make([]byte, 16)
+		for b.Len() < n {
+			fmt.Fprintf(&b, "\tn += int64(k) // line %d of the kernel\n", r.IntN(1<<20))
+			for i := range noise {
+				noise[i] = byte(r.Uint32())
+			}
+			b.Write(noise)
+		}
+		return b.Bytes()[:n]
+	}
+	block := fill(rep)
+	return slices.Concat(fill(4<<20), block, block)
+}
+
+// slowLink is a 4 MB/s link with a socket's worth of queue: the default
+// level's output takes it many times the compressor's time.
+func slowLink(c io.ReadWriteCloser) io.ReadWriteCloser {
+	return &shapedConn{ReadWriteCloser: c, rate: 4 << 20, limit: 8 << 20}
+}
+
+// On a link much slower than the compressor, auto moves to the better level
+// with its wider window: a file that repeats 5 MiB of itself goes in far
+// fewer bytes than at the default level on the same link.
+func TestAdaptSlowLinkHardens(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "kernel")
+	if err := os.WriteFile(p, repeatingData(5<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	auto := shipOver(t, p, 0, slowLink)
+	if auto.Level != "better" {
+		t.Fatalf("level %q over a 4 MB/s link; want better", auto.Level)
+	}
+	fixed := shipOver(t, p, zstd.SpeedDefault, slowLink)
+	if fixed.Level != "default" {
+		t.Fatalf("level %q when default was asked for", fixed.Level)
+	}
+	// The default level sends the prefix and the block twice; the better
+	// level the block once (9 of 14 MiB, 0.64).
+	if auto.Compressed > fixed.Compressed*3/4 {
+		t.Fatalf("auto sent %d bytes, the default level %d: the better level and its window did not pay", auto.Compressed, fixed.Compressed)
+	}
+}
+
+// On a fast link auto stays at the default level (and sends big files
+// stored, as the fast-link test shows for a fixed level).
+func TestAdaptFastLinkKeepsDefault(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "kernel")
+	if err := os.WriteFile(p, repeatingData(5<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st := shipOver(t, p, 0, func(c io.ReadWriteCloser) io.ReadWriteCloser { return &shapedConn{ReadWriteCloser: c, limit: 8 << 20} })
+	if st.Level != "default" {
+		t.Fatalf("level %q over a fast link; want default", st.Level)
+	}
+}
+
+const bigName = "5hkq0i1n7c4ajvd5g8m2r0x9z3w6b1fy-big"
+
+// A closure's NARs get the same choice, from their first big one.
+func TestAdaptStoreLevel(t *testing.T) {
+	for _, c := range []struct {
+		name, want string
+		link       func(io.ReadWriteCloser) io.ReadWriteCloser
+	}{
+		{"slow", "better", slowLink},
+		{"fast", "default", func(c io.ReadWriteCloser) io.ReadWriteCloser { return &shapedConn{ReadWriteCloser: c, limit: 8 << 20} }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := threeLevels()
+			src.add(bigName, string(repeatingData(5<<20)), []string{leafName}, "")
+			src.paths[topName].refs = append(src.paths[topName].refs, bigName)
+			dst := newFakeStore()
+			ctx := context.Background()
+			s, err := CollectStore(ctx, src, []string{StoreDir + "/" + topName})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sink := NewStoreSink(dst)
+			a, b := net.Pipe()
+			sent, _, serr, rerr := pipeTrip(s, sink, 0, c.link(a), b, ReceiveOptions{Commit: func() (string, error) { return "", sink.Confirm(ctx) }})
+			if cerr := sink.Close(); rerr == nil {
+				rerr = cerr
+			}
+			if serr != nil || rerr != nil {
+				t.Fatalf("Send = %v, Receive = %v", serr, rerr)
+			}
+			if sent.Level != c.want {
+				t.Errorf("level %q; want %s", sent.Level, c.want)
+			}
+			if q := dst.paths[bigName]; q == nil || !bytes.Equal(q.nar, src.paths[bigName].nar) {
+				t.Errorf("the big path did not arrive whole")
+			}
+		})
+	}
 }

@@ -317,7 +317,7 @@ func (f *fakeStore) serve(r io.Reader, w io.Writer) error {
 		if ca, err := str(); err != nil || ca != "" {
 			return fmt.Errorf("bad content address %q: %v", ca, err)
 		}
-		if narSize == 0 || narSize > 1<<20 {
+		if narSize == 0 || narSize > 64<<20 {
 			return fmt.Errorf("bad narSize %d", narSize)
 		}
 		nar := make([]byte, narSize)

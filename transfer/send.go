@@ -267,25 +267,39 @@ func hashFile(p string, size int64, buf []byte) ([32]byte, error) {
 	return sum, nil
 }
 
-// Level is a zstd level name: fastest, default or better.
-type Level string
-
-// EncoderLevel maps a level name to zstd's.
+// EncoderLevel maps a level name to zstd's: auto (0: the default level,
+// better on a link much slower than the compressor), fastest, default or
+// better.
 func EncoderLevel(name string) (zstd.EncoderLevel, error) {
 	switch name {
+	case "", "auto":
+		return 0, nil
 	case "fastest":
 		return zstd.SpeedFastest, nil
-	case "", "default":
+	case "default":
 		return zstd.SpeedDefault, nil
 	case "better":
 		return zstd.SpeedBetterCompression, nil
 	}
-	return 0, fmt.Errorf("transfer: compression level %q is not fastest, default or better", name)
+	return 0, fmt.Errorf("transfer: compression level %q is not auto, fastest, default or better", name)
+}
+
+// levelName is EncoderLevel's inverse for the levels the stream uses.
+func levelName(l zstd.EncoderLevel) string {
+	switch l {
+	case zstd.SpeedFastest:
+		return "fastest"
+	case zstd.SpeedBetterCompression:
+		return "better"
+	case zstd.SpeedBestCompression:
+		return "best"
+	}
+	return "default"
 }
 
 // SendOptions tune the sending end.
 type SendOptions struct {
-	Level    zstd.EncoderLevel // 0 = default
+	Level    zstd.EncoderLevel // 0 = auto (see adapter)
 	Progress *Counters         // optional live counters
 }
 
@@ -299,7 +313,10 @@ type Stats struct {
 	// Stored is how many of Bytes went as they are, not compressed: files
 	// zstd would not shrink, and stretches of others that reached the
 	// receiver sooner that way on this link.
-	Stored    int64   `json:"stored_bytes"`
+	Stored int64 `json:"stored_bytes"`
+	// Level is the zstd level the stream ended at (auto starts at the
+	// default and may move to better).
+	Level     string  `json:"level,omitempty"`
 	Seconds   float64 `json:"seconds"`
 	Published string  `json:"published,omitempty"`
 }
@@ -457,7 +474,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 		level = zstd.SpeedDefault
 	}
 	out := &frames{cw: cw, level: level}
-	ad := newAdapter(conn)
+	ad := newAdapter(conn, o.Level == 0, cnt.Compressed.Load)
 	buf := make([]byte, 256<<10) // one for every file: no garbage per file
 	for i := range src.Manifest.Entries {
 		e := &src.Manifest.Entries[i]
@@ -470,10 +487,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 		}
 		var err error
 		if e.Type == TypeNAR {
-			var w io.Writer
-			if w, err = out.compressed(); err == nil {
-				err = sendNAR(ctx, w, src.store, e, cnt, buf)
-			}
+			err = sendNAR(ctx, out, ad, src.store, e, cnt, buf)
 		} else {
 			err = sendFile(out, ad, src.paths[i], src.stamps[i], e, cnt, buf)
 		}
@@ -489,6 +503,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 		return err
 	}
 	st.Stored = out.storedBytes
+	st.Level = levelName(out.level)
 	if err := writeMsg(conn, msgEnd, nil); err != nil {
 		return writeErr{err}
 	}

@@ -140,47 +140,49 @@ func topoSort(closure []string, infos map[string]*PathInfo) ([]string, error) {
 	return order, nil
 }
 
-// sendNAR streams the NAR of e from the store into w, and fails if it is not
-// exactly the size and SHA-256 the store's database announced (a corrupt
-// source store: the receiver would refuse it anyway).
-func sendNAR(ctx context.Context, w io.Writer, st StoreReader, e *Entry, cnt *Counters, buf []byte) error {
+// sendNAR streams the NAR of e from the store into out, compressed (the
+// first big one settles the level), and fails if it is not exactly the size
+// and SHA-256 the store's database announced (a corrupt source store: the
+// receiver would refuse it anyway).
+func sendNAR(ctx context.Context, out *frames, ad *adapter, st StoreReader, e *Entry, cnt *Counters, buf []byte) error {
 	p := e.label()
 	rc, err := st.Dump(ctx, p, e.Size)
 	if err != nil {
 		return err
 	}
+	fail := func(err error) error {
+		rc.Close()
+		return err
+	}
+	corrupt := "the store is corrupt or changed; check it with nix-store --verify --check-contents"
 	h := sha256.New()
-	var n int64
-	for n < e.Size {
-		k, rerr := rc.Read(buf[:min(int64(len(buf)), e.Size-n)])
-		if k > 0 {
-			h.Write(buf[:k])
-			if _, err := w.Write(buf[:k]); err != nil {
-				rc.Close()
-				return writeErr{err}
-			}
-			n += int64(k)
-			cnt.Raw.Add(int64(k))
+	r := &fileReader{f: io.TeeReader(rc, h), path: "the NAR of " + p, size: e.Size, buf: buf, cnt: cnt,
+		short: func(n int64) error {
+			return fmt.Errorf("transfer: %s: its NAR is %d bytes, not the %d the store's database says; %s", p, n, e.Size, corrupt)
+		}}
+	left := e.Size
+	if ad.levelPays(left) {
+		n, err := ad.probeLevel(out, r)
+		if err != nil {
+			return fail(err)
 		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			rc.Close()
-			return fmt.Errorf("transfer: reading the NAR of %s: %w", p, rerr)
-		}
+		left -= n
+	}
+	w, err := out.compressed()
+	if err != nil {
+		return fail(err)
+	}
+	if err := r.send(w, left); err != nil {
+		return fail(err)
 	}
 	var one [1]byte
 	extra, _ := io.ReadFull(rc, one[:])
 	cerr := rc.Close()
-	corrupt := "the store is corrupt or changed; check it with nix-store --verify --check-contents"
 	switch {
 	case extra > 0:
 		return fmt.Errorf("transfer: %s: its NAR is more than the %d bytes the store's database says; %s", p, e.Size, corrupt)
 	case cerr != nil:
 		return cerr
-	case n != e.Size:
-		return fmt.Errorf("transfer: %s: its NAR is %d bytes, not the %d the store's database says; %s", p, n, e.Size, corrupt)
 	case [32]byte(h.Sum(nil)) != e.sum:
 		return fmt.Errorf("transfer: %s: its NAR's SHA-256 is not the one in the store's database; %s", p, corrupt)
 	}

@@ -30,7 +30,7 @@ func cmdAarch64(ctx context.Context, e *env, args []string) error {
 	drv := fs.String("drv", "", "use this already instantiated `.drv` instead of running nix-instantiate")
 	pathFlag := fs.String("path", flow.PathAuto, "how the image travels: auto (direct, else over SSH), direct, or ssh")
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the build host tries the direct path before auto falls back to SSH")
-	level := fs.String("level", "default", "zstd level: fastest, default or better")
+	level := fs.String("level", "auto", "zstd level: auto (default, better on a link much slower than the compressor), fastest, default or better")
 	asJSON := fs.Bool("json", false, "print a JSON summary on stdout")
 	retries := fs.Int("retries", 2, "run the transfer again this many times when an end or the link fails; a retry sends only what has not arrived")
 	idle := fs.Duration("idle-timeout", defaultIdle, "the ends give up when nothing crosses the channel for this `long`")

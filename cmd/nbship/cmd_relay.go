@@ -25,7 +25,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	connect := fs.String("connect", "", "the receiver's `host:port`")
 	stdio := fs.Bool("stdio", false, "carry the TLS channel on standard input and output instead of TCP")
 	pinFlag := fs.String("peer-pin", "", "the receiver's `pin` (SHA256:...), or - to read its fingerprint line from standard input")
-	level := fs.String("level", "default", "zstd level: fastest, default or better")
+	level := fs.String("level", "auto", "zstd level: auto (default, better on a link much slower than the compressor), fastest, default or better")
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long to keep trying to reach the receiver")
 	store := fs.Bool("store", false, "send the closure of the store PATHs as Nix store paths, for recv --store (no PATH or -: one per line on standard input, after the pin line, up to an empty line)")

@@ -41,7 +41,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the sender tries the direct path before auto falls back to SSH")
 	listenPort := fs.Int("listen-port", -1, "the receiver's TCP `port` for the direct path; 0 lets it pick one (default: the config's opensslPort, else 61616)")
 	connect := fs.String("connect", "", "`host:port` the sender dials for the direct path (default: the config's opensslServer:opensslPort, else the --to host's name)")
-	level := fs.String("level", "default", "zstd level: fastest, default or better")
+	level := fs.String("level", "auto", "zstd level: auto (default, better on a link much slower than the compressor), fastest, default or better")
 	cfgPath := fs.String("config", "", "builders.conf `file` for the defaults above")
 	asJSON := fs.Bool("json", false, "print a JSON summary on stdout")
 	var sf sshFlags

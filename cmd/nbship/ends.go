@@ -108,6 +108,7 @@ type summary struct {
 	Bytes      int64   `json:"bytes"`
 	Compressed int64   `json:"compressed_bytes"`
 	Stored     int64   `json:"stored_bytes,omitempty"` // sender only: bytes that went uncompressed
+	Level      string  `json:"level,omitempty"`        // sender only: the zstd level the stream ended at
 	WireBytes  int64   `json:"wire_bytes"`
 	Ratio      float64 `json:"ratio"`
 	Seconds    float64 `json:"seconds"`
@@ -119,7 +120,7 @@ type summary struct {
 func newSummary(st *transfer.Stats, wire int64) summary {
 	s := summary{
 		Files: st.Files, FilesSent: st.Sent, Reused: st.Reused, Bytes: st.Bytes,
-		Compressed: st.Compressed, Stored: st.Stored, WireBytes: wire, Seconds: round(st.Seconds, 3), Published: st.Published,
+		Compressed: st.Compressed, Stored: st.Stored, Level: st.Level, WireBytes: wire, Seconds: round(st.Seconds, 3), Published: st.Published,
 	}
 	if st.Compressed > 0 {
 		s.Ratio = round(float64(st.Bytes)/float64(st.Compressed), 2)
