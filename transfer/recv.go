@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -247,6 +248,8 @@ type DirSink struct {
 	reuse map[string]string
 	dirs  []*Entry
 	buf   []byte // for re-hashing reused files
+	// synced counts the background syncs of files being written.
+	synced atomic.Int64
 }
 
 // NewDirSink writes into dir, which must exist and be empty. have, when not
@@ -290,15 +293,85 @@ func (s *DirSink) Mkdir(e *Entry) error {
 	return nil
 }
 
+// syncEvery is how many bytes a file may take between its background
+// syncs. The sink's last step, before the rename that publishes, is a
+// syncfs of the whole tree, and what that waits for grows with what is not
+// yet on disk: on this machine's virtual disk 73 MB of netboot files cost it
+// 57-73 ms, almost all of it the device's flush, however early the
+// write-out was started (sync_file_range: 43 ms). An fdatasync after every
+// 8 MiB, in the background while the stream goes on, leaves it 7-10 ms.
+const syncEvery = 8 << 20
+
 type sinkFile struct {
 	*os.File
 	root *os.Root
 	e    *Entry
+	sink *DirSink
+
+	unsynced int64         // bytes written since the last sync was asked for
+	syncing  chan struct{} // open while a background sync runs
+	syncErr  error         // its error, read once syncing is closed
 }
 
+// Write writes p and, once syncEvery bytes are waiting and no sync is
+// running, starts one.
+func (f *sinkFile) Write(p []byte) (int, error) {
+	n, err := f.File.Write(p)
+	f.unsynced += int64(n)
+	if err == nil && f.unsynced >= syncEvery && !f.busy() {
+		if err := f.syncDone(); err != nil {
+			return n, err
+		}
+		f.unsynced = 0
+		f.syncing = make(chan struct{})
+		// Close waits for the sync before closing the descriptor.
+		fd := int(f.File.Fd())
+		go func(done chan struct{}) {
+			defer close(done)
+			if f.syncErr = unix.Fdatasync(fd); f.syncErr == nil {
+				f.sink.synced.Add(1)
+			}
+		}(f.syncing)
+	}
+	return n, err
+}
+
+func (f *sinkFile) busy() bool {
+	if f.syncing == nil {
+		return false
+	}
+	select {
+	case <-f.syncing:
+		return false
+	default:
+		return true
+	}
+}
+
+// syncDone waits for the background sync, if one ran, and returns its
+// error: a file the disk could not take (ENOSPC surfaces here on file
+// systems that allocate late) fails the transfer like a failed write.
+func (f *sinkFile) syncDone() error {
+	if f.syncing == nil {
+		return nil
+	}
+	<-f.syncing
+	f.syncing = nil
+	if f.syncErr != nil {
+		return fmt.Errorf("syncing: %w", f.syncErr)
+	}
+	return nil
+}
+
+// Close waits for a background sync (the syncfs in Finish does the rest),
+// closes the file and gives it its mode.
 func (f *sinkFile) Close() error {
+	serr := f.syncDone()
 	if err := f.File.Close(); err != nil {
 		return err
+	}
+	if serr != nil {
+		return serr
 	}
 	return f.root.Chmod(f.e.Name, f.e.Mode.Perm())
 }
@@ -308,7 +381,7 @@ func (s *DirSink) Create(e *Entry) (io.WriteCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("transfer: %w", err)
 	}
-	return &sinkFile{File: f, root: s.root, e: e}, nil
+	return &sinkFile{File: f, root: s.root, e: e, sink: s}, nil
 }
 
 func (s *DirSink) Reuse(e *Entry) error {

@@ -419,3 +419,38 @@ func TestSendRefusesFileChangedAfterCollect(t *testing.T) {
 		t.Error("Receive accepted a file whose bytes are not the announced ones")
 	}
 }
+
+// A big file is synced in the background as it is written (so that the
+// syncfs before publishing has little left to wait for), and arrives whole.
+func TestDirSinkSyncsBigFilesAsTheyArrive(t *testing.T) {
+	src := t.TempDir()
+	data := make([]byte, 5*syncEvery/2+12345)
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	if err := os.WriteFile(filepath.Join(src, "initrd"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Collect(context.Background(), []string{filepath.Join(src, "initrd")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	sink, err := NewDirSink(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	a, c := net.Pipe()
+	if _, _, serr, rerr := pipeTrip(s, sink, zstdFastest, a, c, ReceiveOptions{}); serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "initrd")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("initrd did not arrive whole (%d of %d bytes, %v)", len(got), len(data), err)
+	}
+	// 2.5 times syncEvery: the first sync at 8 MiB always starts; the
+	// second at 16 MiB only if the first is done by then.
+	if n := sink.synced.Load(); n < 1 || n > 2 {
+		t.Fatalf("%d background syncs for a file of %d bytes; want 1 or 2", n, len(data))
+	}
+}
