@@ -111,20 +111,33 @@ type chunkWriter struct {
 	count func(int)
 }
 
+// vectorWriter writes several buffers as one write (tunnel.Conn: one batch
+// of TLS records, so a data message's header does not cost a write of its
+// own).
+type vectorWriter interface {
+	Writev(bufs ...[]byte) (int, error)
+}
+
 func (c *chunkWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		k := min(len(p), sendChunk)
-		// Header and payload go as two writes: no copy of the payload,
-		// no allocation per message.
+		// Header and payload go as two writes (one, to a vectorWriter):
+		// no copy of the payload.
 		var hdr [5]byte
 		hdr[0] = msgData
 		binary.BigEndian.PutUint32(hdr[1:], uint32(k))
-		if _, err := c.w.Write(hdr[:]); err != nil {
-			return n, err
-		}
-		if _, err := c.w.Write(p[:k]); err != nil {
-			return n, err
+		if vw, ok := c.w.(vectorWriter); ok {
+			if _, err := vw.Writev(hdr[:], p[:k]); err != nil {
+				return n, err
+			}
+		} else {
+			if _, err := c.w.Write(hdr[:]); err != nil {
+				return n, err
+			}
+			if _, err := c.w.Write(p[:k]); err != nil {
+				return n, err
+			}
 		}
 		if c.count != nil {
 			c.count(k)

@@ -108,6 +108,8 @@ func (c *Conn) Watch(idle time.Duration, onIdle func()) (stop func()) {
 					continue
 				}
 				if now.Sub(quiet) >= idle {
+					// The batchConn: it closes the socket without
+					// waiting for a write blocked on it.
 					c.Conn.NetConn().Close()
 					if onIdle != nil {
 						onIdle()

@@ -18,6 +18,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"strings"
@@ -236,6 +237,73 @@ func tuneTCP(c *net.TCPConn) {
 type Conn struct {
 	*tls.Conn
 	Meter *Metered
+	batch *batchConn // between the two; nil in a Conn made by hand
+}
+
+// Write sends p in TLS records that reach the connection in a few large
+// writes instead of one write each (see batchConn), all of them before it
+// returns. Writes that bypass it (on the embedded tls.Conn) work as before,
+// one write per record.
+func (c *Conn) Write(p []byte) (int, error) {
+	if c.batch == nil || !c.batch.begin() {
+		return c.Conn.Write(p)
+	}
+	n, err := c.Conn.Write(p)
+	if ferr := c.batch.end(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		// tls counts a record as written once it is handed on, which
+		// here may be into the batch that then failed to go out: claim
+		// nothing rather than bytes the peer will never see.
+		return 0, err
+	}
+	return n, nil
+}
+
+// Writev writes the buffers one after the other as one Write does a buffer:
+// their records go out together (a message's header and its payload in one
+// write, not two).
+func (c *Conn) Writev(bufs ...[]byte) (int, error) {
+	if c.batch == nil || !c.batch.begin() {
+		return writeEach(c.Conn, bufs)
+	}
+	n, err := writeEach(c.Conn, bufs)
+	if ferr := c.batch.end(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return 0, err // as Write: nothing is claimed of a batch that failed
+	}
+	return n, nil
+}
+
+func writeEach(w io.Writer, bufs [][]byte) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		k, err := w.Write(b)
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Close sends close_notify and closes the connection. While a Write is in
+// flight, tls.Conn.Close sends no close_notify: it only closes the
+// connection under it, to break that Write (blocked, say, on a peer that
+// reads no more). A Write here goes on after tls.Conn.Write returned,
+// writing out its batch, where tls cannot see it; Close breaks that part
+// the same way, rather than have close_notify wait behind it (up to the
+// 5 s that tls allows it, or for ever over stdio, which has no deadlines).
+func (c *Conn) Close() error {
+	if c.batch != nil && c.batch.stopBatching() {
+		err := c.batch.Close()
+		c.Conn.Close() // marks tls closed; its close_notify fails at once
+		return err
+	}
+	return c.Conn.Close()
 }
 
 // WireBytes is what crossed the underlying connection both ways.
@@ -262,24 +330,27 @@ func (c *Conn) Unacked() (n int, ok bool) {
 }
 
 // ClientOver and ServerOver run the handshake over an existing connection
-// (such as StdioConn) and return the channel.
+// (such as StdioConn) and return the channel. Its writes are batched over
+// either (fewer, larger writes suit an SSH session's pipe as well).
 func ClientOver(ctx context.Context, conn net.Conn, id *Identity, peerPin string) (*Conn, error) {
 	m := Meter(conn)
-	tc := Client(m, id, peerPin)
+	b := newBatchConn(m)
+	tc := Client(b, id, peerPin)
 	if err := Handshake(ctx, tc, id); err != nil {
 		return nil, err
 	}
-	return &Conn{Conn: tc, Meter: m}, nil
+	return &Conn{Conn: tc, Meter: m, batch: b}, nil
 }
 
 // ServerOver is ClientOver for the server end.
 func ServerOver(ctx context.Context, conn net.Conn, id *Identity, peerPin string) (*Conn, error) {
 	m := Meter(conn)
-	tc := Server(m, id, peerPin)
+	b := newBatchConn(m)
+	tc := Server(b, id, peerPin)
 	if err := Handshake(ctx, tc, id); err != nil {
 		return nil, err
 	}
-	return &Conn{Conn: tc, Meter: m}, nil
+	return &Conn{Conn: tc, Meter: m, batch: b}, nil
 }
 
 // DialError is a failure to reach the peer at all (as opposed to reaching

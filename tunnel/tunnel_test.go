@@ -387,11 +387,12 @@ func TestListenWaitsForABusyPort(t *testing.T) {
 		t.Errorf("waiting reported %d times, want once", waited)
 	}
 
-	busy, _ = net.Listen("tcp", "127.0.0.1:0")
-	defer busy.Close()
+	// A listener of its own: the goroutine above still holds busy.
+	taken, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer taken.Close()
 	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	if _, err := Listen(ctx, busy.Addr().String(), nil); err == nil || !strings.Contains(err.Error(), "address already in use") {
+	if _, err := Listen(ctx, taken.Addr().String(), nil); err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Errorf("Listen on a port that stays taken = %v, want address already in use", err)
 	}
 }
