@@ -55,8 +55,16 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() == 0 {
 		return usageError("relay: no PATH to send")
 	}
+	id, err := tunnel.NewIdentity()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "fingerprint %s\n", id.Pin())
 	// The files are hashed while the pins are exchanged and the channel is
-	// set up: the manifest is needed only once the receiver is ready.
+	// set up: the manifest is needed only once the receiver is ready. Not
+	// before the pin is out: hashing takes every core, and the pin is what
+	// the controller and the receiver wait for (rig, both ends started at
+	// once: 20 ms sooner done with the pin first).
 	cctx, stopHashing := context.WithCancel(ctx)
 	defer stopHashing()
 	hashed := make(chan struct{})
@@ -66,11 +74,6 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 		defer close(hashed)
 		src, cerr = transfer.Collect(cctx, fs.Args())
 	}()
-	id, err := tunnel.NewIdentity()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stdout, "fingerprint %s\n", id.Pin())
 	pin, err := peerPin(*pinFlag, e.stdin)
 	if err != nil {
 		return err
