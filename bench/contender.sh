@@ -110,11 +110,14 @@ c_nbship_bare() {
 	local d=$rec rfp addr sfp rp sp rs=0 ss=0 r_in r_out s_in s_out
 	mkfifo "$d/r.in" "$d/r.out" "$d/s.in" "$d/s.out"
 	# Both ends start at once, as the controller starts them when the port
-	# is known: the relay dials only once it has the receiver's pin.
-	on pxe "$W" recv --listen "$PXE_DIRECT:$PORT_NBSHIP" --dest "$DST" --peer-pin - --json \
+	# is known: the relay dials only once it has the receiver's pin. The
+	# binary itself, not the GNU time wrapper (whose bash, poller and time
+	# cost the timed part 20-40 ms that the pipelines beside it do not pay):
+	# each end reports its own peak RSS in its --json summary.
+	on pxe "$BIN" recv --listen "$PXE_DIRECT:$PORT_NBSHIP" --dest "$DST" --peer-pin - --json \
 		<"$d/r.in" >"$d/r.out" 2>"$d/recv.err" &
 	rp=$!
-	on build "$W" relay --connect "$PXE_DIRECT:$PORT_NBSHIP" --peer-pin - --json "$RELAY_SRC" \
+	on build "$BIN" relay --connect "$PXE_DIRECT:$PORT_NBSHIP" --peer-pin - --json "$RELAY_SRC" \
 		<"$d/s.in" >"$d/s.out" 2>"$d/relay.err" &
 	sp=$!
 	exec {r_in}>"$d/r.in" {r_out}<"$d/r.out" {s_in}>"$d/s.in" {s_out}<"$d/s.out"
@@ -133,6 +136,14 @@ c_nbship_bare() {
 	if [ "$ss" != 0 ] || [ "$rs" != 0 ]; then
 		die "relay exited $ss, recv $rs: $(tail -n3 "$d/relay.err" "$d/recv.err")"
 	fi
+	# As rss-wrapper.sh would have written them: no children here, so
+	# the tree's peak is the end's own.
+	local role f
+	for role in relay recv; do
+		f=$d/out
+		[ "$role" = recv ] && f=$d/recv.out
+		jq -r '.peak_rss_kib // empty' "$f" | tee "$d/rss.$role.0.self" >"$d/rss.$role.0.tree"
+	done
 }
 
 # nc_pipe PORT SEND RECV: RECV (reading the socket on stdin) listens on pxe,

@@ -188,22 +188,6 @@ func startEnv(t *testing.T, env []string, bin string, args ...string) *proc {
 	return p
 }
 
-// vmHWM is the peak resident set (KiB) of pid alone, 0 if it is gone.
-func vmHWM(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			var kib int64
-			fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kib)
-			return kib
-		}
-	}
-	return 0
-}
-
 // rssPeaks are the peak resident sets (KiB) of a process alone and of the
 // biggest of its children.
 type rssPeaks struct{ self, child int64 }

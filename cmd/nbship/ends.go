@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -115,12 +116,16 @@ type summary struct {
 	MBps       float64 `json:"mbps"`
 	Published  string  `json:"published,omitempty"`
 	Path       string  `json:"path,omitempty"`
+	// PeakRSS is this process's peak resident memory (the kernel's
+	// VmHWM) when the summary was made, in KiB; 0 where unknown.
+	PeakRSS int64 `json:"peak_rss_kib,omitempty"`
 }
 
 func newSummary(st *transfer.Stats, wire int64) summary {
 	s := summary{
 		Files: st.Files, FilesSent: st.Sent, Reused: st.Reused, Bytes: st.Bytes,
 		Compressed: st.Compressed, Stored: st.Stored, Level: st.Level, WireBytes: wire, Seconds: round(st.Seconds, 3), Published: st.Published,
+		PeakRSS: vmHWM(os.Getpid()),
 	}
 	if st.Compressed > 0 {
 		s.Ratio = round(float64(st.Bytes)/float64(st.Compressed), 2)
@@ -237,4 +242,20 @@ func limitMemory(e *env) {
 	if e.getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(endMemoryLimit)
 	}
+}
+
+// vmHWM is process pid's peak resident set (the kernel's VmHWM), in KiB;
+// 0 when it cannot be read.
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
 }

@@ -143,6 +143,15 @@ func TestLoopbackTransferTree(t *testing.T) {
 		if s.Seconds <= 0 || s.MBps <= 0 {
 			t.Errorf("seconds, mbps = %v, %v, want > 0", s.Seconds, s.MBps)
 		}
+		// Each end's own peak: a Go process holding 256 KiB buffers and
+		// a zstd coder is some MiB, and well under the 64 MiB target.
+		if s.PeakRSS < 4<<10 || s.PeakRSS > 64<<10 {
+			t.Errorf("peak_rss_kib = %d, want the end's own peak, 4-64 MiB", s.PeakRSS)
+		}
+	}
+	// Over loopback the link is never much slower than the compressor.
+	if ss.Level != "default" || rs.Level != "" {
+		t.Errorf("level = %q (relay), %q (recv); want default, and none from the receiver", ss.Level, rs.Level)
 	}
 	assertNoLeftovers(t, filepath.Dir(dest), "out")
 }
