@@ -106,14 +106,21 @@ c_nbship_store() {
 		$BENCH_SHIP_ARGS --remote-nbship "$W" --json) <"$paths_file" >"$rec/out" 2>"$rec/err"
 }
 
+# The FIFOs are made before the clock starts and the RSS figures read after
+# it stops (run calls c_X_before and c_X_after when they exist): the timed
+# part is the two ends and the pins between them, with no process of the
+# harness's own but the two nsenter.
+c_nbship_bare_before() {
+	mkfifo "$rec/r.in" "$rec/r.out" "$rec/s.in" "$rec/s.out"
+}
+
 c_nbship_bare() {
-	local d=$rec rfp addr sfp rp sp rs=0 ss=0 r_in r_out s_in s_out
-	mkfifo "$d/r.in" "$d/r.out" "$d/s.in" "$d/s.out"
+	local d=$rec rfp addr sfp rp sp rs=0 ss=0 r_in r_out s_in s_out l
 	# Both ends start at once, as the controller starts them when the port
 	# is known: the relay dials only once it has the receiver's pin. The
 	# binary itself, not the GNU time wrapper (whose bash, poller and time
-	# cost the timed part 20-40 ms that the pipelines beside it do not pay):
-	# each end reports its own peak RSS in its --json summary.
+	# would add processes to the timed part that the pipelines beside it do
+	# not have): each end reports its own peak RSS in its --json summary.
 	on pxe "$BIN" recv --listen "$PXE_DIRECT:$PORT_NBSHIP" --dest "$DST" --peer-pin - --json \
 		<"$d/r.in" >"$d/r.out" 2>"$d/recv.err" &
 	rp=$!
@@ -127,22 +134,27 @@ c_nbship_bare() {
 	read -r sfp <&"$s_out" || die "relay did not start: $(cat "$d/relay.err")"
 	echo "$sfp" >&"$r_in"
 	echo "$rfp" >&"$s_in"
-	grep '^{' <&"$s_out" >"$d/out" || true # after "connected ...": the summary
+	while IFS= read -r l <&"$s_out"; do # after "connected ...": the summary
+		[[ $l == '{'* ]] && printf '%s\n' "$l" >"$d/out"
+	done
 	wait "$sp" || ss=$?
-	cat <&"$r_out" >"$d/recv.out"
+	while IFS= read -r l <&"$r_out"; do printf '%s\n' "$l"; done >"$d/recv.out"
 	wait "$rp" || rs=$?
 	exec {r_in}>&- {r_out}<&- {s_in}>&- {s_out}<&-
-	rm -f "$d/r.in" "$d/r.out" "$d/s.in" "$d/s.out"
 	if [ "$ss" != 0 ] || [ "$rs" != 0 ]; then
 		die "relay exited $ss, recv $rs: $(tail -n3 "$d/relay.err" "$d/recv.err")"
 	fi
-	# As rss-wrapper.sh would have written them: no children here, so
-	# the tree's peak is the end's own.
+}
+
+c_nbship_bare_after() {
+	rm -f "$rec/r.in" "$rec/r.out" "$rec/s.in" "$rec/s.out"
+	# As rss-wrapper.sh would have written them: no children here, so the
+	# tree's peak is the end's own.
 	local role f
 	for role in relay recv; do
-		f=$d/out
-		[ "$role" = recv ] && f=$d/recv.out
-		jq -r '.peak_rss_kib // empty' "$f" | tee "$d/rss.$role.0.self" >"$d/rss.$role.0.tree"
+		f=$rec/out
+		[ "$role" = recv ] && f=$rec/recv.out
+		jq -r '.peak_rss_kib // empty' "$f" | tee "$rec/rss.$role.0.self" >"$rec/rss.$role.0.tree"
 	done
 }
 
@@ -216,6 +228,7 @@ run() {
 	w0=$(wire)
 	# The harness's own clock, tight around the contender (hyperfine's
 	# times also include this script's bookkeeping).
+	if declare -F "${fn}_before" >/dev/null; then "${fn}_before"; fi
 	t0=$EPOCHREALTIME
 	if ! "$fn"; then
 		# Keep what the failed run printed: $rec goes away with the rig.
@@ -224,6 +237,7 @@ run() {
 		die "$scenario failed; its output is in bench/results/failed/$scenario.${rec##*/}: $(tail -qn3 "$rec"/*err 2>/dev/null)"
 	fi
 	t1=$EPOCHREALTIME
+	if declare -F "${fn}_after" >/dev/null; then "${fn}_after"; fi
 	w1=$(wire)
 	local summary=null ctl=null
 	if [ -s "$rec/out" ] && head -c1 "$rec/out" | grep -q '{'; then
