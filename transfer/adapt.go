@@ -22,7 +22,11 @@ package transfer
 // through the default level and the link's rate taken from how fast the
 // queue that probe left drains; the rest of the transfer goes at the
 // better level once the link needs more than harderCost times the time
-// the source and the compressor took for the same bytes. A file is probed so only after a
+// the source and the compressor took for the same bytes, and for as long
+// as the link stays the bottleneck: every harderCheck bytes the socket's
+// queue is looked at, and when it was found empty at most of the last
+// harderSamples looks, the compressor (or the CPU it shares) has become
+// what the transfer waits for, and the rest goes at the default level. A file is probed so only after a
 // stored probe found the link slower than the compressor (a fast link,
 // where the netboot files go stored, pays nothing for it); a NAR at once.
 
@@ -30,6 +34,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // unackedConn is a connection that can tell how many written bytes the
@@ -60,11 +66,14 @@ const (
 	// output must outlast a shaped link's burst (10 ms of its rate) to
 	// show the rate behind it.
 	levelProbe = 2 << 20
-	// harderCost is how many times the default level's time per byte the
-	// better level with harderWindow takes (measured on the bench closure:
-	// 2.3-3x), so the link must be that much slower than the compressor
-	// for the better level to keep it busy.
-	harderCost = 3
+	// harderCost is how much slower than the source and the compressor
+	// the link must be for the better level: it takes 2.3-3 times the
+	// default level's time per byte (the bench closure), and twice that
+	// leaves room for what the probe does not see, such as a CPU shared
+	// with the receiving end (on the rig at 100 Mbit the probes measured
+	// the link 1.7-3.7 times slower, and the better level was then what
+	// the transfer waited for; at 20 Mbit, 8 times and more).
+	harderCost = 6
 	// levelQueue is the least the probe must leave queued for the drain to
 	// say anything about the link: less, and the link kept up with it.
 	levelQueue = 2 * drainLow
@@ -72,6 +81,11 @@ const (
 	// earlier data to drain: longer than a stored probe, since on a link
 	// known to be slow the wait costs nothing (the link is busy with it).
 	levelFirst = time.Second
+
+	// At the better level, the queue is looked at after every
+	// harderCheck bytes, and judged over harderSamples looks.
+	harderCheck   = 4 << 20
+	harderSamples = 8
 )
 
 // stretch is how many bytes go the chosen way before the next probe (a
@@ -98,6 +112,9 @@ type adapter struct {
 	// slow: a stored probe found the link slower than the compressor,
 	// which is when a file's level is worth probing.
 	slow bool
+	// looks and empty count the queue's looks at the better level, and
+	// how many found it empty.
+	looks, empty int
 }
 
 // newAdapter makes the adapter for a transfer over conn; auto lets it
@@ -159,7 +176,38 @@ func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 		return leadIn + levelProbe, nil
 	}
 	a.harder, a.leveled = true, true
-	return leadIn + levelProbe, out.harden()
+	return leadIn + levelProbe, out.setLevel(zstd.SpeedBetterCompression, harderWindow)
+}
+
+// piece is how much of size to send before the next look at the queue.
+func (a *adapter) piece(size int64) int64 {
+	if a.harder {
+		return min(size, harderCheck)
+	}
+	return size
+}
+
+// look checks, at the better level, whether the link is still what the
+// transfer waits for: a queue that the link emptied before the compressor
+// refilled it says it is not. After harderSamples looks, mostly at an
+// empty queue, the stream goes back to the default level for good.
+func (a *adapter) look(out *frames) error {
+	if !a.harder {
+		return nil
+	}
+	if n, ok := a.unacked(); !ok || n <= drainLow {
+		a.empty++
+	}
+	if a.looks++; a.looks < harderSamples {
+		return nil
+	}
+	starved := 2*a.empty > a.looks
+	a.looks, a.empty = 0, 0
+	if !starved {
+		return nil
+	}
+	a.harder = false
+	return out.setLevel(zstd.SpeedDefault, 0)
 }
 
 // drain waits until at most drainLow bytes are unacknowledged, for at most
@@ -202,7 +250,7 @@ func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 			size -= n
 			continue
 		}
-		k := size
+		k := a.piece(size)
 		if a.left > 0 {
 			k = min(k, a.left)
 		}
@@ -215,6 +263,9 @@ func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 		}
 		size -= k
 		a.left -= k
+		if err := a.look(out); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -295,3 +295,51 @@ func TestAdaptStoreLevel(t *testing.T) {
 		})
 	}
 }
+
+// countWriter counts what is written to it and drops it.
+type countWriter struct{ n atomic.Int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n.Add(int64(len(p))); return len(p), nil }
+
+// nopConn is a connection whose peer reads everything at once.
+type nopConn struct{ io.Writer }
+
+func (nopConn) Read([]byte) (int, error) { return 0, io.EOF }
+func (nopConn) Close() error             { return nil }
+
+// A link that was slow when the level was probed and then got fast (or a
+// better level that left the CPU behind the link): the queue keeps being
+// found empty, and the stream goes back to the default level.
+func TestAdaptHarderLevelBacksOff(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "kernel")
+	data := repeatingData(22 << 20)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var wire countWriter
+	link := &shapedConn{ReadWriteCloser: nopConn{&wire}, rate: 4 << 20, limit: 8 << 20}
+	fast := writeHook{link, func(int) {
+		// Once the probes are out (about 1 MB of them), the link
+		// becomes as fast as the compressor can fill it.
+		if wire.n.Load() > 2<<20 && link.rate != 0 {
+			link.rate = 0
+		}
+	}}
+	out := &frames{cw: fast, level: zstd.SpeedDefault}
+	ad := newAdapter(link, true, wire.n.Load)
+	r := &fileReader{f: f, path: p, size: int64(len(data)), buf: make([]byte, 256<<10), cnt: new(Counters)}
+	if err := ad.sendFile(out, r, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out.moves != 2 || out.level != zstd.SpeedDefault || ad.harder {
+		t.Fatalf("%d level changes, ending at %v (harder %v); want to better and back to default", out.moves, out.level, ad.harder)
+	}
+}

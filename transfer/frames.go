@@ -52,6 +52,8 @@ type frames struct {
 	raw    bool   // a raw frame is open
 	// storedBytes counts the file bytes sent in raw frames.
 	storedBytes int64
+	// moves counts the level changes (setLevel).
+	moves int
 }
 
 // way is stored() when raw, else compressed().
@@ -99,15 +101,16 @@ func (f *frames) compressed() (io.Writer, error) {
 	return f.enc, nil
 }
 
-// harden ends the open frame and makes the next ones at the better level
-// with harderWindow. The default level's encoder is dropped and its memory
+// setLevel ends the open frame and makes the next ones at level with
+// window (0: encoderWindow). The old encoder is dropped and its memory
 // given back first, so that the two are not both in the peak.
-func (f *frames) harden() error {
+func (f *frames) setLevel(level zstd.EncoderLevel, window int) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
 	f.enc = nil
-	f.level, f.window = zstd.SpeedBetterCompression, harderWindow
+	f.level, f.window = level, window
+	f.moves++
 	debug.FreeOSMemory()
 	return nil
 }

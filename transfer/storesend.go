@@ -168,12 +168,19 @@ func sendNAR(ctx context.Context, out *frames, ad *adapter, st StoreReader, e *E
 		}
 		left -= n
 	}
-	w, err := out.compressed()
-	if err != nil {
-		return fail(err)
-	}
-	if err := r.send(w, left); err != nil {
-		return fail(err)
+	for left > 0 {
+		k := ad.piece(left)
+		w, err := out.compressed()
+		if err != nil {
+			return fail(err)
+		}
+		if err := r.send(w, k); err != nil {
+			return fail(err)
+		}
+		left -= k
+		if err := ad.look(out); err != nil {
+			return fail(err)
+		}
 	}
 	var one [1]byte
 	extra, _ := io.ReadFull(rc, one[:])
