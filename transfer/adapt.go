@@ -142,30 +142,17 @@ func (a *adapter) levelPays(size int64) bool {
 // rest of the transfer when the link took more than harderCost times their
 // time per byte. It returns how many bytes of r it sent.
 func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
+	n0 := r.n
 	a.slow = false
-	if !a.drain(levelFirst) {
-		// A backlog from earlier data that will not drain: no rate to
-		// measure this time.
-		return 0, nil
+	written, produced, err := a.timedCompressed(out, r, levelFirst, levelProbe)
+	if err != nil || written == 0 {
+		// written 0: a backlog from earlier data that will not drain,
+		// no rate to measure this time.
+		return r.n - n0, err
 	}
-	w, err := out.compressed()
-	if err != nil {
-		return 0, err
-	}
-	if err := r.send(w, leadIn); err != nil {
-		return 0, err
-	}
-	t0, c0 := time.Now(), a.sent()
-	if err := r.send(w, levelProbe); err != nil {
-		return leadIn, err
-	}
-	if err := out.flush(); err != nil {
-		return leadIn + levelProbe, err
-	}
-	written, produced := time.Since(t0), a.sent()-c0
 	queued, ok := a.unacked()
 	if !ok || queued < levelQueue || produced <= 0 {
-		return leadIn + levelProbe, nil
+		return r.n - n0, nil
 	}
 	// The link carries the queue at its rate; the compressor made
 	// produced bytes in written. Harder pays if draining the queue (all
@@ -173,10 +160,38 @@ func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 	// compressor's time for as many bytes.
 	budget := time.Duration(harderCost * float64(written) * float64(queued-drainLow) / float64(produced))
 	if a.drain(budget) {
-		return leadIn + levelProbe, nil
+		return r.n - n0, nil
 	}
 	a.harder, a.leveled = true, true
-	return leadIn + levelProbe, out.setLevel(zstd.SpeedBetterCompression, harderWindow)
+	return r.n - n0, out.setLevel(zstd.SpeedBetterCompression, harderWindow)
+}
+
+// timedCompressed waits up to first for the queue of earlier data to
+// drain, then sends leadIn bytes of r compressed, not timed (the encoder's
+// first blocks cost it several times what later ones do: its tables and
+// window are being allocated and touched), and size more, timed up to the
+// flush that hands them all to the connection. It returns that time (0:
+// the queue did not drain, nothing was sent) and how many stream bytes
+// the timed part made.
+func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duration, size int64) (time.Duration, int64, error) {
+	if !a.drain(first) {
+		return 0, 0, nil
+	}
+	w, err := out.compressed()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := r.send(w, leadIn); err != nil {
+		return 0, 0, err
+	}
+	t0, c0 := time.Now(), a.sent()
+	if err := r.send(w, size); err != nil {
+		return 0, 0, err
+	}
+	if err := out.flush(); err != nil {
+		return 0, 0, err
+	}
+	return max(time.Since(t0), 1), a.sent() - c0, nil
 }
 
 // piece is how much of size to send before the next look at the queue.
@@ -276,42 +291,27 @@ func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 // stretch and returns how many bytes of the file it sent.
 func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	a.raw, a.left = false, stretch
-	if !a.drain(drainFirst) {
-		return 0, nil
+	n0 := r.n
+	written, _, err := a.timedCompressed(out, r, drainFirst, probeSize)
+	if err != nil || written == 0 {
+		return r.n - n0, err
 	}
-	w, err := out.compressed()
-	if err != nil {
-		return 0, err
-	}
-	// The encoder's first blocks cost it several times what later ones do
-	// (its tables and window are being allocated and touched): a lead-in,
-	// not timed, keeps that out of the probe.
-	if err := r.send(w, leadIn); err != nil {
-		return 0, err
-	}
-	t0 := time.Now()
-	if err := r.send(w, probeSize); err != nil {
-		return leadIn, err
-	}
-	if err := out.flush(); err != nil {
-		return leadIn + probeSize, err
-	}
-	written := time.Now().Sub(t0)
 	// Waiting longer for the link than the compressor took means the link
 	// is the bottleneck even for compressed bytes: stored would be slower.
 	if !a.drain(written) {
 		a.slow = true
-		return leadIn + probeSize, nil
+		return r.n - n0, nil
 	}
-	if w, err = out.stored(); err != nil {
-		return leadIn + probeSize, err
+	w, err := out.stored()
+	if err != nil {
+		return r.n - n0, err
 	}
 	t1 := time.Now()
 	if err := r.send(w, rawProbe); err != nil {
-		return leadIn + probeSize, err
+		return r.n - n0, err
 	}
 	if err := out.flush(); err != nil {
-		return leadIn + probeSize + rawProbe, err
+		return r.n - n0, err
 	}
 	// Compressing and sending overlap, so what compressed costs per byte is
 	// the compressor's time, not that plus the link's. Stored must also
@@ -322,7 +322,7 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	budget := time.Duration(float64(written) * rawProbe / probeSize / storedMargin)
 	spent := time.Now().Sub(t1)
 	a.raw = spent < budget && a.drain(budget-spent)
-	return leadIn + probeSize + rawProbe, nil
+	return r.n - n0, nil
 }
 
 // fileReader reads one file's bytes, or one NAR's, into the stream.

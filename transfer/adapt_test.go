@@ -87,6 +87,13 @@ func wordyFile(t *testing.T, size int) string {
 // checks it arrived whole; it returns the sender's stats.
 func shipOver(t *testing.T, file string, level zstd.EncoderLevel, wrap func(io.ReadWriteCloser) io.ReadWriteCloser) *Stats {
 	t.Helper()
+	st, _ := shipInto(t, file, level, wrap)
+	return st
+}
+
+// shipInto is shipOver that also returns the (closed) receiving sink.
+func shipInto(t *testing.T, file string, level zstd.EncoderLevel, wrap func(io.ReadWriteCloser) io.ReadWriteCloser) (*Stats, *DirSink) {
+	t.Helper()
 	src, err := Collect(context.Background(), []string{file})
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +114,7 @@ func shipOver(t *testing.T, file string, level zstd.EncoderLevel, wrap func(io.R
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("the file did not arrive whole (%d of %d bytes, %v)", len(got), len(want), err)
 	}
-	return sent
+	return sent, sink
 }
 
 const adaptFile = 12 << 20
@@ -214,10 +221,11 @@ func repeatingData(rep int) []byte {
 	return slices.Concat(fill(4<<20), block, block)
 }
 
-// slowLink is a 4 MB/s link with a socket's worth of queue: the default
-// level's output takes it many times the compressor's time.
+// slowLink is a 512 KiB/s link with a socket's worth of queue: the default
+// level's output takes it many times the compressor's time (more than the
+// harderCost margin even when the tests share the machine with a build).
 func slowLink(c io.ReadWriteCloser) io.ReadWriteCloser {
-	return &shapedConn{ReadWriteCloser: c, rate: 4 << 20, limit: 8 << 20}
+	return &shapedConn{ReadWriteCloser: c, rate: 512 << 10, limit: 8 << 20}
 }
 
 // On a link much slower than the compressor, auto moves to the better level
@@ -230,7 +238,7 @@ func TestAdaptSlowLinkHardens(t *testing.T) {
 	}
 	auto := shipOver(t, p, 0, slowLink)
 	if auto.Level != "better" {
-		t.Fatalf("level %q over a 4 MB/s link; want better", auto.Level)
+		t.Fatalf("level %q over a 512 KiB/s link; want better", auto.Level)
 	}
 	fixed := shipOver(t, p, zstd.SpeedDefault, slowLink)
 	if fixed.Level != "default" {
@@ -322,7 +330,7 @@ func TestAdaptHarderLevelBacksOff(t *testing.T) {
 	}
 	defer f.Close()
 	var wire countWriter
-	link := &shapedConn{ReadWriteCloser: nopConn{&wire}, rate: 4 << 20, limit: 8 << 20}
+	link := &shapedConn{ReadWriteCloser: nopConn{&wire}, rate: 512 << 10, limit: 8 << 20}
 	fast := writeHook{link, func(int) {
 		// Once the probes are out (about 1 MB of them), the link
 		// becomes as fast as the compressor can fill it.

@@ -431,23 +431,7 @@ func TestDirSinkSyncsBigFilesAsTheyArrive(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "initrd"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Collect(context.Background(), []string{filepath.Join(src, "initrd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	sink, err := NewDirSink(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	a, c := net.Pipe()
-	if _, _, serr, rerr := pipeTrip(s, sink, zstdFastest, a, c, ReceiveOptions{}); serr != nil || rerr != nil {
-		t.Fatalf("send: %v; receive: %v", serr, rerr)
-	}
-	if got, err := os.ReadFile(filepath.Join(dir, "initrd")); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("initrd did not arrive whole (%d of %d bytes, %v)", len(got), len(data), err)
-	}
+	_, sink := shipInto(t, filepath.Join(src, "initrd"), zstdFastest, func(c io.ReadWriteCloser) io.ReadWriteCloser { return c })
 	// 2.5 times syncEvery: the first sync at 8 MiB always starts; the
 	// second at 16 MiB only if the first is done by then.
 	if n := sink.synced.Load(); n < 1 || n > 2 {
