@@ -50,6 +50,20 @@ func stampOf(fi fs.FileInfo) stamp {
 // Every file is hashed here, so the manifest announces each SHA-256 before
 // any data moves and the receiver can skip what it already has.
 func Collect(ctx context.Context, args []string) (*Source, error) {
+	src, err := List(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := src.Hash(ctx); err != nil {
+		return nil, err
+	}
+	return src, nil
+}
+
+// List is Collect without the hashing: the entries, their sizes and
+// modes, quickly (a path that is not there fails here). Hash must follow
+// before the Source is sent.
+func List(args []string) (*Source, error) {
 	c := collector{src: &Source{Manifest: Manifest{Version: Version}}, seen: map[string]bool{}}
 	for _, a := range args {
 		fi, err := os.Stat(a)
@@ -66,11 +80,11 @@ func Collect(ctx context.Context, args []string) (*Source, error) {
 			return nil, err
 		}
 	}
-	if err := c.src.hash(ctx); err != nil {
-		return nil, err
-	}
 	return c.src, nil
 }
+
+// Hash fills in the SHA-256 of every file of a Source from List.
+func (s *Source) Hash(ctx context.Context) error { return s.hash(ctx) }
 
 // CollectEach is Collect with every argument an entry of its own at the
 // top level, named by its base name: a directory argument's contents go

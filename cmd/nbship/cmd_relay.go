@@ -60,6 +60,11 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "fingerprint %s\n", id.Pin())
+	// A path that is missing fails at once, before anything is dialled.
+	src, err := transfer.List(fs.Args())
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
 	// The files are hashed while the pins are exchanged and the channel is
 	// set up: the manifest is needed only once the receiver is ready. Not
 	// before the pin is out: hashing takes every core, and the pin is what
@@ -68,11 +73,10 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	cctx, stopHashing := context.WithCancel(ctx)
 	defer stopHashing()
 	hashed := make(chan struct{})
-	var src *transfer.Source
 	var cerr error
 	go func() {
 		defer close(hashed)
-		src, cerr = transfer.Collect(cctx, fs.Args())
+		cerr = src.Hash(cctx)
 	}()
 	pin, err := peerPin(*pinFlag, e.stdin)
 	if err != nil {
@@ -81,7 +85,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	if *life && !*stdio {
 		ctx = lifeline(ctx, e.stdin)
 	}
-	// A path that is missing fails at once: say so before dialling.
+	// A file that cannot be read fails as soon as it is found out.
 	select {
 	case <-hashed:
 		if cerr != nil {
