@@ -285,6 +285,34 @@ func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 	return nil
 }
 
+// sendNAR sends size bytes of r, a NAR, into out: always compressed, the
+// level probed first while it is not settled, and at the better level in
+// pieces with a look at the queue after each.
+func (a *adapter) sendNAR(out *frames, r *fileReader, size int64) error {
+	if a.levelPays(size) {
+		n, err := a.probeLevel(out, r)
+		if err != nil {
+			return err
+		}
+		size -= n
+	}
+	for size > 0 {
+		k := a.piece(size)
+		w, err := out.compressed()
+		if err != nil {
+			return err
+		}
+		if err := r.send(w, k); err != nil {
+			return err
+		}
+		size -= k
+		if err := a.look(out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // probe sends a probe compressed, timing the compressor, and, unless the
 // link could not keep up even with that, one stored, timed from its first
 // byte until the peer acknowledged its last; it sets the way for the next

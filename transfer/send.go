@@ -83,9 +83,6 @@ func List(args []string) (*Source, error) {
 	return c.src, nil
 }
 
-// Hash fills in the SHA-256 of every file of a Source from List.
-func (s *Source) Hash(ctx context.Context) error { return s.hash(ctx) }
-
 // CollectEach is Collect with every argument an entry of its own at the
 // top level, named by its base name: a directory argument's contents go
 // under its name, a file argument is that file. Symlinks are followed as
@@ -111,7 +108,7 @@ func CollectEach(ctx context.Context, args []string) (*Source, error) {
 			return nil, err
 		}
 	}
-	if err := c.src.hash(ctx); err != nil {
+	if err := c.src.Hash(ctx); err != nil {
 		return nil, err
 	}
 	return c.src, nil
@@ -212,8 +209,9 @@ func kind(m fs.FileMode) string {
 	return "special file"
 }
 
-// hash fills in every file's SHA-256, a worker per core.
-func (s *Source) hash(ctx context.Context) error {
+// Hash fills in every file's SHA-256 (of a Source from List), a worker
+// per core.
+func (s *Source) Hash(ctx context.Context) error {
 	idx := make(chan int)
 	errs := make(chan error, 1)
 	var wg sync.WaitGroup
@@ -296,19 +294,6 @@ func EncoderLevel(name string) (zstd.EncoderLevel, error) {
 		return zstd.SpeedBetterCompression, nil
 	}
 	return 0, fmt.Errorf("transfer: compression level %q is not auto, fastest, default or better", name)
-}
-
-// levelName is EncoderLevel's inverse for the levels the stream uses.
-func levelName(l zstd.EncoderLevel) string {
-	switch l {
-	case zstd.SpeedFastest:
-		return "fastest"
-	case zstd.SpeedBetterCompression:
-		return "better"
-	case zstd.SpeedBestCompression:
-		return "best"
-	}
-	return "default"
 }
 
 // SendOptions tune the sending end.
@@ -517,7 +502,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 		return err
 	}
 	st.Stored = out.storedBytes
-	st.Level = levelName(out.level)
+	st.Level = out.level.String()
 	if err := writeMsg(conn, msgEnd, nil); err != nil {
 		return writeErr{err}
 	}

@@ -140,18 +140,13 @@ func topoSort(closure []string, infos map[string]*PathInfo) ([]string, error) {
 	return order, nil
 }
 
-// sendNAR streams the NAR of e from the store into out, compressed (the
-// first big one settles the level), and fails if it is not exactly the size
-// and SHA-256 the store's database announced (a corrupt source store: the
-// receiver would refuse it anyway).
+// sendNAR streams the NAR of e from the store into out (adapter.sendNAR),
+// and fails if it is not exactly the size and SHA-256 the store's database
+// announced (a corrupt source store: the receiver would refuse it anyway).
 func sendNAR(ctx context.Context, out *frames, ad *adapter, st StoreReader, e *Entry, cnt *Counters, buf []byte) error {
 	p := e.label()
 	rc, err := st.Dump(ctx, p, e.Size)
 	if err != nil {
-		return err
-	}
-	fail := func(err error) error {
-		rc.Close()
 		return err
 	}
 	corrupt := "the store is corrupt or changed; check it with nix-store --verify --check-contents"
@@ -160,27 +155,9 @@ func sendNAR(ctx context.Context, out *frames, ad *adapter, st StoreReader, e *E
 		short: func(n int64) error {
 			return fmt.Errorf("transfer: %s: its NAR is %d bytes, not the %d the store's database says; %s", p, n, e.Size, corrupt)
 		}}
-	left := e.Size
-	if ad.levelPays(left) {
-		n, err := ad.probeLevel(out, r)
-		if err != nil {
-			return fail(err)
-		}
-		left -= n
-	}
-	for left > 0 {
-		k := ad.piece(left)
-		w, err := out.compressed()
-		if err != nil {
-			return fail(err)
-		}
-		if err := r.send(w, k); err != nil {
-			return fail(err)
-		}
-		left -= k
-		if err := ad.look(out); err != nil {
-			return fail(err)
-		}
+	if err := ad.sendNAR(out, r, e.Size); err != nil {
+		rc.Close()
+		return err
 	}
 	var one [1]byte
 	extra, _ := io.ReadFull(rc, one[:])

@@ -143,21 +143,7 @@ func readStream(r io.Reader, total int64, seed uint64) error {
 func TestBatchedStreamsBothWays(t *testing.T) {
 	c, s := pair(t)
 	const total = 64 << 20
-	errs := make(chan error, 4)
-	go func() { errs <- writeStream(c, total, 1) }()
-	go func() { errs <- writeStream(s, total, 2) }()
-	go func() { errs <- readStream(s, total, 1) }()
-	go func() { errs <- readStream(c, total, 2) }()
-	for range 4 {
-		select {
-		case err := <-errs:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Fatal("no progress: the ends are stuck")
-		}
-	}
+	bothWays(t, c, s, total, 1)
 	if n := c.Meter.Out.Load() + s.Meter.Out.Load(); n < 2*total {
 		t.Errorf("%d bytes crossed the wire for %d each way", n, total)
 	}
@@ -167,15 +153,27 @@ func TestBatchedStreamsBothWays(t *testing.T) {
 func TestBatchedStreamsOverStdio(t *testing.T) {
 	a, b := net.Pipe()
 	c, s := handshake(t, NewStdioConn(a, a, a), NewStdioConn(b, b, b))
-	const total = 8 << 20
+	bothWays(t, c, s, 8<<20, 3)
+}
+
+// bothWays has c and s each write total bytes to the other and read the
+// other's, all at once (streams seed and seed+1), and fails on any error
+// or when they stop making progress.
+func bothWays(t *testing.T, c, s *Conn, total int64, seed uint64) {
+	t.Helper()
 	errs := make(chan error, 4)
-	go func() { errs <- writeStream(c, total, 3) }()
-	go func() { errs <- writeStream(s, total, 4) }()
-	go func() { errs <- readStream(s, total, 3) }()
-	go func() { errs <- readStream(c, total, 4) }()
+	go func() { errs <- writeStream(c, total, seed) }()
+	go func() { errs <- writeStream(s, total, seed+1) }()
+	go func() { errs <- readStream(s, total, seed) }()
+	go func() { errs <- readStream(c, total, seed+1) }()
 	for range 4 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("no progress: the ends are stuck")
 		}
 	}
 }
