@@ -4,6 +4,11 @@ package transfer
 // decoder reads as one: runs of compressible entries go through the zstd
 // encoder, and a file that zstd would not shrink (an initrd already gzipped,
 // say) goes as a frame of raw blocks, which costs no compression time.
+// For a closure (Manifest.Long) the frames carry the entries' bytes as
+// internal/ldm encodes them: repeats up to 16 MiB back, which zstd's 4 MiB
+// window cannot see, go as copies; bytes in raw frames go as literals,
+// unsearched. Files go as they are: a kernel and an initrd do not repeat
+// each other, and the search would cost a netboot image 40 ms.
 
 import (
 	"encoding/binary"
@@ -13,6 +18,7 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/nbship/nbship/internal/ldm"
 )
 
 // Raw frames: the zstd magic, a frame header with no content size, no
@@ -32,13 +38,14 @@ const encoderWindow = 4 << 20
 // harderWindow is the window of the harder level a slow link gets (see
 // adapter.probeLevel). Binaries that share most of their code (the static
 // qemu emulators of a closure, a toolchain's tools) repeat each other at
-// distances of 10 MB and more: on a tar of the bench closure's files the
-// better level makes 24% of the bytes with a 4 MiB window and 19% with
-// 16 MiB (the default level 25%, with either). It costs
-// the encoder about 28 MiB more (measured: 45 MiB against 17 for the
-// default level) and the receiver's decoder 13 MiB, which is why it is not
-// the window of every transfer.
-const harderWindow = 16 << 20
+// distances of 10 MB and more; internal/ldm sends the long repeats as
+// copies, and a wider window finds the shorter matches between them. On a
+// tar of the bench closure's files (352 MB), with ldm in front: the default
+// level with a 4 MiB window makes 80.4 MB, the better level 76.6 MB with
+// 4 MiB, 73.1 MB with 8 MiB, 71.8 MB with 16 MiB (91.9 MB at the default
+// level without ldm). 8 MiB keeps the relay's peak well under 64 MiB with
+// ldm's 18 MiB beside it.
+const harderWindow = 8 << 20
 
 // frames writes the stream into cw, switching between the encoder and raw
 // frames as asked.
@@ -50,6 +57,10 @@ type frames struct {
 	open   bool   // the encoder has a frame open
 	buf    []byte // one raw block with its header
 	raw    bool   // a raw frame is open
+	// long: the bytes go through far, the ldm.Encoder made on the first
+	// write.
+	long bool
+	far  *ldm.Encoder
 	// storedBytes counts the file bytes sent in raw frames.
 	storedBytes int64
 	// moves counts the level changes (setLevel).
@@ -98,7 +109,28 @@ func (f *frames) compressed() (io.Writer, error) {
 		f.enc.Reset(f.cw)
 		f.open = true
 	}
+	if f.long {
+		return longWriter{f, f.enc, true}, nil
+	}
 	return f.enc, nil
+}
+
+// longWriter puts what is written through the frames' ldm.Encoder into w,
+// searching for repeats or not.
+type longWriter struct {
+	f      *frames
+	w      io.Writer
+	search bool
+}
+
+func (w longWriter) Write(p []byte) (int, error) {
+	if w.f.far == nil {
+		w.f.far = ldm.NewEncoder()
+	}
+	if err := w.f.far.Encode(w.w, p, w.search); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // setLevel ends the open frame and makes the next ones at level with
@@ -133,6 +165,9 @@ func (f *frames) stored() (io.Writer, error) {
 		if f.buf == nil {
 			f.buf = make([]byte, 3, 3+rawBlock)
 		}
+	}
+	if f.long {
+		return longWriter{f, rawWriter{f}, false}, nil
 	}
 	return rawWriter{f}, nil
 }

@@ -59,6 +59,10 @@ type Manifest struct {
 	Version int     `json:"version"`
 	Entries []Entry `json:"entries"`
 	Total   int64   `json:"total"` // sum of file sizes
+	// Long: the data is internal/ldm's records (a closure's NARs, where
+	// binaries repeat each other megabytes apart), not the bytes as they
+	// are (files, whose sender saves ldm's time).
+	Long bool `json:"long,omitempty"`
 }
 
 // Limits a manifest must respect.

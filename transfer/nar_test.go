@@ -502,7 +502,7 @@ func narStream(entries []string, data ...[]byte) []byte {
 		total += int64(len(d))
 		all = append(all, d...)
 	}
-	return rawStream(1, manifest(total, entries...), all)
+	return rawStream(Version, storeManifest(total, entries...), all)
 }
 
 // hostileStore are streams a store receiver refuses; imported lists what
@@ -523,15 +523,17 @@ var hostileStore = []struct {
 	{"reference twice", narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, midNAR, []string{leafName, leafName}, "")}, leafNAR, midNAR), "listed twice", nil},
 	{"deriver not a drv", narStream([]string{narEntry(leafName, leafNAR, nil, midName)}, leafNAR), "deriver", nil},
 	{"bad deriver", narStream([]string{narEntry(leafName, leafNAR, nil, "x.drv")}, leafNAR), "deriver", nil},
-	{"mode on a store path", rawStream(1, manifest(int64(len(leafNAR)), `{"name":"`+leafName+`","type":"nar","mode":493,"size":`+fmt.Sprint(len(leafNAR))+`,"sha256":"`+sha(leafNAR)+`"}`), leafNAR), "with a mode", nil},
+	{"mode on a store path", rawStream(Version, manifest(int64(len(leafNAR)), `{"name":"`+leafName+`","type":"nar","mode":493,"size":`+fmt.Sprint(len(leafNAR))+`,"sha256":"`+sha(leafNAR)+`"}`), leafNAR), "with a mode", nil},
 	{"empty NAR", narStream([]string{narEntry(leafName, nil, nil, "")}), "out of range", nil},
-	{"references on a file", rawStream(1, manifest(1, `{"name":"f","type":"file","mode":420,"size":1,"sha256":"`+sha([]byte("x"))+`","references":["`+leafName+`"]}`), []byte("x")), "not a store path", nil},
-	{"files to a store", rawStream(1, manifest(1, file("f", []byte("x"))), []byte("x")), "sender sent files", nil},
+	{"references on a file", rawStream(Version, manifest(1, `{"name":"f","type":"file","mode":420,"size":1,"sha256":"`+sha([]byte("x"))+`","references":["`+leafName+`"]}`), []byte("x")), "not a store path", nil},
+	{"files to a store", rawStream(Version, manifest(1, file("f", []byte("x"))), []byte("x")), "sender sent files", nil},
 	{"mixed", narStream([]string{narEntry(leafName, leafNAR, nil, ""), file("f", []byte("x"))}, leafNAR, []byte("x")), "mixes Nix store paths with files", nil},
-	{"hash mismatch", rawStream(1, manifest(int64(len(leafNAR)), narEntry(leafName, fakeNAR("lea!"), nil, "")), leafNAR), "/nix/store/" + leafName + ": the NAR's SHA-256", nil},
+	{"hash mismatch", rawStream(Version, storeManifest(int64(len(leafNAR)), narEntry(leafName, fakeNAR("lea!"), nil, "")), leafNAR), "/nix/store/" + leafName + ": the NAR's SHA-256", nil},
 	{"hash mismatch on the second", narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, fakeNAR("mi!"), []string{leafName}, ""), narEntry(topName, topNAR, []string{midName}, "")}, leafNAR, midNAR, topNAR), "/nix/store/" + midName + ": the NAR's SHA-256", []string{leafName}},
-	{"truncated in the second", rawStream(1, manifest(int64(len(leafNAR)+len(midNAR)), narEntry(leafName, leafNAR, nil, ""), narEntry(midName, midNAR, []string{leafName}, "")), append(slices.Clone(leafNAR), midNAR[:5]...)), "/nix/store/" + midName + ": data ended", []string{leafName}},
-	{"more than announced", rawStream(1, manifest(int64(len(leafNAR)), narEntry(leafName, leafNAR, nil, "")), append(slices.Clone(leafNAR), "more"...)), "more data than", []string{leafName}},
+	{"truncated in the second", rawStream(Version, storeManifest(int64(len(leafNAR)+len(midNAR)), narEntry(leafName, leafNAR, nil, ""), narEntry(midName, midNAR, []string{leafName}, "")), append(slices.Clone(leafNAR), midNAR[:5]...)), "/nix/store/" + midName + ": data ended", []string{leafName}},
+	{"copy from before the stream", payloadStream(Version, storeManifest(int64(len(leafNAR)), narEntry(leafName, leafNAR, nil, "")),
+		append(append([]byte{10}, leafNAR[:10]...), byte(len(leafNAR)-10), 0x80, 0x40)), "corrupt stream", nil},
+	{"more than announced", rawStream(Version, storeManifest(int64(len(leafNAR)), narEntry(leafName, leafNAR, nil, "")), append(slices.Clone(leafNAR), "more"...)), "more data than", []string{leafName}},
 }
 
 func TestStoreReceiveRefusesHostileStreams(t *testing.T) {

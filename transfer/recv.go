@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/nbship/nbship/internal/ldm"
 	"golang.org/x/sys/unix"
 )
 
@@ -139,6 +140,10 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 		return nil, "", err
 	}
 	defer dec.Close()
+	var data io.Reader = dec
+	if m.Long {
+		data = ldm.NewDecoder(dec)
+	}
 	buf := make([]byte, 256<<10)
 	for i := range m.Entries {
 		e := &m.Entries[i]
@@ -153,7 +158,7 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 			}
 			st.Reused++
 		default:
-			if err := receiveFile(dec, sink, e, buf, cnt); err != nil {
+			if err := receiveFile(data, sink, e, buf, cnt); err != nil {
 				return nil, "", err
 			}
 			if v, ok := sink.(Verifier); ok {
@@ -168,7 +173,7 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 	}
 	// Everything announced has arrived: anything more is refused.
 	var one [1]byte
-	n, err := io.ReadFull(dec, one[:])
+	n, err := io.ReadFull(data, one[:])
 	if n > 0 {
 		return nil, "", fmt.Errorf("transfer: refused stream: more data than the %d bytes the header announced", total)
 	}

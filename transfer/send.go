@@ -472,7 +472,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 	if level == 0 {
 		level = zstd.SpeedDefault
 	}
-	out := &frames{cw: cw, level: level}
+	out := &frames{cw: cw, level: level, long: src.Manifest.Long}
 	ad := newAdapter(conn, o.Level == 0, cnt.Compressed.Load)
 	buf := make([]byte, 256<<10) // one for every file: no garbage per file
 	for i := range src.Manifest.Entries {

@@ -60,7 +60,7 @@ func CollectStore(ctx context.Context, st StoreReader, paths []string) (*Source,
 	if ec, ok := st.(entryCounter); ok {
 		order = importOrder(order, infos, countEntries(ec, order))
 	}
-	src := &Source{Manifest: Manifest{Version: Version}, store: st}
+	src := &Source{Manifest: Manifest{Version: Version, Long: true}, store: st}
 	for _, p := range order {
 		info := infos[p]
 		e := Entry{Type: TypeNAR, Size: info.NARSize, sum: info.NARHash, SHA256: hex.EncodeToString(info.NARHash[:])}

@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/nbship/nbship/internal/ldm"
 )
 
 func sha(b []byte) string {
@@ -162,16 +163,27 @@ func TestReusedFilesAreNotSent(t *testing.T) {
 }
 
 // rawStream builds what a (possibly hostile) sender writes: the preface,
-// a header and the data, zstd-compressed in data messages.
+// a header and the data, zstd-compressed in data messages (through
+// internal/ldm when the header says "long").
 func rawStream(version uint16, header string, data []byte, extra ...[]byte) []byte {
+	if data != nil && strings.Contains(header, `"long":true`) {
+		var b bytes.Buffer
+		ldm.NewEncoder().Encode(&b, data, true)
+		data = b.Bytes()
+	}
+	return payloadStream(version, header, data, extra...)
+}
+
+// payloadStream is rawStream with the payload compressed as it is.
+func payloadStream(version uint16, header string, payload []byte, extra ...[]byte) []byte {
 	var b bytes.Buffer
 	b.WriteString(magic)
 	binary.Write(&b, binary.BigEndian, version)
 	writeMsg(&b, msgHeader, []byte(header))
-	if data != nil {
+	if payload != nil {
 		var z bytes.Buffer
 		enc, _ := zstd.NewWriter(&z, zstd.WithEncoderLevel(zstd.SpeedFastest))
-		enc.Write(data)
+		enc.Write(payload)
 		enc.Close()
 		for zb := z.Bytes(); len(zb) > 0; {
 			n := min(len(zb), sendChunk)
@@ -187,7 +199,12 @@ func rawStream(version uint16, header string, data []byte, extra ...[]byte) []by
 }
 
 func manifest(total int64, entries ...string) string {
-	return fmt.Sprintf(`{"version":1,"total":%d,"entries":[%s]}`, total, strings.Join(entries, ","))
+	return fmt.Sprintf(`{"version":%d,"total":%d,"entries":[%s]}`, Version, total, strings.Join(entries, ","))
+}
+
+// storeManifest is manifest for a closure's NARs, which go through ldm.
+func storeManifest(total int64, entries ...string) string {
+	return fmt.Sprintf(`{"version":%d,"total":%d,"entries":[%s],"long":true}`, Version, total, strings.Join(entries, ","))
 }
 
 func file(name string, data []byte) string {
@@ -210,23 +227,23 @@ var hostile = []struct {
 	stream []byte
 	want   string
 }{
-	{"absolute name", rawStream(1, manifest(1, file("/etc/passwd", []byte("x"))), []byte("x")), "absolute name"},
-	{"dot dot", rawStream(1, manifest(1, file("a/../../x", []byte("x"))), []byte("x")), "'..'"},
-	{"bare dot dot", rawStream(1, manifest(1, file("..", []byte("x"))), []byte("x")), "'..'"},
-	{"NUL in name", rawStream(1, manifest(1, file("a\x00b", []byte("x"))), []byte("x")), "NUL"},
-	{"newline in name", rawStream(1, manifest(1, file("a\nb", []byte("x"))), []byte("x")), "newline"},
-	{"duplicate", rawStream(1, manifest(2, file("a", []byte("x")), file("a", []byte("y"))), []byte("xy")), "duplicate name"},
-	{"parent is a file", rawStream(1, manifest(2, file("a", []byte("x")), file("a/b", []byte("y"))), []byte("xy")), "parent directory is not declared"},
-	{"undeclared parent", rawStream(1, manifest(1, file("d/b", []byte("y"))), []byte("y")), "parent directory is not declared"},
-	{"device file", rawStream(1, manifest(0, `{"name":"sda","type":"dev","mode":420}`), nil), `type "dev" is not file or dir`},
-	{"device mode bits", rawStream(1, manifest(1, `{"name":"sda","type":"file","mode":67109284,"size":1,"sha256":"`+sha([]byte("x"))+`"}`), []byte("x")), "not plain permission bits"},
-	{"symlink type", rawStream(1, manifest(0, `{"name":"l","type":"symlink","mode":511}`), nil), `type "symlink"`},
-	{"setuid", rawStream(1, manifest(1, `{"name":"s","type":"file","mode":8389101,"size":1,"sha256":"`+sha([]byte("x"))+`"}`), []byte("x")), "not plain permission bits"},
-	{"more bytes than announced", rawStream(1, manifest(1, file("a", []byte("x"))), []byte("xEXTRA")), "more data than"},
-	{"sizes exceed total", rawStream(1, manifest(1, file("a", []byte("xy"))), []byte("xy")), "more than the announced total"},
-	{"total not matched", rawStream(1, manifest(5, file("a", []byte("xy"))), []byte("xy")), "not the announced 5"},
-	{"hash mismatch", rawStream(1, manifest(1, `{"name":"a","type":"file","mode":420,"size":1,"sha256":"`+sha([]byte("y"))+`"}`), []byte("x")), "does not match the announced"},
-	{"truncated data", rawStream(1, manifest(10, file("a", []byte("0123456789"))), nil, func() []byte {
+	{"absolute name", rawStream(Version, manifest(1, file("/etc/passwd", []byte("x"))), []byte("x")), "absolute name"},
+	{"dot dot", rawStream(Version, manifest(1, file("a/../../x", []byte("x"))), []byte("x")), "'..'"},
+	{"bare dot dot", rawStream(Version, manifest(1, file("..", []byte("x"))), []byte("x")), "'..'"},
+	{"NUL in name", rawStream(Version, manifest(1, file("a\x00b", []byte("x"))), []byte("x")), "NUL"},
+	{"newline in name", rawStream(Version, manifest(1, file("a\nb", []byte("x"))), []byte("x")), "newline"},
+	{"duplicate", rawStream(Version, manifest(2, file("a", []byte("x")), file("a", []byte("y"))), []byte("xy")), "duplicate name"},
+	{"parent is a file", rawStream(Version, manifest(2, file("a", []byte("x")), file("a/b", []byte("y"))), []byte("xy")), "parent directory is not declared"},
+	{"undeclared parent", rawStream(Version, manifest(1, file("d/b", []byte("y"))), []byte("y")), "parent directory is not declared"},
+	{"device file", rawStream(Version, manifest(0, `{"name":"sda","type":"dev","mode":420}`), nil), `type "dev" is not file or dir`},
+	{"device mode bits", rawStream(Version, manifest(1, `{"name":"sda","type":"file","mode":67109284,"size":1,"sha256":"`+sha([]byte("x"))+`"}`), []byte("x")), "not plain permission bits"},
+	{"symlink type", rawStream(Version, manifest(0, `{"name":"l","type":"symlink","mode":511}`), nil), `type "symlink"`},
+	{"setuid", rawStream(Version, manifest(1, `{"name":"s","type":"file","mode":8389101,"size":1,"sha256":"`+sha([]byte("x"))+`"}`), []byte("x")), "not plain permission bits"},
+	{"more bytes than announced", rawStream(Version, manifest(1, file("a", []byte("x"))), []byte("xEXTRA")), "more data than"},
+	{"sizes exceed total", rawStream(Version, manifest(1, file("a", []byte("xy"))), []byte("xy")), "more than the announced total"},
+	{"total not matched", rawStream(Version, manifest(5, file("a", []byte("xy"))), []byte("xy")), "not the announced 5"},
+	{"hash mismatch", rawStream(Version, manifest(1, `{"name":"a","type":"file","mode":420,"size":1,"sha256":"`+sha([]byte("y"))+`"}`), []byte("x")), "does not match the announced"},
+	{"truncated data", rawStream(Version, manifest(10, file("a", []byte("0123456789"))), nil, func() []byte {
 		var b bytes.Buffer
 		var z bytes.Buffer
 		enc, _ := zstd.NewWriter(&z)
@@ -235,17 +252,17 @@ var hostile = []struct {
 		writeMsg(&b, msgData, z.Bytes())
 		return b.Bytes()
 	}()), "truncated"},
-	{"zstd ends early", rawStream(1, manifest(10, file("a", []byte("0123456789"))), []byte("01234")), "truncated stream"},
-	{"truncated header", append([]byte(magic+"\x00\x01"), 'H', 0, 0, 1, 0, '{'), "truncated"},
+	{"zstd ends early", rawStream(Version, manifest(10, file("a", []byte("0123456789"))), []byte("01234")), "truncated stream"},
+	{"truncated header", append([]byte(magic+"\x00\x02"), 'H', 0, 0, 1, 0, '{'), "truncated"},
 	{"unknown version", rawStream(7, manifest(0), nil), "version 7 is not supported"},
 	{"not nbship", []byte("GET / HTTP/1.1\r\n\r\n"), "nbship magic"},
-	{"huge header", append([]byte(magic+"\x00\x01"), 'H', 0xff, 0xff, 0xff, 0xff), "larger than the limit"},
-	{"bad json", rawStream(1, `{"version":1,"entries":[`, nil), "not a valid manifest"},
-	{"unknown field", rawStream(1, `{"version":1,"total":0,"entries":[],"evil":1}`, nil), "unknown field"},
-	{"negative size", rawStream(1, `{"version":1,"total":-1,"entries":[]}`, nil), "out of range"},
-	{"compression bomb", rawStream(1, manifest(10, file("a", bytes.Repeat([]byte{0}, 10))), bytes.Repeat([]byte{0}, 64<<20)), "more data than"},
-	{"data message too big", rawStream(1, manifest(1, file("a", []byte("x"))), nil, []byte{'D', 0x7f, 0, 0, 0}), "larger than the limit"},
-	{"sender abort", rawStream(1, manifest(1, file("a", []byte("x"))), nil, func() []byte {
+	{"huge header", append([]byte(magic+"\x00\x02"), 'H', 0xff, 0xff, 0xff, 0xff), "larger than the limit"},
+	{"bad json", rawStream(Version, `{"version":2,"entries":[`, nil), "not a valid manifest"},
+	{"unknown field", rawStream(Version, `{"version":2,"total":0,"entries":[],"evil":1}`, nil), "unknown field"},
+	{"negative size", rawStream(Version, `{"version":2,"total":-1,"entries":[]}`, nil), "out of range"},
+	{"compression bomb", rawStream(Version, manifest(10, file("a", bytes.Repeat([]byte{0}, 10))), bytes.Repeat([]byte{0}, 64<<20)), "more data than"},
+	{"data message too big", rawStream(Version, manifest(1, file("a", []byte("x"))), nil, []byte{'D', 0x7f, 0, 0, 0}), "larger than the limit"},
+	{"sender abort", rawStream(Version, manifest(1, file("a", []byte("x"))), nil, func() []byte {
 		var b bytes.Buffer
 		writeMsg(&b, msgAbort, []byte("disk on fire"))
 		return b.Bytes()
@@ -320,8 +337,8 @@ func FuzzReceive(f *testing.F) {
 	for _, tc := range hostile {
 		f.Add(tc.stream)
 	}
-	f.Add(rawStream(1, manifest(3, file("d", []byte("abc"))), []byte("abc")))
-	f.Add(rawStream(1, manifest(3, `{"name":"d","type":"dir","mode":493}`, file("d/f", []byte("abc"))), []byte("abc")))
+	f.Add(rawStream(Version, manifest(3, file("d", []byte("abc"))), []byte("abc")))
+	f.Add(rawStream(Version, manifest(3, `{"name":"d","type":"dir","mode":493}`, file("d/f", []byte("abc"))), []byte("abc")))
 	// Store paths, which a file sink refuses.
 	f.Add(narStream([]string{narEntry(leafName, leafNAR, nil, "")}, leafNAR))
 	f.Fuzz(func(t *testing.T, stream []byte) {

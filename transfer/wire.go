@@ -9,7 +9,7 @@ import (
 
 // Version is the stream version this nbship speaks. A receiver refuses any
 // other: both ends must run the same nbship, which the controller ensures.
-const Version = 1
+const Version = 2
 
 // magic opens the sender's half of every stream, followed by a big-endian
 // uint16 version.

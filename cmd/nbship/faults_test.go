@@ -111,7 +111,7 @@ func TestThirdPartyFirstDoesNotLockOutTheRelay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if c, err := tunnel.Dial(ctx, addr, intruder, strings.TrimPrefix(rfp, "fingerprint ")); err == nil {
-		c.Write([]byte("NBSHIP\x00\x00\x01"))
+		c.Write([]byte("NBSHIP\x00\x00\x02"))
 		buf := make([]byte, 64)
 		_, rerr := c.Read(buf)
 		c.Close()
