@@ -15,7 +15,7 @@ out=bench/results/gobench.txt
 mkdir -p bench/results
 {
 	echo "# go test -bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD), load $(cut -d' ' -f1-3 /proc/loadavg)"
-	go test -run '^$' -bench . -benchmem -count "${BENCH_COUNT:-6}" -benchtime "${BENCH_TIME:-3x}" ./transfer ./tunnel
+	go test -run '^$' -bench . -benchmem -count "${BENCH_COUNT:-6}" -benchtime "${BENCH_TIME:-3x}" ./transfer ./tunnel ./internal/ldm
 } >"$out.tmp" 2>&1 || { cat "$out.tmp" >&2; rm -f "$out.tmp"; exit 1; }
 mv "$out.tmp" "$out"
 grep -E '^(Benchmark|ok|FAIL)' "$out"

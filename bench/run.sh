@@ -128,6 +128,12 @@ store_dataset() {
 	mapfile -t paths <"$BENCH_WORK/$name.paths"
 	read -r files bytes < <(rig exec build -- sh -c 'find "$@" -type f -printf "%s\n" | awk "{ n++; s += \$1 } END { printf \"%d %.0f\\n\", n, s }"' _ "${paths[@]}")
 	echo "$name: $(wc -l <"$BENCH_WORK/$name.paths") store paths, $files files, $bytes bytes (built in $(($(date +%s) - t0)) s), top $(<"$BENCH_WORK/$name.top")" | tee -a "$BENCH_RAW/meta.txt"
+	# The yardstick of the 100 Mbit target: the closure's size in zstd,
+	# compressed as the zstd-nc contender does (tar | zstd -T0: level 3).
+	[ "$name" = closure ] || return 0
+	local zbytes
+	zbytes=$(rig exec build -- sh -c 'tar -hcf - -C /nix/store "$@" | zstd -T0 -q | wc -c' _ "${paths[@]##*/}")
+	echo "${name}_zstd: $zbytes bytes (tar -hcf - PATHS | zstd -T0, level 3)" | tee -a "$BENCH_RAW/meta.txt"
 }
 note "data: netboot sums"
 bash bench/contender.sh sum netboot.setup.x >"$BENCH_WORK/netboot.sum"
