@@ -401,13 +401,25 @@ func (s *StoreSink) Finish() error {
 	return s.endImport()
 }
 
-// Confirm checks that every path of the stream is now valid in the store.
+// Confirm checks that the paths the stream imported are now valid in the
+// store. The others were valid when the stream began (CheckManifest asked),
+// so a stream that imported nothing, a re-ship, costs no second nix-store
+// (about 80 ms on the rig, a tenth of such a run).
 func (s *StoreSink) Confirm(ctx context.Context) error {
-	invalid, err := s.st.Invalid(ctx, s.paths)
+	var imported []string
+	for _, p := range s.paths {
+		if s.invalid[p] {
+			imported = append(imported, p)
+		}
+	}
+	if len(imported) == 0 {
+		return nil
+	}
+	invalid, err := s.st.Invalid(ctx, imported)
 	if err != nil {
 		return err
 	}
-	for _, p := range s.paths {
+	for _, p := range imported {
 		if invalid[p] {
 			return fmt.Errorf("transfer: %s is not valid in this store after the import", p)
 		}

@@ -154,6 +154,7 @@ type fakeStore struct {
 	paths    map[string]*fakePath // base name -> path, valid paths only
 	dumps    map[string][]byte    // what Dump gives instead of the NAR (corruption)
 	imported []string             // base names, in import order
+	asked    [][]string           // the paths of each Invalid call
 }
 
 func newFakeStore() *fakeStore {
@@ -223,6 +224,7 @@ func (f *fakeStore) Dump(ctx context.Context, p string, size int64) (io.ReadClos
 func (f *fakeStore) Invalid(ctx context.Context, paths []string) (map[string]bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.asked = append(f.asked, slices.Clone(paths))
 	inv := map[string]bool{}
 	for _, p := range paths {
 		if b, _ := StoreBase(p); f.paths[b] == nil {
@@ -420,8 +422,14 @@ func TestStoreRoundTrip(t *testing.T) {
 		}
 	}
 
-	// Again: the receiver has everything, nothing moves.
-	dst.imported = nil
+	// The import was confirmed: the last question was about the three.
+	if n := len(dst.asked); n != 2 || len(dst.asked[1]) != 3 {
+		t.Errorf("the store was asked %v; want the manifest's paths, then the three imported", dst.asked)
+	}
+
+	// Again: the receiver has everything, nothing moves, and the store is
+	// asked once (nothing imported, nothing to confirm).
+	dst.imported, dst.asked = nil, nil
 	sent, _, serr, rerr = storeTrip(t, src, dst, StoreDir+"/"+topName)
 	if serr != nil || rerr != nil {
 		t.Fatalf("second Send = %v, Receive = %v", serr, rerr)
@@ -429,13 +437,19 @@ func TestStoreRoundTrip(t *testing.T) {
 	if sent.Sent != 0 || sent.Reused != 3 || sent.Bytes != 0 || len(dst.imported) != 0 {
 		t.Errorf("second ship sent %d, skipped %d, %d bytes, imported %v; want nothing sent", sent.Sent, sent.Reused, sent.Bytes, dst.imported)
 	}
+	if len(dst.asked) != 1 {
+		t.Errorf("a re-ship asked the store %d times (%v); want once", len(dst.asked), dst.asked)
+	}
 
-	// Half there: only the rest moves.
+	// Half there: only the rest moves, and only the rest is confirmed.
 	half := newFakeStore()
 	half.add(leafName, "leaf contents", nil, "")
 	sent, _, serr, rerr = storeTrip(t, src, half, StoreDir+"/"+topName)
 	if serr != nil || rerr != nil {
 		t.Fatalf("half Send = %v, Receive = %v", serr, rerr)
+	}
+	if n := len(half.asked); n != 2 || !slices.Equal(half.asked[1], []string{StoreDir + "/" + midName, StoreDir + "/" + topName}) {
+		t.Errorf("the store was asked %v; want the manifest's paths, then the two imported", half.asked)
 	}
 	if want := []string{midName, topName}; !slices.Equal(half.imported, want) || sent.Sent != 2 || sent.Reused != 1 {
 		t.Errorf("half: imported %v, sent %d, skipped %d; want %v, 2, 1", half.imported, sent.Sent, sent.Reused, want)
