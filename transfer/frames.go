@@ -41,10 +41,10 @@ const encoderWindow = 4 << 20
 // distances of 10 MB and more; internal/ldm sends the long repeats as
 // copies, and a wider window finds the shorter matches between them. On a
 // tar of the bench closure's files (352 MB), with ldm in front: the default
-// level with a 4 MiB window makes 80.4 MB, the better level 76.6 MB with
+// level with a 4 MiB window makes 80.5 MB, the better level 76.6 MB with
 // 4 MiB, 73.1 MB with 8 MiB, 71.8 MB with 16 MiB (91.9 MB at the default
 // level without ldm). 8 MiB keeps the relay's peak well under 64 MiB with
-// ldm's 18 MiB beside it.
+// ldm's 17 MiB beside it (56 MiB at 20 Mbit on the rig).
 const harderWindow = 8 << 20
 
 // frames writes the stream into cw, switching between the encoder and raw
@@ -61,7 +61,8 @@ type frames struct {
 	// write.
 	long bool
 	far  *ldm.Encoder
-	// storedBytes counts the file bytes sent in raw frames.
+	// storedBytes counts the bytes sent in raw frames (with ldm, its
+	// record headers too: a few bytes in 256 KiB).
 	storedBytes int64
 	// moves counts the level changes (setLevel).
 	moves int
