@@ -259,7 +259,8 @@ var ErrCorrupt = errors.New("ldm: corrupt stream")
 
 // Decoder reads records from r and gives back the stream.
 type Decoder struct {
-	r *bufio.Reader
+	r   *bufio.Reader
+	src *source
 	history
 	lit  uint64 // literal bytes left in the current record
 	n    int64  // copy bytes left
@@ -270,7 +271,23 @@ type Decoder struct {
 // NewDecoder returns a Decoder reading from r; it holds 64 KiB, and up to
 // Window more as the stream goes.
 func NewDecoder(r io.Reader) *Decoder {
-	return &Decoder{r: bufio.NewReaderSize(r, 64<<10)}
+	src := &source{r: r}
+	return &Decoder{r: bufio.NewReaderSize(src, 64<<10), src: src}
+}
+
+// source remembers the error its reader gave, so that the decoder can
+// tell it (a broken zstd frame, the peer's abort) from a record's own.
+type source struct {
+	r   io.Reader
+	err error
+}
+
+func (s *source) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
 }
 
 // Read gives back the stream. A stream that ends between records ends with
@@ -332,15 +349,15 @@ func (d *Decoder) readCopy() error {
 	return nil
 }
 
+// bad is the error of a record cut short (io.ErrUnexpectedEOF), of the
+// reader under it, or else of a length that overflows (the only error of
+// binary.ReadUvarint's own).
 func (d *Decoder) bad(err error) error {
-	if err == io.EOF {
+	switch {
+	case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF):
 		return io.ErrUnexpectedEOF
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) {
+	case err == d.src.err:
 		return err
 	}
-	if err.Error() == "binary: varint overflows a 64-bit integer" {
-		return fmt.Errorf("%w: a length overflows", ErrCorrupt)
-	}
-	return err
+	return fmt.Errorf("%w: a length overflows", ErrCorrupt)
 }

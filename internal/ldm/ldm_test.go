@@ -245,3 +245,31 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// failing gives its bytes, then err.
+type failing struct {
+	b   []byte
+	err error
+}
+
+func (f *failing) Read(p []byte) (int, error) {
+	if len(f.b) == 0 {
+		return 0, f.err
+	}
+	n := copy(p, f.b)
+	f.b = f.b[n:]
+	return n, nil
+}
+
+// The reader's own error (a broken zstd frame, the peer's abort) comes
+// back as it is, not as a corrupt record, wherever in a record it falls.
+func TestDecoderPassesReaderErrors(t *testing.T) {
+	broken := errors.New("zstd: corrupt block")
+	for _, cut := range []int{0, 1, 3, 4, 5} {
+		rec := record("abc", 3, 3)[:cut]
+		_, err := io.ReadAll(NewDecoder(&failing{rec, broken}))
+		if !errors.Is(err, broken) {
+			t.Errorf("cut after %d bytes: %v; want the reader's error", cut, err)
+		}
+	}
+}
