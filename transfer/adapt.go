@@ -361,8 +361,9 @@ type fileReader struct {
 	buf  []byte
 	cnt  *Counters
 	n    int64 // bytes read so far
-	// short is the error for an end before size bytes; nil: a file's.
-	short func(n int64) error
+	// fail makes the error for an end before size bytes (err io.EOF) or
+	// a read error, n bytes in; nil: a file's.
+	fail func(n int64, err error) error
 }
 
 // send copies exactly k more bytes of the file into w.
@@ -379,8 +380,8 @@ func (r *fileReader) send(w io.Writer, k int64) error {
 		}
 		switch {
 		case k == 0:
-		case rerr == io.EOF && r.short != nil:
-			return r.short(r.n)
+		case rerr != nil && r.fail != nil:
+			return r.fail(r.n, rerr)
 		case rerr == io.EOF:
 			return fmt.Errorf("transfer: %s shrank while being sent (announced %d bytes, read %d); nothing was published", r.path, r.size, r.n)
 		case rerr != nil:

@@ -136,14 +136,25 @@ type Importer interface {
 const exportMagic = 0x4558494e
 
 // Nix's serve protocol (nix-store --serve), the parts nbship speaks: the
-// greeting, and the command that adds one store path from its NAR, given
-// with its metadata. Numbers are 64-bit little-endian; strings their
-// length, their bytes and zeros up to a multiple of 8.
+// greeting; on the sending side the queries for a closure and its paths'
+// metadata, and the command that dumps one path's NAR; on the receiving
+// side the query for which paths are valid, and the command that adds one
+// path from its NAR, given with its metadata. Numbers are 64-bit
+// little-endian; strings their length, their bytes and zeros up to a
+// multiple of 8; a set its size, then its strings.
 const (
-	serveMagic1      = 0x390c9deb // client → server
-	serveMagic2      = 0x5452eecb // server → client
-	serveVersion     = 2<<8 | 5   // the version that has cmdAddToStoreNar
-	cmdAddToStoreNar = 9
+	serveMagic1        = 0x390c9deb // client → server
+	serveMagic2        = 0x5452eecb // server → client
+	serveVersion       = 2<<8 | 5   // the version that has cmdAddToStoreNar (and narHash in cmdQueryPathInfos)
+	cmdQueryValidPaths = 1
+	cmdQueryPathInfos  = 2
+	cmdDumpStorePath   = 3
+	cmdQueryClosure    = 7
+	cmdAddToStoreNar   = 9
+	// maxServeStr and maxServeSet bound what is read from nix-store: a
+	// store path, a content address, a signature; a closure.
+	maxServeStr = 4096
+	maxServeSet = 1 << 20
 	// holdBack is how many of a NAR's last bytes wait for its check: until
 	// they are written Nix cannot finish the NAR, so cannot add the path.
 	holdBack = 4096
@@ -158,7 +169,9 @@ const (
 // path. So a NAR that fails the check is never added (Nix is stopped
 // before it has the whole NAR), no path after it is sent to Nix, and
 // memory stays bounded whatever the size of a path. Between the two, a
-// spool (spool.go) lets the network run ahead of Nix.
+// spool (spool.go) lets the network run ahead of Nix. The same nix-store,
+// started before the manifest arrives (Prepare), first says which paths the
+// store lacks, and keeps the ones it has from the garbage collector.
 type StoreSink struct {
 	st      StoreWriter
 	paths   []string        // every path of the manifest, for Confirm
@@ -170,6 +183,8 @@ type StoreSink struct {
 	fed     int        // paths given to Nix completely
 	partial bool       // a path given to Nix in part
 	replies *replies
+	opening chan struct{} // closed once Prepare has started imp (or failed to)
+	openErr error
 }
 
 // replies counts nix-store's replies, one per path added.
@@ -247,24 +262,52 @@ func (s *StoreSink) CheckManifest(ctx context.Context, m *Manifest) error {
 	for _, r := range ext {
 		ask = append(ask, StoreDir+"/"+r)
 	}
-	invalid, err := s.st.Invalid(ctx, ask)
+	// The store is asked what it lacks through the import (started by
+	// Prepare while the manifest was on its way): one nix-store, greeted
+	// before any data moves, so a store that cannot import is refused now.
+	imp, err := s.opened(ctx)
+	var invalid map[string]bool
+	if err == nil {
+		invalid, err = queryInvalid(imp, ask)
+		if err != nil {
+			s.imp = nil
+		}
+	} else if inv, qerr := s.st.Invalid(ctx, ask); qerr == nil && !wants(m, inv) {
+		// It cannot import, and has every path: that is not needed.
+		invalid, err = inv, nil
+	}
+	if err == nil {
+		err = s.refer(m, isExt, invalid)
+	}
 	if err != nil {
+		s.endImport()
 		return err
 	}
+	s.invalid = invalid
+	if wants(m, invalid) {
+		return s.start(ctx)
+	}
+	return s.endImport()
+}
+
+// wants reports whether any of m's paths is invalid.
+func wants(m *Manifest, invalid map[string]bool) bool {
+	for i := range m.Entries {
+		if invalid[StoreDir+"/"+m.Entries[i].Name] {
+			return true
+		}
+	}
+	return false
+}
+
+// refer refuses a path referring to one neither sent before it nor valid.
+func (s *StoreSink) refer(m *Manifest, isExt, invalid map[string]bool) error {
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		for _, r := range e.References {
 			if p := StoreDir + "/" + r; isExt[r] && invalid[p] {
 				return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("refers to %s, which is neither sent before it nor valid in this store", p)}
 			}
-		}
-	}
-	s.invalid = invalid
-	for i := range m.Entries {
-		if s.Want(&m.Entries[i]) {
-			// Greet Nix before any data moves: a store that cannot
-			// import is refused now.
-			return s.start(ctx)
 		}
 	}
 	return nil
@@ -280,43 +323,108 @@ func (s *StoreSink) Mkdir(e *Entry) error {
 
 // start starts the import and greets it; a goroutine counts its replies.
 func (s *StoreSink) start(ctx context.Context) error {
-	imp, err := s.st.Import(ctx)
+	imp, err := s.opened(ctx)
 	if err != nil {
 		return err
 	}
-	fail := func(err error) error {
-		imp.Kill()
-		io.Copy(io.Discard, imp)
-		if werr := imp.Wait(); werr != nil {
-			return fmt.Errorf("transfer: %w", werr)
-		}
-		return fmt.Errorf("transfer: nix-store --serve: %w", err)
-	}
-	if err := writeNum(imp, serveMagic1); err != nil {
-		return fail(err)
-	}
-	var hello [16]byte
-	if _, err := io.ReadFull(imp, hello[:]); err != nil {
-		return fail(fmt.Errorf("no greeting: %w", err))
-	}
-	if m := binary.LittleEndian.Uint64(hello[:8]); m != serveMagic2 {
-		return fail(fmt.Errorf("greeting %#x is not Nix's serve protocol", m))
-	}
-	if v := binary.LittleEndian.Uint64(hello[8:]); v>>8 != serveVersion>>8 || v&0xff < serveVersion&0xff {
-		return fail(fmt.Errorf("serve protocol %d.%d; nbship needs %d.%d or later in that series (Nix 2.3 or later)", v>>8, v&0xff, serveVersion>>8, serveVersion&0xff))
-	}
-	if err := writeNum(imp, serveVersion); err != nil {
-		return fail(err)
-	}
 	out, err := newSpool("", imp)
 	if err != nil {
-		return fail(err)
+		s.imp = nil
+		imp.Kill()
+		io.Copy(io.Discard, imp)
+		imp.Wait()
+		return err
 	}
-	s.imp, s.out = imp, out
+	s.out = out
 	s.replies = &replies{}
 	s.replies.cond.L = &s.replies.mu
 	go s.replies.read(imp)
 	return nil
+}
+
+// Prepare starts Nix's import now, in the background: nix-store takes
+// 60-100 ms to start and greet, which the wait for the stream's manifest
+// hides. Close stops it if the stream never comes.
+func (s *StoreSink) Prepare(ctx context.Context) {
+	s.opening = make(chan struct{})
+	go func() {
+		defer close(s.opening)
+		s.imp, s.openErr = s.open(ctx)
+	}()
+}
+
+// opened returns the greeted import, started by Prepare or now.
+func (s *StoreSink) opened(ctx context.Context) (Importer, error) {
+	if s.opening == nil {
+		s.Prepare(ctx)
+	}
+	<-s.opening
+	return s.imp, s.openErr
+}
+
+// open starts an import and greets it.
+func (s *StoreSink) open(ctx context.Context) (Importer, error) {
+	imp, err := s.st.Import(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := greetServe(imp); err != nil {
+		return nil, serveFailed(imp, err)
+	}
+	return imp, nil
+}
+
+// serveFailed stops imp after err and returns the error to report: its
+// own words, when it failed.
+func serveFailed(imp Importer, err error) error {
+	imp.Kill()
+	io.Copy(io.Discard, imp)
+	if werr := imp.Wait(); werr != nil {
+		return fmt.Errorf("transfer: %w", werr)
+	}
+	return fmt.Errorf("transfer: nix-store --serve: %w", err)
+}
+
+// queryInvalid asks imp which of paths are not valid, adding the valid
+// ones to its temporary roots: the garbage collector leaves them alone
+// until the import ends.
+func queryInvalid(imp Importer, paths []string) (map[string]bool, error) {
+	b := binary.LittleEndian.AppendUint64(nil, cmdQueryValidPaths)
+	b = binary.LittleEndian.AppendUint64(b, 1) // lock: temporary roots
+	b = binary.LittleEndian.AppendUint64(b, 0) // no substitutes
+	b = appendSet(b, paths)
+	if _, err := imp.Write(b); err != nil {
+		return nil, serveFailed(imp, err)
+	}
+	asked := make(map[string]bool, len(paths))
+	for _, p := range paths {
+		asked[p] = true
+	}
+	n, err := readNum(imp)
+	if err == nil && n > uint64(len(paths)) {
+		err = fmt.Errorf("%d valid paths of the %d asked about", n, len(paths))
+	}
+	if err != nil {
+		return nil, serveFailed(imp, err)
+	}
+	valid := make(map[string]bool, n)
+	for range n {
+		p, err := readStr(imp, maxServeStr)
+		if err == nil && !asked[p] {
+			err = fmt.Errorf("%q is valid, and was not asked about", p)
+		}
+		if err != nil {
+			return nil, serveFailed(imp, err)
+		}
+		valid[p] = true
+	}
+	invalid := map[string]bool{}
+	for _, p := range paths {
+		if !valid[p] {
+			invalid[p] = true
+		}
+	}
+	return invalid, nil
 }
 
 // Create gives Nix the command that adds e, with e's metadata, and returns
@@ -439,11 +547,23 @@ func (s *StoreSink) Abandon() {
 // input after the last whole path and waiting for it; else by waiting for
 // its replies for the paths given whole, and then killing it.
 func (s *StoreSink) endImport() error {
+	if s.opening != nil {
+		<-s.opening
+	}
 	if s.imp == nil {
 		return nil
 	}
 	imp := s.imp
 	s.imp = nil
+	if s.out == nil {
+		// Greeted, never given a path.
+		imp.CloseWrite()
+		io.Copy(io.Discard, imp)
+		if err := imp.Wait(); err != nil {
+			return fmt.Errorf("transfer: %w", err)
+		}
+		return nil
+	}
 	if s.partial {
 		if s.out.cut(s.cutAt) {
 			s.replies.wait(s.fed)
@@ -475,12 +595,86 @@ func (s *StoreSink) Close() error {
 	return s.endImport()
 }
 
+// greetServe exchanges the serve protocol's greeting with a nix-store
+// --serve on rw.
+func greetServe(rw io.ReadWriter) error {
+	if err := writeNum(rw, serveMagic1); err != nil {
+		return err
+	}
+	var hello [16]byte
+	if _, err := io.ReadFull(rw, hello[:]); err != nil {
+		return fmt.Errorf("no greeting: %w", err)
+	}
+	if m := binary.LittleEndian.Uint64(hello[:8]); m != serveMagic2 {
+		return fmt.Errorf("greeting %#x is not Nix's serve protocol", m)
+	}
+	if v := binary.LittleEndian.Uint64(hello[8:]); v>>8 != serveVersion>>8 || v&0xff < serveVersion&0xff {
+		return fmt.Errorf("serve protocol %d.%d; nbship needs %d.%d or later in that series (Nix 2.3 or later)", v>>8, v&0xff, serveVersion>>8, serveVersion&0xff)
+	}
+	return writeNum(rw, serveVersion)
+}
+
 // writeNum writes a number as Nix serialises it: 64-bit little-endian.
 func writeNum(w io.Writer, n uint64) error {
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], n)
 	_, err := w.Write(b[:])
 	return err
+}
+
+// readNum reads a number as Nix serialises it.
+func readNum(r io.Reader) (uint64, error) {
+	var b [8]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint64(b[:]), nil
+}
+
+// readStr reads a string as Nix serialises it, of at most max bytes.
+func readStr(r io.Reader, max uint64) (string, error) {
+	n, err := readNum(r)
+	if err != nil {
+		return "", err
+	}
+	if n > max {
+		return "", fmt.Errorf("a string of %d bytes, more than %d", n, max)
+	}
+	b := make([]byte, (n+7)/8*8)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", err
+	}
+	return string(b[:n]), nil
+}
+
+// readSet reads a set of strings (store paths, signatures) as Nix
+// serialises one.
+func readSet(r io.Reader) ([]string, error) {
+	n, err := readNum(r)
+	if err != nil {
+		return nil, err
+	}
+	if n > maxServeSet {
+		return nil, fmt.Errorf("a set of %d strings, more than %d", n, maxServeSet)
+	}
+	set := make([]string, 0, min(n, 1024))
+	for range n {
+		s, err := readStr(r, maxServeStr)
+		if err != nil {
+			return nil, err
+		}
+		set = append(set, s)
+	}
+	return set, nil
+}
+
+// appendSet appends full store paths as Nix serialises a set of them.
+func appendSet(b []byte, paths []string) []byte {
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(paths)))
+	for _, p := range paths {
+		b = appendStr(b, p)
+	}
+	return b
 }
 
 // appendStr appends a string as Nix serialises it: its length, its bytes,

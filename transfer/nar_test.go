@@ -154,7 +154,8 @@ type fakeStore struct {
 	paths    map[string]*fakePath // base name -> path, valid paths only
 	dumps    map[string][]byte    // what Dump gives instead of the NAR (corruption)
 	imported []string             // base names, in import order
-	asked    [][]string           // the paths of each Invalid call
+	asked    [][]string           // the paths of each Invalid call; nil: a query through the import
+	dumped   [][]string           // the paths of each Dump call
 }
 
 func newFakeStore() *fakeStore {
@@ -213,13 +214,35 @@ func (f *fakeStore) Info(ctx context.Context, paths []string) (map[string]*PathI
 	return infos, nil
 }
 
-func (f *fakeStore) Dump(ctx context.Context, p string, size int64) (io.ReadCloser, error) {
-	b, _ := StoreBase(p)
-	if d, ok := f.dumps[b]; ok {
-		return io.NopCloser(bytes.NewReader(d)), nil
-	}
-	return io.NopCloser(bytes.NewReader(f.paths[b].nar)), nil
+func (f *fakeStore) Dump(ctx context.Context) (NARDump, error) {
+	return &fakeDump{f: f}, nil
 }
+
+// fakeDump is a fakeStore's dump: the NARs asked for, back to back.
+type fakeDump struct {
+	f *fakeStore
+	r io.Reader
+}
+
+func (d *fakeDump) Request(paths []string) {
+	f := d.f
+	f.mu.Lock()
+	f.dumped = append(f.dumped, slices.Clone(paths))
+	f.mu.Unlock()
+	var all []byte
+	for _, p := range paths {
+		b, _ := StoreBase(p)
+		if dd, ok := f.dumps[b]; ok {
+			all = append(all, dd...)
+		} else {
+			all = append(all, f.paths[b].nar...)
+		}
+	}
+	d.r = bytes.NewReader(all)
+}
+
+func (d *fakeDump) Read(p []byte) (int, error) { return d.r.Read(p) }
+func (d *fakeDump) Close() error               { return nil }
 
 func (f *fakeStore) Invalid(ctx context.Context, paths []string) (map[string]bool, error) {
 	f.mu.Lock()
@@ -250,6 +273,42 @@ func (f *fakeStore) Import(ctx context.Context) (Importer, error) {
 	return fi, nil
 }
 
+// queryValid answers cmdQueryValidPaths as nix-store --serve does.
+func (f *fakeStore) queryValid(num func() (uint64, error), str func() (string, error), w io.Writer) error {
+	var lock, subst, n uint64
+	for _, v := range []*uint64{&lock, &subst, &n} {
+		var err error
+		if *v, err = num(); err != nil {
+			return err
+		}
+	}
+	var valid []string
+	for range n {
+		p, err := str()
+		if err != nil {
+			return err
+		}
+		b, err := StoreBase(p)
+		if err != nil {
+			return fmt.Errorf("bad store path %q", p)
+		}
+		f.mu.Lock()
+		if f.paths[b] != nil {
+			valid = append(valid, p)
+		}
+		f.mu.Unlock()
+	}
+	f.mu.Lock()
+	f.asked = append(f.asked, nil)
+	f.mu.Unlock()
+	b := binary.LittleEndian.AppendUint64(nil, uint64(len(valid)))
+	for _, p := range valid {
+		b = appendStr(b, p)
+	}
+	_, err := w.Write(b)
+	return err
+}
+
 func (f *fakeStore) serve(r io.Reader, w io.Writer) error {
 	num := func() (uint64, error) {
 		var b [8]byte
@@ -278,6 +337,12 @@ func (f *fakeStore) serve(r io.Reader, w io.Writer) error {
 		cmd, err := num()
 		if err != nil {
 			return nil // end of input
+		}
+		if cmd == cmdQueryValidPaths {
+			if err := f.queryValid(num, str, w); err != nil {
+				return err
+			}
+			continue
 		}
 		if cmd != cmdAddToStoreNar {
 			return fmt.Errorf("unknown serve command %d", cmd)
@@ -465,26 +530,35 @@ func sortedCopy(s []string) []string {
 func TestStoreSenderRefusesCorruptStore(t *testing.T) {
 	for _, tc := range []struct {
 		name string
+		path string // whose NAR the dump gets wrong
 		dump []byte
 		want string
+		// fine: the NAR itself is right, only what follows it is not, so
+		// the receiver may import it
+		fine bool
 	}{
-		{"flipped byte", fakeNAR("mid contents, including /nix/store/" + strings.Replace(midName, "1", "2", 1)), "SHA-256 is not the one in the store's database"},
-		{"shorter", fakeNAR("mid"), "not the"},
-		{"longer", fakeNAR("mid contents, including /nix/store/" + midName + "and more"), "more than the"},
+		{"flipped byte", midName, fakeNAR("mid contents, including /nix/store/" + strings.Replace(midName, "1", "2", 1)), "SHA-256 is not the one in the store's database", false},
+		{"shorter", midName, fakeNAR("mid"), "its NAR is 22 bytes, not the 79", false},
+		{"longer", midName, fakeNAR("mid contents, including /nix/store/" + midName + "and more"), "SHA-256 is not the one", false},
+		{"last shorter", topName, topNAR[:len(topNAR)-1], "not the", false},
+		{"last longer", topName, append(slices.Clone(topNAR), 0), "goes on after its NAR", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := threeLevels()
-			src.dumps[midName] = tc.dump
+			src.dumps[tc.path] = tc.dump
 			dst := newFakeStore()
 			_, _, serr, rerr := storeTrip(t, src, dst, StoreDir+"/"+topName)
-			if serr == nil || !strings.Contains(serr.Error(), tc.want) || !strings.Contains(serr.Error(), midName) {
-				t.Errorf("Send = %v, want an error naming %s and containing %q", serr, midName, tc.want)
+			if serr == nil || !strings.Contains(serr.Error(), tc.want) || !strings.Contains(serr.Error(), tc.path) {
+				t.Errorf("Send = %v, want an error naming %s and containing %q", serr, tc.path, tc.want)
 			}
 			if rerr == nil {
 				t.Errorf("Receive succeeded from a corrupt store")
 			}
-			if dst.paths[midName] != nil || dst.paths[topName] != nil {
-				t.Errorf("imported %v, want neither mid nor top", dst.imported)
+			if !tc.fine && (dst.paths[tc.path] != nil || dst.paths[topName] != nil) {
+				t.Errorf("imported %v, want neither %s nor top", dst.imported, tc.path)
+			}
+			if len(src.dumped) != 1 {
+				t.Errorf("the store was asked for NARs %d times (%v), want once", len(src.dumped), src.dumped)
 			}
 		})
 	}
@@ -729,5 +803,59 @@ func TestStoreSinkImportsBeforeTellingSender(t *testing.T) {
 	}
 	if want := []string{leafName}; !slices.Equal(conn.importedThen, want) {
 		t.Errorf("imported when the sender was told: %v, want %v", conn.importedThen, want)
+	}
+}
+
+// scriptedImporter is a nix-store --serve --write that answers with reply
+// whatever it is asked.
+type scriptedImporter struct {
+	reply  io.Reader
+	killed bool
+}
+
+func (s *scriptedImporter) Write(p []byte) (int, error) { return len(p), nil }
+func (s *scriptedImporter) Read(p []byte) (int, error)  { return s.reply.Read(p) }
+func (s *scriptedImporter) CloseWrite() error           { return nil }
+func (s *scriptedImporter) Wait() error                 { return nil }
+func (s *scriptedImporter) Kill()                       { s.killed = true }
+
+// The store's answer to "which are valid" is believed only for the paths
+// asked about, and no more of them than were asked.
+func TestQueryInvalidRefusesOddReplies(t *testing.T) {
+	asked := []string{StoreDir + "/" + leafName, StoreDir + "/" + midName}
+	reply := func(paths ...string) []byte {
+		b := binary.LittleEndian.AppendUint64(nil, uint64(len(paths)))
+		for _, p := range paths {
+			b = appendStr(b, p)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name  string
+		reply []byte
+		want  string // "": no error
+	}{
+		{"one valid", reply(asked[1]), ""},
+		{"not asked", reply(StoreDir + "/" + topName), "was not asked about"},
+		{"too many", binary.LittleEndian.AppendUint64(nil, 3), "3 valid paths of the 2"},
+		{"huge string", binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, 1), 1<<40), "more than 4096"},
+		{"cut short", reply(asked[1])[:12], "unexpected EOF"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			imp := &scriptedImporter{reply: bytes.NewReader(tc.reply)}
+			invalid, err := queryInvalid(imp, asked)
+			if tc.want == "" {
+				if err != nil || !invalid[asked[0]] || invalid[asked[1]] || len(invalid) != 1 {
+					t.Errorf("queryInvalid = %v, %v; want only %s invalid", invalid, err, leafName)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("queryInvalid = %v, %v; want an error containing %q", invalid, err, tc.want)
+			}
+			if !imp.killed {
+				t.Errorf("nix-store was not stopped after an odd reply")
+			}
+		})
 	}
 }

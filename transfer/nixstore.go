@@ -8,14 +8,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // NixStore is the local Nix store through Nix 2.8's nix-store command:
-// --query --requisites, --dump-db, --export, --check-validity and --serve --write.
+// --query --requisites, --dump-db, --check-validity, --serve and --serve --write.
 // It is both a StoreReader and a StoreWriter.
 type NixStore struct {
 	Env []string // nix-store's environment; nil: this process's
@@ -149,61 +153,215 @@ func parseRegistrations(lines []string, infos map[string]*PathInfo) error {
 	return nil
 }
 
-// Dump streams the NAR of path, of size bytes, through the store: from
-// nix-store --export, whose record around the NAR (a 1 before it; after it
-// the export magic, the path, its references, its deriver and a final 0)
-// is checked and dropped. (nix-store --dump would read the file system
-// under /nix/store, not the store, which need not be there.)
-func (n *NixStore) Dump(ctx context.Context, path string, size int64) (io.ReadCloser, error) {
-	cmd, t := n.command(ctx, "--export", path)
-	out, err := cmd.StdoutPipe()
+// Dump starts the dump of NARs: one nix-store --serve (no --write: it can
+// only read), greeted, and then given one cmdDumpStorePath per path asked
+// for: a closure of a thousand paths costs one process start, not a
+// thousand (60-80 ms each here, and the stream waited for each). The
+// commands are written as nix-store reads them, so it starts on the next
+// path as soon as it has written the last one's NAR. (nix-store --dump
+// would read the file system under /nix/store, not the store, which need
+// not be there.)
+func (n *NixStore) Dump(ctx context.Context) (NARDump, error) {
+	cmd, t := n.command(ctx, "--serve")
+	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, nixErr("--export", err, t)
-	}
-	d := &dump{cmd: cmd, out: out, t: t, path: path, nar: io.LimitReader(out, size)}
-	var one [8]byte
-	if _, err := io.ReadFull(out, one[:]); err != nil || binary.LittleEndian.Uint64(one[:]) != 1 {
-		err = d.Close()
-		if err == nil {
-			err = fmt.Errorf("transfer: nix-store --export %s: its output does not start a record", path)
-		}
+	out, w, err := os.Pipe()
+	if err != nil {
 		return nil, err
+	}
+	// nix-store runs ahead of the reader by what the pipe holds: a path of
+	// small files comes out of it unevenly, and the encoder should not wait
+	// for each. (Refused beyond /proc/sys/fs/pipe-max-size: the default
+	// 64 KiB stays.)
+	if rc, err := out.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, dumpPipe) })
+	}
+	cmd.Stdout = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		out.Close()
+		return nil, nixErr("--serve", err, t)
+	}
+	d := &dump{cmd: cmd, in: in, out: out, t: t}
+	if err := greetServe(struct {
+		io.Reader
+		io.Writer
+	}{out, in}); err != nil {
+		// Its input closed, a nix-store still running exits; one that
+		// failed says why.
+		in.Close()
+		werr := d.wait()
+		out.Close()
+		if werr != nil {
+			return nil, werr
+		}
+		return nil, fmt.Errorf("transfer: nix-store --serve: %w", err)
 	}
 	return d, nil
 }
 
-type dump struct {
-	cmd  *exec.Cmd
-	out  io.ReadCloser
-	nar  io.Reader
-	t    *tail
-	path string
+// Closure asks nix-store for the closure of paths; before Request only.
+func (d *dump) Closure(paths []string) ([]string, error) {
+	b := binary.LittleEndian.AppendUint64(nil, cmdQueryClosure)
+	b = binary.LittleEndian.AppendUint64(b, 0) // not the outputs of derivations
+	b = appendSet(b, paths)
+	if _, err := d.in.Write(b); err != nil {
+		return nil, d.fail("closure", err)
+	}
+	closure, err := readSet(d.out)
+	if err != nil {
+		return nil, d.fail("closure", err)
+	}
+	return closure, nil
 }
 
-func (d *dump) Read(p []byte) (int, error) { return d.nar.Read(p) }
+// Info asks nix-store for the metadata of paths; before Request only.
+func (d *dump) Info(paths []string) (map[string]*PathInfo, error) {
+	b := binary.LittleEndian.AppendUint64(nil, cmdQueryPathInfos)
+	b = appendSet(b, paths)
+	if _, err := d.in.Write(b); err != nil {
+		return nil, d.fail("metadata", err)
+	}
+	infos := make(map[string]*PathInfo, len(paths))
+	for {
+		info, err := readPathInfo(d.out)
+		if err != nil {
+			return nil, d.fail("metadata", err)
+		}
+		if info == nil {
+			break
+		}
+		if len(infos) == len(paths) {
+			return nil, d.fail("metadata", errors.New("more paths than asked about"))
+		}
+		infos[info.Path] = info
+	}
+	for _, p := range paths {
+		if infos[p] == nil {
+			return nil, fmt.Errorf("transfer: nix-store --serve gave no metadata for %s (not valid?)", p)
+		}
+	}
+	return infos, nil
+}
 
-// Close checks that the export magic follows the NAR (else the NAR was not
-// the size the database says), drops the rest of the record and waits.
+// readPathInfo reads one path's metadata as cmdQueryPathInfos gives it
+// (serve protocol 2.4 and later); nil: the empty path that ends them.
+func readPathInfo(r io.Reader) (*PathInfo, error) {
+	p, err := readStr(r, maxServeStr)
+	if err != nil || p == "" {
+		return nil, err
+	}
+	info := &PathInfo{Path: p}
+	var hash string
+	var sizes [2]uint64
+	if info.Deriver, err = readStr(r, maxServeStr); err == nil {
+		if info.References, err = readSet(r); err == nil {
+			if sizes[0], err = readNum(r); err == nil { // download size
+				if sizes[1], err = readNum(r); err == nil {
+					hash, err = readStr(r, maxServeStr)
+				}
+			}
+		}
+	}
+	if err == nil {
+		_, err = readStr(r, maxServeStr) // content address
+	}
+	if err == nil {
+		_, err = readSet(r) // signatures
+	}
+	if err != nil {
+		return nil, err
+	}
+	if sizes[1] > 1<<62 {
+		return nil, fmt.Errorf("%s: a NAR size of %d", p, sizes[1])
+	}
+	info.NARSize = int64(sizes[1])
+	if info.NARHash, err = ParseNARHash(hash); err != nil {
+		return nil, fmt.Errorf("%s: %v", p, err)
+	}
+	return info, nil
+}
+
+// fail stops nix-store after a failed query and returns the error to
+// report: its own words, when it ended by itself (its output ended, or its
+// input was refused) and said why.
+func (d *dump) fail(what string, err error) error {
+	ended := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.EPIPE)
+	d.cmd.Process.Kill()
+	if werr := d.wait(); ended && werr != nil {
+		return werr
+	}
+	return fmt.Errorf("transfer: nix-store --serve, asked for the %s: %w", what, err)
+}
+
+// Request writes the commands that dump paths, then ends nix-store's input.
+func (d *dump) Request(paths []string) {
+	d.fed = make(chan struct{})
+	go func() {
+		defer close(d.fed)
+		defer d.in.Close()
+		var b []byte
+		for _, p := range paths {
+			b = binary.LittleEndian.AppendUint64(b[:0], cmdDumpStorePath)
+			b = appendStr(b, p)
+			if _, err := d.in.Write(b); err != nil {
+				return // it stopped reading: its exit says why
+			}
+		}
+	}()
+}
+
+// dumpPipe is the size of the pipe nix-store --serve dumps NARs into.
+const dumpPipe = 1 << 20
+
+// dump is a running nix-store --serve dumping NARs.
+type dump struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  io.ReadCloser
+	t    *tail
+	fed  chan struct{} // made by Request, closed once every command is written (or refused)
+	once sync.Once
+	err  error
+}
+
+// Read reads the NARs; an end before the last one's is nix-store's error,
+// when it failed.
+func (d *dump) Read(p []byte) (int, error) {
+	n, err := d.out.Read(p)
+	if err == io.EOF {
+		if werr := d.wait(); werr != nil {
+			return n, werr
+		}
+	}
+	return n, err
+}
+
+func (d *dump) wait() error {
+	d.once.Do(func() {
+		if err := d.cmd.Wait(); err != nil {
+			d.err = nixErr("--serve", err, d.t)
+		}
+	})
+	return d.err
+}
+
+// Close stops nix-store if it is still running (a Read blocked on it
+// returns) and waits for it: one never asked for anything just sees its
+// input end. After a Read saw the end, it reports nothing new.
 func (d *dump) Close() error {
-	var magic [8]byte
-	_, merr := io.ReadFull(d.out, magic[:])
-	if merr == nil {
-		_, merr = io.Copy(io.Discard, io.LimitReader(d.out, 1<<20))
+	if d.fed == nil {
+		d.in.Close()
+	} else {
+		d.cmd.Process.Kill()
+		<-d.fed
 	}
+	err := d.wait()
 	d.out.Close()
-	err := d.cmd.Wait()
-	switch {
-	case err != nil:
-		return nixErr("--export "+d.path, err, d.t)
-	case merr != nil:
-		return fmt.Errorf("transfer: nix-store --export %s: %w", d.path, merr)
-	case binary.LittleEndian.Uint64(magic[:]) != exportMagic:
-		return fmt.Errorf("transfer: %s: its NAR is not the size the store's database says; the store is corrupt or changed; check it with nix-store --verify --check-contents", d.path)
-	}
-	return nil
+	return err
 }
 
 // Invalid returns which of paths are not valid in the store.

@@ -22,9 +22,10 @@ import (
 // Source is a manifest plus where each file entry's bytes come from.
 type Source struct {
 	Manifest Manifest
-	paths    []string    // local path per entry ("" for directories)
-	stamps   []stamp     // what each file looked like when collected
-	store    StoreReader // where nar entries come from
+	paths    []string     // local path per entry ("" for directories)
+	stamps   []stamp      // what each file looked like when collected
+	store    StoreReader  // where nar entries come from
+	pending  *pendingDump // the store's dump, started by CollectStore
 }
 
 // stamp is what changes when a file is written to or replaced: Send checks
@@ -363,6 +364,14 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 	if len(hdr) > maxHeader {
 		return nil, fmt.Errorf("transfer: %d entries make a header larger than %d MiB; send fewer files at once", len(src.Manifest.Entries), maxHeader>>20)
 	}
+	// The store's dump (started by CollectStore; again, for a Source sent
+	// before) is stopped when the stream ends.
+	pending := src.pending
+	src.pending = nil
+	if pending == nil && src.store != nil {
+		pending = startDump(ctx, src.store)
+	}
+	defer pending.close()
 	pre := append([]byte(magic), byte(Version>>8), byte(Version))
 	if _, err := conn.Write(pre); err != nil {
 		return nil, ctxErr(ctx, err)
@@ -421,7 +430,7 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 		}
 	}()
 
-	werr := sendData(ctx, conn, src, want, o, cnt, st)
+	werr := sendData(conn, src, pending, want, o, cnt, st)
 	var we writeErr
 	if werr != nil && !errors.As(werr, &we) {
 		// A local problem (a file changed under us): tell the receiver why,
@@ -466,7 +475,7 @@ func afterIf(cond bool, d time.Duration) <-chan time.Time {
 
 func wanted(bitmap []byte, i int) bool { return bitmap[i/8]&(1<<(i%8)) != 0 }
 
-func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o SendOptions, cnt *Counters, st *Stats) error {
+func sendData(conn io.Writer, src *Source, pending *pendingDump, want []byte, o SendOptions, cnt *Counters, st *Stats) error {
 	cw := &chunkWriter{w: conn, count: func(n int) { cnt.Compressed.Add(int64(n)) }}
 	level := o.Level
 	if level == 0 {
@@ -475,6 +484,19 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 	out := &frames{cw: cw, level: level, long: src.Manifest.Long}
 	ad := newAdapter(conn, o.Level == 0, cnt.Compressed.Load)
 	buf := make([]byte, 256<<10) // one for every file: no garbage per file
+	var nars []*Entry
+	for i := range src.Manifest.Entries {
+		if e := &src.Manifest.Entries[i]; e.Type == TypeNAR && e.hasData() && wanted(want, i) {
+			nars = append(nars, e)
+		}
+	}
+	var dump *narDump
+	if len(nars) > 0 {
+		var err error
+		if dump, err = pending.request(nars); err != nil {
+			return err
+		}
+	}
 	for i := range src.Manifest.Entries {
 		e := &src.Manifest.Entries[i]
 		if !e.hasData() {
@@ -486,7 +508,7 @@ func sendData(ctx context.Context, conn io.Writer, src *Source, want []byte, o S
 		}
 		var err error
 		if e.Type == TypeNAR {
-			err = sendNAR(ctx, out, ad, src.store, e, cnt, buf)
+			err = sendNAR(out, ad, dump, e, cnt, buf)
 		} else {
 			err = sendFile(out, ad, src.paths[i], src.stamps[i], e, cnt, buf)
 		}

@@ -21,9 +21,19 @@ type StoreReader interface {
 	Closure(ctx context.Context, paths []string) ([]string, error)
 	// Info returns each path's metadata from the store's database.
 	Info(ctx context.Context, paths []string) (map[string]*PathInfo, error)
-	// Dump streams a path's NAR, of size bytes as the database says.
-	// Close reports how the dump ended (and whether the NAR was larger).
-	Dump(ctx context.Context, path string, size int64) (io.ReadCloser, error)
+	// Dump starts a dump of NARs, before it is known which: the receiver
+	// is asked meanwhile.
+	Dump(ctx context.Context) (NARDump, error)
+}
+
+// NARDump is a store's dump of NARs. Request gives it the paths (once);
+// Read then returns their NARs back to back, each the size the database
+// gives it, then the end; a Read error or an early end is the store's
+// failure. Close stops the dump, also while a Read is blocked on it, and
+// waits for it to end.
+type NARDump interface {
+	io.ReadCloser
+	Request(paths []string)
 }
 
 // PathInfo is a store path's metadata as the store's database has it.
@@ -45,11 +55,52 @@ func CollectStore(ctx context.Context, st StoreReader, paths []string) (*Source,
 			return nil, fmt.Errorf("transfer: %q is not a store path: %v", p, err)
 		}
 	}
-	closure, err := st.Closure(ctx, paths)
+	// The dump starts now (nix-store: a process, 60-80 ms), and the
+	// database's metadata and the file system's entry counts are read side
+	// by side: the stream can start as soon as the receiver has said what
+	// it wants.
+	pending := startDump(ctx, st)
+	src, err := collectStore(ctx, st, pending, paths)
+	if err != nil {
+		pending.close()
+		return nil, err
+	}
+	src.pending = pending
+	return src, nil
+}
+
+// storeQuerier is a dump that can also answer the closure and metadata
+// queries, before its NARs are requested (nix-store --serve): the process
+// the NARs come from, already started, answers in milliseconds, where a
+// nix-store for each query took 70-100 ms to start.
+type storeQuerier interface {
+	Closure(paths []string) ([]string, error)
+	Info(paths []string) (map[string]*PathInfo, error)
+}
+
+func collectStore(ctx context.Context, st StoreReader, pending *pendingDump, paths []string) (*Source, error) {
+	var q storeQuerier = storeQueries{ctx, st}
+	if <-pending.c; pending.err == nil {
+		if dq, ok := pending.d.(storeQuerier); ok {
+			q = dq
+		}
+	}
+	closure, err := q.Closure(paths)
 	if err != nil {
 		return nil, err
 	}
-	infos, err := st.Info(ctx, closure)
+	var counts map[string]int
+	done := make(chan struct{})
+	if ec, ok := st.(entryCounter); ok {
+		go func() {
+			defer close(done)
+			counts = countEntries(ec, closure)
+		}()
+	} else {
+		close(done)
+	}
+	defer func() { <-done }()
+	infos, err := q.Info(closure)
 	if err != nil {
 		return nil, err
 	}
@@ -57,8 +108,8 @@ func CollectStore(ctx context.Context, st StoreReader, paths []string) (*Source,
 	if err != nil {
 		return nil, err
 	}
-	if ec, ok := st.(entryCounter); ok {
-		order = importOrder(order, infos, countEntries(ec, order))
+	if <-done; counts != nil {
+		order = importOrder(order, infos, counts)
 	}
 	src := &Source{Manifest: Manifest{Version: Version, Long: true}, store: st}
 	for _, p := range order {
@@ -140,35 +191,96 @@ func topoSort(closure []string, infos map[string]*PathInfo) ([]string, error) {
 	return order, nil
 }
 
-// sendNAR streams the NAR of e from the store into out (adapter.sendNAR),
-// and fails if it is not exactly the size and SHA-256 the store's database
-// announced (a corrupt source store: the receiver would refuse it anyway).
-func sendNAR(ctx context.Context, out *frames, ad *adapter, st StoreReader, e *Entry, cnt *Counters, buf []byte) error {
-	p := e.label()
-	rc, err := st.Dump(ctx, p, e.Size)
-	if err != nil {
-		return err
+// corruptStore is what to do about a store whose NARs are not what its
+// database says.
+const corruptStore = "the store is corrupt or changed; check it with nix-store --verify --check-contents"
+
+// narDump is the store's dump of the NARs to send, back to back.
+type narDump struct {
+	rc   io.Reader
+	left int // NARs still to come
+}
+
+// storeQueries asks the store itself.
+type storeQueries struct {
+	ctx context.Context
+	st  StoreReader
+}
+
+func (s storeQueries) Closure(paths []string) ([]string, error) { return s.st.Closure(s.ctx, paths) }
+func (s storeQueries) Info(paths []string) (map[string]*PathInfo, error) {
+	return s.st.Info(s.ctx, paths)
+}
+
+// pendingDump is a store's dump being started (a process, on a real store)
+// while the receiver says what it wants.
+type pendingDump struct {
+	c   chan struct{}
+	d   NARDump
+	err error
+}
+
+func startDump(ctx context.Context, st StoreReader) *pendingDump {
+	p := &pendingDump{c: make(chan struct{})}
+	go func() {
+		defer close(p.c)
+		p.d, p.err = st.Dump(ctx)
+	}()
+	return p
+}
+
+// request asks the dump for entries' NARs.
+func (p *pendingDump) request(entries []*Entry) (*narDump, error) {
+	<-p.c
+	if p.err != nil {
+		return nil, p.err
 	}
-	corrupt := "the store is corrupt or changed; check it with nix-store --verify --check-contents"
+	paths := make([]string, len(entries))
+	for i, e := range entries {
+		paths[i] = e.label()
+	}
+	p.d.Request(paths)
+	return &narDump{rc: p.d, left: len(entries)}, nil
+}
+
+// close stops the dump, asked for NARs or not.
+func (p *pendingDump) close() {
+	if p == nil {
+		return
+	}
+	<-p.c
+	if p.d != nil {
+		p.d.Close()
+	}
+}
+
+// sendNAR streams the next NAR of the dump, e's, into out
+// (adapter.sendNAR), and fails if it is not exactly the size and SHA-256
+// the store's database announced (a corrupt source store: the receiver
+// would refuse it anyway).
+func sendNAR(out *frames, ad *adapter, d *narDump, e *Entry, cnt *Counters, buf []byte) error {
 	h := sha256.New()
-	r := &fileReader{f: io.TeeReader(rc, h), path: "the NAR of " + p, size: e.Size, buf: buf, cnt: cnt,
-		short: func(n int64) error {
-			return fmt.Errorf("transfer: %s: its NAR is %d bytes, not the %d the store's database says; %s", p, n, e.Size, corrupt)
+	r := &fileReader{f: io.TeeReader(d.rc, h), path: "the NAR of " + e.label(), size: e.Size, buf: buf, cnt: cnt,
+		fail: func(n int64, err error) error {
+			if err == io.EOF {
+				return fmt.Errorf("transfer: %s: its NAR is %d bytes, not the %d the store's database says; %s", e.label(), n, e.Size, corruptStore)
+			}
+			return err
 		}}
 	if err := ad.sendNAR(out, r, e.Size); err != nil {
-		rc.Close()
 		return err
 	}
-	var one [1]byte
-	extra, _ := io.ReadFull(rc, one[:])
-	cerr := rc.Close()
-	switch {
-	case extra > 0:
-		return fmt.Errorf("transfer: %s: its NAR is more than the %d bytes the store's database says; %s", p, e.Size, corrupt)
-	case cerr != nil:
-		return cerr
-	case [32]byte(h.Sum(nil)) != e.sum:
-		return fmt.Errorf("transfer: %s: its NAR's SHA-256 is not the one in the store's database; %s", p, corrupt)
+	if [32]byte(h.Sum(nil)) != e.sum {
+		return fmt.Errorf("transfer: %s: its NAR's SHA-256 is not the one in the store's database; %s", e.label(), corruptStore)
+	}
+	if d.left--; d.left == 0 {
+		// The dump must end with the last NAR.
+		var one [1]byte
+		if k, err := io.ReadFull(d.rc, one[:]); k > 0 {
+			return fmt.Errorf("transfer: %s: the store's dump goes on after its NAR, which is more than the %d bytes the store's database says; %s", e.label(), e.Size, corruptStore)
+		} else if err != io.EOF {
+			return err
+		}
 	}
 	return nil
 }

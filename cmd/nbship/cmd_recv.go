@@ -71,6 +71,13 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var ssink *transfer.StoreSink
+	if *store {
+		// Nix's import starts while the relay connects.
+		ssink = transfer.NewStoreSink(&transfer.NixStore{})
+		ssink.Prepare(ctx)
+		defer ssink.Close()
+	}
 	id, err := tunnel.NewIdentity()
 	if err != nil {
 		return err
@@ -124,7 +131,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 		out = e.stderr
 	}
 	if *store {
-		return explain(recvStore(ctx, e, conn, out, *asJSON))
+		return explain(recvStore(ctx, e, conn, ssink, out, *asJSON))
 	}
 
 	stage, have, err := land.stage()
@@ -150,9 +157,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 }
 
 // recvStore imports the store paths of the stream into this host's store.
-func recvStore(ctx context.Context, e *env, conn *tunnel.Conn, out io.Writer, asJSON bool) error {
-	sink := transfer.NewStoreSink(&transfer.NixStore{})
-	defer sink.Close()
+func recvStore(ctx context.Context, e *env, conn *tunnel.Conn, sink *transfer.StoreSink, out io.Writer, asJSON bool) error {
 	cnt := new(transfer.Counters)
 	stop := storeProgress(e, "recv", cnt)
 	st, err := transfer.Receive(ctx, conn, sink, transfer.ReceiveOptions{
