@@ -10,7 +10,8 @@
 # already there, the 2 GiB closure for peak RSS, and BENCHMARKS.md's tables
 # regenerated from bench/results/ (where the raw output stays).
 #
-# Environment: BENCH_QUICK=1 (smoke run: 1 warm-up + 3 runs), BENCH_FULL=1
+# Environment: BENCH_TMPFS=0 (the rig on the root file system, not a tmpfs),
+# BENCH_QUICK=1 (smoke run: 1 warm-up + 3 runs), BENCH_FULL=1
 # (every contender on every link), BENCH_LINKS="unshaped 100mbit" (a subset),
 # BENCH_ONLY=REGEX (only scenarios matching it), BENCH_BIG=0 (skip the 2 GiB
 # closure), BENCH_GO=1 (also run bench/gobench.sh), BENCH_RESULTS=DIR (write
@@ -54,9 +55,23 @@ mkdir -p "$BENCH_RAW/runs" "$BENCH_RAW/hyperfine"
 exec > >(tee -a "$BENCH_RAW/bench.log") 2>&1
 trap '' PIPE # if tee goes, the run goes on (and says so in scenarios.txt)
 
+# The rig's state (the three hosts' Nix stores, pxe's directories) lives in
+# a tmpfs of its own: this machine's root file system is ext4 without a
+# journal, which for minutes after a delete makes every file creation scan
+# past the deleted inodes, and every run here deletes the last run's 15k
+# files first (BENCHMARKS.md, "The rig's disk"). BENCH_TMPFS=0 keeps the rig
+# on the root file system.
+bench_fs=/var/lib/nbship-bench
+if [ "${BENCH_TMPFS:-1}" = 1 ]; then
+	mkdir -p "$bench_fs"
+	mountpoint -q "$bench_fs" || mount -t tmpfs -o size=16g,mode=0755 nbship-bench "$bench_fs"
+	export NBSHIP_RIG_DIR=$bench_fs/rig
+fi
+
 cleanup() {
 	shape_all off >/dev/null 2>&1 || true
 	rig down || true
+	if [ "${BENCH_TMPFS:-1}" = 1 ]; then umount "$bench_fs" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 started=$(date +%s)
@@ -80,12 +95,17 @@ install -m 0755 dist/nbship-linux-amd64 "$BENCH_WORK/bin/nbship"
 install -m 0755 bench/rss-wrapper.sh "$BENCH_WORK/nbship"
 
 # ------------------------------------------------------------------ meta ----
+root_fs=$(findmnt -n -o FSTYPE /)
+if grep -qs none "/sys/fs/ext4/$(basename "$(findmnt -n -o SOURCE /)")/journal_task"; then
+	root_fs+=", no journal"
+fi
 {
 	echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 	echo "cpu_flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'sha_ni|aes|avx2|vaes|avx512f' | tr '\n' ' ')"
 	echo "memory: $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
 	echo "kernel: $(uname -r)"
+	echo "rig_fs: $(findmnt -n -o FSTYPE --target "$RIG_DIR") at $RIG_DIR (root file system: $root_fs)"
 	echo "nbship: $(dist/nbship-linux-amd64 --version) ($(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/results' ':!BENCHMARKS.md' 2>/dev/null || echo ', dirty tree'))"
 	echo "go: $(go version | cut -d' ' -f3)"
 	echo "tools: $(nix --version | head -1); $(ssh -V 2>&1); $(openssl version | cut -d' ' -f1-2); gzip $(gzip --version | head -1 | cut -d' ' -f2); zstd $(zstd --version | grep -o 'v[0-9.]*'); $(hyperfine --version)"
