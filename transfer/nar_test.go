@@ -859,3 +859,51 @@ func TestQueryInvalidRefusesOddReplies(t *testing.T) {
 		})
 	}
 }
+
+// What nix-store --serve says about a path (cmdQueryPathInfos) is read
+// within bounds: a record as Nix 2.8 writes it, then the empty path that
+// ends them; a string, a set or a size out of bounds, or a hash that is not
+// a SHA-256, is an error.
+func TestReadPathInfo(t *testing.T) {
+	nar := fakeNAR("mid")
+	sum := sha256Sum(nar)
+	record := func(narSize uint64, hash string, refs uint64) []byte {
+		b := appendStr(nil, StoreDir+"/"+midName)
+		b = appendStr(b, StoreDir+"/"+drvName)
+		b = binary.LittleEndian.AppendUint64(b, refs)
+		for range min(refs, 2) {
+			b = appendStr(b, StoreDir+"/"+leafName)
+		}
+		b = binary.LittleEndian.AppendUint64(b, narSize) // download size
+		b = binary.LittleEndian.AppendUint64(b, narSize)
+		b = appendStr(b, hash)
+		b = appendStr(b, "")                            // not content-addressed
+		b = appendSet(b, []string{"cache.example:sig"}) // signatures
+		return b
+	}
+	good := "sha256:" + encodeNixBase32(sum[:])
+	r := bytes.NewReader(append(record(uint64(len(nar)), good, 1), appendStr(nil, "")...))
+	info, err := readPathInfo(r)
+	if err != nil || info.Path != StoreDir+"/"+midName || info.NARHash != sum || info.NARSize != int64(len(nar)) ||
+		info.Deriver != StoreDir+"/"+drvName || !slices.Equal(info.References, []string{StoreDir + "/" + leafName}) {
+		t.Fatalf("readPathInfo = %+v, %v", info, err)
+	}
+	if end, err := readPathInfo(r); end != nil || err != nil {
+		t.Errorf("after the record: %+v, %v; want the end", end, err)
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"long path", appendStr(nil, strings.Repeat("a", maxServeStr+1)), "more than 4096"},
+		{"huge set", record(10, good, maxServeSet+1), "more than 1048576"},
+		{"huge size", record(1<<63, good, 0), "a NAR size"},
+		{"not a hash", record(10, "md5:abc", 0), "not a SHA-256"},
+		{"cut short", record(10, good, 1)[:60], "EOF"},
+	} {
+		if info, err := readPathInfo(bytes.NewReader(tc.b)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: readPathInfo = %+v, %v; want an error containing %q", tc.name, info, err, tc.want)
+		}
+	}
+}
