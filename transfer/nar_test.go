@@ -89,43 +89,6 @@ func TestParseNARHash(t *testing.T) {
 	}
 }
 
-func TestParseRegistrations(t *testing.T) {
-	// nix-store --dump-db of two paths (Nix 2.8), the second with a deriver
-	// and references, one of them itself.
-	out := `/nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt
-1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13
-120
-
-0
-/nix/store/rsrp4lak01chps2ljzsihqzb42flj32g-d
-e58cdd96a294b1a805e58211ba2f421ce16c01fe6e5a0a349145644310c16dda
-880
-/nix/store/0a4j1dpnhd5mzqkfahvqnl1s8bwmxmdg-d.drv
-2
-/nix/store/rsrp4lak01chps2ljzsihqzb42flj32g-d
-/nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt`
-	infos := map[string]*PathInfo{}
-	if err := parseRegistrations(strings.Split(out, "\n"), infos); err != nil {
-		t.Fatal(err)
-	}
-	d := infos["/nix/store/rsrp4lak01chps2ljzsihqzb42flj32g-d"]
-	a := infos["/nix/store/z3n6ml62lc6l9glpaz6fq7fvi2rks9vq-a.txt"]
-	if a == nil || d == nil || a.NARSize != 120 || d.NARSize != 880 || a.Deriver != "" ||
-		d.Deriver != "/nix/store/0a4j1dpnhd5mzqkfahvqnl1s8bwmxmdg-d.drv" || len(d.References) != 2 || len(a.References) != 0 {
-		t.Fatalf("parseRegistrations = %+v, %+v", a, d)
-	}
-	for _, bad := range []string{
-		"/nix/store/x\nnothex\n120\n\n0",
-		"/nix/store/x\n" + strings.Repeat("0", 64) + "\nbig\n\n0",
-		"/nix/store/x\n" + strings.Repeat("0", 64) + "\n1\n\n3\n/nix/store/y",
-		"/nix/store/x\n" + strings.Repeat("0", 64) + "\n1",
-	} {
-		if err := parseRegistrations(strings.Split(bad, "\n"), map[string]*PathInfo{}); err == nil {
-			t.Errorf("parseRegistrations(%q) = nil, want an error", bad)
-		}
-	}
-}
-
 // Store path names for the tests: leaf <- mid <- top, and a .drv.
 const (
 	leafName = "0c2hk5ynqmw0b6g9nqwxbwn2rgvhd6m4-leaf"
@@ -218,7 +181,8 @@ func (f *fakeStore) Dump(ctx context.Context) (NARDump, error) {
 	return &fakeDump{f: f}, nil
 }
 
-// fakeDump is a fakeStore's dump: the NARs asked for, back to back.
+// fakeDump is a fakeStore's session: its queries, then the NARs asked
+// for, back to back.
 type fakeDump struct {
 	f *fakeStore
 	r io.Reader
@@ -239,6 +203,14 @@ func (d *fakeDump) Request(paths []string) {
 		}
 	}
 	d.r = bytes.NewReader(all)
+}
+
+func (d *fakeDump) Closure(paths []string) ([]string, error) {
+	return d.f.Closure(context.Background(), paths)
+}
+
+func (d *fakeDump) Info(paths []string) (map[string]*PathInfo, error) {
+	return d.f.Info(context.Background(), paths)
 }
 
 func (d *fakeDump) Read(p []byte) (int, error) { return d.r.Read(p) }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,7 +18,8 @@ import (
 )
 
 // NixStore is the local Nix store through Nix 2.8's nix-store command:
-// --query --requisites, --dump-db, --check-validity, --serve and --serve --write.
+// --serve (the sender's session), --serve --write (the import) and
+// --check-validity (the import confirmed).
 // It is both a StoreReader and a StoreWriter.
 type NixStore struct {
 	Env []string // nix-store's environment; nil: this process's
@@ -84,79 +84,11 @@ func nixErr(op string, err error, t *tail) error {
 	return fmt.Errorf("transfer: nix-store %s: %w", op, err)
 }
 
-// Closure returns the closure of paths, dependencies first.
-func (n *NixStore) Closure(ctx context.Context, paths []string) ([]string, error) {
-	seen := map[string]bool{}
-	var all []string
-	for _, b := range batches(paths) {
-		lines, err := n.output(ctx, append([]string{"--query", "--requisites", "--"}, b...)...)
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range lines {
-			if l != "" && !seen[l] {
-				seen[l] = true
-				all = append(all, l)
-			}
-		}
-	}
-	return all, nil
-}
-
-// Info reads the paths' metadata with nix-store --dump-db, whose
-// registration format is, per path: the path, the NAR's SHA-256 (base16
-// in Nix 2.8), the NAR's size, the deriver (or an empty line), the number
-// of references and the references, one line each.
-func (n *NixStore) Info(ctx context.Context, paths []string) (map[string]*PathInfo, error) {
-	infos := make(map[string]*PathInfo, len(paths))
-	for _, b := range batches(paths) {
-		lines, err := n.output(ctx, append([]string{"--dump-db", "--"}, b...)...)
-		if err != nil {
-			return nil, err
-		}
-		if err := parseRegistrations(lines, infos); err != nil {
-			return nil, err
-		}
-	}
-	for _, p := range paths {
-		if infos[p] == nil {
-			return nil, fmt.Errorf("transfer: nix-store --dump-db gave no metadata for %s", p)
-		}
-	}
-	return infos, nil
-}
-
-func parseRegistrations(lines []string, infos map[string]*PathInfo) error {
-	for i := 0; i < len(lines); {
-		if len(lines)-i < 5 {
-			return fmt.Errorf("transfer: nix-store --dump-db: a registration of %d lines at line %d, want at least 5", len(lines)-i, i+1)
-		}
-		info := &PathInfo{Path: lines[i], Deriver: lines[i+3]}
-		bad := func(what string, err error) error {
-			return fmt.Errorf("transfer: nix-store --dump-db: %s of %s: %v", what, info.Path, err)
-		}
-		var err error
-		if info.NARHash, err = ParseNARHash(lines[i+1]); err != nil {
-			return bad("NAR hash", err)
-		}
-		if info.NARSize, err = strconv.ParseInt(lines[i+2], 10, 64); err != nil {
-			return bad("NAR size", err)
-		}
-		nrefs, err := strconv.Atoi(lines[i+4])
-		if err != nil || nrefs < 0 || nrefs > len(lines)-i-5 {
-			return bad("number of references", fmt.Errorf("%q", lines[i+4]))
-		}
-		info.References = append([]string(nil), lines[i+5:i+5+nrefs]...)
-		infos[info.Path] = info
-		i += 5 + nrefs
-	}
-	return nil
-}
-
-// Dump starts the dump of NARs: one nix-store --serve (no --write: it can
-// only read), greeted, and then given one cmdDumpStorePath per path asked
-// for: a closure of a thousand paths costs one process start, not a
-// thousand (60-80 ms each here, and the stream waited for each). The
+// Dump starts the session: one nix-store --serve (no --write: it can only
+// read), greeted; it answers the closure and metadata queries, then is
+// given one cmdDumpStorePath per path asked for: a closure of a thousand
+// paths costs one process start, not one per query and per path (60-100 ms
+// each here, and the stream waited for each). The
 // commands are written as nix-store reads them, so it starts on the next
 // path as soon as it has written the last one's NAR. (nix-store --dump
 // would read the file system under /nix/store, not the store, which need

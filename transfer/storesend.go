@@ -13,26 +13,25 @@ import (
 	"slices"
 )
 
-// StoreReader is the sending Nix store as CollectStore and Send need it.
-// Paths are full store paths.
+// StoreReader is the sending Nix store as CollectStore and Send need it:
+// one session (nix-store --serve) that answers the queries about the
+// closure, then dumps the NARs wanted. Paths are full store paths.
 type StoreReader interface {
-	// Closure returns every path paths refer to, directly or not, and
-	// paths themselves.
-	Closure(ctx context.Context, paths []string) ([]string, error)
-	// Info returns each path's metadata from the store's database.
-	Info(ctx context.Context, paths []string) (map[string]*PathInfo, error)
-	// Dump starts a dump of NARs, before it is known which: the receiver
-	// is asked meanwhile.
+	// Dump starts the session, before it is known what will be asked.
 	Dump(ctx context.Context) (NARDump, error)
 }
 
-// NARDump is a store's dump of NARs. Request gives it the paths (once);
-// Read then returns their NARs back to back, each the size the database
-// gives it, then the end; a Read error or an early end is the store's
-// failure. Close stops the dump, also while a Read is blocked on it, and
-// waits for it to end.
+// NARDump is a store's session. Before Request: Closure returns every path
+// paths refer to, directly or not, and paths themselves; Info each path's
+// metadata from the store's database. Request gives it the paths whose
+// NARs to dump (once); Read then returns their NARs back to back, each the
+// size the database gives it, then the end; a Read error or an early end
+// is the store's failure. Close stops the session, also while a Read is
+// blocked on it, and waits for it to end.
 type NARDump interface {
 	io.ReadCloser
+	Closure(paths []string) ([]string, error)
+	Info(paths []string) (map[string]*PathInfo, error)
 	Request(paths []string)
 }
 
@@ -60,7 +59,7 @@ func CollectStore(ctx context.Context, st StoreReader, paths []string) (*Source,
 	// by side: the stream can start as soon as the receiver has said what
 	// it wants.
 	pending := startDump(ctx, st)
-	src, err := collectStore(ctx, st, pending, paths)
+	src, err := collectStore(st, pending, paths)
 	if err != nil {
 		pending.close()
 		return nil, err
@@ -69,22 +68,13 @@ func CollectStore(ctx context.Context, st StoreReader, paths []string) (*Source,
 	return src, nil
 }
 
-// storeQuerier is a dump that can also answer the closure and metadata
-// queries, before its NARs are requested (nix-store --serve): the process
-// the NARs come from, already started, answers in milliseconds, where a
-// nix-store for each query took 70-100 ms to start.
-type storeQuerier interface {
-	Closure(paths []string) ([]string, error)
-	Info(paths []string) (map[string]*PathInfo, error)
-}
-
-func collectStore(ctx context.Context, st StoreReader, pending *pendingDump, paths []string) (*Source, error) {
-	var q storeQuerier = storeQueries{ctx, st}
-	if <-pending.c; pending.err == nil {
-		if dq, ok := pending.d.(storeQuerier); ok {
-			q = dq
-		}
+func collectStore(st StoreReader, pending *pendingDump, paths []string) (*Source, error) {
+	// The session, already started, answers in milliseconds, where a
+	// nix-store for each query took 70-100 ms to start.
+	if <-pending.c; pending.err != nil {
+		return nil, pending.err
 	}
+	q := pending.d
 	closure, err := q.Closure(paths)
 	if err != nil {
 		return nil, err
@@ -199,17 +189,6 @@ const corruptStore = "the store is corrupt or changed; check it with nix-store -
 type narDump struct {
 	rc   io.Reader
 	left int // NARs still to come
-}
-
-// storeQueries asks the store itself.
-type storeQueries struct {
-	ctx context.Context
-	st  StoreReader
-}
-
-func (s storeQueries) Closure(paths []string) ([]string, error) { return s.st.Closure(s.ctx, paths) }
-func (s storeQueries) Info(paths []string) (map[string]*PathInfo, error) {
-	return s.st.Info(s.ctx, paths)
 }
 
 // pendingDump is a store's dump being started (a process, on a real store)

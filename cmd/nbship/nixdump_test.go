@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -58,16 +59,18 @@ func TestNixStoreDump(t *testing.T) {
 	st := &transfer.NixStore{Env: s.env}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	infos, err := st.Info(ctx, c.all())
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	t.Run("back to back", func(t *testing.T) {
+	infos := s.infos(t, c.all()...)
+	session := func(t *testing.T) transfer.NARDump {
+		t.Helper()
 		d, err := st.Dump(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
+		return d
+	}
+
+	t.Run("back to back", func(t *testing.T) {
+		d := session(t)
 		order := []string{c.top, c.leaf, c.mid, c.leaf}
 		d.Request(order)
 		for _, p := range order {
@@ -88,35 +91,22 @@ func TestNixStoreDump(t *testing.T) {
 		gone(t, s.root)
 	})
 
-	// Before the NARs, the same process answers what nix-store -qR and
-	// --dump-db do.
+	// Before the NARs, the same process answers what nix-store --query
+	// does.
 	t.Run("queries first", func(t *testing.T) {
-		d, err := st.Dump(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := session(t)
 		defer d.Close()
-		q, ok := d.(interface {
-			Closure([]string) ([]string, error)
-			Info([]string) (map[string]*transfer.PathInfo, error)
-		})
-		if !ok {
-			t.Fatalf("%T answers no queries", d)
-		}
-		closure, err := q.Closure([]string{c.top})
+		closure, err := d.Closure([]string{c.top})
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := st.Closure(ctx, []string{c.top})
-		if err != nil {
-			t.Fatal(err)
-		}
+		want := strings.Fields(s.nixStore(t, nil, "--query", "--requisites", c.top))
 		slices.Sort(closure)
 		slices.Sort(want)
 		if !slices.Equal(closure, want) {
 			t.Errorf("Closure = %v; nix-store -qR says %v", closure, want)
 		}
-		got, err := q.Info(closure)
+		got, err := d.Info(closure)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,20 +115,15 @@ func TestNixStoreDump(t *testing.T) {
 			slices.Sort(g.References)
 			slices.Sort(w.References)
 			if g.NARHash != w.NARHash || g.NARSize != w.NARSize || g.Deriver != w.Deriver || !slices.Equal(g.References, w.References) {
-				t.Errorf("Info(%s) = %+v; nix-store --dump-db says %+v", p, g, w)
+				t.Errorf("Info(%s) = %+v; nix-store --query says %+v", p, g, w)
 			}
 		}
 		missing := transfer.StoreDir + "/" + storeName("nbship-missing")
-		if _, err := q.Info([]string{c.leaf, missing}); err == nil || !strings.Contains(err.Error(), missing) {
+		if _, err := d.Info([]string{c.leaf, missing}); err == nil || !strings.Contains(err.Error(), missing) {
 			t.Errorf("Info of a path the store lacks: %v; want an error naming it", err)
 		}
-		d2, err := st.Dump(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := d2.(interface {
-			Closure([]string) ([]string, error)
-		}).Closure([]string{missing}); err == nil || !strings.Contains(err.Error(), "not valid") {
+		d2 := session(t)
+		if _, err := d2.Closure([]string{missing}); err == nil || !strings.Contains(err.Error(), "not valid") {
 			t.Errorf("Closure of a path the store lacks: %v; want nix-store's error", err)
 		}
 		d2.Close()
@@ -151,16 +136,13 @@ func TestNixStoreDump(t *testing.T) {
 	})
 
 	t.Run("invalid path", func(t *testing.T) {
-		d, err := st.Dump(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := session(t)
 		missing := transfer.StoreDir + "/" + storeName("nbship-missing")
 		d.Request([]string{c.top, missing, c.leaf})
 		if _, err := io.ReadFull(d, make([]byte, infos[c.top].NARSize)); err != nil {
 			t.Fatalf("reading the NAR of top: %v", err)
 		}
-		_, err = io.ReadAll(d)
+		_, err := io.ReadAll(d)
 		if err == nil || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "not valid") {
 			t.Errorf("reading past an invalid path: %v; want nix-store's error naming it", err)
 		}
@@ -169,10 +151,7 @@ func TestNixStoreDump(t *testing.T) {
 	})
 
 	t.Run("never asked", func(t *testing.T) {
-		d, err := st.Dump(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := session(t)
 		if err := d.Close(); err != nil {
 			t.Errorf("Close of a dump never asked for anything = %v", err)
 		}
@@ -180,10 +159,7 @@ func TestNixStoreDump(t *testing.T) {
 	})
 
 	t.Run("closed mid-NAR", func(t *testing.T) {
-		d, err := st.Dump(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := session(t)
 		d.Request([]string{c.leaf, c.leaf, c.leaf})
 		if _, err := io.ReadFull(d, make([]byte, 1<<20)); err != nil {
 			t.Fatal(err)
@@ -209,4 +185,27 @@ func TestNixStoreDump(t *testing.T) {
 		}
 		gone(t, s.root)
 	})
+}
+
+// infos is what nix-store --query says of paths: their NAR's hash and
+// size, references and deriver.
+func (s *testStore) infos(t *testing.T, paths ...string) map[string]*transfer.PathInfo {
+	t.Helper()
+	infos := map[string]*transfer.PathInfo{}
+	for _, p := range paths {
+		q := func(what string) string { return strings.TrimSpace(s.nixStore(t, nil, "--query", what, p)) }
+		info := &transfer.PathInfo{Path: p, References: strings.Fields(q("--references"))}
+		var err error
+		if info.NARHash, err = transfer.ParseNARHash(q("--hash")); err != nil {
+			t.Fatal(err)
+		}
+		if info.NARSize, err = strconv.ParseInt(q("--size"), 10, 64); err != nil {
+			t.Fatal(err)
+		}
+		if info.Deriver = q("--deriver"); info.Deriver == "unknown-deriver" {
+			info.Deriver = ""
+		}
+		infos[p] = info
+	}
+	return infos
 }
