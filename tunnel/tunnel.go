@@ -22,6 +22,8 @@ import (
 	"math/big"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -389,34 +391,184 @@ func Dial(ctx context.Context, addr string, id *Identity, peerPin string) (*Conn
 	}
 }
 
+// Limits on connections whose handshake is still under way. Anyone who
+// can reach the receiver's port can open connections and send nothing;
+// handshakes run side by side, each bounded by HandshakeTimeout, and at
+// most MaxPending (MaxPendingPerHost from one address) wait at once: a new
+// connection past a cap closes the oldest pending one of the address with
+// the most, so a flood from one address never pushes out the peer's.
+var (
+	HandshakeTimeout  = 10 * time.Second
+	MaxPending        = 64
+	MaxPendingPerHost = 8
+)
+
+// refusalsShown is how many refused connections Accept reports one by one;
+// after that it reports every hundredth, so a flood cannot fill the log.
+const refusalsShown = 8
+
 // Accept accepts connections on ln until one completes a handshake with the
-// pinned peer, and returns it. Each refused peer (wrong certificate, or a
-// peer that refused ours, or garbage) is reported to refused and does not end
-// the wait, so a third party that connects first cannot lock out the real
-// peer. It returns when ctx ends.
+// pinned peer, and returns it. Handshakes run concurrently, each within
+// HandshakeTimeout; each refused peer (wrong certificate, a peer that
+// refused ours, garbage, silence) is reported to refused and does not end
+// the wait, so third parties that connect first or at the same time cannot
+// lock out the real peer. It returns when ctx ends, and only after every
+// handshake it started has ended.
 func Accept(ctx context.Context, ln net.Listener, id *Identity, peerPin string, refused func(error)) (*Conn, error) {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(actx, func() { ln.Close() })
 	defer stop()
+	g := newGate()
+	won := make(chan *Conn, 1)
+	var nrefused atomic.Int64
+	report := func(addr net.Addr, err error) {
+		if refused == nil || actx.Err() != nil {
+			return
+		}
+		switch n := nrefused.Add(1); {
+		case n <= refusalsShown:
+			refused(fmt.Errorf("refused %s: %w", addr, err))
+		case n%100 == 0:
+			refused(fmt.Errorf("refused %d connections so far; the latest, %s: %w", n, addr, err))
+		}
+	}
+	var wg sync.WaitGroup
+	var acceptErr error
 	for {
 		conn, err := ln.Accept()
+		if err != nil {
+			acceptErr = err
+			break
+		}
 		if tc, ok := conn.(*net.TCPConn); ok {
 			tuneTCP(tc)
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("tunnel: no peer with pin %s connected to %s: %w", peerPin, ln.Addr(), context.Cause(ctx))
+		if victim := g.admit(conn); victim != nil {
+			victim.Close()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hctx, hcancel := context.WithTimeout(actx, HandshakeTimeout)
+			c, err := ServerOver(hctx, conn, id, peerPin)
+			hcancel()
+			if evicted := g.leave(conn); evicted && err == nil {
+				c.Close()
+				err = errors.New("closed to make room for other connections")
 			}
-			return nil, fmt.Errorf("tunnel: accepting on %s: %w", ln.Addr(), err)
+			if err != nil {
+				conn.Close()
+				report(conn.RemoteAddr(), err)
+				return
+			}
+			select {
+			case won <- c:
+				cancel()
+			default:
+				c.Close() // a second pinned peer: the first one won
+			}
+		}()
+	}
+	cancel()
+	g.closeAll()
+	wg.Wait()
+	select {
+	case c := <-won:
+		return c, nil
+	default:
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("tunnel: no peer with pin %s connected to %s: %w", peerPin, ln.Addr(), context.Cause(ctx))
+	}
+	return nil, fmt.Errorf("tunnel: accepting on %s: %w", ln.Addr(), acceptErr)
+}
+
+// gate tracks the connections whose handshake is under way.
+type gate struct {
+	mu      sync.Mutex
+	seq     uint64
+	pending map[net.Conn]pendingConn
+	evicted map[net.Conn]bool
+	perHost map[string]int
+}
+
+type pendingConn struct {
+	host string
+	seq  uint64 // order of arrival
+}
+
+func newGate() *gate {
+	return &gate{pending: map[net.Conn]pendingConn{}, evicted: map[net.Conn]bool{}, perHost: map[string]int{}}
+}
+
+func hostOf(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return c.RemoteAddr().String()
+}
+
+// admit records c as pending and returns the connection to close to stay
+// within the caps, or nil.
+func (g *gate) admit(c net.Conn) net.Conn {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.seq++
+	h := hostOf(c)
+	g.pending[c] = pendingConn{host: h, seq: g.seq}
+	g.perHost[h]++
+	var from string
+	switch {
+	case g.perHost[h] > MaxPendingPerHost:
+		from = h
+	case len(g.pending) > MaxPending:
+		for host, n := range g.perHost {
+			if from == "" || n > g.perHost[from] {
+				from = host
+			}
 		}
-		hctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		c, err := ServerOver(hctx, conn, id, peerPin)
-		cancel()
-		if err == nil {
-			return c, nil
+	default:
+		return nil
+	}
+	var victim net.Conn
+	var oldest uint64
+	for pc, p := range g.pending {
+		if p.host == from && (victim == nil || p.seq < oldest) {
+			victim, oldest = pc, p.seq
 		}
-		conn.Close()
-		if refused != nil {
-			refused(fmt.Errorf("refused %s: %w", conn.RemoteAddr(), err))
-		}
+	}
+	g.drop(victim)
+	g.evicted[victim] = true
+	return victim
+}
+
+func (g *gate) drop(c net.Conn) {
+	p, ok := g.pending[c]
+	if !ok {
+		return
+	}
+	delete(g.pending, c)
+	if g.perHost[p.host]--; g.perHost[p.host] == 0 {
+		delete(g.perHost, p.host)
+	}
+}
+
+// leave ends c's handshake and says whether admit closed it meanwhile.
+func (g *gate) leave(c net.Conn) (evicted bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.drop(c)
+	evicted = g.evicted[c]
+	delete(g.evicted, c)
+	return evicted
+}
+
+// closeAll ends every pending handshake.
+func (g *gate) closeAll() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for c := range g.pending {
+		c.Close()
 	}
 }

@@ -138,3 +138,36 @@ func TestThirdPartyFirstDoesNotLockOutTheRelay(t *testing.T) {
 		t.Errorf("Image = %q, want the relay's", b)
 	}
 }
+
+// Connections that send nothing (here: open before the relay, and never
+// closed) do not hold up the real relay: the receiver handshakes them side
+// by side with it.
+func TestIdleConnectionsDoNotLockOutTheRelay(t *testing.T) {
+	bin := nbshipBinary(t, "amd64")
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "Image"), []byte("the real kernel"), 0o644)
+	parent := t.TempDir()
+	dest := filepath.Join(parent, "out")
+	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-", "--accept-timeout", "60s")
+	rfp := r.line(t)
+	addr, _ := strings.CutPrefix(r.line(t), "listening ")
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
+	sfp := s.line(t)
+	r.stdin.Write([]byte(sfp + "\n"))
+	s.stdin.Write([]byte(rfp + "\n"))
+	_, serr := s.wait(t)
+	_, rerr := r.wait(t)
+	if serr != nil || rerr != nil {
+		t.Fatalf("relay %v (%s), recv %v (%s)", serr, s.stderr, rerr, r.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dest, "Image")); string(b) != "the real kernel" {
+		t.Errorf("Image = %q, want the relay's", b)
+	}
+}
