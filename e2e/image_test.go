@@ -149,8 +149,8 @@ func TestImagePublishWrongArchRefused(t *testing.T) {
 
 	// From the operator's machine: pxeHost and pxeDir from the config.
 	stdout, stderr, err := s.run(t, ctx, "image", "publish", "--config", s.config, "--instance", "c2.large.arm", wrong)
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
-		t.Fatalf("image publish of an x86 kernel to the arm slot over SSH: %v, want exit 1\n%s", err, stderr)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 65 {
+		t.Fatalf("image publish of an x86 kernel to the arm slot over SSH: %v, want exit 65 (refused)\n%s", err, stderr)
 	}
 	lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
 	if len(lines) < 2 || lines[len(lines)-2] != "nbship: netboot@pxe: image: "+wrong+"/"+want ||

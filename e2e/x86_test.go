@@ -114,8 +114,8 @@ func TestX86_64WrongKernelRefused(t *testing.T) {
 }
 `, s.salt, debianArm64+"linux", debianAmd64+"initrd.gz"))
 	_, stderr, err := s.run(t, ctx, "x86_64", "--config", s.config)
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
-		t.Fatalf("x86_64 with an arm64 kernel: %v, want exit 1\n%s", err, stderr)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 65 {
+		t.Fatalf("x86_64 with an arm64 kernel: %v, want exit 65 (refused)\n%s", err, stderr)
 	}
 	lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
 	refusal := lines[max(0, len(lines)-2)]

@@ -23,6 +23,10 @@ type VerifyError struct {
 
 func (e *VerifyError) Error() string { return "image: " + e.Path + " " + e.Msg }
 
+// Refusal marks a VerifyError as a refusal of what was sent: the receiver
+// exits with the status that tells the controller not to send it again.
+func (e *VerifyError) Refusal() {}
+
 func refuse(path, format string, a ...any) error {
 	return &VerifyError{Path: path, Msg: fmt.Sprintf(format, a...)}
 }

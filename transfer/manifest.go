@@ -80,6 +80,9 @@ type ManifestError struct {
 	Msg  string
 }
 
+// Refusal marks a ManifestError as a refusal (see IsRefusal).
+func (e *ManifestError) Refusal() {}
+
 func (e *ManifestError) Error() string {
 	if e.Name != "" {
 		return fmt.Sprintf("transfer: refused entry %q: %s", e.Name, e.Msg)

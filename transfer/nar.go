@@ -318,7 +318,7 @@ func (s *StoreSink) Want(e *Entry) bool { return s.invalid[StoreDir+"/"+e.Name] 
 
 // Mkdir refuses: a store sink takes only store paths.
 func (s *StoreSink) Mkdir(e *Entry) error {
-	return fmt.Errorf("transfer: %s: a directory entry in a stream of store paths", e.Name)
+	return refused("%s: a directory entry in a stream of store paths", e.Name)
 }
 
 // start starts the import and greets it; a goroutine counts its replies.
@@ -431,7 +431,7 @@ func queryInvalid(imp Importer, paths []string) (map[string]bool, error) {
 // the writer of its NAR.
 func (s *StoreSink) Create(e *Entry) (io.WriteCloser, error) {
 	if s.imp == nil {
-		return nil, fmt.Errorf("transfer: %s: a store path the manifest did not ask for", e.label())
+		return nil, refused("%s: a store path the manifest did not ask for", e.label())
 	}
 	b := binary.LittleEndian.AppendUint64(nil, cmdAddToStoreNar)
 	b = appendPath(b, e.Name)
@@ -463,7 +463,7 @@ type narWriter struct {
 
 func (w *narWriter) Write(p []byte) (int, error) {
 	if w.n+int64(len(p)) > w.e.Size {
-		return 0, fmt.Errorf("transfer: %s: more than its %d announced bytes", w.e.label(), w.e.Size)
+		return 0, refused("%s: more than its %d announced bytes", w.e.label(), w.e.Size)
 	}
 	pass := min(int64(len(p)), max(w.limit-w.n, 0))
 	if pass > 0 {
@@ -490,7 +490,7 @@ func (s *StoreSink) Verified(ctx context.Context, e *Entry) error {
 	w := s.cur
 	s.cur = nil
 	if w == nil || w.e != e || w.n != e.Size {
-		return fmt.Errorf("transfer: %s: verified before it was received whole", e.label())
+		return refused("%s: verified before it was received whole", e.label())
 	}
 	if _, err := s.out.Write(w.held); err != nil {
 		return s.importErr(e, err)

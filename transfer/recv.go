@@ -60,7 +60,7 @@ func Receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 		err = ctxErr(ctx, err)
 		var pe *PeerError
 		if !errors.As(err, &pe) && !errors.Is(err, ErrTruncated) {
-			a, _ := json.Marshal(ackMsg{OK: false, Error: err.Error()})
+			a, _ := json.Marshal(ackMsg{OK: false, Error: err.Error(), Refused: IsRefusal(err)})
 			writeMsg(conn, msgAck, a)
 		}
 		return nil, err
@@ -92,10 +92,10 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 		return nil, "", err
 	}
 	if string(pre[:len(magic)]) != magic {
-		return nil, "", errors.New("transfer: refused stream: it does not start with the nbship magic (is the other end nbship?)")
+		return nil, "", refused("it does not start with the nbship magic (is the other end nbship?)")
 	}
 	if v := binary.BigEndian.Uint16(pre[len(magic):]); v != Version {
-		return nil, "", fmt.Errorf("transfer: refused stream: version %d is not supported (this nbship speaks %d); run the same nbship on both ends", v, Version)
+		return nil, "", refused("version %d is not supported (this nbship speaks %d); run the same nbship on both ends", v, Version)
 	}
 	p, err := expect(conn, msgHeader, maxHeader)
 	if err != nil {
@@ -175,13 +175,13 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 	var one [1]byte
 	n, err := io.ReadFull(data, one[:])
 	if n > 0 {
-		return nil, "", fmt.Errorf("transfer: refused stream: more data than the %d bytes the header announced", total)
+		return nil, "", refused("more data than the %d bytes the header announced", total)
 	}
 	if err != nil && err != io.EOF {
 		return nil, "", decodeErr(err)
 	}
 	if !cr.done {
-		return nil, "", errors.New("transfer: refused stream: data after the end of the compressed stream")
+		return nil, "", refused("data after the end of the compressed stream")
 	}
 	if err := sink.Finish(); err != nil {
 		return nil, "", err
@@ -217,7 +217,7 @@ func receiveFile(dec io.Reader, sink Sink, e *Entry, buf []byte, cnt *Counters) 
 		}
 		if rerr == io.EOF {
 			w.Close()
-			return fmt.Errorf("transfer: refused stream: %s: data ended after %d of its %d bytes (truncated stream)", e.label(), n, e.Size)
+			return refused("%s: data ended after %d of its %d bytes (truncated stream)", e.label(), n, e.Size)
 		}
 		if rerr != nil {
 			w.Close()
@@ -229,19 +229,26 @@ func receiveFile(dec io.Reader, sink Sink, e *Entry, buf []byte, cnt *Counters) 
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != e.SHA256 {
 		if e.Type == TypeNAR {
-			return fmt.Errorf("transfer: refused stream: %s: the NAR's SHA-256 %s does not match the announced %s; not imported, nor anything after it", e.label(), got, e.SHA256)
+			return refused("%s: the NAR's SHA-256 %s does not match the announced %s; not imported, nor anything after it", e.label(), got, e.SHA256)
 		}
-		return fmt.Errorf("transfer: refused stream: %s: SHA-256 %s does not match the announced %s", e.Name, got, e.SHA256)
+		return refused("%s: SHA-256 %s does not match the announced %s", e.Name, got, e.SHA256)
 	}
 	return nil
 }
 
+// decodeErr classifies an error from reading the data: the link's own
+// errors, a truncation and the sender's abort pass as they are; anything
+// else is what the decoders found wrong with the data, a refusal.
 func decodeErr(err error) error {
 	var pe *PeerError
-	if errors.As(err, &pe) || errors.Is(err, ErrTruncated) {
+	var le *linkError
+	switch {
+	case errors.As(err, &le):
+		return le.err
+	case errors.As(err, &pe), errors.Is(err, ErrTruncated), IsRefusal(err):
 		return err
 	}
-	return fmt.Errorf("transfer: refused stream: %w", err)
+	return refused("%v", err)
 }
 
 // DirSink writes entries under a directory, confined to it by os.Root.

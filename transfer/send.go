@@ -328,6 +328,7 @@ type readyMsg struct {
 type ackMsg struct {
 	OK        bool   `json:"ok"`
 	Error     string `json:"error,omitempty"`
+	Refused   bool   `json:"refused,omitempty"` // the error is a refusal of what was sent
 	Published string `json:"published,omitempty"`
 	Files     int    `json:"files"`
 	Bytes     int64  `json:"bytes"`
@@ -457,6 +458,9 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 		return nil, ctxErr(ctx, fmt.Errorf("transfer: sending: %w", werr))
 	}
 	if !f.ack.OK {
+		if f.ack.Refused {
+			return nil, &PeerRefusedError{Reason: f.ack.Error}
+		}
 		return nil, &PeerError{Reason: f.ack.Error}
 	}
 	st.Seconds = time.Since(start).Seconds()

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nbship/nbship/internal/ldm"
@@ -289,6 +290,12 @@ func TestReceiveRefusesHostileStreams(t *testing.T) {
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("error %q is more than one line", err)
 			}
+			// A cut connection or the sender's own abort is no refusal:
+			// another attempt may succeed. Everything else is.
+			var pe *PeerError
+			if final := !errors.Is(err, ErrTruncated) && !errors.As(err, &pe); final != IsRefusal(err) {
+				t.Errorf("Receive(%s) = %v: IsRefusal = %v, want %v", tc.name, err, !final, final)
+			}
 			var me *ManifestError
 			if errors.As(err, &me) {
 				// Refused from the header alone: not a byte written.
@@ -453,5 +460,25 @@ func TestDirSinkSyncsBigFilesAsTheyArrive(t *testing.T) {
 	// second at 16 MiB only if the first is done by then.
 	if n := sink.synced.Load(); n < 1 || n > 2 {
 		t.Fatalf("%d background syncs for a file of %d bytes; want 1 or 2", n, len(data))
+	}
+}
+
+// A link that fails mid-stream is not a refusal of what was sent: a retry
+// may get through. Its error passes the decoders as the link's.
+func TestReceiveLinkErrorIsNotARefusal(t *testing.T) {
+	data := bytes.Repeat([]byte("kernel bytes "), 100000)
+	stream := rawStream(Version, manifest(int64(len(data)), file("Image", data)), data)
+	reset := errors.New("read tcp: connection reset by peer")
+	for _, cut := range []int{len(stream) / 2, len(stream) - 10} {
+		sink, err := NewDirSink(t.TempDir(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := &scripted{r: io.MultiReader(bytes.NewReader(stream[:cut]), iotest.ErrReader(reset))}
+		_, err = Receive(context.Background(), conn, sink, ReceiveOptions{})
+		sink.Close()
+		if !errors.Is(err, reset) || IsRefusal(err) {
+			t.Errorf("Receive cut at %d = %v (refusal %v), want the link's error, not a refusal", cut, err, IsRefusal(err))
+		}
 	}
 }

@@ -65,7 +65,7 @@ func readMsgInto(r io.Reader, max int, space *[]byte) (byte, []byte, error) {
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if uint64(n) > uint64(max) {
-		return 0, nil, fmt.Errorf("transfer: message %q of %d bytes is larger than the limit of %d", hdr[0], n, max)
+		return 0, nil, refused("message %q of %d bytes is larger than the limit of %d", hdr[0], n, max)
 	}
 	var p []byte
 	if space == nil {
@@ -95,10 +95,49 @@ func expect(r io.Reader, want byte, max int) ([]byte, error) {
 		return nil, &PeerError{Reason: string(p)}
 	}
 	if t != want {
-		return nil, fmt.Errorf("transfer: protocol error: got message %q, want %q", t, want)
+		return nil, refused("protocol error: got message %q, want %q", t, want)
 	}
 	return p, nil
 }
+
+// RefusedError is a stream the receiver refuses: it breaks a rule of the
+// format or does not match what its header announced. Sending the same
+// again would be refused again.
+type RefusedError struct{ Msg string }
+
+func (e *RefusedError) Error() string { return "transfer: refused stream: " + e.Msg }
+
+// Refusal marks RefusedError as a refusal (see IsRefusal).
+func (e *RefusedError) Refusal() {}
+
+func refused(format string, a ...any) error {
+	return &RefusedError{Msg: fmt.Sprintf(format, a...)}
+}
+
+// PeerRefusedError is, on the sending end, the receiver's word that it
+// refused what it was sent.
+type PeerRefusedError struct{ Reason string }
+
+func (e *PeerRefusedError) Error() string { return "transfer: the receiver refused the stream: " + e.Reason }
+
+// Refusal marks PeerRefusedError as a refusal (see IsRefusal).
+func (e *PeerRefusedError) Refusal() {}
+
+// IsRefusal reports whether err is a refusal of what was sent (by this end
+// or, on the sender, by the receiver): any error in its chain with a
+// Refusal method, as RefusedError, ManifestError and image's VerifyError
+// have. A refusal is final: running the transfer again cannot help.
+func IsRefusal(err error) bool {
+	var r interface{ Refusal() }
+	return errors.As(err, &r)
+}
+
+// linkError is an error reading the connection itself (as opposed to what
+// came over it): it passes through the decoders unchanged in meaning.
+type linkError struct{ err error }
+
+func (e *linkError) Error() string { return e.err.Error() }
+func (e *linkError) Unwrap() error { return e.err }
 
 // PeerError is the other end's reason for giving up.
 type PeerError struct{ Reason string }
@@ -164,7 +203,10 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 		}
 		t, payload, err := readMsgInto(c.r, maxChunk, &c.space)
 		if err != nil {
-			return 0, err
+			if errors.Is(err, ErrTruncated) || IsRefusal(err) {
+				return 0, err
+			}
+			return 0, &linkError{err}
 		}
 		switch t {
 		case msgData:
@@ -174,13 +216,13 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 			}
 		case msgEnd:
 			if len(payload) != 0 {
-				return 0, errors.New("transfer: protocol error: end message with a payload")
+				return 0, refused("protocol error: end message with a payload")
 			}
 			c.done = true
 		case msgAbort:
 			return 0, &PeerError{Reason: string(payload)}
 		default:
-			return 0, fmt.Errorf("transfer: protocol error: got message %q inside the data", t)
+			return 0, refused("protocol error: got message %q inside the data", t)
 		}
 	}
 	n := copy(p, c.buf)

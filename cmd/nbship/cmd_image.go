@@ -570,7 +570,7 @@ func imagePublish(ctx context.Context, e *env, args []string) error {
 		if before != "" {
 			serves = before
 		}
-		return withHint(ve, "nothing was published: %s still serves %s", s.Path(), serves)
+		return withHint(refusal(ve), "nothing was published: %s still serves %s", s.Path(), serves)
 	}
 	if err != nil {
 		return err

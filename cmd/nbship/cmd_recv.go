@@ -169,7 +169,7 @@ func recvStore(ctx context.Context, e *env, conn *tunnel.Conn, sink *transfer.St
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("recv: %w", err)
+		return refusal(fmt.Errorf("recv: %w", err))
 	}
 	printStoreSummary(out, asJSON, "imported", newSummary(st, conn.WireBytes()))
 	return nil

@@ -20,7 +20,6 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
-	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/flow"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
@@ -218,13 +217,11 @@ func watchIdle(ctx context.Context, e *env, conn *tunnel.Conn, idle time.Duratio
 // retry: what was sent was refused, or a certificate did not match.
 func refusal(err error) error {
 	var (
-		me *transfer.ManifestError
-		ve *image.VerifyError
 		pe *tunnel.PinError
 		re *tunnel.RefusedError
 	)
 	switch {
-	case errors.As(err, &me), errors.As(err, &ve):
+	case transfer.IsRefusal(err):
 		return &exitError{code: flow.ExitRefused, err: err}
 	case errors.As(err, &pe), errors.As(err, &re):
 		return &exitError{code: flow.ExitPin, err: err}

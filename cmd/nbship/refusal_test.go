@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,6 +20,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/internal/testbin"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -176,6 +180,7 @@ func TestRecvRefusesHostileSender(t *testing.T) {
 		{"truncated", crafted(transfer.Version, `{"version":2,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, nil), "truncated"},
 		{"huge header", append([]byte("NBSHIP\x00\x00\x02"), 'H', 0x7f, 0xff, 0xff, 0xff), "larger than the limit"},
 		{"bad hash", crafted(transfer.Version, `{"version":2,"total":1,"entries":[`+entry("a", []byte("y"))+`]}`, []byte("x")), "does not match"},
+		{"short data", crafted(transfer.Version, `{"version":2,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, []byte("123")), "data ended after 3 of its 5 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stderr, err, dest, rss := hostileSendRSS(t, tc.stream)
@@ -193,8 +198,29 @@ func TestRecvRefusesHostileSender(t *testing.T) {
 			if _, err := os.Stat(dest); !os.IsNotExist(err) {
 				t.Errorf("dest exists after a refused stream: %v", err)
 			}
+			// A refusal exits 65, which the controller never retries; a
+			// stream cut short is the link's fault, and may be.
+			want := flow.ExitRefused
+			if tc.name == "truncated" {
+				want = 1
+			}
+			if code := exitCode(err); code != want {
+				t.Errorf("recv exit status = %d on a %s stream, want %d", code, tc.name, want)
+			}
 		})
 	}
+}
+
+// exitCode is a finished command's exit status (-1 if it did not exit).
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err == nil {
+		return 0
+	}
+	return -1
 }
 
 func TestRecvRefusesNonEmptyDestUnlessReplace(t *testing.T) {
@@ -259,5 +285,39 @@ func TestRelayMissingPathFailsBeforeDialling(t *testing.T) {
 	case <-dialled:
 		t.Error("the relay dialled the receiver although it had nothing to send")
 	default:
+	}
+}
+
+// A receiver that refuses what it was sent (here: an x86 kernel for an arm
+// slot) exits 65, and so does the relay it tells: the controller sees a
+// refusal from either end and never sends it again.
+func TestRefusedImageExitsRefusedOnBothEnds(t *testing.T) {
+	bin := nbshipBinary(t, "amd64")
+	src := t.TempDir()
+	kernel, err := os.ReadFile("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64/linux")
+	if err != nil {
+		testbin.Missing(t, "Debian's amd64 netboot kernel: %v (install debian-installer-12-netboot-amd64)", err)
+	}
+	writeFile(t, filepath.Join(src, "Image"), kernel, 0o644)
+	writeFile(t, filepath.Join(src, "initrd"), []byte("not an initrd either"), 0o644)
+	writeFile(t, filepath.Join(src, "netboot.ipxe"), []byte("#!ipxe\nkernel Image initrd=initrd\ninitrd initrd\nboot\n"), 0o644)
+	pxe := t.TempDir()
+	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--publish", pxe, "--instance", "c2.large.arm", "--peer-pin", "-", "--accept-timeout", "20s")
+	rfp := r.line(t)
+	addr, _ := strings.CutPrefix(r.line(t), "listening ")
+	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
+	sfp := s.line(t)
+	r.stdin.Write([]byte(sfp + "\n"))
+	s.stdin.Write([]byte(rfp + "\n"))
+	_, serr := s.wait(t)
+	_, rerr := r.wait(t)
+	if exitCode(rerr) != flow.ExitRefused || exitCode(serr) != flow.ExitRefused {
+		t.Fatalf("recv exit %d (%s), relay exit %d (%s); want %d from both", exitCode(rerr), r.stderr, exitCode(serr), s.stderr, flow.ExitRefused)
+	}
+	if !strings.Contains(s.stderr.String(), "the receiver refused the stream: ") {
+		t.Errorf("relay stderr = %q, want it to say the receiver refused", s.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(pxe, "hydra-c2.large.arm")); !os.IsNotExist(err) {
+		t.Errorf("the slot exists after a refused image: %v", err)
 	}
 }

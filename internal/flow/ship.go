@@ -513,6 +513,13 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 	recv.p.Stdin.Close()
 	relay.p.Stdin.Close()
 	wg.Wait()
+	// A refusal is the receiver's word, whichever end reports it: the
+	// receiver exits ExitRefused, and so does the relay it told.
+	for _, err := range []error{rerr, serr} {
+		if status, stderr, ok := exitStatus(err); ok && status == ExitRefused {
+			return nil, &RefusedError{By: recv.name, Reason: refusalReason(stderr)}
+		}
+	}
 	if serr != nil {
 		if rerr != nil && !errors.Is(rerr, io.EOF) {
 			// The receiver's own reason is usually the more telling one.

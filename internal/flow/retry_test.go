@@ -1,0 +1,55 @@
+package flow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/nbship/nbship/remote"
+)
+
+func TestRetryableAndExitCode(t *testing.T) {
+	remoteExit := func(status int) error {
+		return fmt.Errorf("ship: %w", &remote.ExitError{Host: "netboot@pxe", Command: "nbship recv", Status: status, Stderr: "nbship: recv: it failed\n"})
+	}
+	localExit := func(status int) error {
+		return &LocalExitError{Command: "nbship recv", Status: status}
+	}
+	for _, tc := range []struct {
+		name      string
+		err       error
+		retryable bool
+		code      int
+	}{
+		{"end died", remoteExit(1), true, 0},
+		{"killed", remoteExit(137), true, 0},
+		{"link", errors.New("ssh: connection lost"), true, 0},
+		{"refused over ssh", remoteExit(ExitRefused), false, ExitRefused},
+		{"refused locally", localExit(ExitRefused), false, ExitRefused},
+		{"pin over ssh", remoteExit(ExitPin), false, ExitPin},
+		{"pin locally", localExit(ExitPin), false, ExitPin},
+		{"usage", remoteExit(2), false, 0},
+		{"refusal", fmt.Errorf("x: %w", &RefusedError{By: "netboot@pxe", Reason: "bad"}), false, ExitRefused},
+		{"cancelled", context.Canceled, false, 0},
+	} {
+		if got := Retryable(context.Background(), tc.err); got != tc.retryable {
+			t.Errorf("Retryable(%s) = %v, want %v", tc.name, got, tc.retryable)
+		}
+		if got := ExitCode(tc.err); got != tc.code {
+			t.Errorf("ExitCode(%s) = %d, want %d", tc.name, got, tc.code)
+		}
+	}
+}
+
+func TestRefusalReason(t *testing.T) {
+	for _, tc := range []struct{ stderr, want string }{
+		{"nbship: recv: transfer: refused stream: a: SHA-256 x does not match the announced y\n", "a: SHA-256 x does not match the announced y"},
+		{"progress\nnbship: relay: transfer: the receiver refused the stream: transfer: refused stream: bad\n", "bad"},
+		{"nbship: recv: image: /x/Image is an x86_64 bzImage\nnbship: hint: nothing was published\n", "image: /x/Image is an x86_64 bzImage"},
+	} {
+		if got := refusalReason(tc.stderr); got != tc.want {
+			t.Errorf("refusalReason(%q) = %q, want %q", tc.stderr, got, tc.want)
+		}
+	}
+}
