@@ -118,7 +118,9 @@ func refused(format string, a ...any) error {
 // refused what it was sent.
 type PeerRefusedError struct{ Reason string }
 
-func (e *PeerRefusedError) Error() string { return "transfer: the receiver refused the stream: " + e.Reason }
+func (e *PeerRefusedError) Error() string {
+	return "transfer: the receiver refused the stream: " + e.Reason
+}
 
 // Refusal marks PeerRefusedError as a refusal (see IsRefusal).
 func (e *PeerRefusedError) Refusal() {}
