@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
 	"strings"
@@ -67,7 +68,11 @@ type Manifest struct {
 
 // Limits a manifest must respect.
 const (
-	MaxEntries  = 1 << 20
+	// MaxEntries bounds a stream's entries: files and directories, or
+	// store paths. An image is a handful of files, a closure a few
+	// thousand store paths; the bound keeps what the receiver decodes
+	// (with maxHeader) within its memory whatever a sender announces.
+	MaxEntries  = 1 << 16
 	maxNameLen  = 4096
 	maxCompLen  = 255
 	maxTotal    = 1 << 50
@@ -199,19 +204,96 @@ func (m *Manifest) Validate() error {
 	return nil
 }
 
-// decodeManifest parses and validates a header payload.
-func decodeManifest(p []byte) (*Manifest, error) {
-	dec := json.NewDecoder(bytes.NewReader(p))
+// readManifest parses and validates a header of n bytes read from r. It
+// decodes one entry at a time and stops at the first past MaxEntries, so
+// what a sender announces never makes the receiver hold more than the
+// limits allow.
+func readManifest(r io.Reader, n int64) (*Manifest, error) {
+	lr := &io.LimitedReader{R: r, N: n}
+	dec := json.NewDecoder(lr)
 	dec.DisallowUnknownFields()
-	var m Manifest
-	if err := dec.Decode(&m); err != nil {
-		return nil, &ManifestError{Msg: "header is not a valid manifest: " + err.Error()}
+	bad := func(err error) error {
+		var me *ManifestError
+		if errors.As(err, &me) {
+			return err
+		}
+		var le *linkError
+		if errors.As(err, &le) {
+			return le.err
+		}
+		if (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) && lr.N > 0 {
+			return io.ErrUnexpectedEOF // the connection, not the JSON, ended
+		}
+		return &ManifestError{Msg: "header is not a valid manifest: " + err.Error()}
 	}
-	if dec.More() {
+	delim := func(want json.Delim) error {
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		if d, ok := t.(json.Delim); !ok || d != want {
+			return fmt.Errorf("want %q, got %v", want, t)
+		}
+		return nil
+	}
+	var m Manifest
+	if err := delim('{'); err != nil {
+		return nil, bad(err)
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, bad(err)
+		}
+		key, _ := t.(string)
+		if seen[key] {
+			return nil, &ManifestError{Msg: fmt.Sprintf("header names %q twice", key)}
+		}
+		seen[key] = true
+		switch key {
+		case "version":
+			err = dec.Decode(&m.Version)
+		case "total":
+			err = dec.Decode(&m.Total)
+		case "long":
+			err = dec.Decode(&m.Long)
+		case "entries":
+			err = decodeEntries(dec, &m, delim)
+		default:
+			err = &ManifestError{Msg: fmt.Sprintf("header has an unknown field %q", key)}
+		}
+		if err != nil {
+			return nil, bad(err)
+		}
+	}
+	if err := delim('}'); err != nil {
+		return nil, bad(err)
+	}
+	// Nothing may follow but white space.
+	rest, _ := io.ReadAll(io.MultiReader(dec.Buffered(), lr))
+	if len(bytes.TrimSpace(rest)) != 0 {
 		return nil, &ManifestError{Msg: "header has trailing data"}
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
 	return &m, nil
+}
+
+func decodeEntries(dec *json.Decoder, m *Manifest, delim func(json.Delim) error) error {
+	if err := delim('['); err != nil {
+		return err
+	}
+	for dec.More() {
+		if len(m.Entries) == MaxEntries {
+			return &ManifestError{Msg: fmt.Sprintf("more than the limit of %d entries; send fewer at once", MaxEntries)}
+		}
+		var e Entry
+		if err := dec.Decode(&e); err != nil {
+			return err
+		}
+		m.Entries = append(m.Entries, e)
+	}
+	return delim(']')
 }

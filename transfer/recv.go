@@ -97,11 +97,7 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 	if v := binary.BigEndian.Uint16(pre[len(magic):]); v != Version {
 		return nil, "", refused("version %d is not supported (this nbship speaks %d); run the same nbship on both ends", v, Version)
 	}
-	p, err := expect(conn, msgHeader, maxHeader)
-	if err != nil {
-		return nil, "", err
-	}
-	m, err := decodeManifest(p)
+	m, err := expectManifest(conn)
 	if err != nil {
 		return nil, "", err
 	}

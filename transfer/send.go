@@ -362,8 +362,8 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 	if err != nil {
 		return nil, err
 	}
-	if len(hdr) > maxHeader {
-		return nil, fmt.Errorf("transfer: %d entries make a header larger than %d MiB; send fewer files at once", len(src.Manifest.Entries), maxHeader>>20)
+	if n := len(src.Manifest.Entries); len(hdr) > maxHeader || n > MaxEntries {
+		return nil, fmt.Errorf("transfer: %d entries (a header of %d bytes) are more than a stream carries (%d entries, %d MiB); send fewer at once", n, len(hdr), MaxEntries, maxHeader>>20)
 	}
 	// The store's dump (started by CollectStore; again, for a Source sent
 	// before) is stopped when the stream ends.

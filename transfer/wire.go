@@ -29,7 +29,7 @@ const (
 
 // Limits on what a peer can make us allocate.
 const (
-	maxHeader  = 64 << 20 // manifest JSON
+	maxHeader  = 16 << 20 // manifest JSON
 	maxControl = 1 << 20  // ready, ack, abort, and want up to 8M entries
 	maxChunk   = 4 << 20  // one data message
 	sendChunk  = 1 << 20  // what the sender puts in one data message
@@ -140,6 +140,47 @@ type linkError struct{ err error }
 
 func (e *linkError) Error() string { return e.err.Error() }
 func (e *linkError) Unwrap() error { return e.err }
+
+// expectManifest reads the header message and decodes its manifest as it
+// arrives, without first holding the whole payload.
+func expectManifest(r io.Reader) (*Manifest, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, ErrTruncated
+		}
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	switch {
+	case hdr[0] == msgAbort && n <= maxControl:
+		p := make([]byte, n)
+		if _, err := io.ReadFull(r, p); err != nil {
+			return nil, ErrTruncated
+		}
+		return nil, &PeerError{Reason: string(p)}
+	case hdr[0] != msgHeader:
+		return nil, refused("protocol error: got message %q, want %q", hdr[0], msgHeader)
+	case n > maxHeader:
+		return nil, refused("message %q of %d bytes is larger than the limit of %d", hdr[0], n, maxHeader)
+	}
+	m, err := readManifest(linkReader{r}, int64(n))
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return nil, ErrTruncated
+	}
+	return m, err
+}
+
+// linkReader marks the errors of reading the connection as the link's.
+type linkReader struct{ r io.Reader }
+
+func (l linkReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = &linkError{err}
+	}
+	return n, err
+}
 
 // PeerError is the other end's reason for giving up.
 type PeerError struct{ Reason string }

@@ -180,6 +180,8 @@ func TestRecvRefusesHostileSender(t *testing.T) {
 		{"truncated", crafted(transfer.Version, `{"version":2,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, nil), "truncated"},
 		{"huge header", append([]byte("NBSHIP\x00\x00\x02"), 'H', 0x7f, 0xff, 0xff, 0xff), "larger than the limit"},
 		{"bad hash", crafted(transfer.Version, `{"version":2,"total":1,"entries":[`+entry("a", []byte("y"))+`]}`, []byte("x")), "does not match"},
+		{"a million directories", crafted(transfer.Version, manyDirs(1_000_000, 8), nil), "larger than the limit"},
+		{"entries past the limit", crafted(transfer.Version, manyDirs(transfer.MaxEntries+1, 200), nil), "more than the limit of 65536 entries"},
 		{"short data", crafted(transfer.Version, `{"version":2,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, []byte("123")), "data ended after 3 of its 5 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -187,6 +189,7 @@ func TestRecvRefusesHostileSender(t *testing.T) {
 			if err == nil {
 				t.Fatalf("recv accepted a %s stream", tc.name)
 			}
+			t.Logf("recv peak RSS %d KiB", rss)
 			// Refused within bounded memory: no stream makes the
 			// receiver hold what it announces or decompresses.
 			if rss > 64<<10 || rss == 0 {
@@ -320,4 +323,20 @@ func TestRefusedImageExitsRefusedOnBothEnds(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(pxe, "hydra-c2.large.arm")); !os.IsNotExist(err) {
 		t.Errorf("the slot exists after a refused image: %v", err)
 	}
+}
+
+// manyDirs is a manifest of n directories with names of about size bytes:
+// as large a header as a sender can make.
+func manyDirs(n, size int) string {
+	var b strings.Builder
+	b.WriteString(`{"version":2,"total":0,"entries":[`)
+	pad := strings.Repeat("d", max(1, size-8))
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"name":"%s%07d","type":"dir","mode":493}`, pad, i)
+	}
+	b.WriteString("]}")
+	return b.String()
 }
