@@ -85,6 +85,17 @@ func NewEncoder() *Encoder {
 	return &Encoder{table: make([]uint32, 1<<tableLog)}
 }
 
+// Reset makes e ready for a new stream, as a new Encoder but keeping its
+// memory: a stream of many small ones (or a fuzzer) need not allocate and
+// fault in a new table each time.
+func (e *Encoder) Reset() {
+	clear(e.table)
+	// The history's old bytes stay: nothing before pos is ever read.
+	e.pos = 0
+	e.h = 0
+	e.Copied = 0
+}
+
 // history is the last Window bytes of the stream, byte i at i & mask; it
 // grows to Window as the stream does, so that a short stream costs little.
 type history struct {

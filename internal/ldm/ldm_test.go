@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"sync"
 	"testing"
 )
 
@@ -157,22 +158,93 @@ func TestDecoderRefusesCorruptStreams(t *testing.T) {
 	}
 }
 
+// refDecode is the format's definition, written as plainly as can be:
+// records of literals and copies, up to limit bytes of output. It says
+// whether the stream is corrupt (a copy from before the start, from
+// further than Window, or longer than its distance) or cut short.
+func refDecode(stream []byte, limit int) (out []byte, corrupt, short bool) {
+	r := bytes.NewReader(stream)
+	for len(out) < limit {
+		l, err := binary.ReadUvarint(r)
+		if err == io.EOF {
+			return out, false, false
+		}
+		if err != nil {
+			return out, !errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.ErrUnexpectedEOF)
+		}
+		for ; l > 0 && len(out) < limit; l-- {
+			b, err := r.ReadByte()
+			if err != nil {
+				return out, false, true
+			}
+			out = append(out, b)
+		}
+		if len(out) >= limit {
+			break
+		}
+		n, err := binary.ReadUvarint(r)
+		if err != nil {
+			return out, !errors.Is(err, io.ErrUnexpectedEOF) && err != io.EOF, true
+		}
+		if n == 0 {
+			continue
+		}
+		d, err := binary.ReadUvarint(r)
+		if err != nil {
+			return out, !errors.Is(err, io.ErrUnexpectedEOF) && err != io.EOF, true
+		}
+		if d > Window || d > uint64(len(out)) || n > d {
+			return out, true, false
+		}
+		// n <= d: the copy reads only bytes already there.
+		from := len(out) - int(d)
+		out = append(out, out[from:from+int(min(n, uint64(limit-len(out))))]...)
+	}
+	return out[:limit], false, false
+}
+
+// fuzzLimit bounds what a fuzzed stream may decode to: a few bytes of
+// copies can stand for megabytes, and the fuzzer must stay fast.
+const fuzzLimit = 64 << 10
+
+// The decoder agrees with the format's plain definition on every stream:
+// the same bytes, and corrupt exactly where it is.
 func FuzzDecoder(f *testing.F) {
 	f.Add(record("abc", 3, 3))
 	f.Add(append(record("abcdefgh", 4, 8), record("x", 5, 5)...))
+	f.Add(append(record("abcdefgh", 8, 8), record("", 16, 16)...))
+	f.Add(record("abc", 4, 3))
+	f.Add(record("abc", 1, 4))
 	f.Add(encode(f, NewEncoder(), 1<<10, part{bytes.Repeat([]byte("0123456789abcdef"), 300), true}))
 	f.Fuzz(func(t *testing.T, stream []byte) {
-		got, err := decode(stream)
-		// Every output byte is a literal or a copy of an earlier one:
-		// never more than the literals times what copies can make of them.
-		if len(got) > 0 && len(stream) == 0 {
-			t.Fatalf("%d bytes out of nothing", len(got))
+		got, err := io.ReadAll(io.LimitReader(NewDecoder(bytes.NewReader(stream)), fuzzLimit))
+		want, corrupt, short := refDecode(stream, fuzzLimit)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("decoded %d bytes, the definition %d (first difference at %d)", len(got), len(want), firstDiff(got, want))
 		}
-		if err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, io.ErrUnexpectedEOF) {
-			t.Fatalf("error %v is neither ErrCorrupt nor io.ErrUnexpectedEOF", err)
+		switch {
+		case corrupt && !errors.Is(err, ErrCorrupt):
+			t.Fatalf("error %v on a corrupt stream, want ErrCorrupt", err)
+		case short && !errors.Is(err, io.ErrUnexpectedEOF):
+			t.Fatalf("error %v on a stream cut inside a record, want io.ErrUnexpectedEOF", err)
+		case !corrupt && !short && err != nil:
+			t.Fatalf("error %v on a good stream", err)
 		}
 	})
 }
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// encoders are reused across a fuzzer's runs (Reset): a new one's 1 MiB
+// table would cost more than the run.
+var encoders = sync.Pool{New: func() any { return NewEncoder() }}
 
 // Whatever the bytes and however they are written, they come back.
 func FuzzRoundTrip(f *testing.F) {
@@ -186,12 +258,32 @@ func FuzzRoundTrip(f *testing.F) {
 			parts = append(parts, part{data[:n], unsearched == 0 || i%int(unsearched+1) != 0})
 			data = data[n:]
 		}
-		stream := encode(t, NewEncoder(), k, parts...)
+		e := encoders.Get().(*Encoder)
+		e.Reset()
+		defer encoders.Put(e)
+		stream := encode(t, e, k, parts...)
 		got, err := decode(stream)
 		if err != nil || !bytes.Equal(got, join(parts)) {
 			t.Fatalf("decoded %d bytes, %v; want the %d written", len(got), err, len(join(parts)))
 		}
 	})
+}
+
+// A reset encoder writes what a new one writes.
+func TestEncoderReset(t *testing.T) {
+	first := bytes.Repeat(noise(5000, 1), 3)
+	second := append(noise(3000, 2), first[:4000]...)
+	e := NewEncoder()
+	encode(t, e, 1000, part{first, true})
+	e.Reset()
+	got := encode(t, e, 1000, part{second, true})
+	want := encode(t, NewEncoder(), 1000, part{second, true})
+	if !bytes.Equal(got, want) {
+		t.Fatalf("a reset encoder wrote %d bytes, a new one %d", len(got), len(want))
+	}
+	if e.Copied != 0 {
+		t.Errorf("Copied = %d after a stream with no repeat of its own, want 0", e.Copied)
+	}
 }
 
 // benchData is 32 MiB where each 4 MiB block is the one 4 MiB back with
