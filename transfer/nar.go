@@ -380,7 +380,7 @@ func serveFailed(imp Importer, err error) error {
 	imp.Kill()
 	io.Copy(io.Discard, imp)
 	if werr := imp.Wait(); werr != nil {
-		return fmt.Errorf("transfer: %w", werr)
+		return werr // nixErr's: "transfer: nix-store --serve: ..."
 	}
 	return fmt.Errorf("transfer: nix-store --serve: %w", err)
 }
@@ -559,10 +559,7 @@ func (s *StoreSink) endImport() error {
 		// Greeted, never given a path.
 		imp.CloseWrite()
 		io.Copy(io.Discard, imp)
-		if err := imp.Wait(); err != nil {
-			return fmt.Errorf("transfer: %w", err)
-		}
-		return nil
+		return imp.Wait()
 	}
 	if s.partial {
 		if s.out.cut(s.cutAt) {
@@ -582,7 +579,7 @@ func (s *StoreSink) endImport() error {
 	case s.partial:
 		return nil
 	case werr != nil:
-		return fmt.Errorf("transfer: %w", werr)
+		return werr
 	case got != s.fed:
 		return fmt.Errorf("transfer: nix-store --serve added %d of the %d paths it was given, then stopped: %v", got, s.fed, why)
 	}

@@ -88,8 +88,8 @@ func Stdio() (*StdioConn, error) {
 	return NewStdioConn(files[0], files[1], files[0], files[1]), nil
 }
 
-// Watch closes c when no byte has crossed it, either way, for idle, and
-// then calls onIdle. It returns a function that stops watching. A peer
+// Watch calls onIdle and then closes c when no byte has crossed it, either
+// way, for idle. It returns a function that stops watching. A peer
 // whose machine vanished, or a link that dropped under an SSH session that
 // nobody notices, otherwise leaves an end waiting for ever.
 func (c *Conn) Watch(idle time.Duration, onIdle func()) (stop func()) {
@@ -108,12 +108,14 @@ func (c *Conn) Watch(idle time.Duration, onIdle func()) (stop func()) {
 					continue
 				}
 				if now.Sub(quiet) >= idle {
-					// The batchConn: it closes the socket without
-					// waiting for a write blocked on it.
-					c.Conn.NetConn().Close()
+					// First onIdle, so that whoever then reads the
+					// close's error can tell the watchdog did it.
 					if onIdle != nil {
 						onIdle()
 					}
+					// The batchConn: it closes the socket without
+					// waiting for a write blocked on it.
+					c.Conn.NetConn().Close()
 					return
 				}
 			}

@@ -348,7 +348,7 @@ func (t *slotTarget) commit() (string, error) {
 	t.done = true // Publish consumes the staged directory either way
 	g, err := t.slot.Publish(t.ctx, t.staged, t.keep)
 	if err != nil {
-		return "", fmt.Errorf("recv: %w", err)
+		return "", err // cmdRecv says "recv: "
 	}
 	fmt.Fprintf(t.e.stderr, "nbship: recv: published %s as generation %s\n", t.slot.Path(), g.Name)
 	return t.slot.Path(), nil

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,4 +171,36 @@ func TestIdleConnectionsDoNotLockOutTheRelay(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dest, "Image")); string(b) != "the real kernel" {
 		t.Errorf("Image = %q, want the relay's", b)
 	}
+}
+
+// An end whose peer stops sending (here: the relay is stopped, SIGSTOP,
+// mid-stream) gives up after --idle-timeout with the documented line, not
+// the error of the connection it closed to stop.
+func TestIdleTimeoutSaysSo(t *testing.T) {
+	bin := nbshipBinary(t, "amd64")
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "big"), randomBytes(t, 64<<20), 0o644)
+	parent := t.TempDir()
+	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", filepath.Join(parent, "out"), "--peer-pin", "-", "--idle-timeout", "2s")
+	rfp := r.line(t)
+	addr, _ := strings.CutPrefix(r.line(t), "listening ")
+	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", "--level", "better", src)
+	sfp := s.line(t)
+	r.stdin.Write([]byte(sfp + "\n"))
+	s.stdin.Write([]byte(rfp + "\n"))
+	if l := s.line(t); !strings.HasPrefix(l, "connected ") {
+		t.Fatalf("relay said %q, want connected", l)
+	}
+	s.cmd.Process.Signal(syscall.SIGSTOP)
+	_, rerr := r.wait(t)
+	s.cmd.Process.Signal(syscall.SIGCONT)
+	s.cmd.Process.Kill()
+	if rerr == nil {
+		t.Fatal("recv succeeded with a stopped relay")
+	}
+	const want = "nbship: recv: nothing crossed the channel for 2s: the other end, its host or the link is gone"
+	if got := strings.TrimSpace(r.stderr.String()); !strings.HasSuffix(got, want) {
+		t.Errorf("recv stderr = %q, want it to end with %q", got, want)
+	}
+	assertNoLeftovers(t, parent)
 }

@@ -320,6 +320,13 @@ func TestRefusedImageExitsRefusedOnBothEnds(t *testing.T) {
 	if !strings.Contains(s.stderr.String(), "the receiver refused the stream: ") {
 		t.Errorf("relay stderr = %q, want it to say the receiver refused", s.stderr)
 	}
+	for _, out := range []string{r.stderr.String(), s.stderr.String()} {
+		for _, twice := range []string{"recv: recv:", "relay: relay:", "transfer: transfer:", "image: image:"} {
+			if strings.Contains(out, twice) {
+				t.Errorf("a prefix is said twice (%q): %q", twice, out)
+			}
+		}
+	}
 	if _, err := os.Stat(filepath.Join(pxe, "hydra-c2.large.arm")); !os.IsNotExist(err) {
 		t.Errorf("the slot exists after a refused image: %v", err)
 	}
