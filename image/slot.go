@@ -45,6 +45,10 @@ type Generation struct {
 	Time    time.Time `json:"time"`    // when it was published (adopted: the old directory's mtime)
 	Files   int       `json:"files"`
 	Bytes   int64     `json:"bytes"`
+	// Previous is, from Publish and Rollback, the generation the slot
+	// served just before they switched it ("" if none), read under the
+	// slot's lock: a concurrent publish cannot make it stale.
+	Previous string `json:"-"`
 
 	seq uint64
 }
@@ -322,6 +326,10 @@ func (s *Slot) Publish(ctx context.Context, staged string, keep int) (Generation
 	if err := s.adoptLocked(ctx); err != nil {
 		return Generation{}, err
 	}
+	prev, err := s.Current()
+	if err != nil {
+		return Generation{}, err
+	}
 	_, maxSeq, err := s.scan()
 	if err != nil {
 		return Generation{}, err
@@ -351,7 +359,7 @@ func (s *Slot) Publish(ctx context.Context, staged string, keep int) (Generation
 		s.logf("published %s, but cleaning up old generations failed: %v", name, err)
 	}
 	seq, _, _ := parseGen(name)
-	return Generation{Name: name, Dir: final, Current: true, Time: now, Files: sum.Files, Bytes: sum.Bytes, seq: seq}, nil
+	return Generation{Name: name, Dir: final, Current: true, Time: now, Files: sum.Files, Bytes: sum.Bytes, Previous: prev, seq: seq}, nil
 }
 
 // point replaces the slot symlink by one to generation name: a new symlink
@@ -546,6 +554,7 @@ func (s *Slot) Rollback(ctx context.Context, to string) (Generation, error) {
 		}
 	}
 	target.Current = true
+	target.Previous = cur
 	return *target, nil
 }
 
