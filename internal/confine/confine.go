@@ -77,7 +77,12 @@ func Open(p string, flags int) (*os.File, error) {
 	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
 		return nil, &os.PathError{Op: "open", Path: p, Err: err}
 	}
-	fd, err = unix.Open(p, flags|unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	return openChecked(p, flags)
+}
+
+// openChecked is Open without openat2.
+func openChecked(p string, flags int) (*os.File, error) {
+	fd, err := unix.Open(p, flags|unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: p, Err: err}
 	}
