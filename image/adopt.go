@@ -279,7 +279,13 @@ var errNotRegular = errors.New("not a regular file")
 // publishing may make readable). The file is opened without following
 // symlinks, so it is the one whose path was checked.
 func (s *Slot) keepFile(src, dst string) error {
-	in, err := confine.Open(src, 0)
+	if fi, err := os.Lstat(src); err != nil {
+		return err
+	} else if !fi.Mode().IsRegular() {
+		return errNotRegular
+	}
+	// O_NONBLOCK: a FIFO swapped in meanwhile does not hang the open.
+	in, err := confine.Open(src, unix.O_NONBLOCK)
 	if err != nil {
 		return err
 	}

@@ -359,7 +359,17 @@ feed:
 // open opens the file of an entry.
 func (s *Source) open(p string) (*os.File, error) {
 	if s.confined {
-		return confine.Open(p, 0)
+		// O_NONBLOCK: a FIFO swapped in since the listing does not hang
+		// the open; it is refused here.
+		f, err := confine.Open(p, syscall.O_NONBLOCK)
+		if err != nil {
+			return nil, err
+		}
+		if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+			f.Close()
+			return nil, fmt.Errorf("%s is no longer a regular file", p)
+		}
+		return f, nil
 	}
 	return os.Open(p)
 }
