@@ -8,10 +8,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbship/nbship/internal/confine"
 )
 
 // Adopting a slot the old scripts left.
@@ -33,9 +36,12 @@ import (
 // A crash before step 3 leaves links that lead nowhere, which
 // recoverLocked removes; after it, the adoption is complete.
 //
-// A symlink into the Nix store (nix-store --add-root) is kept by copying
-// (hard-linking where allowed) its files into a generation and pointing
-// the slot at it, one rename.
+// A symlink into the Nix store (nix-store --add-root), or to a directory
+// inside pxeDir, is kept by copying its files into a generation
+// (hard-linking those readable by all already, where allowed) and pointing
+// the slot at it, one rename. A symlink that leads anywhere else, or a file
+// in it that does, is refused: adopting it would publish whatever it
+// points to.
 
 const adoptedInfix = ".adopted-"
 
@@ -177,10 +183,17 @@ func (s *Slot) adoptDir() error {
 }
 
 func (s *Slot) adoptForeign(ctx context.Context, target string) error {
-	src, err := filepath.EvalSymlinks(s.Path())
+	// Only what resolves inside pxeDir or the Nix store is kept: the files
+	// become a generation nginx serves, and a link elsewhere would publish
+	// whatever it leads to.
+	roots := confine.Roots(s.pxeDir, s.storeDir)
+	src, inside, err := confine.Resolve(s.Path(), roots)
 	if err != nil {
 		s.logf("%s points to %s, which does not resolve (%v); replacing it", s.Path(), target, err)
 		return nil
+	}
+	if !inside {
+		return s.outside(s.Path(), src, "move the files into "+s.pxeDir+" or remove the link")
 	}
 	fi, err := os.Stat(src)
 	if err != nil || !fi.IsDir() {
@@ -190,26 +203,35 @@ func (s *Slot) adoptForeign(ctx context.Context, target string) error {
 	fail := func(err error) error {
 		return fmt.Errorf("image: cannot keep %s (-> %s) as a generation: %w; move it away to publish", s.Path(), target, err)
 	}
+	// Read through src as resolved and checked: a directory on the way
+	// swapped for a symlink since fails here.
+	d, err := confine.Open(src, unix.O_DIRECTORY)
+	if err != nil {
+		return fail(err)
+	}
+	entries, err := d.ReadDir(-1)
+	d.Close()
+	if err != nil {
+		return fail(err)
+	}
 	staged, err := s.Stage()
 	if err != nil {
 		return fail(err)
 	}
 	defer s.Discard(staged) // a no-op once renamed
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		return fail(err)
-	}
 	for _, e := range entries {
-		p, err := filepath.EvalSymlinks(filepath.Join(src, e.Name()))
+		link := filepath.Join(src, e.Name())
+		p, inside, err := confine.Resolve(link, roots)
 		if err != nil {
-			s.logf("not keeping %s: %v", filepath.Join(src, e.Name()), err)
+			s.logf("not keeping %s: %v", link, err)
 			continue
 		}
-		if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() {
-			s.logf("not keeping %s: not a regular file", filepath.Join(src, e.Name()))
-			continue
+		if !inside {
+			return s.outside(link, p, "move the file into "+s.pxeDir+" or remove the link")
 		}
-		if err := linkOrCopy(p, filepath.Join(staged, e.Name())); err != nil {
+		if err := s.keepFile(p, filepath.Join(staged, e.Name())); errors.Is(err, errNotRegular) {
+			s.logf("not keeping %s: not a regular file", link)
+		} else if err != nil {
 			return fail(err)
 		}
 	}
@@ -244,27 +266,63 @@ func (s *Slot) adoptForeign(ctx context.Context, target string) error {
 	return nil
 }
 
-// linkOrCopy hard-links src to dst, or copies it where a link is not
-// allowed (another file system, protected_hardlinks).
-func linkOrCopy(src, dst string) error {
-	if os.Link(src, dst) == nil {
-		return nil
+// outside is the refusal of a link that leads out of pxeDir and the store.
+func (s *Slot) outside(link, to, what string) error {
+	return fmt.Errorf("image: %s points outside pxeDir and the Nix store (-> %s); %s", link, to, what)
+}
+
+var errNotRegular = errors.New("not a regular file")
+
+// keepFile puts the file at real path src into a staging directory as
+// dst: a hard link when its inode is readable by all already (publishing
+// then changes nothing about it), else a copy (a new inode, which
+// publishing may make readable). The file is opened without following
+// symlinks, so it is the one whose path was checked.
+func (s *Slot) keepFile(src, dst string) error {
+	if fi, err := os.Lstat(src); err != nil {
+		return err
+	} else if !fi.Mode().IsRegular() {
+		return errNotRegular
 	}
-	in, err := os.Open(src)
+	// O_NONBLOCK: a FIFO swapped in meanwhile does not hang the open.
+	in, err := confine.Open(src, unix.O_NONBLOCK)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return errNotRegular
+	}
+	if fi.Mode().Perm()&0o444 == 0o444 {
+		// The descriptor's inode itself, not whatever the path names now.
+		proc := "/proc/self/fd/" + strconv.Itoa(int(in.Fd()))
+		if unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, dst, unix.AT_SYMLINK_FOLLOW) == nil {
+			return nil
+		}
+	}
+	return copyFrom(in, fi, dst)
+}
+
+// copyFrom copies in (described by fi) to a new file dst, keeping its
+// mtime.
+func copyFrom(in *os.File, fi fs.FileInfo, dst string) error {
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return err
 	}
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
+		os.Remove(dst)
 		return err
 	}
-	if fi, err := in.Stat(); err == nil {
-		os.Chtimes(dst, time.Time{}, fi.ModTime())
+	if err := out.Close(); err != nil {
+		os.Remove(dst)
+		return err
 	}
-	return out.Close()
+	os.Chtimes(dst, time.Time{}, fi.ModTime())
+	return nil
 }

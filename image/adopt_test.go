@@ -232,6 +232,7 @@ func TestAdoptNixStoreLink(t *testing.T) {
 	}
 
 	s := openSlot(t, t.TempDir(), x86)
+	s.storeDir = store
 	must(t, os.Symlink(netboot, s.Path()))
 	publish(t, s, "new", 3)
 	gens := list(t, s)
@@ -294,5 +295,140 @@ func TestRollbackAdopts(t *testing.T) {
 	}
 	if gens := list(t, s); len(gens) != 2 || !strings.HasPrefix(gens[0].Name, "000002-") {
 		t.Errorf("List() = %v, want the adopted directory as 000002", names(gens))
+	}
+}
+
+func mode(t *testing.T, p string) os.FileMode {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Mode().Perm()
+}
+
+// A slot symlink, or a file in the directory it leads to, that resolves
+// outside pxeDir and the Nix store is refused: adopting it would serve
+// whatever it points to. Nothing there changes mode, nothing is published.
+func TestAdoptRefusesLinksOutside(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// layout makes the slot link; it returns the link refused and
+		// the secret file that must stay as it was.
+		layout func(t *testing.T, s *Slot, store, outside string) (link, secret string)
+	}{
+		{"slot to a directory elsewhere", func(t *testing.T, s *Slot, store, outside string) (string, string) {
+			writeImage(t, outside, x86, "outside")
+			secret := filepath.Join(outside, "secret")
+			writeFile(t, secret, []byte("secret"))
+			for _, f := range []string{secret, filepath.Join(outside, "initrd")} {
+				must(t, os.Chmod(f, 0o600))
+			}
+			must(t, os.Symlink(outside, s.Path()))
+			return s.Path(), secret
+		}},
+		{"slot through a relative link in pxeDir", func(t *testing.T, s *Slot, store, outside string) (string, string) {
+			writeImage(t, outside, x86, "outside")
+			secret := filepath.Join(outside, "initrd")
+			must(t, os.Chmod(secret, 0o600))
+			hop := filepath.Join(filepath.Dir(s.Path()), "old")
+			must(t, os.Symlink(outside, hop))
+			must(t, os.Symlink("old", s.Path()))
+			return s.Path(), secret
+		}},
+		{"file in the store linking elsewhere", func(t *testing.T, s *Slot, store, outside string) (string, string) {
+			netboot := filepath.Join(store, "def-netboot")
+			must(t, os.MkdirAll(netboot, 0o755))
+			writeImage(t, netboot, x86, "store")
+			secret := filepath.Join(outside, "secret")
+			writeFile(t, secret, []byte("secret"))
+			must(t, os.Chmod(secret, 0o600))
+			must(t, os.Symlink(secret, filepath.Join(netboot, "leak")))
+			must(t, os.Symlink(netboot, s.Path()))
+			return filepath.Join(netboot, "leak"), secret
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openSlot(t, t.TempDir(), x86)
+			store, outside := t.TempDir(), t.TempDir()
+			s.storeDir = store
+			link, secret := tc.layout(t, s, store, outside)
+			before, _ := os.Readlink(s.Path())
+			dir, err := s.Stage()
+			must(t, err)
+			writeImage(t, dir, x86, "new")
+			_, err = s.Publish(context.Background(), dir, 3)
+			wantErr(t, err, link+" points outside pxeDir and the Nix store (-> ", "remove the link")
+			if got := mode(t, secret); got != 0o600 {
+				t.Errorf("%s mode = %v after the refused adoption, want 0600", secret, got)
+			}
+			if after, _ := os.Readlink(s.Path()); after != before {
+				t.Errorf("slot -> %q after the refusal, want it left -> %q", after, before)
+			}
+			if gens := list(t, s); len(gens) != 0 {
+				t.Errorf("List() = %v after the refusal, want nothing published", names(gens))
+			}
+		})
+	}
+}
+
+// A slot linking to a directory inside pxeDir is kept. A file there that
+// is not readable by all and has another hard link (outside pxeDir) is
+// copied, not opened up: the other name keeps its mode.
+func TestAdoptLinkInsidePXEDirCopiesSharedFiles(t *testing.T) {
+	pxe := t.TempDir()
+	s := openSlot(t, pxe, x86)
+	old := filepath.Join(pxe, "old-image")
+	must(t, os.Mkdir(old, 0o755))
+	writeImage(t, old, x86, "old")
+	private := filepath.Join(t.TempDir(), "initrd")
+	must(t, os.Chmod(filepath.Join(old, "initrd"), 0o600))
+	must(t, os.Link(filepath.Join(old, "initrd"), private))
+	must(t, os.Symlink("old-image", s.Path()))
+
+	publish(t, s, "new", 3)
+	gens := list(t, s)
+	if len(gens) != 2 {
+		t.Fatalf("List() = %v, want the new generation and the kept one", names(gens))
+	}
+	if got, _ := tags(gens[1].Dir, x86); got[0] != "old" {
+		t.Errorf("kept generation holds %q, want old", got)
+	}
+	if got := mode(t, private); got != 0o600 {
+		t.Errorf("the other link of the kept initrd has mode %v, want 0600 still", got)
+	}
+	kept := filepath.Join(gens[1].Dir, "initrd")
+	if got := mode(t, kept); got&0o444 != 0o444 {
+		t.Errorf("kept initrd mode = %v, want readable by all", got)
+	}
+	if a, b := readAll(t, kept), readAll(t, private); a != b {
+		t.Errorf("kept initrd differs from the original")
+	}
+}
+
+// Publishing makes a staged file readable by all only when no other name
+// shares its inode; a hard link from elsewhere is replaced by a copy.
+func TestPublishNeverOpensUpSharedInodes(t *testing.T) {
+	s := openSlot(t, t.TempDir(), x86)
+	dir, err := s.Stage()
+	must(t, err)
+	writeImage(t, dir, x86, "1")
+	private := filepath.Join(t.TempDir(), "bzImage")
+	must(t, os.Chmod(filepath.Join(dir, "bzImage"), 0o600))
+	must(t, os.Link(filepath.Join(dir, "bzImage"), private))
+	g, err := s.Publish(context.Background(), dir, 0)
+	must(t, err)
+	if got := mode(t, private); got != 0o600 {
+		t.Errorf("the other link of bzImage has mode %v after publishing, want 0600 still", got)
+	}
+	pub := filepath.Join(g.Dir, "bzImage")
+	if got := mode(t, pub); got != 0o644 {
+		t.Errorf("published bzImage mode = %v, want 0644", got)
+	}
+	if readAll(t, pub) != readAll(t, private) {
+		t.Errorf("published bzImage differs from what was staged")
+	}
+	if err := Verify(g.Dir, x86); err != nil {
+		t.Errorf("published generation does not verify: %v", err)
 	}
 }

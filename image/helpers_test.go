@@ -46,7 +46,19 @@ func debianFiles(t *testing.T, system string) (kernel, initrd string) {
 // place puts src at dst: a hard link, or a copy across file systems.
 func place(t *testing.T, src, dst string) {
 	t.Helper()
-	if err := linkOrCopy(src, dst); err != nil {
+	if os.Link(src, dst) == nil {
+		return
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err == nil {
+		err = copyFrom(in, fi, dst)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbship/nbship/internal/staging"
 )
 
 // DefaultKeep is how many generations a slot keeps when not told otherwise.
@@ -32,7 +34,7 @@ const (
 	trashPrefix    = ".trash-" // a generation being removed
 	sumsSuffix     = ".sums"   // GEN.sums beside GEN
 	timeLayout     = "20060102T150405Z"
-	staleAge       = time.Hour // unlocked staging older than this is a crashed run's
+	nixStore       = "/nix/store" // a slot symlink may point into it
 )
 
 // Generation is one published image of a slot.
@@ -43,6 +45,10 @@ type Generation struct {
 	Time    time.Time `json:"time"`    // when it was published (adopted: the old directory's mtime)
 	Files   int       `json:"files"`
 	Bytes   int64     `json:"bytes"`
+	// Previous is, from Publish and Rollback, the generation the slot
+	// served just before they switched it ("" if none), read under the
+	// slot's lock: a concurrent publish cannot make it stale.
+	Previous string `json:"-"`
 
 	seq uint64
 }
@@ -84,7 +90,10 @@ type Slot struct {
 	profile Profile
 
 	mu      sync.Mutex
-	staging map[string]*os.File // staged dir -> open dir holding its flock
+	staging map[string]*staging.Dir // staged dir -> its lock
+	// storeDir is the Nix store a slot symlink may point into (tests: a
+	// directory of their own).
+	storeDir string
 }
 
 // OpenSlot opens the slot of profile p's instance in pxeDir, which must
@@ -100,7 +109,7 @@ func OpenSlot(pxeDir string, p Profile) (*Slot, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Slot{pxeDir: abs, profile: p, staging: map[string]*os.File{}}, nil
+	return &Slot{pxeDir: abs, profile: p, staging: map[string]*staging.Dir{}, storeDir: nixStore}, nil
 }
 
 func checkPXEDir(pxeDir string) (string, error) {
@@ -222,31 +231,14 @@ func (s *Slot) Stage() (dir string, err error) {
 	// Made under another name, locked, then renamed: a directory named
 	// .staging-* is locked from its first moment, so an unlocked one is
 	// always a dead writer's and any cleanup may remove it at once.
-	tmp, err := os.MkdirTemp(gd, creatingPrefix)
+	d, err := staging.Make(gd, creatingPrefix, stagePrefix)
 	if err != nil {
-		return "", fmt.Errorf("image: %w", err)
-	}
-	f, err := os.Open(tmp)
-	if err == nil {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err != nil {
-			f.Close()
-		}
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("image: lock staging directory %s: %w", tmp, err)
-	}
-	dir = filepath.Join(gd, stagePrefix+strings.TrimPrefix(filepath.Base(tmp), creatingPrefix))
-	if err := os.Rename(tmp, dir); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return "", fmt.Errorf("image: %w", err)
+		return "", fmt.Errorf("image: staging directory: %w", err)
 	}
 	s.mu.Lock()
-	s.staging[dir] = f
+	s.staging[d.Path] = d
 	s.mu.Unlock()
-	return dir, nil
+	return d.Path, nil
 }
 
 func (s *Slot) checkStaged(staged string) (string, error) {
@@ -260,11 +252,11 @@ func (s *Slot) checkStaged(staged string) (string, error) {
 // release drops the staging lock this Slot holds on dir, if any.
 func (s *Slot) release(dir string) {
 	s.mu.Lock()
-	f := s.staging[dir]
+	d := s.staging[dir]
 	delete(s.staging, dir)
 	s.mu.Unlock()
-	if f != nil {
-		f.Close()
+	if d != nil {
+		d.Release()
 	}
 }
 
@@ -334,6 +326,10 @@ func (s *Slot) Publish(ctx context.Context, staged string, keep int) (Generation
 	if err := s.adoptLocked(ctx); err != nil {
 		return Generation{}, err
 	}
+	prev, err := s.Current()
+	if err != nil {
+		return Generation{}, err
+	}
 	_, maxSeq, err := s.scan()
 	if err != nil {
 		return Generation{}, err
@@ -363,7 +359,7 @@ func (s *Slot) Publish(ctx context.Context, staged string, keep int) (Generation
 		s.logf("published %s, but cleaning up old generations failed: %v", name, err)
 	}
 	seq, _, _ := parseGen(name)
-	return Generation{Name: name, Dir: final, Current: true, Time: now, Files: sum.Files, Bytes: sum.Bytes, seq: seq}, nil
+	return Generation{Name: name, Dir: final, Current: true, Time: now, Files: sum.Files, Bytes: sum.Bytes, Previous: prev, seq: seq}, nil
 }
 
 // point replaces the slot symlink by one to generation name: a new symlink
@@ -558,6 +554,7 @@ func (s *Slot) Rollback(ctx context.Context, to string) (Generation, error) {
 		}
 	}
 	target.Current = true
+	target.Previous = cur
 	return *target, nil
 }
 
@@ -672,7 +669,7 @@ func (s *Slot) cleanLocked() error {
 		case strings.HasPrefix(n, trashPrefix):
 			os.RemoveAll(p)
 		case strings.HasPrefix(n, creatingPrefix):
-			if fi, err := os.Lstat(p); err == nil && time.Since(fi.ModTime()) > staleAge {
+			if fi, err := os.Lstat(p); err == nil && time.Since(fi.ModTime()) > staging.StaleAge {
 				os.RemoveAll(p)
 			}
 		case strings.HasPrefix(n, stagePrefix):
@@ -701,18 +698,7 @@ func (s *Slot) cleanLocked() error {
 
 // staleStaging reports whether a staging directory was left by a crash:
 // nobody holds its lock (see Stage).
-func (s *Slot) staleStaging(dir string) bool {
-	fi, err := os.Lstat(dir)
-	if err != nil || !fi.IsDir() {
-		return false
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	return unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil
-}
+func (s *Slot) staleStaging(dir string) bool { return staging.Stale(dir) }
 
 // Instances lists the instance names that have a slot or generations in pxeDir.
 func Instances(pxeDir string) ([]string, error) {

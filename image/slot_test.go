@@ -312,6 +312,10 @@ func TestConcurrentPublish(t *testing.T) {
 	if all[0].Name != newest.Name {
 		t.Errorf("current = %s, want the later publish %s", all[0].Name, newest.Name)
 	}
+	// Each says what the slot served when it had the lock.
+	if newest.Previous != all[1].Name || all[1].Name == gens[0].Name && gens[0].Previous != "" || all[1].Name == gens[1].Name && gens[1].Previous != "" {
+		t.Errorf("Previous = %q, %q; want the first publish to have replaced nothing and the second the first", gens[0].Previous, gens[1].Previous)
+	}
 	if got, want := served(t, s), tagOf([]byte(readAll(t, filepath.Join(newest.Dir, ScriptName)))); got != want {
 		t.Errorf("slot serves %q, want %q", got, want)
 	}

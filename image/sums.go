@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // fileSum is a file's SHA-256 and the size and mtime it had when hashed.
@@ -33,7 +36,16 @@ func prepare(ctx context.Context, dir string) (map[string]fileSum, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("image: %w", err)
 		}
-		fsum, err := hashFile(filepath.Join(dir, e.Name()), true)
+		p := filepath.Join(dir, e.Name())
+		fsum, err := hashFile(p, true)
+		if errors.Is(err, errShared) {
+			// Another name has this inode (a hard link from outside the
+			// generation): give the generation a copy of its own to open up.
+			if err := unshare(p); err != nil {
+				return nil, fmt.Errorf("image: %w", err)
+			}
+			fsum, err = hashFile(p, true)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -45,8 +57,13 @@ func prepare(ctx context.Context, dir string) (map[string]fileSum, error) {
 	return sums, syncDir(dir)
 }
 
+// errShared is a file that publishing would make readable by all, but whose
+// inode has other links: changing its mode would open up those too.
+var errShared = errors.New("image: file has other hard links")
+
 // hashFile hashes a regular file; with publish, it also makes it readable
-// by all (only adding read bits: hard links share the mode) and syncs it.
+// by all (only adding read bits) and syncs it. A file that is not readable
+// by all and has other hard links is left alone: errShared.
 func hashFile(path string, publish bool) (fileSum, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -66,6 +83,9 @@ func hashFile(path string, publish bool) (fileSum, error) {
 	}
 	if publish {
 		if fi.Mode().Perm()&0o444 != 0o444 {
+			if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink > 1 {
+				return fileSum{}, errShared
+			}
 			if err := f.Chmod(fi.Mode().Perm() | 0o444); err != nil {
 				return fileSum{}, fmt.Errorf("image: %w", err)
 			}
@@ -78,6 +98,42 @@ func hashFile(path string, publish bool) (fileSum, error) {
 	copy(fsum.sum[:], h.Sum(nil))
 	fsum.size, fsum.mtime = fi.Size(), fi.ModTime().UnixNano()
 	return fsum, nil
+}
+
+// unshare replaces the file p by a copy of it: same bytes, mode and mtime,
+// a new inode with no other link.
+func unshare(p string) error {
+	in, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".copy-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(out.Name()) // fails once renamed
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Chmod(fi.Mode().Perm())
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chtimes(out.Name(), time.Time{}, fi.ModTime())
+	}
+	if err == nil {
+		err = os.Rename(out.Name(), p)
+	}
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", p, err)
+	}
+	return nil
 }
 
 // The hash file GEN.sums has one line per file of GEN:

@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,12 +18,18 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/nbship/nbship/internal/confine"
 )
 
 // Source is a manifest plus where each file entry's bytes come from.
 type Source struct {
 	Manifest Manifest
-	paths    []string     // local path per entry ("" for directories)
+	paths    []string // local path per entry ("" for directories)
+	// confined: paths are real paths, opened without following symlinks
+	// (List without FollowAnySymlink), so a file is read where it was
+	// checked to be.
+	confined bool
 	stamps   []stamp      // what each file looked like when collected
 	store    StoreReader  // where nar entries come from
 	pending  *pendingDump // the store's dump, started by CollectStore
@@ -45,13 +52,35 @@ func stampOf(fi fs.FileInfo) stamp {
 	return stamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
 }
 
-// Collect builds a Source from local paths as `tar -h` would see them:
-// symlinks are followed, a directory argument contributes its contents at
-// the top level, a file argument contributes itself under its base name.
-// Every file is hashed here, so the manifest announces each SHA-256 before
+// CollectOptions say which symlinks the sender follows.
+type CollectOptions struct {
+	// FollowAnySymlink follows every symlink, wherever it leads, as
+	// `tar -h` does. Without it a symlink met in a directory argument is
+	// followed only when it resolves inside that argument's tree or into
+	// the Nix store; any other is refused with a *LinkError. An argument
+	// that is itself a symlink is always followed: naming it is consent.
+	FollowAnySymlink bool
+
+	storeDir string // tests: a store of their own (StoreDir when empty)
+}
+
+// LinkError is a symlink that leads out of the tree being sent and the
+// Nix store, refused unless FollowAnySymlink.
+type LinkError struct {
+	Link   string // the symlink
+	Target string // where it resolves to
+	Tree   string // the argument it was found under
+}
+
+func (e *LinkError) Error() string {
+	return fmt.Sprintf("transfer: %s points outside %s and the Nix store (-> %s); not following it", e.Link, e.Tree, e.Target)
+}
+
+// Collect builds a Source from local paths with List (default options),
+// then hashes every file, so the manifest announces each SHA-256 before
 // any data moves and the receiver can skip what it already has.
 func Collect(ctx context.Context, args []string) (*Source, error) {
-	src, err := List(args)
+	src, err := List(args, CollectOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -61,23 +90,26 @@ func Collect(ctx context.Context, args []string) (*Source, error) {
 	return src, nil
 }
 
-// List is Collect without the hashing: the entries, their sizes and
-// modes, quickly (a path that is not there fails here). Hash must follow
-// before the Source is sent.
-func List(args []string) (*Source, error) {
-	c := collector{src: &Source{Manifest: Manifest{Version: Version}}, seen: map[string]bool{}}
+// List builds a Source from local paths as `tar -h` would see them,
+// following symlinks as o allows: a directory argument contributes its
+// contents at the top level, a file argument contributes itself under its
+// base name. It lists the entries, their sizes and modes, quickly (a path
+// that is not there fails here); Hash must follow before the Source is
+// sent.
+func List(args []string, o CollectOptions) (*Source, error) {
+	c := newCollector(o)
 	for _, a := range args {
-		fi, err := os.Stat(a)
+		p, fi, err := c.arg(a)
 		if err != nil {
-			return nil, fmt.Errorf("transfer: %w", err)
+			return nil, err
 		}
 		if fi.IsDir() {
-			if err := c.walk(a, "", fi, nil); err != nil {
+			if err := c.walk(p, "", p, fi, nil); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		if err := c.add(a, filepath.Base(a), fi); err != nil {
+		if err := c.add(p, filepath.Base(a), fi); err != nil {
 			return nil, err
 		}
 	}
@@ -87,17 +119,17 @@ func List(args []string) (*Source, error) {
 // CollectEach is Collect with every argument an entry of its own at the
 // top level, named by its base name: a directory argument's contents go
 // under its name, a file argument is that file. Symlinks are followed as
-// by Collect, including a symlink that is itself an argument.
-func CollectEach(ctx context.Context, args []string) (*Source, error) {
-	c := collector{src: &Source{Manifest: Manifest{Version: Version}}, seen: map[string]bool{}}
+// by List, including a symlink that is itself an argument.
+func CollectEach(ctx context.Context, args []string, o CollectOptions) (*Source, error) {
+	c := newCollector(o)
 	for _, a := range args {
-		fi, err := os.Stat(a)
+		p, fi, err := c.arg(a)
 		if err != nil {
-			return nil, fmt.Errorf("transfer: %w", err)
+			return nil, err
 		}
 		name := filepath.Base(a)
 		if !fi.IsDir() {
-			if err := c.add(a, name, fi); err != nil {
+			if err := c.add(p, name, fi); err != nil {
 				return nil, err
 			}
 			continue
@@ -105,7 +137,7 @@ func CollectEach(ctx context.Context, args []string) (*Source, error) {
 		if err := c.addEntry(Entry{Name: name, Type: TypeDir, Mode: fi.Mode().Perm()}, "", a); err != nil {
 			return nil, err
 		}
-		if err := c.walk(a, name, fi, nil); err != nil {
+		if err := c.walk(p, name, p, fi, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -116,8 +148,72 @@ func CollectEach(ctx context.Context, args []string) (*Source, error) {
 }
 
 type collector struct {
-	src  *Source
-	seen map[string]bool
+	src   *Source
+	seen  map[string]bool
+	any   bool     // FollowAnySymlink
+	store []string // confined: the store's real path, if there is one
+}
+
+func newCollector(o CollectOptions) *collector {
+	c := &collector{src: &Source{Manifest: Manifest{Version: Version}}, seen: map[string]bool{}, any: o.FollowAnySymlink}
+	if !c.any {
+		c.src.confined = true
+		c.store = confine.Roots(cmp.Or(o.storeDir, StoreDir))
+	}
+	return c
+}
+
+// arg stats an argument, following it if it is a symlink. Confined, it
+// returns the argument's real path: every path recorded below it is then
+// a real path, opened later without following symlinks.
+func (c *collector) arg(a string) (string, fs.FileInfo, error) {
+	if c.any {
+		fi, err := os.Stat(a)
+		if err != nil {
+			return "", nil, fmt.Errorf("transfer: %w", err)
+		}
+		return a, fi, nil
+	}
+	p, _, err := confine.Resolve(a, nil)
+	if err != nil {
+		return "", nil, fmt.Errorf("transfer: %w", err)
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return "", nil, fmt.Errorf("transfer: %w", err)
+	}
+	return p, fi, nil
+}
+
+// follow stats p, an entry of a directory under tree (the real path of an
+// argument), and returns the path to read it by: p itself, or, confined,
+// where the symlink p resolves to, which must lie in tree or the store.
+func (c *collector) follow(p, tree string) (string, fs.FileInfo, error) {
+	if c.any {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return "", nil, fmt.Errorf("transfer: %w", err)
+		}
+		return p, fi, nil
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return "", nil, fmt.Errorf("transfer: %w", err)
+	}
+	if fi.Mode()&fs.ModeSymlink == 0 {
+		return p, fi, nil
+	}
+	real, inside, err := confine.Resolve(p, append([]string{tree}, c.store...))
+	if err != nil {
+		return "", nil, fmt.Errorf("transfer: %s is a symlink that does not resolve: %w", p, err)
+	}
+	if !inside {
+		return "", nil, &LinkError{Link: p, Target: real, Tree: tree}
+	}
+	if fi, err = os.Lstat(real); err != nil {
+		return "", nil, fmt.Errorf("transfer: %w", err)
+	}
+	return real, fi, nil
 }
 
 type dirID struct{ dev, ino uint64 }
@@ -131,8 +227,9 @@ func idOf(fi fs.FileInfo) dirID {
 }
 
 // walk adds the contents of dir (whose entries get the prefix) following
-// symlinks; stack holds the directories on the current path, to stop loops.
-func (c *collector) walk(dir, prefix string, fi fs.FileInfo, stack []dirID) error {
+// symlinks as allowed under tree; stack holds the directories on the
+// current path, to stop loops.
+func (c *collector) walk(dir, prefix, tree string, fi fs.FileInfo, stack []dirID) error {
 	id := idOf(fi)
 	for _, s := range stack {
 		if s == id {
@@ -145,20 +242,19 @@ func (c *collector) walk(dir, prefix string, fi fs.FileInfo, stack []dirID) erro
 		return fmt.Errorf("transfer: %w", err)
 	}
 	for _, de := range ents { // ReadDir sorts by name
-		p := filepath.Join(dir, de.Name())
 		name := de.Name()
 		if prefix != "" {
 			name = prefix + "/" + name
 		}
-		cfi, err := os.Stat(p)
+		p, cfi, err := c.follow(filepath.Join(dir, de.Name()), tree)
 		if err != nil {
-			return fmt.Errorf("transfer: %w", err)
+			return err
 		}
 		if cfi.IsDir() {
 			if err := c.addEntry(Entry{Name: name, Type: TypeDir, Mode: cfi.Mode().Perm()}, "", p); err != nil {
 				return err
 			}
-			if err := c.walk(p, name, cfi, stack); err != nil {
+			if err := c.walk(p, name, tree, cfi, stack); err != nil {
 				return err
 			}
 			continue
@@ -223,7 +319,7 @@ func (s *Source) Hash(ctx context.Context) error {
 			buf := make([]byte, 128<<10)
 			for i := range idx {
 				e := &s.Manifest.Entries[i]
-				sum, err := hashFile(s.paths[i], e.Size, buf)
+				sum, err := s.hashFile(s.paths[i], e.Size, buf)
 				if err != nil {
 					select {
 					case errs <- err:
@@ -260,13 +356,44 @@ feed:
 	return ctx.Err()
 }
 
-func hashFile(p string, size int64, buf []byte) ([32]byte, error) {
-	var sum [32]byte
-	f, err := os.Open(p)
+// open opens the file of an entry.
+func (s *Source) open(p string) (*os.File, error) {
+	if s.confined {
+		// O_NONBLOCK: a FIFO swapped in since the listing does not hang
+		// the open; it is refused here.
+		f, err := confine.Open(p, syscall.O_NONBLOCK)
+		if err != nil {
+			return nil, err
+		}
+		if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+			f.Close()
+			return nil, fmt.Errorf("%s is no longer a regular file", p)
+		}
+		return f, nil
+	}
+	return os.Open(p)
+}
+
+func (s *Source) hashFile(p string, size int64, buf []byte) ([32]byte, error) {
+	f, err := s.open(p)
 	if err != nil {
-		return sum, fmt.Errorf("transfer: %w", err)
+		return [32]byte{}, fmt.Errorf("transfer: %w", err)
 	}
 	defer f.Close()
+	return hashOpen(f, p, size, buf)
+}
+
+func hashFile(p string, size int64, buf []byte) ([32]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("transfer: %w", err)
+	}
+	defer f.Close()
+	return hashOpen(f, p, size, buf)
+}
+
+func hashOpen(f *os.File, p string, size int64, buf []byte) ([32]byte, error) {
+	var sum [32]byte
 	h := sha256.New()
 	// Only the Reader: *os.File's WriteTo would bring its own buffer.
 	n, err := io.CopyBuffer(h, struct{ io.Reader }{f}, buf)
@@ -514,7 +641,7 @@ func sendData(conn io.Writer, src *Source, pending *pendingDump, want []byte, o 
 		if e.Type == TypeNAR {
 			err = sendNAR(out, ad, dump, e, cnt, buf)
 		} else {
-			err = sendFile(out, ad, src.paths[i], src.stamps[i], e, cnt, buf)
+			err = sendFile(out, ad, src, i, cnt, buf)
 		}
 		if err != nil {
 			out.abort()
@@ -546,8 +673,9 @@ func (w writeErr) Unwrap() error { return w.error }
 // bytes are not hashed again here (the receiver checks every one against
 // the announced SHA-256); a file that was written to or replaced since it
 // was collected is caught by its stamp.
-func sendFile(out *frames, ad *adapter, p string, was stamp, e *Entry, cnt *Counters, buf []byte) error {
-	f, err := os.Open(p)
+func sendFile(out *frames, ad *adapter, src *Source, i int, cnt *Counters, buf []byte) error {
+	p, was, e := src.paths[i], src.stamps[i], &src.Manifest.Entries[i]
+	f, err := src.open(p)
 	if err != nil {
 		return fmt.Errorf("transfer: %w", err)
 	}

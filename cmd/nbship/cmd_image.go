@@ -373,14 +373,11 @@ func imageRollback(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	before, err := s.Current()
-	if err != nil {
-		return err
-	}
 	g, err := s.Rollback(ctx, *to)
 	if err != nil {
 		return err
 	}
+	before := g.Previous // read under the slot's lock
 	if f.json {
 		return imageJSON(e.stdout, struct {
 			Instance string `json:"instance"`
@@ -545,10 +542,6 @@ func imagePublish(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	start := time.Now()
-	before, err := s.Current()
-	if err != nil {
-		return err
-	}
 	staged, err := s.Stage()
 	if err != nil {
 		return err
@@ -567,14 +560,15 @@ func imagePublish(ctx context.Context, e *env, args []string) error {
 			ve = &image.VerifyError{Path: filepath.Join(src, rel), Msg: ve.Msg}
 		}
 		serves := "nothing"
-		if before != "" {
-			serves = before
+		if cur, _ := s.Current(); cur != "" {
+			serves = cur
 		}
 		return withHint(refusal(ve), "nothing was published: %s still serves %s", s.Path(), serves)
 	}
 	if err != nil {
 		return err
 	}
+	before := g.Previous // read under the slot's lock, not stale
 	res := imagePublished{
 		Instance: s.Profile().Name, Generation: g.Name, Previous: before, Published: s.Path(),
 		Files: st.Files, FilesSent: st.Copied, Reused: st.Linked, Bytes: st.Bytes, TotalBytes: st.Total,

@@ -8,8 +8,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/testbin"
@@ -538,5 +540,69 @@ func TestHeldLines(t *testing.T) {
 		if out.String() != want {
 			t.Errorf("%s: flush passed %q, want all of %q", tt.name, out.String(), want)
 		}
+	}
+}
+
+// Two publishes that wait for the slot's lock at once each say what the
+// slot served when it was theirs: one was the first generation, the other
+// was the one the first of them published, never both the first.
+func TestImagePublishSaysWhatItReplacedUnderTheLock(t *testing.T) {
+	pxe := t.TempDir()
+	g1 := imageAddGen(t, pxe, imageX86, "one")
+	s, err := image.OpenSlot(pxe, imageX86)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		out  string
+		code int
+	}
+	results := make(chan result, 2)
+	var errs [2]*lockedBuffer
+	for i := range errs {
+		errs[i] = &lockedBuffer{}
+		src := imageStoreOutput(t, imageX86, fmt.Sprint("new", i), "k")
+		go func() {
+			var out bytes.Buffer
+			e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: errs[i], getenv: func(string) string { return "" }}
+			err := run(context.Background(), e, []string{"image", "publish", "--pxe-dir", pxe, "--instance", "m2.xlarge.x86", src})
+			results <- result{out.String(), report(errs[i], err)}
+		}()
+	}
+	// Both wait for the lock the test holds, then go one after the other.
+	for i := range errs {
+		for !strings.Contains(errs[i].String(), "waiting for slot") {
+			select {
+			case r := <-results:
+				t.Fatalf("a publish ended while the test held the slot's lock: exit %d, %q, %q", r.code, r.out, errs[i])
+			default:
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	unlock()
+	var was []string
+	for range errs {
+		r := <-results
+		if r.code != 0 {
+			t.Fatalf("publish: exit %d, stdout %q, stderr %q %q", r.code, r.out, errs[0], errs[1])
+		}
+		_, w, ok := strings.Cut(strings.TrimSpace(r.out), "(was ")
+		if !ok {
+			t.Fatalf("publish said %q, want serving N (was M)", r.out)
+		}
+		was = append(was, strings.TrimSuffix(w, ")"))
+	}
+	gens, err := s.List()
+	if err != nil || len(gens) != 3 {
+		t.Fatalf("List() = %v, %v; want 3 generations", gens, err)
+	}
+	slices.Sort(was)
+	if want := []string{g1.Name, gens[1].Name}; !slices.Equal(was, want) {
+		t.Errorf("the two publishes said they replaced %q, want %q (each what the slot served when it got the lock)", was, want)
 	}
 }

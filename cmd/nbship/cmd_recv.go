@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbship/nbship/image"
+	"github.com/nbship/nbship/internal/staging"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -64,7 +65,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	case (*dest == "") == (*publish == ""):
 		return usageError("recv: give exactly one of --dest DIR or --publish PXEDIR")
 	case *dest != "":
-		land, err = prepareLanding(*dest, *replace)
+		land, err = prepareLanding(e, *dest, *replace)
 	default:
 		land, err = prepareSlot(ctx, e, *publish, *instance, *system, *keep, *keepPartial)
 	}
@@ -188,15 +189,25 @@ type target interface {
 
 // landing puts a received tree at dest atomically: it is written into a
 // temporary directory beside dest and renamed into place only when every
-// file is verified.
+// file is verified. The temporary directory is locked while this receiver
+// lives (internal/staging, as image slots do): one a killed receiver left
+// is unlocked, and the next receiver for dest removes it.
 type landing struct {
 	dest    string
 	replace bool
 	tmp     string
 	old     string
+	held    *staging.Dir
 }
 
-func prepareLanding(dest string, replace bool) (*landing, error) {
+// The temporary directories beside dest: .DEST.nbship-recv-* while
+// locked, .DEST.nbship-new-* for the instant before.
+func landingPrefixes(dest string) (creating, prefix string) {
+	base := "." + filepath.Base(dest) + ".nbship-"
+	return base + "new-", base + "recv-"
+}
+
+func prepareLanding(e *env, dest string, replace bool) (*landing, error) {
 	dest = filepath.Clean(dest)
 	parent := filepath.Dir(dest)
 	if fi, err := os.Stat(parent); err != nil || !fi.IsDir() {
@@ -204,6 +215,10 @@ func prepareLanding(dest string, replace bool) (*landing, error) {
 	}
 	if err := checkDest(dest, replace); err != nil {
 		return nil, err
+	}
+	creating, prefix := landingPrefixes(dest)
+	for _, p := range staging.Sweep(parent, creating, prefix) {
+		fmt.Fprintf(e.stderr, "nbship: recv: removed %s, left by a receiver that did not finish\n", p)
 	}
 	return &landing{dest: dest, replace: replace}, nil
 }
@@ -230,16 +245,18 @@ func checkDest(dest string, replace bool) error {
 }
 
 func (l *landing) stage() (string, func([32]byte) (string, bool), error) {
-	tmp, err := os.MkdirTemp(filepath.Dir(l.dest), "."+filepath.Base(l.dest)+".nbship-recv-")
+	creating, prefix := landingPrefixes(l.dest)
+	d, err := staging.Make(filepath.Dir(l.dest), creating, prefix)
 	if err != nil {
 		return "", nil, fmt.Errorf("recv: %w", err)
 	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		os.Remove(tmp)
+	if err := os.Chmod(d.Path, 0o755); err != nil {
+		d.Release()
+		os.Remove(d.Path)
 		return "", nil, fmt.Errorf("recv: %w", err)
 	}
-	l.tmp = tmp
-	return tmp, nil, nil
+	l.tmp, l.held = d.Path, d
+	return d.Path, nil, nil
 }
 
 // commit moves the verified tree into place: a rename when dest is absent
@@ -277,6 +294,9 @@ func (l *landing) commit() (string, error) {
 func (l *landing) cleanup() {
 	if l.tmp != "" {
 		os.RemoveAll(l.tmp)
+	}
+	if l.held != nil {
+		l.held.Release()
 	}
 }
 

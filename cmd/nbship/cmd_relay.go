@@ -30,6 +30,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long to keep trying to reach the receiver")
 	store := fs.Bool("store", false, "send the closure of the store PATHs as Nix store paths, for recv --store (no PATH or -: one per line on standard input, after the pin line, up to an empty line)")
 	storeFiles := fs.Bool("store-files", false, "send the files of the store PATHs, each as a top-level entry named by its base name, for recv --dest (PATHs as with --store)")
+	anyLink := fs.Bool("follow-any-symlink", false, "follow symlinks wherever they lead (default: only those that stay inside the PATH they are found under or lead into /nix/store; others are refused)")
 	idle := addIdleFlag(fs)
 	life := fs.Bool("stdin-lifeline", false, "stop when standard input closes (set by the controller)")
 	fs.MarkHidden("stdin-lifeline")
@@ -50,6 +51,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 		return relayStore(ctx, e, relayOptions{
 			connect: *connect, stdio: *stdio, pin: *pinFlag, level: lvl, asJSON: *asJSON,
 			dialTimeout: *dialTimeout, lifeline: *life, files: *storeFiles, idle: *idle,
+			links: transfer.CollectOptions{FollowAnySymlink: *anyLink},
 		}, fs.Args())
 	}
 	if fs.NArg() == 0 {
@@ -61,9 +63,9 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "fingerprint %s\n", id.Pin())
 	// A path that is missing fails at once, before anything is dialled.
-	src, err := transfer.List(fs.Args())
+	src, err := transfer.List(fs.Args(), transfer.CollectOptions{FollowAnySymlink: *anyLink})
 	if err != nil {
-		return fmt.Errorf("relay: %w", err)
+		return linkRefusal(fmt.Errorf("relay: %w", err))
 	}
 	// The files are hashed while the pins are exchanged and the channel is
 	// set up: the manifest is needed only once the receiver is ready. Not
@@ -162,6 +164,17 @@ type relayOptions struct {
 	lifeline    bool
 	files       bool // --store-files: the paths' files, not their NARs
 	idle        time.Duration
+	links       transfer.CollectOptions
+}
+
+// linkRefusal gives a symlink the relay will not follow its hint and the
+// refusal's exit status (sending again would not help).
+func linkRefusal(err error) error {
+	var le *transfer.LinkError
+	if !errors.As(err, &le) {
+		return err
+	}
+	return &exitError{code: flow.ExitRefused, err: withHint(err, "copy what it points to into %s, or pass --follow-any-symlink to send it anyway", le.Tree)}
 }
 
 // relayStore sends store paths: their closure as NARs (--store), or their
@@ -179,12 +192,12 @@ func relayStore(ctx context.Context, e *env, o relayOptions, args []string) erro
 		var src *transfer.Source
 		var err error
 		if o.files {
-			src, err = transfer.CollectEach(ctx, paths)
+			src, err = transfer.CollectEach(ctx, paths, o.links)
 		} else {
 			src, err = transfer.CollectStore(ctx, &transfer.NixStore{}, paths)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("relay: %w", err)
+			return nil, linkRefusal(fmt.Errorf("relay: %w", err))
 		}
 		return src, nil
 	}

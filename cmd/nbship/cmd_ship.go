@@ -37,6 +37,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	store := fs.Bool("store", false, "import the closure of the paths into the receiving host's Nix store (only the paths it lacks)")
 	dest := fs.String("dest", "", "put the files of the paths in this `directory` on the receiving host, one entry per path, named by its base name")
 	replace := fs.Bool("replace", false, "with --dest: replace a non-empty directory atomically")
+	anyLink := fs.Bool("follow-any-symlink", false, "with --dest: the sender follows symlinks wherever they lead (default: only into the path they are found under or /nix/store)")
 	pathFlag := fs.String("path", flow.PathAuto, "how the data travels: auto (direct, else over SSH), direct, or ssh")
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the sender tries the direct path before auto falls back to SSH")
 	listenPort := fs.Int("listen-port", -1, "the receiver's TCP `port` for the direct path; 0 lets it pick one (default: the config's opensslPort, else 61616)")
@@ -54,6 +55,9 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	}
 	if *replace && *store {
 		return usageError("ship: --replace goes with --dest")
+	}
+	if *anyLink && *store {
+		return usageError("ship: --follow-any-symlink goes with --dest")
 	}
 	if _, err := transfer.EncoderLevel(*level); err != nil {
 		return usageError("ship: %v", err)
@@ -160,6 +164,9 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		ship.RecvArgs = []string{"--store"}
 	} else {
 		ship.SendArgs = []string{"--store-files"}
+		if *anyLink {
+			ship.SendArgs = append(ship.SendArgs, "--follow-any-symlink")
+		}
 		ship.RecvArgs = []string{"--dest", *dest}
 		if *replace {
 			ship.RecvArgs = append(ship.RecvArgs, "--replace")

@@ -466,6 +466,7 @@ func TestShipRefusesBadInput(t *testing.T) {
 		{"no paths", []string{"--store"}, "\n\n", "no store paths"},
 		{"no mode", nil, "", "exactly one of --store or --dest"},
 		{"both modes", []string{"--store", "--dest", "/tmp/x"}, "", "exactly one of --store or --dest"},
+		{"symlinks with store", []string{"--store", "--follow-any-symlink"}, "", "--follow-any-symlink goes with --dest"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(bin, append([]string{"ship", "--from", "local", "--to", "local"}, tc.args...)...)

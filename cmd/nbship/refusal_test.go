@@ -347,3 +347,57 @@ func manyDirs(n, size int) string {
 	b.WriteString("]}")
 	return b.String()
 }
+
+// An image directory holding a symlink out of it (leak -> a secret
+// elsewhere) is refused by the relay before it dials, with one line naming
+// the link and its target, a hint and the refusal's exit status; with
+// --follow-any-symlink the file it points to is sent.
+func TestRelayRefusesSymlinkOutOfTheTree(t *testing.T) {
+	bin := nbshipBinary(t, "amd64")
+	src, secretDir := t.TempDir(), t.TempDir()
+	writeFile(t, filepath.Join(src, "Image"), []byte("kernel"), 0o644)
+	secret := filepath.Join(secretDir, "secret")
+	writeFile(t, secret, []byte("secret"), 0o600)
+	leak := filepath.Join(src, "leak")
+	if err := os.Symlink(secret, leak); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dialled := make(chan struct{}, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			dialled <- struct{}{}
+			c.Close()
+		}
+	}()
+	s := start(t, bin, "relay", "--connect", ln.Addr().String(), "--peer-pin", "-", src)
+	s.line(t) // its fingerprint
+	s.stdin.Write([]byte("fingerprint " + tunnel.Fingerprint([]byte("the receiver")) + "\n"))
+	s.wait(t)
+	if code := s.cmd.ProcessState.ExitCode(); code != 65 {
+		t.Errorf("relay exit = %d, want 65 (refused: sending again would not help)", code)
+	}
+	lines := strings.Split(strings.TrimSpace(s.stderr.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], leak) || !strings.Contains(lines[0], "-> "+secret) ||
+		!strings.HasPrefix(lines[1], "nbship: hint: ") || !strings.Contains(lines[1], "--follow-any-symlink") {
+		t.Errorf("relay stderr = %q, want one line naming %s and %s, and a hint naming --follow-any-symlink", lines, leak, secret)
+	}
+	select {
+	case <-dialled:
+		t.Error("the relay dialled the receiver although it refused what it was to send")
+	default:
+	}
+
+	dest := filepath.Join(t.TempDir(), "out")
+	recv, relay := loopback(t, dest, nil, []string{"--follow-any-symlink"}, src)
+	if recv.err != nil || relay.err != nil {
+		t.Fatalf("with --follow-any-symlink: recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	}
+	if b, err := os.ReadFile(filepath.Join(dest, "leak")); err != nil || string(b) != "secret" {
+		t.Errorf("dest/leak with --follow-any-symlink = %q, %v; want the file it pointed to", b, err)
+	}
+}
