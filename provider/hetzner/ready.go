@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -77,7 +78,10 @@ func WaitSSH(ctx context.Context, dest string, o SSHOptions) (*remote.Client, er
 		if final(err) {
 			return nil, err
 		}
-		if wctx.Err() == nil {
+		// A try the overall deadline cut short says less than the one
+		// before it.
+		var ne net.Error
+		if last == nil || (wctx.Err() == nil && !(errors.As(err, &ne) && ne.Timeout())) {
 			last = err
 		}
 		t := time.NewTimer(o.Interval)
@@ -89,9 +93,6 @@ func WaitSSH(ctx context.Context, dest string, o SSHOptions) (*remote.Client, er
 		if wctx.Err() != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("hetzner: waiting for SSH on %s: %w", dest, ctx.Err())
-			}
-			if last == nil {
-				last = err
 			}
 			return nil, &SSHTimeoutError{Dest: dest, Timeout: o.Timeout, Last: last}
 		}
