@@ -169,8 +169,9 @@ type Plan struct {
 	Steps    []string          `json:"steps"`
 }
 
-// DryRun returns what Create would do for r, sending nothing.
-func (c *Client) DryRun(r provider.CreateRequest) (any, error) {
+// DryRun returns what Create would do for r. It needs no token and sends
+// nothing.
+func DryRun(r provider.CreateRequest) (*Plan, error) {
 	if err := Check(&r); err != nil {
 		return nil, err
 	}

@@ -38,7 +38,7 @@ func New(c *spot.Client) *Client { return &Client{spot: c} }
 // Name returns "packet".
 func (c *Client) Name() string { return Name }
 
-func (c *Client) request(r provider.CreateRequest) *spot.CreateRequest {
+func request(r provider.CreateRequest) *spot.CreateRequest {
 	tags := r.Tags
 	if len(tags) == 0 {
 		tags = []string{"hydra"}
@@ -49,22 +49,15 @@ func (c *Client) request(r provider.CreateRequest) *spot.CreateRequest {
 	}
 }
 
-// DryRun returns the body Create would send.
-func (c *Client) DryRun(r provider.CreateRequest) (any, error) {
-	b, err := c.request(r).Body()
-	if err != nil {
-		return nil, err
-	}
-	return rawJSON(b), nil
+// DryRun returns the body Create would send, indented. It needs no token
+// and sends nothing.
+func DryRun(r provider.CreateRequest) ([]byte, error) {
+	return request(r).Body()
 }
-
-type rawJSON []byte
-
-func (r rawJSON) MarshalJSON() ([]byte, error) { return r, nil }
 
 // Quote is the spot request's cost: the price now and the most it may be.
 func (c *Client) Quote(ctx context.Context, r provider.CreateRequest) (*spot.Quote, error) {
-	return c.spot.Quote(ctx, c.request(r))
+	return c.spot.Quote(ctx, request(r))
 }
 
 // Create makes a spot market request for one device. The device comes
@@ -74,7 +67,7 @@ func (c *Client) Create(ctx context.Context, r provider.CreateRequest) (*provide
 	if r.Progress == nil {
 		r.Progress = io.Discard
 	}
-	req, err := c.spot.Create(ctx, c.request(r))
+	req, err := c.spot.Create(ctx, request(r))
 	if err != nil {
 		return nil, err
 	}

@@ -95,7 +95,7 @@ func TestPricesAndCreate(t *testing.T) {
 		t.Errorf("Create's request %s is not on the server", s.ID)
 	}
 	r.MaxBid = 0
-	if _, err := c.DryRun(r); err == nil {
+	if _, err := DryRun(r); err == nil {
 		t.Error("DryRun without a max bid = nil error")
 	}
 }
