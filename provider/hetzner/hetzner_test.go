@@ -382,3 +382,34 @@ func FuzzRetryAfter(f *testing.F) {
 
 // The fake is checked against hcloud-go in roundtrip_test.go.
 var _ http.RoundTripper = (*transport)(nil)
+
+// cancelOn cancels a context when a line containing want is written.
+type cancelOn struct {
+	want   string
+	cancel context.CancelFunc
+}
+
+func (c *cancelOn) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), c.want) {
+		c.cancel()
+	}
+	return len(p), nil
+}
+
+// TestCreateInterruptedDeletesServer: an interrupt (ctx cancelled) after
+// the server exists still deletes it, so nothing is left billing.
+func TestCreateInterruptedDeletesServer(t *testing.T) {
+	f := hetznertest.New(t, token)
+	c, _ := newClient(t, f)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := request()
+	r.Progress = &cancelOn{want: "enable_rescue 50%", cancel: cancel}
+	_, err := c.Create(ctx, r)
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "deleted again") {
+		t.Errorf("Create(cancelled) = %v, want context.Canceled and the server deleted", err)
+	}
+	if ss := f.Servers(); len(ss) != 0 {
+		t.Errorf("servers left after an interrupted create: %+v", ss)
+	}
+}
