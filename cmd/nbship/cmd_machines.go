@@ -1,7 +1,8 @@
 package main
 
 // nbship machines: server discovery. The running builders as a Nix/Hydra
-// machines file, each with the host key read from the host itself.
+// machines file, each with the host key read from the host itself: the
+// Packet devices, and the Hetzner builders when a token is configured.
 
 import (
 	"context"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nbship/nbship/provider/hetzner"
 	"github.com/nbship/nbship/spot"
 )
 
@@ -40,7 +42,7 @@ func cmdMachines(ctx context.Context, e *env, args []string) error {
 	if err := machinesCheck(&o); err != nil {
 		return err
 	}
-	c, cfg, err := pf.setup(e)
+	cfg, err := pf.loadConfig()
 	if err != nil {
 		return err
 	}
@@ -48,9 +50,29 @@ func cmdMachines(ctx context.Context, e *env, args []string) error {
 	for _, p := range cfg.Profiles {
 		o.Systems[p.Name] = p.System
 	}
-	devs, err := c.Devices(ctx, "")
-	if err != nil {
-		return packetErr(err)
+	// Packet as before; Hetzner too when a token is configured. With
+	// neither, Packet's error says what is missing.
+	var devs []spot.Device
+	hz := hetznerToken(e, cfg) != ""
+	if packetConfigured(e, cfg) || !hz {
+		c, err := pf.client(e, cfg)
+		if err != nil {
+			return err
+		}
+		if devs, err = c.Devices(ctx, ""); err != nil {
+			return packetErr(err)
+		}
+	}
+	if hz {
+		hc, err := hetznerClient(e, cfg, "")
+		if err != nil {
+			return err
+		}
+		hd, err := hetznerDevices(ctx, hc, o.Systems)
+		if err != nil {
+			return builderErr(hetzner.Name, err)
+		}
+		devs = append(devs, hd...)
 	}
 	ms, skipped := spot.Machines(ctx, devs, o)
 	if ctx.Err() != nil {

@@ -37,6 +37,8 @@ type Config struct {
 	PacketKey       string // packetKey: Packet API token (secret; never printed)
 	PacketProjectID string // packetProjectId
 
+	HcloudToken string // hcloudToken: Hetzner Cloud API token (secret; never printed)
+
 	Profiles []Profile // profile NAME SYSTEM lines: extra instance types
 
 	set map[string]int // key -> line it was set on
@@ -100,6 +102,7 @@ var keys = map[string]key{
 	"baseURL":         {"baseURL         http://my.netboot.server/", str(func(c *Config) *string { return &c.BaseURL })},
 	"packetKey":       {"packetKey       <API token>", str(func(c *Config) *string { return &c.PacketKey })},
 	"packetProjectId": {"packetProjectId 00000000-0000-0000-0000-000000000000", str(func(c *Config) *string { return &c.PacketProjectID })},
+	"hcloudToken":     {"hcloudToken     <API token>", str(func(c *Config) *string { return &c.HcloudToken })},
 	"profile":         {"profile         c3.large.arm aarch64-linux", nil}, // repeatable; handled in parse
 }
 

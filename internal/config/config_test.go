@@ -115,3 +115,15 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestHcloudToken(t *testing.T) {
+	c, err := Parse("f", []byte(seed+"hcloudToken hc-SECRET-1\n"))
+	if err != nil || c.HcloudToken != "hc-SECRET-1" || !c.Has("hcloudToken") {
+		t.Fatalf("Parse(hcloudToken) = %+v, %v", c, err)
+	}
+	// A bad line says where it is without repeating the secret.
+	_, err = Parse("f", []byte("hcloudToken hc-SECRET-1 hc-SECRET-2\n"))
+	if err == nil || strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("Parse(two-word token) = %v, want an error without the token", err)
+	}
+}
