@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/rig"
 	"github.com/nbship/nbship/internal/testbin"
 )
@@ -75,17 +76,8 @@ func (s *setup) run(t *testing.T, ctx context.Context, args ...string) (stdout, 
 	return o.String(), e.String(), err
 }
 
-type buildResult struct {
-	Instance  string  `json:"instance"`
-	Out       string  `json:"out"`
-	Path      string  `json:"path"`
-	Published string  `json:"published"`
-	Files     int     `json:"files"`
-	FilesSent int     `json:"files_sent"`
-	Bytes     int64   `json:"bytes"`
-	WireBytes int64   `json:"wire_bytes"`
-	Seconds   float64 `json:"seconds"`
-}
+// buildResult is what aarch64 and x86_64 print with --json.
+type buildResult = protocol.Build
 
 // parseJSON decodes a command's --json output into a T.
 func parseJSON[T any](t *testing.T, stdout string) T {

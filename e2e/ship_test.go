@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/rig"
 	"github.com/nbship/nbship/internal/testbin"
 )
@@ -127,15 +128,8 @@ func (s *shipRig) ship(t *testing.T, ctx context.Context, stdin string, env []st
 	return o.String(), e.String(), err
 }
 
-type shipResult struct {
-	PathsTotal   int    `json:"paths_total"`
-	PathsSent    int    `json:"paths_sent"`
-	PathsSkipped int    `json:"paths_skipped"`
-	Files        int    `json:"files"`
-	Bytes        int64  `json:"bytes"`
-	WireBytes    int64  `json:"wire_bytes"`
-	Path         string `json:"path"`
-}
+// shipResult is what ship prints with --json.
+type shipResult = protocol.Ship
 
 // closureOf is the sorted closure of p on host.
 func (s *shipRig) closureOf(t *testing.T, ctx context.Context, host, p string) []string {

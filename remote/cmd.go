@@ -59,9 +59,10 @@ type Cmd struct {
 	Pipes bool
 }
 
-// ExitError is returned when a remote command ran and failed.
+// ExitError is returned when a remote command ran and failed, and by the
+// controller for an end it ran on this machine (Host "local").
 type ExitError struct {
-	Host    string // Client.Name()
+	Host    string // Client.Name(), or "local"
 	Command string // the quoted command line, for messages
 	Status  int    // exit status; 128+n when killed by signal n
 	Signal  string // signal name without SIG (e.g. "TERM") when sshd reports one: not under the wrapper (see Cmd), which exits 128+n
@@ -69,11 +70,15 @@ type ExitError struct {
 }
 
 func (e *ExitError) Error() string {
+	where := "ssh: " + e.Host
+	if e.Host == "local" {
+		where = "local"
+	}
 	var msg string
 	if e.Signal != "" {
-		msg = fmt.Sprintf("ssh: %s: %s was killed by signal %s", e.Host, shortCommand(e.Command), e.Signal)
+		msg = fmt.Sprintf("%s: %s was killed by signal %s", where, shortCommand(e.Command), e.Signal)
 	} else {
-		msg = fmt.Sprintf("ssh: %s: %s exited with status %d", e.Host, shortCommand(e.Command), e.Status)
+		msg = fmt.Sprintf("%s: %s exited with status %d", where, shortCommand(e.Command), e.Status)
 	}
 	if l := lastLine(e.Stderr); l != "" {
 		msg += ": " + l

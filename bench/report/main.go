@@ -22,6 +22,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/nbship/nbship/internal/protocol"
 )
 
 const (
@@ -73,16 +75,9 @@ func splice(old, gen []byte) []byte {
 
 // ---------------------------------------------------------------- input --
 
-type summary struct {
-	Files           int     `json:"files"`
-	FilesSent       int     `json:"files_sent"`
-	Bytes           int64   `json:"bytes"`
-	CompressedBytes int64   `json:"compressed_bytes"`
-	WireBytes       int64   `json:"wire_bytes"`
-	Seconds         float64 `json:"seconds"`
-	TotalSeconds    float64 `json:"total_seconds"`
-	Path            string  `json:"path"`
-}
+// summary is nbship's --json output: a build's (aarch64, x86_64) or, with
+// fewer of its keys, ship's.
+type summary = protocol.Build
 
 // record is one run as bench/contender.sh wrote it.
 type record struct {
@@ -371,7 +366,7 @@ func (r *report) write(w io.Writer) {
 func (r *report) dataLine() string {
 	var parts []string
 	if s := r.firstSummary("netboot"); s != nil {
-		parts = append(parts, fmt.Sprintf("netboot files %d files, %s MB (%s MB zstd as nbship sends it)", s.Files, mb(float64(s.Bytes)), mb(float64(s.CompressedBytes))))
+		parts = append(parts, fmt.Sprintf("netboot files %d files, %s MB (%s MB zstd as nbship sends it)", s.Files, mb(float64(s.Bytes)), mb(float64(s.Compressed))))
 	}
 	for _, k := range []string{"closure", "big"} {
 		if v := r.metaKV[k]; v != "" {
@@ -549,7 +544,7 @@ func (r *report) writeTargets(w io.Writer) {
 		// at set-up) over the link rate; nbship's own bytes are fewer since
 		// its closures go through ldm, and the ratio to those is shown too.
 		// Older runs without the zstd size fall back to nbship's bytes.
-		own, _ := nb.summaryMedian(func(s *summary) float64 { return float64(s.CompressedBytes) })
+		own, _ := nb.summaryMedian(func(s *summary) float64 { return float64(s.Compressed) })
 		comp, what := r.zstdBytes("closure"), "the closure in zstd (tar \\| zstd -T0)"
 		if comp == 0 {
 			comp, what = own, "zstd as nbship sends it"

@@ -5,14 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/config"
-	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/internal/controller"
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/remote"
 )
 
@@ -28,7 +28,7 @@ func cmdAarch64(ctx context.Context, e *env, args []string) error {
 	cfgPath := fs.String("config", "", "builders.conf `file`")
 	instance := fs.String("instance", "", "instance type (default: the config's instance, else c2.large.arm)")
 	drv := fs.String("drv", "", "use this already instantiated `.drv` instead of running nix-instantiate")
-	pathFlag := fs.String("path", flow.PathAuto, "how the image travels: auto (direct, else over SSH), direct, or ssh")
+	pathFlag := fs.String("path", controller.PathAuto, "how the image travels: auto (direct, else over SSH), direct, or ssh")
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the build host tries the direct path before auto falls back to SSH")
 	level := fs.String("level", "auto", "zstd level: auto (default, better on a link much slower than the compressor), fastest, default or better")
 	asJSON := fs.Bool("json", false, "print a JSON summary on stdout")
@@ -68,41 +68,46 @@ func cmdAarch64(ctx context.Context, e *env, args []string) error {
 	if *drv == "" {
 		file := firstOf(cfg.NixFile, "./instances/"+inst+".nix")
 		fmt.Fprintf(e.stderr, "nbship: instantiating %s\n", file)
-		if *drv, err = flow.Instantiate(ctx, file, "./result-"+inst+".drv", e.stderr); err != nil {
+		if *drv, err = controller.Instantiate(ctx, file, "./result-"+inst+".drv", e.stderr); err != nil {
 			return err
 		}
 	}
 	fmt.Fprintf(e.stderr, "nbship: copying the closure of %s to %s\n", *drv, build.Name())
-	pushed, err := flow.PushClosure(ctx, build, *drv, e.stderr)
+	pushed, err := controller.PushClosure(ctx, build, *drv, e.stderr)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "nbship: building on %s (-j %d --cores %d)\n", build.Name(), cfg.Jobs(), cfg.Cores())
-	out, err := flow.Realise(ctx, build, *drv, "result-"+inst, cfg.Jobs(), cfg.Cores(), e.stderr)
+	out, err := controller.Realise(ctx, build, *drv, "result-"+inst, cfg.Jobs(), cfg.Cores(), e.stderr)
 	if err != nil {
 		return err
 	}
-	if err := flow.CheckImage(ctx, build, out, netbootFiles); err != nil {
+	if err := controller.CheckImage(ctx, build, out, netbootFiles); err != nil {
 		return err
 	}
-	ship := &flow.Ship{
-		From:        flow.End{Host: build, Bin: bins[0]},
-		To:          flow.End{Host: pxe, Bin: bins[1]},
-		SendArgs:    []string{"--idle-timeout=" + idle.String(), out},
-		RecvArgs:    append(publishArgs(cfg, inst), "--idle-timeout="+idle.String()),
-		Listen:      ":" + strconv.Itoa(cfg.OpenSSLPort),
-		Connect:     fmt.Sprintf("%s:%d", cfg.OpenSSLServer, cfg.OpenSSLPort),
-		Path:        *pathFlag,
-		DialTimeout: *dialTimeout,
-		Level:       *level,
-		Log:         e.stderr,
+	recv := publishTarget(cfg, inst)
+	recv.Listen = ":" + strconv.Itoa(cfg.OpenSSLPort)
+	recv.Idle = *idle
+	ship := &controller.Ship{
+		From: controller.End{Host: build, Bin: bins[0]},
+		To:   controller.End{Host: pxe, Bin: bins[1]},
+		Relay: protocol.Relay{
+			Connect:     fmt.Sprintf("%s:%d", cfg.OpenSSLServer, cfg.OpenSSLPort),
+			DialTimeout: *dialTimeout,
+			Paths:       []string{out},
+			Level:       *level,
+			Idle:        *idle,
+		},
+		Recv: recv,
+		Path: *pathFlag,
+		Log:  e.stderr,
 	}
 	res, err := shipWithRetries(ctx, e, ship, *retries)
 	if err != nil {
 		sweepSlot(pxe, bins[1], cfg, inst, e)
 		return err
 	}
-	return printBuildSummary(e, *asJSON, buildSummary{
+	return printBuildSummary(e, *asJSON, protocol.Build{
 		Instance: inst, Drv: *drv, Out: out, PathsPushed: pushed,
 		TotalSeconds: round(time.Since(start).Seconds(), 2),
 	}, res)
@@ -129,48 +134,38 @@ func checkProfile(cfg *config.Config, inst, system string) error {
 	return nil
 }
 
-// publishArgs tells the receiver to publish a generation of the slot.
-func publishArgs(cfg *config.Config, inst string) []string {
-	a := []string{"--publish", cfg.PXEDir, "--instance", inst, "--keep", strconv.Itoa(cfg.Keep())}
+// publishTarget is a receiver that publishes a generation of the slot.
+func publishTarget(cfg *config.Config, inst string) protocol.Recv {
+	r := protocol.Recv{Publish: cfg.PXEDir, Instance: inst, Keep: cfg.Keep()}
 	for _, p := range cfg.Profiles {
 		if p.Name == inst {
-			a = append(a, "--system", p.System)
+			r.System = p.System
 		}
 	}
-	return a
+	return r
 }
 
-// buildSummary is what a build flow reports besides the stream figures.
-type buildSummary struct {
-	Instance     string  `json:"instance"`
-	Drv          string  `json:"drv"`
-	Out          string  `json:"out"`
-	PathsPushed  int     `json:"paths_pushed"`
-	TotalSeconds float64 `json:"total_seconds"`
-}
-
-func printBuildSummary(e *env, asJSON bool, b buildSummary, res *flow.Result) error {
-	var s summary
-	if err := json.Unmarshal(res.Relay, &s); err != nil {
+// printBuildSummary prints what a build flow did: b with the stream's
+// figures as the relay counted them and what the receiver published.
+func printBuildSummary(e *env, asJSON bool, b protocol.Build, res *controller.Result) error {
+	s := &b.Stream
+	if err := json.Unmarshal(res.Relay, s); err != nil {
 		return fmt.Errorf("ship: the relay's summary %q: %w", res.Relay, err)
 	}
-	var r summary
+	var r protocol.Stream
 	if err := json.Unmarshal(res.Recv, &r); err == nil && r.Published != "" {
-		s.Published = r.Published
+		s.Published, s.Generation, s.Previous = r.Published, r.Generation, r.Previous
 	}
-	if res.Path == flow.PathSSH {
+	if res.Path == controller.PathSSH {
 		s.WireBytes = res.WireBytes
 	}
 	s.Path = res.Path
+	s.PeakRSS = 0 // the relay's, not this command's
 	if asJSON {
-		out := struct {
-			buildSummary
-			summary
-		}{b, s}
-		return json.NewEncoder(e.stdout).Encode(out)
+		return json.NewEncoder(e.stdout).Encode(b)
 	}
 	fmt.Fprintf(e.stdout, "published %s (%s path)\n", s.Published, s.Path)
-	printSummary(e.stderr, false, "shipped", s)
+	printSummary(e.stderr, false, "shipped", *s)
 	fmt.Fprintf(e.stderr, "nbship: %s done in %.1fs\n", b.Instance, b.TotalSeconds)
 	return nil
 }
@@ -192,17 +187,13 @@ func sweepSlot(pxe *remote.Client, bin string, cfg *config.Config, inst string, 
 // fix (an end or its host died, the link dropped), at most retries more
 // times. The receiver keeps what a failed attempt verified (--keep-partial)
 // and the next attempt links it instead of asking for it again.
-func shipWithRetries(ctx context.Context, e *env, ship *flow.Ship, retries int) (*flow.Result, error) {
-	base := ship.RecvArgs
+func shipWithRetries(ctx context.Context, e *env, ship *controller.Ship, retries int) (*controller.Result, error) {
 	for attempt := 1; ; attempt++ {
 		// Only an attempt that will be followed by another keeps what it
 		// received; the last one leaves nothing behind.
-		ship.RecvArgs = base
-		if attempt <= retries {
-			ship.RecvArgs = append(slices.Clip(base), "--keep-partial")
-		}
+		ship.Recv.KeepPartial = attempt <= retries
 		res, err := ship.Run(ctx)
-		if err == nil || attempt > retries || !flow.Retryable(ctx, err) {
+		if err == nil || attempt > retries || !protocol.Retryable(ctx, err) {
 			return res, err
 		}
 		fmt.Fprintf(e.stderr, "nbship: attempt %d of %d failed: %v; trying again, sending only what has not arrived\n", attempt, retries+1, err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nbship/nbship/image"
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/testbin"
 )
 
@@ -364,7 +365,7 @@ func TestImagePublish(t *testing.T) {
 	os.Rename(filepath.Join(wrong, "bzImage"), filepath.Join(wrong, "Image"))
 	args = []string{"publish", "--pxe-dir", pxe, "--instance", "c2.large.arm", wrong}
 	out, errs, code = imageRun(t, args...)
-	imageWant(t, args, errs, code, 1, "nbship: image: "+wrong+"/Image is an x86_64 bzImage, but slot c2.large.arm needs an aarch64 Image\n",
+	imageWant(t, args, errs, code, protocol.ExitRefused, "nbship: image: "+wrong+"/Image is an x86_64 bzImage, but slot c2.large.arm needs an aarch64 Image\n",
 		"nbship: hint: nothing was published: "+armSlot+" still serves "+g.Name+"\n")
 	if out != "" {
 		t.Errorf("refused publish printed %q on stdout", out)

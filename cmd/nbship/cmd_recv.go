@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbship/nbship/image"
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/staging"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
@@ -95,9 +96,9 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 		}
 		defer ln.Close()
 	}
-	fmt.Fprintf(e.stdout, "fingerprint %s\n", id.Pin())
+	fmt.Fprintln(e.stdout, protocol.FingerprintLine(id.Pin()))
 	if ln != nil {
-		fmt.Fprintf(e.stdout, "listening %s\n", ln.Addr())
+		fmt.Fprintln(e.stdout, protocol.ListeningLine(ln.Addr().String()))
 	}
 	pin, err := peerPin(*pinFlag, e.stdin)
 	if err != nil {
@@ -153,7 +154,11 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return refusal(explain(fmt.Errorf("recv: %w", err)))
 	}
-	printSummary(out, *asJSON, "received", newSummary(st, conn.WireBytes()))
+	sum := newSummary(st, conn.WireBytes())
+	if t, ok := land.(*slotTarget); ok {
+		sum.Generation, sum.Previous = t.gen.Name, t.gen.Previous
+	}
+	printSummary(out, *asJSON, "received", sum)
 	return nil
 }
 
@@ -311,6 +316,7 @@ type slotTarget struct {
 	keep   int
 	staged string
 	done   bool
+	gen    image.Generation // what commit published
 	// keepPartial leaves a failed attempt's files for the next one.
 	keepPartial bool
 }
@@ -370,6 +376,7 @@ func (t *slotTarget) commit() (string, error) {
 	if err != nil {
 		return "", err // cmdRecv says "recv: "
 	}
+	t.gen = g
 	fmt.Fprintf(t.e.stderr, "nbship: recv: published %s as generation %s\n", t.slot.Path(), g.Name)
 	return t.slot.Path(), nil
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -61,7 +61,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "fingerprint %s\n", id.Pin())
+	fmt.Fprintln(e.stdout, protocol.FingerprintLine(id.Pin()))
 	// A path that is missing fails at once, before anything is dialled.
 	src, err := transfer.List(fs.Args(), transfer.CollectOptions{FollowAnySymlink: *anyLink})
 	if err != nil {
@@ -142,14 +142,14 @@ func relayDial(ctx context.Context, e *env, stdio bool, connect string, dialTime
 			// Never reached the receiver: the controller may take the
 			// SSH path. Any other failure (a pin mismatch above all) it
 			// must not paper over.
-			return nil, &exitError{code: flow.ExitDialFailed, err: fmt.Errorf("relay: %w", err)}
+			return nil, &exitError{code: protocol.ExitDialFailed, err: fmt.Errorf("relay: %w", err)}
 		}
 	}
 	if err != nil {
 		return nil, refusal(fmt.Errorf("relay: %w", err))
 	}
 	if !stdio {
-		fmt.Fprintf(e.stdout, "connected %s\n", conn.RemoteAddr())
+		fmt.Fprintln(e.stdout, protocol.ConnectedLine(conn.RemoteAddr().String()))
 	}
 	return conn, nil
 }
@@ -174,7 +174,7 @@ func linkRefusal(err error) error {
 	if !errors.As(err, &le) {
 		return err
 	}
-	return &exitError{code: flow.ExitRefused, err: withHint(err, "copy what it points to into %s, or pass --follow-any-symlink to send it anyway", le.Tree)}
+	return &exitError{code: protocol.ExitRefused, err: withHint(err, "copy what it points to into %s, or pass --follow-any-symlink to send it anyway", le.Tree)}
 }
 
 // relayStore sends store paths: their closure as NARs (--store), or their
@@ -215,7 +215,7 @@ func relayStore(ctx context.Context, e *env, o relayOptions, args []string) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "fingerprint %s\n", id.Pin())
+	fmt.Fprintln(e.stdout, protocol.FingerprintLine(id.Pin()))
 	// Buffered from here on: everything after the pin (paths, the lifeline,
 	// or the channel itself with --stdio) is read through br.
 	br := bufio.NewReader(e.stdin)

@@ -15,7 +15,8 @@ import (
 	"time"
 
 	"github.com/nbship/nbship/internal/config"
-	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/internal/controller"
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/remote"
 	"github.com/nbship/nbship/transfer"
 )
@@ -38,7 +39,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	dest := fs.String("dest", "", "put the files of the paths in this `directory` on the receiving host, one entry per path, named by its base name")
 	replace := fs.Bool("replace", false, "with --dest: replace a non-empty directory atomically")
 	anyLink := fs.Bool("follow-any-symlink", false, "with --dest: the sender follows symlinks wherever they lead (default: only into the path they are found under or /nix/store)")
-	pathFlag := fs.String("path", flow.PathAuto, "how the data travels: auto (direct, else over SSH), direct, or ssh")
+	pathFlag := fs.String("path", controller.PathAuto, "how the data travels: auto (direct, else over SSH), direct, or ssh")
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the sender tries the direct path before auto falls back to SSH")
 	listenPort := fs.Int("listen-port", -1, "the receiver's TCP `port` for the direct path; 0 lets it pick one (default: the config's opensslPort, else 61616)")
 	connect := fs.String("connect", "", "`host:port` the sender dials for the direct path (default: the config's opensslServer:opensslPort, else the --to host's name)")
@@ -63,7 +64,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		return usageError("ship: %v", err)
 	}
 	switch *pathFlag {
-	case flow.PathAuto, flow.PathDirect, flow.PathSSH:
+	case controller.PathAuto, controller.PathDirect, controller.PathSSH:
 	default:
 		return usageError("ship: --path %q is not auto, direct or ssh", *pathFlag)
 	}
@@ -115,11 +116,11 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 			addr = net.JoinHostPort(destHost(*to), strconv.Itoa(port))
 		case *from == localHost:
 			addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		case path == flow.PathDirect:
+		case path == controller.PathDirect:
 			return usageError("ship: --path direct with --to local needs --connect HOST:PORT (where %s reaches this machine)", *from)
 		default:
 			// Nothing tells where the sender reaches this machine.
-			path = flow.PathSSH
+			path = controller.PathSSH
 		}
 	}
 	start := time.Now()
@@ -136,7 +137,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	var checks sync.WaitGroup
 	if *store {
 		for i := range ends {
-			checks.Go(func() { nixErrs[i] = flow.CheckNixStore(ctx, ends[i]) })
+			checks.Go(func() { nixErrs[i] = controller.CheckNixStore(ctx, ends[i]) })
 		}
 	}
 	ierr := installEnds(ctx, &sf, ends)
@@ -148,29 +149,21 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	}
 	src, dst := ends[0], ends[1]
 
-	ship := &flow.Ship{
-		From:        src,
-		To:          dst,
-		SendStdin:   paths,
-		Listen:      ":" + strconv.Itoa(port),
-		Connect:     addr,
-		Path:        path,
-		DialTimeout: *dialTimeout,
-		Level:       *level,
-		Log:         e.stderr,
-	}
-	if *store {
-		ship.SendArgs = []string{"--store"}
-		ship.RecvArgs = []string{"--store"}
-	} else {
-		ship.SendArgs = []string{"--store-files"}
-		if *anyLink {
-			ship.SendArgs = append(ship.SendArgs, "--follow-any-symlink")
-		}
-		ship.RecvArgs = []string{"--dest", *dest}
-		if *replace {
-			ship.RecvArgs = append(ship.RecvArgs, "--replace")
-		}
+	ship := &controller.Ship{
+		From: src,
+		To:   dst,
+		Relay: protocol.Relay{
+			Connect:          addr,
+			DialTimeout:      *dialTimeout,
+			Store:            *store,
+			StoreFiles:       !*store,
+			Paths:            paths,
+			FollowAnySymlink: *anyLink,
+			Level:            *level,
+		},
+		Recv: protocol.Recv{Listen: ":" + strconv.Itoa(port), Store: *store, Dest: *dest, Replace: *replace},
+		Path: path,
+		Log:  e.stderr,
 	}
 	closure := ""
 	if *store {
@@ -181,14 +174,14 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var s summary
+	var s protocol.Stream
 	if err := json.Unmarshal(res.Relay, &s); err != nil {
 		return fmt.Errorf("ship: the relay's summary %q: %w", res.Relay, err)
 	}
-	if res.Path == flow.PathSSH {
+	if res.Path == controller.PathSSH {
 		s.WireBytes = res.WireBytes
 	}
-	out := shipSummary{
+	out := protocol.Ship{
 		PathsTotal: s.Files, PathsSent: s.FilesSent, PathsSkipped: s.Reused,
 		Bytes: s.Bytes, Compressed: s.Compressed, WireBytes: s.WireBytes,
 		Seconds: s.Seconds, MBps: s.MBps, Path: res.Path,
@@ -198,7 +191,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		// The stream counted files; the paths all went.
 		out.Files = s.Files
 		out.PathsTotal, out.PathsSent, out.PathsSkipped = len(paths), len(paths), 0
-		out.Dest = *dest
+		out.Published = *dest
 	}
 	if *asJSON {
 		return json.NewEncoder(e.stdout).Encode(out)
@@ -210,22 +203,6 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "%d store paths %s (%d sent, %d already there): %s raw, %s on the wire in %.2fs, %.1f MB/s (%s path)\n",
 		out.PathsTotal, what, out.PathsSent, out.PathsSkipped, transfer.HumanBytes(out.Bytes), transfer.HumanBytes(out.WireBytes), out.Seconds, out.MBps, out.Path)
 	return nil
-}
-
-// shipSummary is ship's --json object.
-type shipSummary struct {
-	PathsTotal   int     `json:"paths_total"`
-	PathsSent    int     `json:"paths_sent"`
-	PathsSkipped int     `json:"paths_skipped"`
-	Files        int     `json:"files,omitempty"` // with --dest
-	Bytes        int64   `json:"bytes"`           // raw: NARs (--store) or files (--dest) sent
-	Compressed   int64   `json:"compressed_bytes"`
-	WireBytes    int64   `json:"wire_bytes"`
-	Seconds      float64 `json:"seconds"` // the transfer, as the relay timed it
-	MBps         float64 `json:"mbps"`
-	Path         string  `json:"path"` // direct or ssh
-	Dest         string  `json:"dest,omitempty"`
-	TotalSeconds float64 `json:"total_seconds"` // everything, as this command timed it
 }
 
 // destHost is the host name of an SSH destination [user@]host[:port].
@@ -242,8 +219,8 @@ func destHost(dest string) string {
 // shipEnds makes the two ends: this machine for "local", else a host
 // reached over SSH (both dialled at once). The returned function closes
 // the connections.
-func shipEnds(ctx context.Context, e *env, sf *sshFlags, hosts ...string) ([]flow.End, func(), error) {
-	ends := make([]flow.End, len(hosts))
+func shipEnds(ctx context.Context, e *env, sf *sshFlags, hosts ...string) ([]controller.End, func(), error) {
+	ends := make([]controller.End, len(hosts))
 	var dests []string
 	for _, h := range hosts {
 		if h != localHost {
@@ -270,17 +247,17 @@ func shipEnds(ctx context.Context, e *env, sf *sshFlags, hosts ...string) ([]flo
 	k := 0
 	for i, h := range hosts {
 		if h == localHost {
-			ends[i] = flow.End{Runner: flow.Local{}, Bin: self}
+			ends[i] = controller.End{Runner: controller.Local{}, Bin: self}
 			continue
 		}
-		ends[i] = flow.End{Host: clients[k]}
+		ends[i] = controller.End{Host: clients[k]}
 		k++
 	}
 	return ends, closeAll, nil
 }
 
 // installEnds puts nbship on the ends that are remote hosts.
-func installEnds(ctx context.Context, sf *sshFlags, ends []flow.End) error {
+func installEnds(ctx context.Context, sf *sshFlags, ends []controller.End) error {
 	var hosts []*remote.Client
 	var idx []int
 	for i, end := range ends {
@@ -373,7 +350,7 @@ func storeProgress(e *env, label string, c *transfer.Counters) (stop func()) {
 }
 
 // printStoreSummary is printSummary for store paths.
-func printStoreSummary(w io.Writer, asJSON bool, verb string, s summary) {
+func printStoreSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream) {
 	if asJSON {
 		json.NewEncoder(w).Encode(s)
 		return

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/testbin"
 	"github.com/nbship/nbship/transfer"
 )
@@ -249,13 +250,13 @@ func storeLoopback(t *testing.T, bin string, src, dst *testStore, recvArgs, recv
 	return outcome{ro, r.stderr.String(), rerr}, outcome{so, s.stderr.String(), serr}, <-rpeak, <-speak
 }
 
-func relaySummary(t *testing.T, stdout string) summary {
+func relaySummary(t *testing.T, stdout string) protocol.Stream {
 	t.Helper()
 	connected, js, _ := strings.Cut(stdout, "\n")
 	if !strings.HasPrefix(connected, "connected ") {
 		t.Fatalf("relay's stdout = %q, want connected then the summary", stdout)
 	}
-	var s summary
+	var s protocol.Stream
 	if err := json.Unmarshal([]byte(js), &s); err != nil {
 		t.Fatalf("relay --json output %q: %v", js, err)
 	}
@@ -413,7 +414,7 @@ func TestShipLocalToDirectory(t *testing.T) {
 			if err := cmd.Run(); err != nil {
 				t.Fatalf("nbship ship: %v\n%s", err, errb.String())
 			}
-			var s shipSummary
+			var s protocol.Ship
 			if err := json.Unmarshal(out.Bytes(), &s); err != nil {
 				t.Fatalf("ship --json = %q: %v", out.String(), err)
 			}

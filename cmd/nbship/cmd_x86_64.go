@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"github.com/nbship/nbship/image"
-	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/internal/controller"
+	"github.com/nbship/nbship/internal/protocol"
 )
 
 func init() {
@@ -56,21 +57,21 @@ func cmdX86_64(ctx context.Context, e *env, args []string) error {
 	if *drv == "" {
 		file := firstOf(cfg.NixFile, "./instances/"+inst+".nix")
 		fmt.Fprintf(e.stderr, "nbship: instantiating %s\n", file)
-		if *drv, err = flow.Instantiate(ctx, file, "./result-"+inst+".drv", e.stderr); err != nil {
+		if *drv, err = controller.Instantiate(ctx, file, "./result-"+inst+".drv", e.stderr); err != nil {
 			return err
 		}
 	}
 	fmt.Fprintf(e.stderr, "nbship: copying the closure of %s to %s\n", *drv, pxe.Name())
-	pushed, err := flow.PushClosure(ctx, pxe, *drv, e.stderr)
+	pushed, err := controller.PushClosure(ctx, pxe, *drv, e.stderr)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "nbship: building on %s (-j %d --cores %d)\n", pxe.Name(), cfg.Jobs(), cfg.Cores())
-	out, err := flow.Realise(ctx, pxe, *drv, "result-"+inst, cfg.Jobs(), cfg.Cores(), e.stderr)
+	out, err := controller.Realise(ctx, pxe, *drv, "result-"+inst, cfg.Jobs(), cfg.Cores(), e.stderr)
 	if err != nil {
 		return err
 	}
-	if err := flow.CheckImage(ctx, pxe, out, x86Files); err != nil {
+	if err := controller.CheckImage(ctx, pxe, out, x86Files); err != nil {
 		return err
 	}
 	bins, err := installAll(ctx, &sf, pxe)
@@ -86,7 +87,7 @@ func cmdX86_64(ctx context.Context, e *env, args []string) error {
 	}
 	pub = append(pub, "--", out)
 	var stdout bytes.Buffer
-	log := flow.Prefixed(e.stderr, pxe.Name())
+	log := controller.Prefixed(e.stderr, pxe.Name())
 	err = runOnHost(ctx, pxe, bins[0], pub, &stdout, log)
 	log.Close()
 	if err != nil {
@@ -96,27 +97,18 @@ func cmdX86_64(ctx context.Context, e *env, args []string) error {
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
 		return fmt.Errorf("x86_64: the summary of image publish on %s, %q: %w", pxe.Name(), stdout.String(), err)
 	}
-	b := buildSummary{Instance: inst, Drv: *drv, Out: out, PathsPushed: pushed, TotalSeconds: round(time.Since(start).Seconds(), 2)}
+	b := protocol.Build{Instance: inst, Drv: *drv, Out: out, PathsPushed: pushed, TotalSeconds: round(time.Since(start).Seconds(), 2),
+		Stream: protocol.Stream{
+			Files: res.Files, FilesSent: res.FilesSent, Reused: res.Reused, Bytes: res.Bytes,
+			Compressed: res.Bytes, Ratio: 1, Seconds: res.Seconds, MBps: res.MBps,
+			Published: res.Published, Generation: res.Generation, Previous: res.Previous,
+			Path: "local",
+		}}
 	if *asJSON {
-		return printMerged(e, b, res, map[string]string{"path": "local"})
+		return json.NewEncoder(e.stdout).Encode(b)
 	}
 	fmt.Fprintf(e.stdout, "published %s (local path)\n", res.Published)
 	printPublished(e.stderr, "nbship: ", res)
 	fmt.Fprintf(e.stderr, "nbship: %s done in %.1fs\n", inst, b.TotalSeconds)
 	return nil
-}
-
-// printMerged prints one JSON object with the fields of all of vs.
-func printMerged(e *env, vs ...any) error {
-	all := map[string]json.RawMessage{}
-	for _, v := range vs {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return err
-		}
-		if err := json.Unmarshal(b, &all); err != nil {
-			return err
-		}
-	}
-	return json.NewEncoder(e.stdout).Encode(all)
 }

@@ -20,7 +20,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
-	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -65,7 +65,7 @@ func peerPin(flag string, stdin io.Reader) (string, error) {
 		flag = line
 	}
 	// Accept the other end's whole first line too.
-	flag, _ = strings.CutPrefix(flag, "fingerprint ")
+	flag = protocol.ParseFingerprint(flag)
 	return tunnel.ParsePin(flag)
 }
 
@@ -100,28 +100,9 @@ func progress(e *env, label string, c *transfer.Counters) (stop func()) {
 	}
 }
 
-// summary is the --json object of a transfer.
-type summary struct {
-	Files      int     `json:"files"`
-	FilesSent  int     `json:"files_sent"`
-	Reused     int     `json:"files_reused"`
-	Bytes      int64   `json:"bytes"`
-	Compressed int64   `json:"compressed_bytes"`
-	Stored     int64   `json:"stored_bytes,omitempty"` // sender only: bytes that went uncompressed
-	Level      string  `json:"level,omitempty"`        // sender only: the zstd level the stream ended at
-	WireBytes  int64   `json:"wire_bytes"`
-	Ratio      float64 `json:"ratio"`
-	Seconds    float64 `json:"seconds"`
-	MBps       float64 `json:"mbps"`
-	Published  string  `json:"published,omitempty"`
-	Path       string  `json:"path,omitempty"`
-	// PeakRSS is this process's peak resident memory (the kernel's
-	// VmHWM) when the summary was made, in KiB; 0 where unknown.
-	PeakRSS int64 `json:"peak_rss_kib,omitempty"`
-}
-
-func newSummary(st *transfer.Stats, wire int64) summary {
-	s := summary{
+// newSummary is an end's --json object for the transfer st.
+func newSummary(st *transfer.Stats, wire int64) protocol.Stream {
+	s := protocol.Stream{
 		Files: st.Files, FilesSent: st.Sent, Reused: st.Reused, Bytes: st.Bytes,
 		Compressed: st.Compressed, Stored: st.Stored, Level: st.Level, WireBytes: wire, Seconds: round(st.Seconds, 3), Published: st.Published,
 		PeakRSS: vmHWM(os.Getpid()),
@@ -144,7 +125,7 @@ func round(f float64, digits int) float64 {
 }
 
 // printSummary writes s as JSON (asJSON) or as one human line, to w.
-func printSummary(w io.Writer, asJSON bool, verb string, s summary) {
+func printSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream) {
 	if asJSON {
 		json.NewEncoder(w).Encode(s)
 		return
@@ -222,9 +203,9 @@ func refusal(err error) error {
 	)
 	switch {
 	case transfer.IsRefusal(err):
-		return &exitError{code: flow.ExitRefused, err: err}
+		return &exitError{code: protocol.ExitRefused, err: err}
 	case errors.As(err, &pe), errors.As(err, &re):
-		return &exitError{code: flow.ExitPin, err: err}
+		return &exitError{code: protocol.ExitPin, err: err}
 	}
 	return err
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nbship/nbship/internal/protocol"
 )
 
 // pair runs recv and relay on loopback, handing each the other's pin over
@@ -117,7 +119,7 @@ func TestLoopbackTransferTree(t *testing.T) {
 	if n != len(want) {
 		t.Errorf("received %d files, want %d", n, len(want))
 	}
-	var rs, ss summary
+	var rs, ss protocol.Stream
 	if err := json.Unmarshal([]byte(recv.stdout), &rs); err != nil {
 		t.Fatalf("recv --json output %q: %v", recv.stdout, err)
 	}
@@ -132,7 +134,7 @@ func TestLoopbackTransferTree(t *testing.T) {
 	for _, w := range want {
 		raw += int64(len(w.data))
 	}
-	for _, s := range []summary{rs, ss} {
+	for _, s := range []protocol.Stream{rs, ss} {
 		if s.Files != len(want) || s.Bytes != raw {
 			t.Errorf("summary files, bytes = %d, %d, want %d, %d", s.Files, s.Bytes, len(want), raw)
 		}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/version"
 )
 
@@ -104,7 +104,7 @@ func report(w io.Writer, err error) int {
 	if errors.Is(err, context.Canceled) {
 		return 130
 	}
-	if code := flow.ExitCode(err); code != 0 {
+	if code := protocol.ExitCode(err); code != 0 {
 		// An end refused what it was sent, or a pin did not match.
 		return code
 	}

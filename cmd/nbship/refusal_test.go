@@ -20,7 +20,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/nbship/nbship/internal/flow"
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/testbin"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
@@ -203,7 +203,7 @@ func TestRecvRefusesHostileSender(t *testing.T) {
 			}
 			// A refusal exits 65, which the controller never retries; a
 			// stream cut short is the link's fault, and may be.
-			want := flow.ExitRefused
+			want := protocol.ExitRefused
 			if tc.name == "truncated" {
 				want = 1
 			}
@@ -314,8 +314,8 @@ func TestRefusedImageExitsRefusedOnBothEnds(t *testing.T) {
 	s.stdin.Write([]byte(rfp + "\n"))
 	_, serr := s.wait(t)
 	_, rerr := r.wait(t)
-	if exitCode(rerr) != flow.ExitRefused || exitCode(serr) != flow.ExitRefused {
-		t.Fatalf("recv exit %d (%s), relay exit %d (%s); want %d from both", exitCode(rerr), r.stderr, exitCode(serr), s.stderr, flow.ExitRefused)
+	if exitCode(rerr) != protocol.ExitRefused || exitCode(serr) != protocol.ExitRefused {
+		t.Fatalf("recv exit %d (%s), relay exit %d (%s); want %d from both", exitCode(rerr), r.stderr, exitCode(serr), s.stderr, protocol.ExitRefused)
 	}
 	if !strings.Contains(s.stderr.String(), "the receiver refused the stream: ") {
 		t.Errorf("relay stderr = %q, want it to say the receiver refused", s.stderr)

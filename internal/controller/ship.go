@@ -1,4 +1,4 @@
-package flow
+package controller
 
 import (
 	"bufio"
@@ -16,14 +16,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/remote"
 	"github.com/nbship/nbship/transfer"
 )
-
-// ExitDialFailed is the relay's exit status when it could not reach the
-// receiver at all (as opposed to reaching it and failing): the one failure
-// after which the controller may carry the channel over SSH instead.
-const ExitDialFailed = 75
 
 // Paths a channel can take.
 const (
@@ -141,7 +137,7 @@ func (p *localProc) wait() {
 	err := p.cmd.Wait()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		err = &LocalExitError{Command: strings.Join(p.cmd.Args, " "), Status: ee.ExitCode(), Stderr: p.tail.String()}
+		err = &remote.ExitError{Host: "local", Command: remote.QuoteArgs(p.cmd.Args), Status: ee.ExitCode(), Stderr: p.tail.String()}
 	}
 	p.err = err
 	close(p.done)
@@ -171,35 +167,6 @@ func (p *localProc) Close() error {
 	p.cmd.Process.Kill()
 	<-p.done
 	return nil
-}
-
-// LocalExitError is a local command that ran and failed.
-type LocalExitError struct {
-	Command string
-	Status  int // exit status; -1 when killed by a signal
-	Stderr  string
-}
-
-func (e *LocalExitError) Error() string {
-	msg := fmt.Sprintf("ship: local: %q exited with status %d", e.Command, e.Status)
-	if l := lastLine(e.Stderr); l != "" {
-		msg += ": " + l
-	}
-	return msg
-}
-
-// exitStatus is the exit status and stderr of a command that ran and failed
-// (over SSH or locally).
-func exitStatus(err error) (status int, stderr string, ok bool) {
-	var re *remote.ExitError
-	if errors.As(err, &re) {
-		return re.Status, re.Stderr, true
-	}
-	var le *LocalExitError
-	if errors.As(err, &le) {
-		return le.Status, le.Stderr, true
-	}
-	return 0, "", false
 }
 
 // tailWriter keeps the last few KiB written to it.
@@ -240,7 +207,7 @@ func CheckNixStore(ctx context.Context, e End) error {
 	p.Stdin.Close()
 	io.Copy(io.Discard, p.Stdout)
 	err = p.Wait()
-	status, stderr, ok := exitStatus(err)
+	status, stderr, ok := protocol.Status(err)
 	switch {
 	case err == nil:
 		return nil
@@ -250,18 +217,15 @@ func CheckNixStore(ctx context.Context, e End) error {
 	return fmt.Errorf("ship: %s: nix-store --version: %w", r.Name(), err)
 }
 
-// Ship describes one transfer from From to To.
+// Ship describes one transfer from From to To: Relay and Recv are the
+// ends' command lines, of which Run sets how they meet (Connect or Stdio,
+// Listen or Stdio) for the path it takes.
 type Ship struct {
-	From, To    End
-	SendArgs    []string // what the relay sends: paths, or --store ...
-	SendStdin   []string // lines for the relay's stdin after the pin, then an empty line (store paths)
-	RecvArgs    []string // where the receiver puts it: --dest DIR --replace, --publish ...
-	Listen      string   // the receiver's listen address, e.g. ":61616"
-	Connect     string   // what the relay dials, opensslServer:opensslPort
-	Path        string   // auto, direct or ssh
-	DialTimeout time.Duration
-	Level       string
-	Log         io.Writer // the controller's stderr
+	From, To End
+	Relay    protocol.Relay // Connect: what the relay dials, opensslServer:opensslPort
+	Recv     protocol.Recv  // Listen: the receiver's listen address, e.g. ":61616"
+	Path     string         // auto, direct or ssh
+	Log      io.Writer      // the controller's stderr
 }
 
 // Result is a finished transfer as the two ends reported it.
@@ -280,11 +244,11 @@ func (s *Ship) Run(ctx context.Context) (*Result, error) {
 		var df *dialFailed
 		if err == nil || !errors.As(err, &df) || s.Path == PathDirect {
 			if df != nil {
-				return nil, fmt.Errorf("ship: the build host could not reach the receiver at %s: %v; open that port from the build host to the PXE host, or use --path auto or ssh", s.Connect, df.reason)
+				return nil, fmt.Errorf("ship: the build host could not reach the receiver at %s: %v; open that port from the build host to the PXE host, or use --path auto or ssh", s.Relay.Connect, df.reason)
 			}
 			return r, err
 		}
-		fmt.Fprintf(s.Log, "nbship: direct path to %s failed (%s); carrying the channel over SSH through this machine instead\n", s.Connect, df.reason)
+		fmt.Fprintf(s.Log, "nbship: direct path to %s failed (%s); carrying the channel over SSH through this machine instead\n", s.Relay.Connect, df.reason)
 		return s.overSSH(ctx)
 	case PathSSH:
 		return s.overSSH(ctx)
@@ -315,14 +279,15 @@ func (s *Ship) start(ctx context.Context, e End, args []string) (*end, error) {
 	return &end{p: p, out: bufio.NewReader(p.Stdout), stderr: c, name: r.Name()}, nil
 }
 
-// giveStdin writes the relay's input after its pin: SendStdin, then an
-// empty line that ends it.
+// giveStdin writes the relay's input after its pin: the store paths to
+// send, then an empty line that ends them.
 func (s *Ship) giveStdin(relay *end) error {
-	if s.SendStdin == nil {
+	lines := s.Relay.StdinPaths()
+	if lines == nil {
 		return nil
 	}
 	var b strings.Builder
-	for _, l := range s.SendStdin {
+	for _, l := range lines {
 		b.WriteString(l)
 		b.WriteByte('\n')
 	}
@@ -355,36 +320,41 @@ func (e *end) fingerprint() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if !strings.HasPrefix(l, "fingerprint SHA256:") {
+	if !protocol.IsFingerprint(l) {
 		return "", fmt.Errorf("ship: %s: expected a fingerprint line, got %q", e.name, l)
 	}
 	return l, nil
 }
 
-func (s *Ship) recvArgs(mode ...string) []string {
-	a := append([]string{"recv"}, mode...)
-	a = append(a, s.RecvArgs...)
-	return append(a, "--peer-pin", "-", "--json", "--stdin-lifeline")
+// startRecv starts the receiver with its command line r.
+func (s *Ship) startRecv(ctx context.Context, r protocol.Recv) (*end, error) {
+	args, err := r.Args()
+	if err != nil {
+		return nil, err
+	}
+	return s.start(ctx, s.To, args)
 }
 
-func (s *Ship) sendArgs(mode ...string) []string {
-	a := append([]string{"relay"}, mode...)
-	if s.Level != "" {
-		a = append(a, "--level", s.Level)
+// startRelay starts the relay with its command line r.
+func (s *Ship) startRelay(ctx context.Context, r protocol.Relay) (*end, error) {
+	args, err := r.Args()
+	if err != nil {
+		return nil, err
 	}
-	a = append(a, "--peer-pin", "-", "--json", "--stdin-lifeline")
-	return append(a, s.SendArgs...)
+	return s.start(ctx, s.From, args)
 }
 
 func (s *Ship) direct(ctx context.Context) (*Result, error) {
-	dt := s.DialTimeout
-	if dt <= 0 {
-		dt = 5 * time.Second
+	relayCmd, recvCmd := s.Relay, s.Recv
+	relayCmd.Stdio, recvCmd.Stdio = false, false
+	if relayCmd.DialTimeout <= 0 {
+		relayCmd.DialTimeout = 5 * time.Second
 	}
+	recvCmd.AcceptTimeout = relayCmd.DialTimeout + 30*time.Second
 	// When the port is known, both ends start at once: the relay waits for
 	// the receiver's pin before it dials, so it cannot be early. Port 0 is
 	// known only once the receiver has picked one.
-	host, port, _ := net.SplitHostPort(s.Connect)
+	host, port, _ := net.SplitHostPort(s.Relay.Connect)
 	var relay, recv *end
 	var relayErr error
 	recvUp := false
@@ -402,9 +372,9 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 		}
 	}()
 	if port != "0" {
-		relay, relayErr = s.start(ctx, s.From, s.sendArgs("--connect", s.Connect, "--dial-timeout", dt.String()))
+		relay, relayErr = s.startRelay(ctx, relayCmd)
 	}
-	recv, err := s.start(ctx, s.To, s.recvArgs("--listen", s.Listen, "--accept-timeout", (dt+30*time.Second).String()))
+	recv, err := s.startRecv(ctx, recvCmd)
 	if err != nil {
 		return nil, err
 	}
@@ -422,11 +392,13 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 	}
 	if relay == nil {
 		// Port 0: the receiver picked one; dial that.
-		connect := s.Connect
-		if _, p, err := net.SplitHostPort(strings.TrimPrefix(l, "listening ")); err == nil {
+		connect := s.Relay.Connect
+		addr, _ := protocol.ParseListening(l)
+		if _, p, err := net.SplitHostPort(addr); err == nil {
 			connect = net.JoinHostPort(host, p)
 		}
-		if relay, err = s.start(ctx, s.From, s.sendArgs("--connect", connect, "--dial-timeout", dt.String())); err != nil {
+		relayCmd.Connect = connect
+		if relay, err = s.startRelay(ctx, relayCmd); err != nil {
 			return nil, err
 		}
 	}
@@ -445,11 +417,11 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	if l, err := relay.line("connection"); err != nil {
-		if status, stderr, ok := exitStatus(err); ok && status == ExitDialFailed {
+		if status, stderr, ok := protocol.Status(err); ok && status == protocol.ExitDialFailed {
 			return nil, &dialFailed{reason: lastLine(stderr)}
 		}
 		return nil, err
-	} else if !strings.HasPrefix(l, "connected ") {
+	} else if !protocol.IsConnected(l) {
 		return nil, fmt.Errorf("ship: %s: expected a connected line, got %q", relay.name, l)
 	}
 	return finish(relay, recv, PathDirect, 0, relay.summaryFromStdout, recv.summaryFromStdout)
@@ -516,8 +488,8 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 	// A refusal is the receiver's word, whichever end reports it: the
 	// receiver exits ExitRefused, and so does the relay it told.
 	for _, err := range []error{rerr, serr} {
-		if status, stderr, ok := exitStatus(err); ok && status == ExitRefused {
-			return nil, &RefusedError{By: recv.name, Reason: refusalReason(stderr)}
+		if re := protocol.Refused(recv.name, err); re != nil {
+			return nil, re
 		}
 	}
 	if serr != nil {
@@ -534,7 +506,9 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 }
 
 func (s *Ship) overSSH(ctx context.Context) (*Result, error) {
-	recv, err := s.start(ctx, s.To, s.recvArgs("--stdio"))
+	recvCmd := s.Recv
+	recvCmd.Stdio, recvCmd.Listen = true, ""
+	recv, err := s.startRecv(ctx, recvCmd)
 	if err != nil {
 		return nil, err
 	}
@@ -543,7 +517,9 @@ func (s *Ship) overSSH(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	relay, err := s.start(ctx, s.From, s.sendArgs("--stdio"))
+	relayCmd := s.Relay
+	relayCmd.Stdio, relayCmd.Connect = true, ""
+	relay, err := s.startRelay(ctx, relayCmd)
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package flow
+package protocol
 
 import (
 	"context"
@@ -14,7 +14,7 @@ func TestRetryableAndExitCode(t *testing.T) {
 		return fmt.Errorf("ship: %w", &remote.ExitError{Host: "netboot@pxe", Command: "nbship recv", Status: status, Stderr: "nbship: recv: it failed\n"})
 	}
 	localExit := func(status int) error {
-		return &LocalExitError{Command: "nbship recv", Status: status}
+		return &remote.ExitError{Host: "local", Command: "nbship recv", Status: status}
 	}
 	for _, tc := range []struct {
 		name      string

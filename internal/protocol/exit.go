@@ -1,19 +1,40 @@
-package flow
+package protocol
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/nbship/nbship/remote"
 )
 
-// Exit statuses of the remote ends that say "running it again will not
-// help": the receiver refused what it was sent (a bad name, a bad image), or
-// a certificate did not match its pin.
+// Exit statuses of the ends (and of the controller, which passes the
+// final ones on).
 const (
+	// ExitUsage is a usage error: the command line was wrong.
+	ExitUsage = 2
+	// ExitRefused is the receiver refusing what it was sent (a bad name,
+	// a hash that does not match, a kernel for another architecture), and
+	// the relay it told: sending it again would be refused again.
 	ExitRefused = 65 // EX_DATAERR
-	ExitPin     = 77 // EX_NOPERM
+	// ExitDialFailed is the relay's when it could not reach the receiver
+	// at all (as opposed to reaching it and failing): the one failure
+	// after which the controller may carry the channel over SSH instead.
+	ExitDialFailed = 75 // EX_TEMPFAIL
+	// ExitPin is a certificate that did not match its pin, on either end.
+	ExitPin = 77 // EX_NOPERM
 )
+
+// Status is the exit status and stderr of an end that ran and failed,
+// found in err's chain; ok is false when err says no such thing.
+func Status(err error) (status int, stderr string, ok bool) {
+	var ee *remote.ExitError
+	if errors.As(err, &ee) {
+		return ee.Status, ee.Stderr, true
+	}
+	return 0, "", false
+}
 
 // Retryable reports whether a failed transfer may succeed when run again:
 // an end that died, a link that dropped, a host that went away. Refusals,
@@ -25,8 +46,8 @@ func Retryable(ctx context.Context, err error) bool {
 	if ExitCode(err) != 0 {
 		return false
 	}
-	if status, _, ok := exitStatus(err); ok && status == 2 {
-		return false // a usage error of the end's command line
+	if status, _, ok := Status(err); ok && status == ExitUsage {
+		return false
 	}
 	return true
 }
@@ -43,6 +64,15 @@ func (e *RefusedError) Error() string {
 	return fmt.Sprintf("ship: %s refused what it was sent: %s", e.By, e.Reason)
 }
 
+// Refused turns an end's exit with ExitRefused into a RefusedError by the
+// receiving host by; nil for any other error.
+func Refused(by string, err error) *RefusedError {
+	if status, stderr, ok := Status(err); ok && status == ExitRefused {
+		return &RefusedError{By: by, Reason: refusalReason(stderr)}
+	}
+	return nil
+}
+
 // ExitCode is the exit status a failed run passes on from its ends: a
 // refusal (ExitRefused) or a pin mismatch (ExitPin) at either end; 0 for
 // any other error.
@@ -51,7 +81,7 @@ func ExitCode(err error) int {
 	if errors.As(err, &re) {
 		return ExitRefused
 	}
-	if status, _, ok := exitStatus(err); ok && (status == ExitRefused || status == ExitPin) {
+	if status, _, ok := Status(err); ok && (status == ExitRefused || status == ExitPin) {
 		return status
 	}
 	return 0

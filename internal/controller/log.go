@@ -1,7 +1,7 @@
 // Package flow is what the controller does with its hosts: instantiate
 // locally, push closures, realise remotely, and run the two ends of the
 // channel with the pins exchanged over SSH. cmd/nbship wires it to flags.
-package flow
+package controller
 
 import (
 	"bytes"

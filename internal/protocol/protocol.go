@@ -1,0 +1,196 @@
+// Package protocol is what the controller and the two ends of a transfer
+// say to each other around the stream: the ends' command lines (Recv,
+// Relay), the lines they print on stdout before the stream (their pin,
+// where the receiver listens, that the relay connected), their exit
+// statuses, and their --json summaries, which the controller, the tests
+// and the bench read.
+//
+// An end is started with --stdin-lifeline and --peer-pin -: its first
+// stdin line is the other end's fingerprint line, and when its stdin
+// closes (the controller went away) it stops.
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The lines an end prints on stdout before the stream.
+const (
+	fingerprintPrefix = "fingerprint "
+	listeningPrefix   = "listening "
+	connectedPrefix   = "connected "
+)
+
+// FingerprintLine is an end's first line: its certificate's pin.
+func FingerprintLine(pin string) string { return fingerprintPrefix + pin }
+
+// ParseFingerprint takes the pin from a fingerprint line; a bare pin is
+// accepted too.
+func ParseFingerprint(line string) string {
+	p, _ := strings.CutPrefix(line, fingerprintPrefix)
+	return p
+}
+
+// IsFingerprint reports whether line is a fingerprint line.
+func IsFingerprint(line string) bool { return strings.HasPrefix(line, fingerprintPrefix+"SHA256:") }
+
+// ListeningLine is the receiver's second line: where it listens.
+func ListeningLine(addr string) string { return listeningPrefix + addr }
+
+// ParseListening takes the address from a listening line.
+func ParseListening(line string) (string, error) {
+	a, ok := strings.CutPrefix(line, listeningPrefix)
+	if !ok {
+		return "", fmt.Errorf("expected a listening line, got %q", line)
+	}
+	return a, nil
+}
+
+// ConnectedLine is what the relay prints once it reached the receiver.
+func ConnectedLine(addr string) string { return connectedPrefix + addr }
+
+// IsConnected reports whether line is a connected line.
+func IsConnected(line string) bool { return strings.HasPrefix(line, connectedPrefix) }
+
+// Recv is the receiving end's command line: where it takes the channel
+// from, and where it puts what arrives (exactly one of Dest, Publish and
+// Store).
+type Recv struct {
+	Listen        string // host:port; "" with Stdio
+	Stdio         bool
+	AcceptTimeout time.Duration
+
+	Dest    string // a directory
+	Replace bool   // with Dest: swap a non-empty one atomically
+
+	Publish     string // pxeDir: a new generation of the instance's slot
+	Instance    string
+	System      string // of an instance type nbship does not know
+	Keep        int
+	KeepPartial bool // leave what a failed attempt verified for the next
+
+	Store bool // import into the host's Nix store
+
+	Idle time.Duration
+}
+
+// Args is the command line after nbship's path.
+func (r Recv) Args() ([]string, error) {
+	a := []string{"recv"}
+	switch {
+	case r.Stdio:
+		a = append(a, "--stdio")
+	case r.Listen != "":
+		a = append(a, "--listen", r.Listen)
+		if r.AcceptTimeout > 0 {
+			a = append(a, "--accept-timeout", r.AcceptTimeout.String())
+		}
+	default:
+		return nil, errors.New("protocol: recv needs Listen or Stdio")
+	}
+	n := 0
+	if r.Dest != "" {
+		n++
+		a = append(a, "--dest", r.Dest)
+		if r.Replace {
+			a = append(a, "--replace")
+		}
+	}
+	if r.Publish != "" {
+		n++
+		a = append(a, "--publish", r.Publish, "--instance", r.Instance)
+		if r.System != "" {
+			a = append(a, "--system", r.System)
+		}
+		if r.Keep > 0 {
+			a = append(a, "--keep", strconv.Itoa(r.Keep))
+		}
+		if r.KeepPartial {
+			a = append(a, "--keep-partial")
+		}
+	}
+	if r.Store {
+		n++
+		a = append(a, "--store")
+	}
+	if n != 1 {
+		return nil, errors.New("protocol: recv needs exactly one of Dest, Publish and Store")
+	}
+	if r.Idle > 0 {
+		a = append(a, "--idle-timeout", r.Idle.String())
+	}
+	return append(a, "--peer-pin", "-", "--json", "--stdin-lifeline"), nil
+}
+
+// Relay is the sending end's command line.
+type Relay struct {
+	Connect     string // host:port; "" with Stdio
+	Stdio       bool
+	DialTimeout time.Duration
+
+	// Store sends the closure of Paths as store paths (for a Recv with
+	// Store); StoreFiles their files (for a Recv with Dest). Store paths
+	// go on stdin, after the pin line, up to an empty line.
+	Store, StoreFiles bool
+	// Paths to send: files and directories, or store paths.
+	Paths []string
+
+	FollowAnySymlink bool
+	Level            string // zstd level; "" for the end's default
+	Idle             time.Duration
+}
+
+// Args is the command line after nbship's path.
+func (r Relay) Args() ([]string, error) {
+	a := []string{"relay"}
+	switch {
+	case r.Stdio:
+		a = append(a, "--stdio")
+	case r.Connect != "":
+		a = append(a, "--connect", r.Connect)
+		if r.DialTimeout > 0 {
+			a = append(a, "--dial-timeout", r.DialTimeout.String())
+		}
+	default:
+		return nil, errors.New("protocol: relay needs Connect or Stdio")
+	}
+	if r.Store && r.StoreFiles {
+		return nil, errors.New("protocol: relay takes at most one of Store and StoreFiles")
+	}
+	if r.Store {
+		a = append(a, "--store")
+	}
+	if r.StoreFiles {
+		a = append(a, "--store-files")
+	}
+	if r.FollowAnySymlink {
+		a = append(a, "--follow-any-symlink")
+	}
+	if r.Level != "" {
+		a = append(a, "--level", r.Level)
+	}
+	if r.Idle > 0 {
+		a = append(a, "--idle-timeout", r.Idle.String())
+	}
+	a = append(a, "--peer-pin", "-", "--json", "--stdin-lifeline")
+	if r.Store || r.StoreFiles {
+		return a, nil // the paths come on stdin
+	}
+	if len(r.Paths) == 0 {
+		return nil, errors.New("protocol: relay has no path to send")
+	}
+	return append(append(a, "--"), r.Paths...), nil
+}
+
+// StdinPaths is what the relay reads on stdin after the pin line: the
+// store paths to send, then an empty line. Nil for a relay of files.
+func (r Relay) StdinPaths() []string {
+	if r.Store || r.StoreFiles {
+		return r.Paths
+	}
+	return nil
+}
