@@ -32,7 +32,7 @@ func init() {
 	register(command{name: "builders", summary: "transient builders on Hetzner Cloud or Packet: create, list, delete, prices", run: cmdBuilders})
 }
 
-var builderSubs = []packetSub{
+var builderSubs = []subcommand{
 	{"create", "make a builder (costs money until deleted)", buildersCreate},
 	{"list", "list the builders nbship made, on every configured provider", buildersList},
 	{"get", "show one builder", buildersGet},
@@ -41,7 +41,7 @@ var builderSubs = []packetSub{
 }
 
 func cmdBuilders(ctx context.Context, e *env, args []string) error {
-	return packetDispatch(ctx, e, "builders", builderSubs, args)
+	return dispatch(ctx, e, "builders", builderSubs, args, "")
 }
 
 // builderBoot boots the published image of instance on a server that
@@ -274,9 +274,9 @@ func buildersCreate(ctx context.Context, e *env, args []string) error {
 	}
 	if *dryRun {
 		fmt.Fprintf(e.stderr, "%s: dry run: nothing sent\n", bf.provider)
-		return packetJSON(e.stdout, plan)
+		return printJSON(e.stdout, plan)
 	}
-	if !*yes && !spotStdinIsTerminal(e.stdin) {
+	if !*yes && !isTerminal(e.stdin) {
 		return withHint(fmt.Errorf("%s: not creating a builder without confirmation (standard input is not a terminal)", bf.provider),
 			"check the cost with 'nbship builders prices --provider %s --type %s' or --dry-run, then run again with --yes", bf.provider, r.Type)
 	}
@@ -302,7 +302,7 @@ func buildersCreate(ctx context.Context, e *env, args []string) error {
 		return builderErr(bf.provider, err)
 	}
 	if bf.json {
-		if err := packetJSON(e.stdout, s); err != nil {
+		if err := printJSON(e.stdout, s); err != nil {
 			return err
 		}
 	} else {
@@ -431,7 +431,7 @@ func buildersList(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "%s: %d builders\n", n, running)
 	}
 	if bf.json {
-		return packetJSON(e.stdout, all)
+		return printJSON(e.stdout, all)
 	}
 	if len(all) == 0 {
 		return nil
@@ -477,7 +477,7 @@ func buildersGet(ctx context.Context, e *env, args []string) error {
 		return builderErr(bf.provider, err)
 	}
 	if bf.json {
-		return packetJSON(e.stdout, s)
+		return printJSON(e.stdout, s)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	for _, kv := range [][2]string{
@@ -561,7 +561,7 @@ func buildersPrices(ctx context.Context, e *env, args []string) error {
 		return builderErr(bf.provider, err)
 	}
 	if bf.json {
-		return packetJSON(e.stdout, ps)
+		return printJSON(e.stdout, ps)
 	}
 	if len(ps) == 0 {
 		return fmt.Errorf("%s: no price matches (type %q, location %q)", bf.provider, q.Type, q.Location)

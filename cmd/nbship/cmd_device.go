@@ -20,7 +20,7 @@ func init() {
 	register(command{name: "device", summary: "list, reboot, drain and restore Packet devices", run: cmdDevice})
 }
 
-var deviceSubs = []packetSub{
+var deviceSubs = []subcommand{
 	{"list", "list the project's devices", deviceList},
 	{"reboot", "reboot a device (--wait HOST: until SSH is back)", deviceReboot},
 	{"drain", "tag a device skip-hydra so the machines file leaves it out", deviceDrain},
@@ -28,7 +28,7 @@ var deviceSubs = []packetSub{
 }
 
 func cmdDevice(ctx context.Context, e *env, args []string) error {
-	return packetDispatch(ctx, e, "device", deviceSubs, args)
+	return dispatch(ctx, e, "device", deviceSubs, args, "")
 }
 
 // deviceProbeInterval is the pause between SSH probes of --wait; the tests
@@ -57,7 +57,7 @@ func deviceList(ctx context.Context, e *env, args []string) error {
 		if ds == nil {
 			ds = []spot.Device{}
 		}
-		return packetJSON(e.stdout, ds)
+		return printJSON(e.stdout, ds)
 	}
 	if len(ds) == 0 {
 		fmt.Fprintln(e.stderr, "device: no devices")
@@ -118,7 +118,7 @@ func deviceReboot(ctx context.Context, e *env, args []string) error {
 	result := map[string]any{"id": pos[0], "rebooted": true}
 	if addr == "" {
 		if pf.json {
-			return packetJSON(e.stdout, result)
+			return printJSON(e.stdout, result)
 		}
 		_, err = fmt.Fprintf(e.stdout, "device %s: reboot requested\n", pos[0])
 		return err
@@ -141,7 +141,7 @@ func deviceReboot(ctx context.Context, e *env, args []string) error {
 		result["host"] = addr
 		result["banner"] = banner
 		result["seconds"] = took.Seconds()
-		return packetJSON(e.stdout, result)
+		return printJSON(e.stdout, result)
 	}
 	_, err = fmt.Fprintf(e.stdout, "device %s rebooted; SSH on %s is back after %s\n", pos[0], addr, took)
 	return err
@@ -203,7 +203,7 @@ func deviceTag(ctx context.Context, e *env, args []string, drain bool) error {
 		return packetErr(err)
 	}
 	if pf.json {
-		return packetJSON(e.stdout, map[string]any{"device": d, "changed": changed})
+		return printJSON(e.stdout, map[string]any{"device": d, "changed": changed})
 	}
 	msg := fmt.Sprintf(already, *tag)
 	if changed {

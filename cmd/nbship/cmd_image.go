@@ -8,7 +8,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -31,12 +30,7 @@ func init() {
 	register(command{name: "image", summary: "list, verify, roll back and collect netboot generations on the PXE host", run: cmdImage})
 }
 
-type imageSub struct {
-	name, summary string
-	run           func(ctx context.Context, e *env, args []string) error
-}
-
-var imageSubs = []imageSub{
+var imageSubs = []subcommand{
 	{"list", "list the generations of every slot, or of --instance", imageList},
 	{"verify", "check an image directory, generation or slot against its instance type", imageVerify},
 	{"publish", "publish an image directory (a build output) as the slot's new generation", imagePublish},
@@ -46,28 +40,8 @@ var imageSubs = []imageSub{
 }
 
 func cmdImage(ctx context.Context, e *env, args []string) error {
-	usage := func(w io.Writer) {
-		fmt.Fprintf(w, "usage: nbship image SUBCOMMAND [flags] [args]\n\nsubcommands:\n")
-		for _, s := range imageSubs {
-			fmt.Fprintf(w, "  %-9s %s\n", s.name, s.summary)
-		}
-		fmt.Fprintf(w, "\nThey act on the pxeDir of this host (--pxe-dir DIR), or of the PXE host over SSH\n(--host HOST; with --config FILE, pxeHost and pxeDir from it unless --local).\nrun 'nbship image SUBCOMMAND --help' for its flags\n")
-	}
-	if len(args) == 0 {
-		usage(e.stderr)
-		return usageError("image: no subcommand given")
-	}
-	switch args[0] {
-	case "help", "-h", "--help":
-		usage(e.stdout)
-		return nil
-	}
-	for _, s := range imageSubs {
-		if s.name == args[0] {
-			return s.run(ctx, e, args[1:])
-		}
-	}
-	return withHint(usageError("image: unknown subcommand %q", args[0]), "run 'nbship image help' for the list")
+	return dispatch(ctx, e, "image", imageSubs, args,
+		"They act on the pxeDir of this host (--pxe-dir DIR), or of the PXE host over SSH\n(--host HOST; with --config FILE, pxeHost and pxeDir from it unless --local).\n")
 }
 
 // imageFlags are the flags the image subcommands share.
@@ -211,12 +185,6 @@ func imageArgs(fs *pflag.FlagSet, sub string, max int) error {
 	return nil
 }
 
-func imageJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 // imageRow is a generation of an instance's slot, as list prints it.
 type imageRow struct {
 	Instance string `json:"instance"`
@@ -280,7 +248,7 @@ func imageList(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	if f.json {
-		return imageJSON(e.stdout, rows)
+		return printJSON(e.stdout, rows)
 	}
 	if len(rows) == 0 {
 		fmt.Fprintf(e.stderr, "nbship: no generations in %s\n", pxe)
@@ -342,7 +310,7 @@ func imageVerify(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if f.json {
-		return imageJSON(e.stdout, struct {
+		return printJSON(e.stdout, struct {
 			Instance string `json:"instance"`
 			image.Summary
 		}{p.Name, sum})
@@ -379,7 +347,7 @@ func imageRollback(ctx context.Context, e *env, args []string) error {
 	}
 	before := g.Previous // read under the slot's lock
 	if f.json {
-		return imageJSON(e.stdout, struct {
+		return printJSON(e.stdout, struct {
 			Instance string `json:"instance"`
 			Previous string `json:"previous"`
 			image.Generation
@@ -431,7 +399,7 @@ func imageGC(ctx context.Context, e *env, args []string) error {
 		removed = []string{}
 	}
 	if f.json {
-		return imageJSON(e.stdout, struct {
+		return printJSON(e.stdout, struct {
 			Instance string   `json:"instance"`
 			Keep     int      `json:"keep"`
 			Removed  []string `json:"removed"`
@@ -471,7 +439,7 @@ func imageURL(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if f.json {
-		return imageJSON(e.stdout, struct {
+		return printJSON(e.stdout, struct {
 			Instance string `json:"instance"`
 			URL      string `json:"url"`
 		}{p.Name, u})
@@ -578,7 +546,7 @@ func imagePublish(ctx context.Context, e *env, args []string) error {
 		res.MBps = round(float64(res.Bytes)/1e6/res.Seconds, 1)
 	}
 	if f.json {
-		return imageJSON(e.stdout, res)
+		return printJSON(e.stdout, res)
 	}
 	printPublished(e.stderr, "nbship: ", res)
 	if before == "" {

@@ -88,7 +88,7 @@ func cmdMachines(ctx context.Context, e *env, args []string) error {
 		if ms == nil {
 			ms = []spot.Machine{}
 		}
-		if err := packetJSON(e.stdout, ms); err != nil {
+		if err := printJSON(e.stdout, ms); err != nil {
 			return err
 		}
 	} else {

@@ -20,22 +20,24 @@ import (
 )
 
 func init() {
-	register(command{name: "recv", summary: "receive files on the PXE host (the listening end of the channel)", run: cmdRecv})
+	register(command{name: "recv", plumbing: true, summary: "receive files on the PXE host (the listening end of the channel)", run: cmdRecv})
 }
 
 func cmdRecv(ctx context.Context, e *env, args []string) error {
 	limitMemory(e)
-	fs := newFlagSet(e, "recv", "(--listen ADDR | --stdio) (--dest DIR | --publish PXEDIR | --store) --peer-pin PIN|- [flags]")
-	listen := fs.String("listen", "", "`host:port` to listen on (port 0 picks a free one, printed on the second line)")
+	fs := newFlagSet(e, "recv", "(--listen ADDR | --stdio) (--dest DIR | --pxe-dir DIR | --store) --peer-pin PIN|- [flags]")
+	listen := fs.String("listen", "", "`HOST:PORT` to listen on (port 0 picks a free one, printed on the second line)")
 	stdio := fs.Bool("stdio", false, "carry the TLS channel on standard input and output instead of TCP")
-	dest := fs.String("dest", "", "`directory` to land the files in; it must not exist or be empty")
+	dest := fs.String("dest", "", "`DIR` to land the files in; it must not exist or be empty")
 	replace := fs.Bool("replace", false, "replace a non-empty --dest atomically")
-	publish := fs.String("publish", "", "publish a netboot image as a new generation of slot hydra-INSTANCE in this `pxeDir` (instead of --dest)")
-	instance := fs.String("instance", "", "instance type of the slot, with --publish")
-	system := fs.String("system", "", "system of an instance type nbship does not know (aarch64-linux or x86_64-linux), with --publish")
-	keep := fs.Int("keep", image.DefaultKeep, "generations to keep, with --publish")
+	publish := fs.String("pxe-dir", "", "publish a netboot image as a new generation of slot hydra-INSTANCE in this pxeDir `DIR` (instead of --dest)")
+	fs.StringVar(publish, "publish", "", "the old name of --pxe-dir")
+	fs.MarkHidden("publish")
+	instance := fs.String("instance", "", "instance type of the slot, with --pxe-dir")
+	system := fs.String("system", "", "system of an instance type nbship does not know (aarch64-linux or x86_64-linux), with --pxe-dir")
+	keep := fs.Int("keep", image.DefaultKeep, "generations to keep, with --pxe-dir")
 	store := fs.Bool("store", false, "import the Nix store paths a relay --store sends into this host's store (instead of --dest)")
-	pinFlag := fs.String("peer-pin", "", "the relay's `pin` (SHA256:...), or - to read its fingerprint line from standard input")
+	pinFlag := fs.String("peer-pin", "", "the relay's `PIN` (SHA256:...), or - to read its fingerprint line from standard input")
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	wait := fs.Duration("accept-timeout", 2*time.Minute, "how long to wait for the pinned relay to connect")
 	idle := addIdleFlag(fs)
@@ -49,6 +51,11 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() != 0 {
 		return usageError("recv: unexpected argument %q", fs.Arg(0))
 	}
+	if *pinFlag == "" {
+		// Before anything is printed: the controller reads the first
+		// line as this end's pin.
+		return usageError("recv: --peer-pin is required: the other end's fingerprint line, or - to read it from standard input")
+	}
 	if (*listen == "") == !*stdio {
 		return usageError("recv: give exactly one of --listen ADDR or --stdio")
 	}
@@ -56,7 +63,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	var err error
 	switch {
 	case *store && (*dest != "" || *publish != ""):
-		return usageError("recv: give exactly one of --dest DIR, --publish PXEDIR or --store")
+		return usageError("recv: give exactly one of --dest DIR, --pxe-dir DIR or --store")
 	case *store:
 		// Before anything else: a receiver without Nix fails before any
 		// data moves.
@@ -64,7 +71,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("recv: %w", err)
 		}
 	case (*dest == "") == (*publish == ""):
-		return usageError("recv: give exactly one of --dest DIR or --publish PXEDIR")
+		return usageError("recv: give exactly one of --dest DIR or --pxe-dir DIR")
 	case *dest != "":
 		land, err = prepareLanding(e, *dest, *replace)
 	default:
@@ -323,7 +330,7 @@ type slotTarget struct {
 
 func prepareSlot(ctx context.Context, e *env, pxeDir, instance, system string, keep int, keepPartial bool) (*slotTarget, error) {
 	if instance == "" {
-		return nil, usageError("recv: --publish needs --instance NAME")
+		return nil, usageError("recv: --pxe-dir needs --instance NAME")
 	}
 	var extra []image.Profile
 	if system != "" {

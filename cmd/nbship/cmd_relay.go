@@ -16,16 +16,16 @@ import (
 )
 
 func init() {
-	register(command{name: "relay", summary: "send files from the build host (the dialling end of the channel)", run: cmdRelay})
+	register(command{name: "relay", plumbing: true, summary: "send files from the build host (the dialling end of the channel)", run: cmdRelay})
 }
 
 func cmdRelay(ctx context.Context, e *env, args []string) error {
 	limitMemory(e)
 	fs := newFlagSet(e, "relay", "(--connect ADDR | --stdio) --peer-pin PIN|- [--store | --store-files] [flags] PATH...")
-	connect := fs.String("connect", "", "the receiver's `host:port`")
+	connect := fs.String("connect", "", "the receiver's `HOST:PORT`")
 	stdio := fs.Bool("stdio", false, "carry the TLS channel on standard input and output instead of TCP")
-	pinFlag := fs.String("peer-pin", "", "the receiver's `pin` (SHA256:...), or - to read its fingerprint line from standard input")
-	level := fs.String("level", "auto", "zstd level: auto (default, better on a link much slower than the compressor), fastest, default or better")
+	pinFlag := fs.String("peer-pin", "", "the receiver's `PIN` (SHA256:...), or - to read its fingerprint line from standard input")
+	level := fs.String("level", "auto", "zstd `LEVEL`: auto (better on a link much slower than the compressor), fastest, default or better")
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long to keep trying to reach the receiver")
 	store := fs.Bool("store", false, "send the closure of the store PATHs as Nix store paths, for recv --store (no PATH or -: one per line on standard input, after the pin line, up to an empty line)")
@@ -36,6 +36,11 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	fs.MarkHidden("stdin-lifeline")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *pinFlag == "" {
+		// Before anything is printed: the controller reads the first
+		// line as this end's pin.
+		return usageError("relay: --peer-pin is required: the other end's fingerprint line, or - to read it from standard input")
 	}
 	if (*connect == "") == !*stdio {
 		return usageError("relay: give exactly one of --connect ADDR or --stdio")

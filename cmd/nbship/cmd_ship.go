@@ -36,15 +36,15 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	from := fs.String("from", "", "`HOST` that has the paths: an SSH destination, or local (default: the config's buildHost)")
 	to := fs.String("to", "", "`HOST` to ship to: an SSH destination, or local (default: the config's pxeHost)")
 	store := fs.Bool("store", false, "import the closure of the paths into the receiving host's Nix store (only the paths it lacks)")
-	dest := fs.String("dest", "", "put the files of the paths in this `directory` on the receiving host, one entry per path, named by its base name")
+	dest := fs.String("dest", "", "put the files of the paths in this `DIR` on the receiving host, one entry per path, named by its base name")
 	replace := fs.Bool("replace", false, "with --dest: replace a non-empty directory atomically")
 	anyLink := fs.Bool("follow-any-symlink", false, "with --dest: the sender follows symlinks wherever they lead (default: only into the path they are found under or /nix/store)")
-	pathFlag := fs.String("path", controller.PathAuto, "how the data travels: auto (direct, else over SSH), direct, or ssh")
+	pathFlag := fs.String("path", controller.PathAuto, "how the data travels, `MODE`: auto (direct, else over SSH), direct, or ssh")
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the sender tries the direct path before auto falls back to SSH")
-	listenPort := fs.Int("listen-port", -1, "the receiver's TCP `port` for the direct path; 0 lets it pick one (default: the config's opensslPort, else 61616)")
-	connect := fs.String("connect", "", "`host:port` the sender dials for the direct path (default: the config's opensslServer:opensslPort, else the --to host's name)")
-	level := fs.String("level", "auto", "zstd level: auto (default, better on a link much slower than the compressor), fastest, default or better")
-	cfgPath := fs.String("config", "", "builders.conf `file` for the defaults above")
+	listenPort := fs.Int("listen-port", 0, "the receiver's TCP `PORT` for the direct path; 0 lets it pick one (default: the config's opensslPort, else 61616)")
+	connect := fs.String("connect", "", "`HOST:PORT` the sender dials for the direct path (default: the config's opensslServer:opensslPort, else the --to host's name)")
+	level := fs.String("level", "auto", "zstd `LEVEL`: auto (better on a link much slower than the compressor), fastest, default or better")
+	cfgPath := fs.String("config", "", "builders.conf `FILE` for the defaults above")
 	asJSON := fs.Bool("json", false, "print a JSON summary on stdout")
 	var sf sshFlags
 	sf.add(fs)
@@ -63,10 +63,8 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	if _, err := transfer.EncoderLevel(*level); err != nil {
 		return usageError("ship: %v", err)
 	}
-	switch *pathFlag {
-	case controller.PathAuto, controller.PathDirect, controller.PathSSH:
-	default:
-		return usageError("ship: --path %q is not auto, direct or ssh", *pathFlag)
+	if err := checkPath("ship", *pathFlag); err != nil {
+		return err
 	}
 
 	// The paths first: a bad line fails before any host is reached.
@@ -96,13 +94,13 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		return usageError("ship: --from HOST and --to HOST are required (or --config with buildHost and pxeHost)")
 	}
 	port := *listenPort
-	if port < 0 && cfg != nil && cfg.OpenSSLPort != 0 {
-		port = cfg.OpenSSLPort
-	}
-	if port < 0 {
+	if !fs.Changed("listen-port") {
 		port = defaultPort
+		if cfg != nil && cfg.OpenSSLPort != 0 {
+			port = cfg.OpenSSLPort
+		}
 	}
-	if port > 65535 {
+	if port < 0 || port > 65535 {
 		return usageError("ship: --listen-port %d is not a TCP port", port)
 	}
 	path := *pathFlag
@@ -194,7 +192,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		out.Published = *dest
 	}
 	if *asJSON {
-		return json.NewEncoder(e.stdout).Encode(out)
+		return printJSON(e.stdout, out)
 	}
 	what := "imported into " + *to
 	if !*store {
@@ -352,7 +350,7 @@ func storeProgress(e *env, label string, c *transfer.Counters) (stop func()) {
 // printStoreSummary is printSummary for store paths.
 func printStoreSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream) {
 	if asJSON {
-		json.NewEncoder(w).Encode(s)
+		printJSON(w, s)
 		return
 	}
 	fmt.Fprintf(w, "%s %d store paths (%d sent, %d already there), %s of NARs, %s on the wire (ratio %.2f) in %.2fs, %.1f MB/s\n",

@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"golang.org/x/term"
 
 	"github.com/nbship/nbship/internal/config"
 	"github.com/nbship/nbship/internal/version"
@@ -28,7 +26,7 @@ func init() {
 	register(command{name: "spot", summary: "spot market requests and prices on Packet (Equinix Metal)", run: cmdSpot})
 }
 
-var spotSubs = []packetSub{
+var spotSubs = []subcommand{
 	{"create", "ask the spot market for builders (costs money)", spotCreate},
 	{"list", "list the project's spot market requests", spotList},
 	{"get", "show one spot market request and its devices", spotGet},
@@ -37,38 +35,7 @@ var spotSubs = []packetSub{
 }
 
 func cmdSpot(ctx context.Context, e *env, args []string) error {
-	return packetDispatch(ctx, e, "spot", spotSubs, args)
-}
-
-// packetSub is a subcommand of spot or device.
-type packetSub struct {
-	name, summary string
-	run           func(ctx context.Context, e *env, args []string) error
-}
-
-func packetDispatch(ctx context.Context, e *env, group string, subs []packetSub, args []string) error {
-	usage := func(w io.Writer) {
-		fmt.Fprintf(w, "usage: nbship %s SUBCOMMAND [flags] [args]\n\nsubcommands:\n", group)
-		for _, s := range subs {
-			fmt.Fprintf(w, "  %-8s %s\n", s.name, s.summary)
-		}
-		fmt.Fprintf(w, "\nrun 'nbship %s SUBCOMMAND --help' for its flags\n", group)
-	}
-	if len(args) == 0 {
-		usage(e.stderr)
-		return usageError("%s: no subcommand given", group)
-	}
-	switch args[0] {
-	case "help", "-h", "--help":
-		usage(e.stdout)
-		return nil
-	}
-	for _, s := range subs {
-		if s.name == args[0] {
-			return s.run(ctx, e, args[1:])
-		}
-	}
-	return withHint(usageError("%s: unknown subcommand %q", group, args[0]), "run 'nbship %s help' for the list", group)
+	return dispatch(ctx, e, "spot", spotSubs, args, "")
 }
 
 // packetBackoff is the first wait between retries of a failed API request;
@@ -163,12 +130,6 @@ func packetErr(err error) error {
 	return err
 }
 
-func packetJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 // packetArgs checks the number of positional arguments.
 func packetArgs(fs *pflag.FlagSet, n int, names string) ([]string, error) {
 	if fs.NArg() != n {
@@ -243,7 +204,7 @@ func spotCreate(ctx context.Context, e *env, args []string) error {
 		_, err = fmt.Fprintf(e.stdout, "%s\n", body)
 		return err
 	}
-	interactive := spotStdinIsTerminal(e.stdin)
+	interactive := isTerminal(e.stdin)
 	if !*yes && !interactive {
 		return withHint(errors.New("spot: not creating a spot request without confirmation (standard input is not a terminal)"),
 			"check the cost with 'nbship spot prices --plan %s' or --dry-run, then run again with --yes", r.Plan)
@@ -272,7 +233,7 @@ func spotCreate(ctx context.Context, e *env, args []string) error {
 		return packetErr(err)
 	}
 	if pf.json {
-		return packetJSON(e.stdout, req)
+		return printJSON(e.stdout, req)
 	}
 	_, err = fmt.Fprintf(e.stdout, "spot request %s created: %d-%d × %s in %s, max bid $%.2f/h each\n",
 		req.ID, req.Min, req.Max, req.Plan, req.Location(), req.MaxBid)
@@ -313,11 +274,6 @@ func spotReadUserdata(path string) (string, error) {
 		return "", fmt.Errorf("spot: userdata %s is larger than 1 MiB", path)
 	}
 	return string(b), nil
-}
-
-func spotStdinIsTerminal(r io.Reader) bool {
-	f, ok := r.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // spotConfirm reads one line and reports whether it is "yes".
@@ -377,7 +333,7 @@ func spotList(ctx context.Context, e *env, args []string) error {
 		if rs == nil {
 			rs = []spot.Request{}
 		}
-		return packetJSON(e.stdout, rs)
+		return printJSON(e.stdout, rs)
 	}
 	if len(rs) == 0 {
 		fmt.Fprintln(e.stderr, "spot: no spot market requests in the project")
@@ -410,7 +366,7 @@ func spotGet(ctx context.Context, e *env, args []string) error {
 		return packetErr(err)
 	}
 	if pf.json {
-		return packetJSON(e.stdout, r)
+		return printJSON(e.stdout, r)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "id\t%s\n", r.ID)
@@ -456,7 +412,7 @@ func spotCancel(ctx context.Context, e *env, args []string) error {
 		return packetErr(err)
 	}
 	if pf.json {
-		return packetJSON(e.stdout, map[string]any{"id": pos[0], "cancelled": true, "devices_terminated": *force})
+		return printJSON(e.stdout, map[string]any{"id": pos[0], "cancelled": true, "devices_terminated": *force})
 	}
 	msg := "its devices keep running"
 	if *force {
@@ -489,7 +445,7 @@ func spotPrices(ctx context.Context, e *env, args []string) error {
 		return packetErr(err)
 	}
 	if pf.json {
-		return packetJSON(e.stdout, ps)
+		return printJSON(e.stdout, ps)
 	}
 	if len(ps) == 0 {
 		if *plan != "" {

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -80,10 +79,10 @@ func lifeline(ctx context.Context, stdin io.Reader) context.Context {
 	return ctx
 }
 
-// isTerminal reports whether w is a terminal.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
+// isTerminal reports whether f (a reader or writer) is a terminal.
+func isTerminal(f any) bool {
+	osf, ok := f.(*os.File)
+	return ok && term.IsTerminal(int(osf.Fd()))
 }
 
 // progress starts reporting c on stderr and returns a function that stops it.
@@ -127,7 +126,7 @@ func round(f float64, digits int) float64 {
 // printSummary writes s as JSON (asJSON) or as one human line, to w.
 func printSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream) {
 	if asJSON {
-		json.NewEncoder(w).Encode(s)
+		printJSON(w, s)
 		return
 	}
 	fmt.Fprintf(w, "%s %d files (%d sent, %d already there), %s raw, %s on the wire (ratio %.2f) in %.2fs, %.1f MB/s\n",
@@ -139,7 +138,7 @@ func printSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream) {
 const defaultIdle = 60 * time.Second
 
 func addIdleFlag(fs *pflag.FlagSet) *time.Duration {
-	return fs.Duration("idle-timeout", defaultIdle, "give up when no byte has crossed the channel for this `long` (the other end, its host or the link is gone)")
+	return fs.Duration("idle-timeout", defaultIdle, "give up when no byte has crossed the channel for this `DURATION` (the other end, its host or the link is gone)")
 }
 
 // Cleanups that must run even when an end exits without returning (the

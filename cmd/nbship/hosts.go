@@ -27,11 +27,11 @@ type sshFlags struct {
 }
 
 func (f *sshFlags) add(fs *pflag.FlagSet) {
-	fs.StringArrayVar(&f.knownHosts, "known-hosts", nil, "known_hosts `file` to check host keys against (default ~/.ssh/known_hosts; repeatable)")
+	fs.StringArrayVar(&f.knownHosts, "known-hosts", nil, "known_hosts `FILE` to check host keys against (default ~/.ssh/known_hosts; repeatable)")
 	fs.BoolVar(&f.acceptNew, "accept-new", false, "add unknown host keys to known_hosts, like StrictHostKeyChecking=accept-new (a changed key is always refused)")
-	fs.StringVar(&f.sshConfig, "ssh-config", "", "ssh config `file` (default ~/.ssh/config)")
-	fs.StringArrayVarP(&f.identities, "identity", "i", nil, "identity `file` to offer first (repeatable)")
-	fs.StringVar(&f.remoteNbship, "remote-nbship", "", "use the nbship at this `path` on the hosts instead of uploading one")
+	fs.StringVar(&f.sshConfig, "ssh-config", "", "ssh config `FILE` (default ~/.ssh/config)")
+	fs.StringArrayVarP(&f.identities, "identity", "i", nil, "identity `FILE` to offer first (repeatable)")
+	fs.StringVar(&f.remoteNbship, "remote-nbship", "", "use the nbship at this `PATH` on the hosts instead of uploading one")
 }
 
 func (f *sshFlags) config(e *env) remote.Config {

@@ -3,12 +3,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -23,6 +25,9 @@ type command struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, env *env, args []string) error
+	// plumbing commands (the ends the controller starts on the hosts)
+	// are not listed with the user's commands.
+	plumbing bool
 }
 
 var commands = map[string]command{}
@@ -143,17 +148,63 @@ func run(ctx context.Context, e *env, args []string) error {
 	return c.run(ctx, e, rest[1:])
 }
 
+// subcommand is one subcommand of a group (image, spot, device, builders).
+type subcommand struct {
+	name, summary string
+	run           func(ctx context.Context, e *env, args []string) error
+}
+
+// dispatch runs the subcommand of group that args name; footer, if any,
+// goes in the group's usage before the pointer to the flags.
+func dispatch(ctx context.Context, e *env, group string, subs []subcommand, args []string, footer string) error {
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: nbship %s SUBCOMMAND [flags] [args]\n\nsubcommands:\n", group)
+		for _, s := range subs {
+			fmt.Fprintf(w, "  %-9s %s\n", s.name, s.summary)
+		}
+		fmt.Fprintf(w, "\n%srun 'nbship %s SUBCOMMAND --help' for its flags\n", footer, group)
+	}
+	if len(args) == 0 {
+		usage(e.stderr)
+		return usageError("%s: no subcommand given", group)
+	}
+	switch args[0] {
+	case "help", "-h", "--help":
+		usage(e.stdout)
+		return nil
+	}
+	for _, s := range subs {
+		if s.name == args[0] {
+			return s.run(ctx, e, args[1:])
+		}
+	}
+	return withHint(usageError("%s: unknown subcommand %q", group, args[0]), "run 'nbship %s help' for the list", group)
+}
+
+// printJSON writes v as one line of JSON: every --json output is one.
+func printJSON(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
+}
+
 func usage(w io.Writer, fs *pflag.FlagSet) {
 	fmt.Fprintf(w, "usage: nbship [--version] COMMAND [flags] [args]\n\ncommands:\n")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
+	var names, plumbing []string
+	for n, c := range commands {
+		if c.plumbing {
+			plumbing = append(plumbing, n)
+		} else {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
+	sort.Strings(plumbing)
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintf(w, "\nrun 'nbship COMMAND --help' for a command's flags\n")
+	if len(plumbing) > 0 {
+		fmt.Fprintf(w, "(%s: the two ends of the channel, which nbship starts on the hosts itself)\n", strings.Join(plumbing, ", "))
+	}
 }
 
 // newFlagSet makes a subcommand's flag set with the shared conventions.
@@ -162,9 +213,47 @@ func newFlagSet(e *env, name, synopsis string) *pflag.FlagSet {
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: nbship %s %s\n\nflags:\n", name, synopsis)
-		fs.PrintDefaults()
+		printFlags(e.stderr, fs)
 	}
 	return fs
+}
+
+// metavars name the value of a flag whose usage names none (in
+// backquotes), by its type: every command's help has one style.
+var metavars = map[string]string{"string": "VALUE", "stringArray": "VALUE", "int": "N", "int64": "N", "uint": "N", "float64": "N", "duration": "DURATION"}
+
+// printFlags lists fs's flags, one a line: names, the value's metavar in
+// capitals, the usage and the default (where it is not the zero value).
+func printFlags(w io.Writer, fs *pflag.FlagSet) {
+	type row struct{ left, usage string }
+	var rows []row
+	width := 0
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden {
+			return
+		}
+		left := "      --" + f.Name
+		if f.Shorthand != "" {
+			left = "  -" + f.Shorthand + ", --" + f.Name
+		}
+		metavar, usage := pflag.UnquoteUsage(f)
+		if t := f.Value.Type(); t != "bool" {
+			if m, ok := metavars[metavar]; ok {
+				metavar = m
+			}
+			left += " " + metavar
+		}
+		switch f.DefValue {
+		case "", "0", "0s", "false", "[]":
+		default:
+			usage += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		rows = append(rows, row{left, usage})
+		width = max(width, len(left))
+	})
+	for _, r := range rows {
+		fmt.Fprintf(w, "%-*s   %s\n", width, r.left, r.usage)
+	}
 }
 
 // parseFlags parses and turns pflag errors into usage errors (exit 2).
@@ -173,7 +262,7 @@ func parseFlags(fs *pflag.FlagSet, args []string) error {
 		if errors.Is(err, pflag.ErrHelp) {
 			return err
 		}
-		return usageError("%s: %v", fs.Name(), err)
+		return usageError("%s: %v", strings.TrimPrefix(fs.Name(), "nbship "), err)
 	}
 	return nil
 }

@@ -102,7 +102,7 @@ func (r Recv) Args() ([]string, error) {
 	}
 	if r.Publish != "" {
 		n++
-		a = append(a, "--publish", r.Publish, "--instance", r.Instance)
+		a = append(a, "--pxe-dir", r.Publish, "--instance", r.Instance)
 		if r.System != "" {
 			a = append(a, "--system", r.System)
 		}
