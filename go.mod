@@ -3,7 +3,6 @@ module github.com/nbship/nbship
 go 1.26.8
 
 require (
-	github.com/kevinburke/ssh_config v1.6.0
 	github.com/klauspost/compress v1.20.4
 	github.com/packethost/packngo v0.31.0
 	github.com/schollz/progressbar/v3 v3.19.1
