@@ -34,7 +34,7 @@ type target struct {
 	identityFiles []string // from the config (or the defaults), expanded
 	namedIDs      bool     // the config names IdentityFiles or says IdentitiesOnly
 	proxyJump     []string
-	proxyCommand  string // "" = none; tokens not yet expanded
+	proxyCommand  string   // "" = none; tokens not yet expanded
 	knownHosts    []string // user known_hosts files; the first one is written by AcceptNew
 	globalKnown   []string
 	hostKeyAlias  string
