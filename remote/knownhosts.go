@@ -115,7 +115,7 @@ func (e *khEntry) matches(host string) bool {
 	if strings.HasPrefix(e.names, "|") {
 		return matchHashed(host, e.names)
 	}
-	return matchPatternList(host, e.names, true) == 1
+	return matchHostname(host, e.names)
 }
 
 // matchHashed checks host against |1|base64(salt)|base64(HMAC-SHA1(salt, host)).

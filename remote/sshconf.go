@@ -382,9 +382,9 @@ func (e *confEval) match(args []string) (bool, error) {
 		var r bool
 		switch lattr {
 		case "host":
-			r = matchPatternList(host, arg, true) == 1
+			r = matchHostname(host, arg)
 		case "originalhost":
-			r = matchPatternList(e.hostArg, arg, true) == 1
+			r = matchHostname(e.hostArg, arg)
 		case "user":
 			r = matchPatternList(user, arg, false) == 1
 		case "localuser":
@@ -646,6 +646,12 @@ func matchPatternList(s, list string, lower bool) int {
 		}
 	}
 	return got
+}
+
+// matchHostname is OpenSSH's match_hostname: the pattern list against
+// the host name, both lowercased.
+func matchHostname(host, list string) bool {
+	return matchPatternList(strings.ToLower(host), list, true) == 1
 }
 
 // tokens are the % tokens of ssh_config(5) for a connection.
