@@ -26,7 +26,9 @@ type proxyConn struct {
 	w       *os.File // the command's stdin
 	stderr  *tailWriter
 	exited  chan struct{}
-	waitErr error
+	// closed when stderr is at its end (everything holding it is gone)
+	stderrDone chan struct{}
+	waitErr    error
 
 	closeOnce sync.Once
 }
@@ -70,18 +72,36 @@ func dialProxyCommand(t *target, log io.Writer) (*proxyConn, error) {
 		stderr:  &tailWriter{w: log},
 		exited:  make(chan struct{}),
 	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		outR.Close()
+		outW.Close()
+		return nil, fmt.Errorf("ssh: %s: ProxyCommand: %w", t.dest, err)
+	}
 	c.cmd = exec.Command(userShell(), "-c", "exec "+command)
-	c.cmd.Stdin, c.cmd.Stdout, c.cmd.Stderr = inR, outW, c.stderr
+	// All three are files, so that Wait returns when the command exits
+	// even if something it started still holds them.
+	c.cmd.Stdin, c.cmd.Stdout, c.cmd.Stderr = inR, outW, errW
 	// A group of its own: closing kills what the command started too.
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = c.cmd.Start()
 	inR.Close()
 	outW.Close()
+	errW.Close()
 	if err != nil {
 		outR.Close()
 		inW.Close()
+		errR.Close()
 		return nil, fmt.Errorf("ssh: %s: ProxyCommand %q could not start: %w", t.dest, command, err)
 	}
+	c.stderrDone = make(chan struct{})
+	go func() {
+		io.Copy(c.stderr, errR)
+		errR.Close()
+		close(c.stderrDone)
+	}()
 	go func() {
 		c.waitErr = c.cmd.Wait()
 		close(c.exited)
@@ -123,6 +143,11 @@ func (c *proxyConn) failure(ctx context.Context, err error) error {
 		return err
 	case <-ctx.Done():
 		return err
+	}
+	// Its last words may still be in the pipe.
+	select {
+	case <-c.stderrDone:
+	case <-time.After(200 * time.Millisecond):
 	}
 	how := "exited"
 	var ee *exec.ExitError
