@@ -39,6 +39,7 @@ type target struct {
 	globalKnown   []string
 	hostKeyAlias  string
 	acceptNew     bool   // StrictHostKeyChecking accept-new (or no)
+	hashKnown     bool   // HashKnownHosts: AcceptNew writes the name hashed
 	agentSocket   string // "" = no agent
 
 	hostKeyAlgorithms string // HostKeyAlgorithms, comma-separated
@@ -76,6 +77,7 @@ type settings struct {
 	file      string // the ssh config file ("" = none), for messages and -F
 	passF     bool   // pass -F file to ssh -G
 	sshBin    string // "" = use the built-in parser
+	noExec    bool   // Match exec never runs and never matches (fuzzing)
 }
 
 func loadSettings(cfg Config) (*settings, error) {
@@ -260,6 +262,8 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 			r.hostKeyAlgorithms = val
 		case "identityagent":
 			r.identityAgent = val
+		case "hashknownhosts":
+			r.hashKnownHosts = val == "yes"
 		}
 	}
 	if r.hostname == "" || r.port == 0 {
@@ -376,6 +380,7 @@ func (s *settings) target(dest, hostArg string, r *resolved) (*target, error) {
 		t.acceptNew = true
 	}
 	t.hostKeyAlgorithms = r.hostKeyAlgorithms
+	t.hashKnown = r.hashKnownHosts
 
 	t.agentSocket = os.Getenv("SSH_AUTH_SOCK")
 	switch a := r.identityAgent; {

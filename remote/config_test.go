@@ -224,3 +224,35 @@ func TestRelativeInclude(t *testing.T) {
 		}
 	}
 }
+
+func FuzzBuiltinConfig(f *testing.F) {
+	for _, s := range []string{
+		"Host a b\n  HostName %h.example\n  Port 2222\n",
+		"Match host a,b !originalhost c exec \"true\"\n  User u\n",
+		"Match final\n  ProxyJump j1,u@j2:22\nHost *\n  ProxyCommand nc %h %p\n",
+		"Host q\n  UserKnownHostsFile \"/a b\" ~/c '%d/%C'\n  IdentityFile ${HOME}/k\n",
+		"Include /nonexistent/*\nMatch all\n",
+		"Host=x\n\tUser = \\\"y\\\"\n",
+	} {
+		f.Add(s, "a")
+	}
+	home := f.TempDir()
+	f.Fuzz(func(t *testing.T, config, dest string) {
+		file := filepath.Join(t.TempDir(), "config")
+		if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := loadSettings(Config{Home: home, SSHConfig: file, BuiltinSSHConfig: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.noExec = true
+		got, err := s.resolve(dest)
+		if err != nil {
+			return
+		}
+		if got.hostname == "" || got.port < 1 || got.port > 65535 || len(got.knownHosts) == 0 {
+			t.Fatalf("resolve(%q) with %q = %+v", dest, config, got)
+		}
+	})
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 // HostKeyError is returned by Dial when a host's key is not known, has
@@ -59,6 +60,7 @@ type hostKeys struct {
 	principal string
 	writeTo   string // user file AcceptNew appends to
 	acceptNew bool
+	hashName  bool // write the name hashed (HashKnownHosts)
 	log       io.Writer
 	algos     string
 	entries   []khEntry // every usable line of every file
@@ -73,6 +75,7 @@ func newHostKeys(t *target, cfg Config, log io.Writer) (*hostKeys, error) {
 		principal: t.hostname,
 		writeTo:   t.knownHosts[0],
 		acceptNew: cfg.AcceptNew || t.acceptNew,
+		hashName:  t.hashKnown,
 		log:       log,
 		algos:     t.hostKeyAlgorithms,
 	}
@@ -266,7 +269,11 @@ func (h *hostKeys) add(key ssh.PublicKey) error {
 	if err != nil {
 		return fmt.Errorf("ssh: %s: adding host key: %w", h.host, err)
 	}
-	line := h.name + " " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))) + "\n"
+	name := h.name
+	if h.hashName {
+		name = knownhosts.HashHostname(name)
+	}
+	line := name + " " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))) + "\n"
 	// Start on a new line if the file does not end with one.
 	if st, err := f.Stat(); err == nil && st.Size() > 0 {
 		last := make([]byte, 1)

@@ -151,6 +151,7 @@ func TestHostKeysAgreeWithOpenSSH(t *testing.T) {
 		{name: "only an unparsable line", srv: a, kh: []string{"this is not a known_hosts line"}, kind: "unknown"},
 		{name: "only an unparsable line, accept-new", srv: a, kh: []string{"this is not a known_hosts line"}, acceptNew: true, connect: true},
 		{name: "accept-new from the config", srv: d, config: []string{"StrictHostKeyChecking accept-new"}, connect: true},
+		{name: "accept-new, hashed", srv: d, config: []string{"StrictHostKeyChecking accept-new", "HashKnownHosts yes"}, connect: true},
 		{name: "HostKeyAlias", srv: a, config: []string{"HostKeyAlias myalias"}, kh: []string{"myalias " + ed(a)}, connect: true},
 		{name: "HostKeyAlias not a principal", srv: a, config: []string{"HostKeyAlias myalias"}, kh: []string{"@cert-authority myalias " + authorizedLine(ca1)}, kind: "cert"},
 		{name: "HostKeyAlias a principal", srv: a, config: []string{"HostKeyAlias CertAlias"}, kh: []string{"@cert-authority certalias " + authorizedLine(ca1)}, connect: true},
@@ -217,8 +218,12 @@ func TestHostKeysAgreeWithOpenSSH(t *testing.T) {
 				}
 				if err == nil {
 					if tt.acceptNew || len(tt.kh) == 0 {
-						if got, _ := os.ReadFile(kh); !bytes.Contains(got, []byte(ed(tt.srv))) || !bytes.Contains(sshKH, []byte(ed(tt.srv))) {
-							t.Errorf("known_hosts after accept-new: nbship\n%s\nOpenSSH\n%s", got, sshKH)
+						got, _ := os.ReadFile(kh)
+						hashed := strings.Contains(strings.Join(tt.config, " "), "HashKnownHosts yes")
+						for _, b := range [][]byte{got, sshKH} {
+							if !bytes.Contains(b, []byte(ed(tt.srv))) || bytes.Contains(b, []byte("|1|")) != hashed {
+								t.Errorf("known_hosts after accept-new: nbship\n%s\nOpenSSH\n%s", got, sshKH)
+							}
 						}
 					}
 					continue

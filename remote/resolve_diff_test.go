@@ -150,14 +150,14 @@ func TestResolveAgreesWithOpenSSH(t *testing.T) {
 		{
 			name: "the options nbship uses",
 			config: "Host opts\n  IdentitiesOnly yes\n  StrictHostKeyChecking accept-new\n  ConnectTimeout 4\n" +
-				"  ServerAliveInterval 9\n  ServerAliveCountMax 2\n  HostKeyAlgorithms -ssh-rsa*,rsa-sha2-*\n  IdentityAgent none\n" +
+				"  ServerAliveInterval 9\n  ServerAliveCountMax 2\n  HostKeyAlgorithms -ssh-rsa*,rsa-sha2-*\n  IdentityAgent none\n  HashKnownHosts yes\n" +
 				"Host strict\n  StrictHostKeyChecking yes\n  HostKeyAlgorithms ^ssh-ed25519\nHost loose\n  StrictHostKeyChecking no\n  HostKeyAlgorithms +ssh-rsa\n" +
 				"Host nojump\n  ProxyJump none\n  ProxyCommand none\nHost *\n  ProxyJump j9\n",
 			dests: []string{"opts", "strict", "loose", "nojump", "u@opts:2299"},
 			want: map[string]check{
 				"opts": func(r *resolved) bool {
 					return r.identitiesOnly && r.strictHostKeys == "accept-new" && r.connectTimeout == 4 &&
-						r.aliveInterval == 9 && r.aliveCountMax == 2 && !strings.Contains(r.hostKeyAlgorithms, "rsa")
+						r.aliveInterval == 9 && r.aliveCountMax == 2 && !strings.Contains(r.hostKeyAlgorithms, "rsa") && r.hashKnownHosts
 				},
 				"nojump":      func(r *resolved) bool { return r.proxyJump == "" && r.proxyCommand == "" },
 				"u@opts:2299": func(r *resolved) bool { return r.user == "u" && r.port == 2299 },

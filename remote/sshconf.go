@@ -36,6 +36,7 @@ type resolved struct {
 	aliveCountMax     int
 	hostKeyAlgorithms string // "" = default
 	identityAgent     string
+	hashKnownHosts    bool
 }
 
 // defaultIdentityFiles are OpenSSH's, in its order.
@@ -100,16 +101,27 @@ func (s *settings) builtin(hostArg, cliUser string, cliPort int) (*resolved, err
 	return e.result()
 }
 
+// systemConfig is read after the user's, unless a config file was named
+// (as ssh -F does).
+const systemConfig = "/etc/ssh/ssh_config"
+
 func (e *confEval) readTop() error {
-	if e.s.file == "" {
-		return nil
+	type top struct{ file, base string }
+	var files []top
+	if e.s.file != "" {
+		files = append(files, top{e.s.file, filepath.Join(e.s.home, ".ssh")})
 	}
-	active := true
-	err := e.readFile(e.s.file, 0, &active, false)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+	if !e.s.passF {
+		files = append(files, top{systemConfig, filepath.Dir(systemConfig)})
 	}
-	return err
+	for _, f := range files {
+		active := true
+		err := e.readFile(f.file, f.base, 0, &active, false)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // hostname is HostName with %h expanded, or the host as given.
@@ -124,7 +136,8 @@ func (e *confEval) hostname() (string, error) {
 	return percentExpand(h, map[byte]string{'h': e.hostArg})
 }
 
-func (e *confEval) readFile(path string, depth int, active *bool, neverMatch bool) error {
+// readFile reads one config file; base is where relative Includes are.
+func (e *confEval) readFile(path, base string, depth int, active *bool, neverMatch bool) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -134,7 +147,7 @@ func (e *confEval) readFile(path string, depth int, active *bool, neverMatch boo
 	n := 0
 	for sc.Scan() {
 		n++
-		if err := e.line(path, n, sc.Text(), depth, active, neverMatch); err != nil {
+		if err := e.line(path, base, n, sc.Text(), depth, active, neverMatch); err != nil {
 			return err
 		}
 	}
@@ -206,7 +219,7 @@ func splitArgs(s string) ([]string, error) {
 	return args, nil
 }
 
-func (e *confEval) line(file string, n int, text string, depth int, active *bool, neverMatch bool) error {
+func (e *confEval) line(file, base string, n int, text string, depth int, active *bool, neverMatch bool) error {
 	key, rest := splitKeyword(text)
 	if key == "" || strings.HasPrefix(key, "#") {
 		return nil
@@ -254,7 +267,7 @@ func (e *confEval) line(file string, n int, text string, depth int, active *bool
 			case a == "~" || strings.HasPrefix(a, "~/"):
 				a = filepath.Join(e.s.home, a[1:])
 			case !filepath.IsAbs(a):
-				a = filepath.Join(e.s.home, ".ssh", a)
+				a = filepath.Join(base, a)
 			}
 			matches, err := filepath.Glob(a)
 			if err != nil {
@@ -265,7 +278,7 @@ func (e *confEval) line(file string, n int, text string, depth int, active *bool
 			}
 			was := *active
 			for _, m := range matches {
-				err := e.readFile(m, depth+1, active, neverMatch || !was)
+				err := e.readFile(m, base, depth+1, active, neverMatch || !was)
 				if err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return err
 				}
@@ -390,7 +403,10 @@ func (e *confEval) match(args []string) (bool, error) {
 		case "localuser":
 			r = matchPatternList(e.s.localUser, arg, false) == 1
 		case "exec":
-			if !result {
+			if !result || e.s.noExec {
+				if e.s.noExec && neg == false {
+					result = false
+				}
 				continue // a failed criterion before it: not run
 			}
 			port := 22
@@ -519,6 +535,13 @@ func (e *confEval) result() (*resolved, error) {
 		r.hostKeyAlgorithms = applyAlgoList(defaultHostKeyAlgorithms, v)
 	}
 	r.identityAgent = e.opts["identityagent"]
+	switch strings.ToLower(e.opts["hashknownhosts"]) {
+	case "", "no", "false":
+	case "yes", "true":
+		r.hashKnownHosts = true
+	default:
+		return nil, bad("hashknownhosts")
+	}
 
 	alias := r.hostKeyAlias
 	if alias == "" {
