@@ -19,7 +19,7 @@ import (
 type Config struct {
 	Home           string        // "" = $HOME
 	SSHConfig      string        // "" = Home/.ssh/config; missing file is fine
-	KnownHosts     []string      // "" = UserKnownHostsFile from config, else Home/.ssh/known_hosts
+	KnownHosts     []string      // "" = UserKnownHostsFile and GlobalKnownHostsFile from config, else Home/.ssh/known_hosts{,2} and /etc/ssh/ssh_known_hosts{,2}
 	AcceptNew      bool          // add unknown host keys to the first known_hosts file (never changed ones)
 	IdentityFiles  []string      // extra identities (like ssh -i), offered first
 	KeepAlive      time.Duration // 0 = ServerAliveInterval from config, else 15s

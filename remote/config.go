@@ -213,7 +213,17 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		msg := lastLine(stderr.String())
+		// ssh names the bad line first, then says it is terminating.
+		var msgs []string
+		for l := range strings.SplitSeq(stderr.String(), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.Contains(l, "terminating, ") {
+				msgs = append(msgs, l)
+			}
+		}
+		msg := lastLine(strings.Join(msgs, "; "))
+		if msg == "" {
+			msg = lastLine(stderr.String())
+		}
 		if msg == "" {
 			msg = err.Error()
 		}

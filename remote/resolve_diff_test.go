@@ -164,6 +164,24 @@ func TestResolveAgreesWithOpenSSH(t *testing.T) {
 			},
 		},
 		{
+			name:   "Match sees HostName with %h, in host and exec",
+			config: "Host *.lan\n  HostName %h.example.net\nMatch host *.example.net\n  User viaexp\nHost ex2\n  HostName real2\nMatch exec \"test %h = real2\"\n  Port 2207\nHost !neg\n  User negonly\n",
+			dests:  []string{"pc.lan", "ex2", "neg", "x"},
+			want: map[string]check{
+				"pc.lan": func(r *resolved) bool { return r.user == "viaexp" && r.hostname == "pc.lan.example.net" },
+				"ex2":    func(r *resolved) bool { return r.port == 2207 },
+				"x":      func(r *resolved) bool { return r.user != "negonly" },
+			},
+		},
+		{
+			name:   "IdentityFile repeated",
+			config: "Host idf\n  IdentityFile /k1\n  IdentityFile /k2\nHost *\n  IdentityFile /k1\n  IdentityFile none\n",
+			dests:  []string{"idf", "other"},
+			want: map[string]check{
+				"idf": func(r *resolved) bool { return reflect.DeepEqual(r.identityFiles, []string{"/k1", "/k2", "none"}) },
+			},
+		},
+		{
 			name:   "Include and a Match inside it",
 			config: "Include " + inc + "\nHost inc\n  User outer\n  Port 2206\n",
 			dests:  []string{"inc"},

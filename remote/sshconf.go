@@ -311,7 +311,9 @@ func (e *confEval) line(file, base string, n int, text string, depth int, active
 	}
 	switch key {
 	case "identityfile":
-		e.ids = append(e.ids, args[0])
+		if !contains(e.ids, args[0]) { // OpenSSH ignores a duplicate
+			e.ids = append(e.ids, args[0])
+		}
 	case "userknownhostsfile", "globalknownhostsfile":
 		list := &e.khUser
 		if key == "globalknownhostsfile" {
