@@ -59,6 +59,7 @@ func Dial(ctx context.Context, dest string, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.ctx = ctx
 	log := cfg.Log
 	if log == nil {
 		log = io.Discard

@@ -2,6 +2,7 @@ package remote
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -74,10 +75,11 @@ type settings struct {
 	home      string
 	pwHome    string // the home directory of the password database (what ssh's ~ means)
 	localUser string
-	file      string // the ssh config file ("" = none), for messages and -F
-	passF     bool   // pass -F file to ssh -G
-	sshBin    string // "" = use the built-in parser
-	noExec    bool   // Match exec never runs and never matches (fuzzing)
+	file      string          // the ssh config file ("" = none), for messages and -F
+	passF     bool            // pass -F file to ssh -G
+	sshBin    string          // "" = use the built-in parser
+	noExec    bool            // Match exec never runs and never matches (fuzzing)
+	ctx       context.Context // Dial's: cancels a hanging ssh -G; nil = none
 }
 
 func loadSettings(cfg Config) (*settings, error) {
@@ -208,7 +210,11 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 		args = append(args, "-l", cliUser)
 	}
 	args = append(args, "--", host)
-	cmd := exec.Command(s.sshBin, args...)
+	ctx := s.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	cmd := exec.CommandContext(ctx, s.sshBin, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -153,7 +153,9 @@ func (h *hostKeys) algorithms() []string {
 		}
 		ordered = append(first, last...)
 	}
-	supported := ssh.SupportedAlgorithms().HostKeys
+	// ssh-rsa (SHA-1) and DSA only when the config names them, as in
+	// OpenSSH's default list they are not.
+	supported := append(ssh.SupportedAlgorithms().HostKeys, ssh.InsecureAlgorithms().HostKeys...)
 	var out []string
 	for _, a := range ordered {
 		if slices.Contains(supported, a) && !slices.Contains(out, a) {
