@@ -218,6 +218,10 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	if err != nil && ctx.Err() == nil && notOpenSSH(stderr.String()) {
+		// An ssh without -G (not OpenSSH, or older than 6.8).
+		return s.builtin(host, cliUser, cliPort)
+	}
 	if err != nil {
 		// ssh names the bad line first, then says it is terminating.
 		var msgs []string
@@ -296,6 +300,16 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 	r.userKnownHosts = s.splitFiles(uk, builtin, func(b *resolved) []string { return b.userKnownHosts })
 	r.globalKnownHosts = s.splitFiles(gk, builtin, func(b *resolved) []string { return b.globalKnownHosts })
 	return r, nil
+}
+
+// notOpenSSH tells from ssh's complaint that it does not know -G.
+func notOpenSSH(stderr string) bool {
+	for _, w := range []string{"unknown option", "illegal option", "invalid option", "unrecognized option"} {
+		if strings.Contains(stderr, w) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *settings) splitFiles(line string, builtin *resolved, get func(*resolved) []string) []string {

@@ -256,3 +256,24 @@ func FuzzBuiltinConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestSSHWithoutDashG: an ssh that does not know -G (not OpenSSH) leaves
+// the answer to the built-in parser.
+func TestSSHWithoutDashG(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "ssh")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"ssh: illegal option -- G\" >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	config := filepath.Join(home, "config")
+	os.WriteFile(config, []byte("Host a\n  HostName a.example\n"), 0o600)
+	s, err := loadSettings(Config{Home: home, SSHConfig: config})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sshBin = fake
+	if got, err := s.resolve("a"); err != nil || got.hostname != "a.example" {
+		t.Errorf("resolve(a) with an ssh without -G = %+v, %v, want hostname a.example", got, err)
+	}
+}

@@ -120,8 +120,8 @@ func TestResolveAgreesWithOpenSSH(t *testing.T) {
 		},
 		{
 			name:   "host names lowercased, Host patterns case-sensitive",
-			config: "Host MiXed\n  HostName Some.EXAMPLE\nHost lower\n  User low\n",
-			dests:  []string{"MiXed", "mixed", "LOWER", "UPPER", "10.0.0.1"},
+			config: "Host MiXed\n  HostName Some.EXAMPLE\nHost lower\n  User low\nHost pct\n  HostName H.%%\n",
+			dests:  []string{"MiXed", "mixed", "LOWER", "UPPER", "10.0.0.1", "FE80::1", "pct"},
 			want: map[string]check{
 				"MiXed": func(r *resolved) bool { return r.hostname == "some.example" },
 				"UPPER": func(r *resolved) bool { return r.hostname == "upper" },

@@ -467,7 +467,7 @@ func (e *confEval) result() (*resolved, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ssh: %s: HostName %q: %w", e.s.file, e.opts["hostname"], err)
 	}
-	if net.ParseIP(h) == nil {
+	if !isAddr(h) {
 		h = strings.ToLower(h)
 	}
 	r.hostname = h
@@ -569,6 +569,12 @@ func (e *confEval) result() (*resolved, error) {
 		r.globalKnownHosts = append(r.globalKnownHosts, e.s.expandTilde(f))
 	}
 	return r, nil
+}
+
+// isAddr is ssh.c's is_addr: what looks like an address is not
+// lowercased.
+func isAddr(h string) bool {
+	return strings.ContainsAny(h, "%:") || strings.Trim(h, "0123456789.") == "" || net.ParseIP(h) != nil
 }
 
 // applyAlgoList applies a HostKeyAlgorithms value to the default list:
@@ -707,6 +713,10 @@ func percentExpand(v string, tokens map[byte]string) (string, error) {
 			return "", errors.New("% at the end")
 		}
 		i++
+		if v[i] == '%' {
+			b.WriteByte('%')
+			continue
+		}
 		t, ok := tokens[v[i]]
 		if !ok {
 			return "", fmt.Errorf("unknown token %%%c", v[i])
