@@ -190,6 +190,22 @@ func TestResolveAgreesWithOpenSSH(t *testing.T) {
 			},
 		},
 		{
+			name:   "an unknown keyword is an error, unless ignored",
+			config: "Host a\n  NoSuchOption yes\n",
+			dests:  []string{"b"},
+		},
+		{
+			name:   "IgnoreUnknown",
+			config: "IgnoreUnknown NoSuch*,Other\nHost a\n  NoSuchOption yes\n  UseKeychain yes\n",
+			dests:  []string{"b"},
+		},
+		{
+			name:   "IgnoreUnknown covers it",
+			config: "IgnoreUnknown NoSuch*,UseKeychain\nHost a\n  NoSuchOption yes\n  UseKeychain yes\n  User u\n",
+			dests:  []string{"a"},
+			want:   map[string]check{"a": func(r *resolved) bool { return r.user == "u" }},
+		},
+		{
 			name:   "a bad Match attribute is an error for every host",
 			config: "Match nonsense x\n  User u\n",
 			dests:  []string{"a"},

@@ -55,6 +55,44 @@ const defaultHostKeyAlgorithms = "ssh-ed25519-cert-v01@openssh.com,ecdsa-sha2-ni
 
 const maxIncludeDepth = 16
 
+// sshKeywords are the keywords OpenSSH accepts (some only to warn that
+// they are deprecated): those of 9.2, and the few added since, so that a
+// config written for a newer ssh still reads; any other is an error
+// unless IgnoreUnknown names it.
+var sshKeywords = func() map[string]bool {
+	m := map[string]bool{}
+	for _, k := range strings.Fields(`addkeystoagent addressfamily afstokenpassing batchmode bindaddress bindinterface
+canonicaldomains canonicalizefallbacklocal canonicalizehostname canonicalizemaxdots
+canonicalizepermittedcnames casignaturealgorithms certificatefile
+challengeresponseauthentication checkhostip cipher ciphers clearallforwardings compression
+compressionlevel connectionattempts connecttimeout controlmaster controlpath
+controlpersist dsaauthentication dynamicforward enableescapecommandline enablesshkeysign
+escapechar exitonforwardfailure fallbacktorsh fingerprinthash forkafterauthentication
+forwardagent forwardx11 forwardx11timeout forwardx11trusted gatewayports
+globalknownhostsfile globalknownhostsfile2 gssapiauthentication gssapidelegatecredentials
+hashknownhosts host hostbasedacceptedalgorithms hostbasedauthentication hostbasedkeytypes
+hostkeyalgorithms hostkeyalias hostname identitiesonly identityagent identityfile
+identityfile2 ignoreunknown include ipqos kbdinteractiveauthentication
+kbdinteractivedevices keepalive kerberosauthentication kerberostgtpassing kexalgorithms
+knownhostscommand localcommand localforward loglevel logverbose macs match
+nohostauthenticationforlocalhost numberofpasswordprompts passwordauthentication
+permitlocalcommand permitremoteopen pkcs11provider port preferredauthentications protocol
+proxycommand proxyjump proxyusefdpass pubkeyacceptedalgorithms pubkeyacceptedkeytypes
+pubkeyauthentication rekeylimit remotecommand remoteforward requesttty requiredrsasize
+revokedhostkeys rhostsauthentication rhostsrsaauthentication rsaauthentication
+securitykeyprovider sendenv serveralivecountmax serveraliveinterval sessiontype setenv
+skeyauthentication smartcarddevice stdinnull streamlocalbindmask streamlocalbindunlink
+stricthostkeychecking syslogfacility tcpkeepalive tisauthentication tunnel tunneldevice
+updatehostkeys useprivilegedport user userknownhostsfile userknownhostsfile2 useroaming
+usersh verifyhostkeydns visualhostkey xauthlocation`) {
+		m[k] = true
+	}
+	for _, k := range strings.Fields("channeltimeout obscurekeystroketiming refuseconnection tag versionaddendum warnweakcrypto") {
+		m[k] = true
+	}
+	return m
+}()
+
 // confEval is one evaluation of an ssh config for one destination, as
 // ssh(1)'s readconf.c does it: first value wins, Host and Match blocks,
 // Include, and a second ("final") pass when a Match final asks for one.
@@ -284,6 +322,12 @@ func (e *confEval) line(file, base string, n int, text string, depth int, active
 				}
 				*active = was
 			}
+		}
+		return nil
+	}
+	if !sshKeywords[key] {
+		if ig := e.opts["ignoreunknown"]; ig == "" || matchPatternList(key, ig, true) != 1 {
+			return bad("Bad configuration option: %s", key)
 		}
 		return nil
 	}
