@@ -226,7 +226,7 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 		// ssh names the bad line first, then says it is terminating.
 		var msgs []string
 		for l := range strings.SplitSeq(stderr.String(), "\n") {
-			if l = strings.TrimSpace(l); l != "" && !strings.Contains(l, "terminating, ") {
+			if l = strings.TrimSpace(l); l != "" && !strings.Contains(l, "terminating, ") && !strings.HasPrefix(l, "Pseudo-terminal") {
 				msgs = append(msgs, l)
 			}
 		}

@@ -327,7 +327,7 @@ func (e *confEval) line(file, base string, n int, text string, depth int, active
 	}
 	if !sshKeywords[key] {
 		if ig := e.opts["ignoreunknown"]; ig == "" || matchPatternList(key, ig, true) != 1 {
-			return bad("Bad configuration option: %s", key)
+			return bad("bad configuration option: %s", key)
 		}
 		return nil
 	}
