@@ -4,7 +4,6 @@ go 1.26.8
 
 require (
 	github.com/hetznercloud/hcloud-go/v2 v2.52.0
-	github.com/kevinburke/ssh_config v1.6.0
 	github.com/klauspost/compress v1.20.4
 	github.com/packethost/packngo v0.31.0
 	github.com/schollz/progressbar/v3 v3.19.1

@@ -56,7 +56,9 @@ func TestSSHConfigAlias(t *testing.T) {
 	_, key := writeKey(t, filepath.Join(h.dir, "keys", "builder"), "")
 	s.authorize(key.PublicKey())
 	h.sshConfig(
-		"Include conf.d/*.conf",
+		// Absolute: ssh -G takes a relative one under the home of the
+		// password database, not this test's $HOME.
+		"Include "+filepath.Join(h.ssh, "conf.d", "*.conf"),
 		"Host !nothing builder",
 		"  User nobody-overridden-below",
 	)

@@ -19,12 +19,17 @@ import (
 type Config struct {
 	Home           string        // "" = $HOME
 	SSHConfig      string        // "" = Home/.ssh/config; missing file is fine
-	KnownHosts     []string      // "" = UserKnownHostsFile from config, else Home/.ssh/known_hosts
+	KnownHosts     []string      // "" = UserKnownHostsFile and GlobalKnownHostsFile from config, else Home/.ssh/known_hosts{,2} and /etc/ssh/ssh_known_hosts{,2}
 	AcceptNew      bool          // add unknown host keys to the first known_hosts file (never changed ones)
 	IdentityFiles  []string      // extra identities (like ssh -i), offered first
 	KeepAlive      time.Duration // 0 = ServerAliveInterval from config, else 15s
 	ConnectTimeout time.Duration // 0 = ConnectTimeout from config, else 10s; per hop
-	Log            io.Writer     // one-line notes (new host key accepted, ...); nil = discard
+	Log            io.Writer     // one-line notes (new host key accepted, ...) and ProxyCommand stderr; nil = discard
+
+	// BuiltinSSHConfig resolves destinations with nbship's own reading
+	// of the ssh config even where OpenSSH's ssh is installed (which is
+	// otherwise asked, with ssh -G). Tests use it to compare the two.
+	BuiltinSSHConfig bool
 }
 
 // Client is one SSH connection to a host, shared by every command run on
@@ -54,6 +59,7 @@ func Dial(ctx context.Context, dest string, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.ctx = ctx
 	log := cfg.Log
 	if log == nil {
 		log = io.Discard
@@ -173,11 +179,19 @@ func (s *settings) connect(ctx context.Context, t *target, via *ssh.Client, log 
 	}
 
 	var conn net.Conn
-	if via == nil {
+	var pc *proxyConn // a ProxyCommand, used (as by OpenSSH) only for a host not reached through a jump
+	switch {
+	case via != nil:
+		conn, err = via.DialContext(tctx, "tcp", t.addr())
+	case t.proxyCommand != "":
+		pc, err = dialProxyCommand(t, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		conn = pc
+	default:
 		var d net.Dialer
 		conn, err = d.DialContext(tctx, "tcp", t.addr())
-	} else {
-		conn, err = via.DialContext(tctx, "tcp", t.addr())
 	}
 	if err != nil {
 		return nil, nil, stopped(fmt.Errorf("ssh: %s: connecting to %s: %w", t.dest, t.addr(), err))
@@ -194,10 +208,17 @@ func (s *settings) connect(ctx context.Context, t *target, via *ssh.Client, log 
 		return nil, nil, stopped(err)
 	}
 	if err != nil {
-		conn.Close()
 		if refused != nil {
+			conn.Close()
 			return nil, nil, refused
 		}
+		if pc != nil {
+			// Most likely the command failed: say how.
+			err = pc.failure(ctx, fmt.Errorf("ssh: %s: through ProxyCommand %q: %w", t.dest, pc.command, err))
+			conn.Close()
+			return nil, nil, err
+		}
+		conn.Close()
 		if strings.Contains(err.Error(), "unable to authenticate") {
 			return nil, nil, authError(t, ids, err)
 		}
@@ -239,6 +260,7 @@ func (c *Client) watch() {
 		c.lost = err
 	}
 	c.mu.Unlock()
+	c.conn.Close() // ends a ProxyCommand
 	closeAll(c.jump)
 	close(c.done)
 }

@@ -1,19 +1,20 @@
 package remote
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/kevinburke/ssh_config"
 )
 
 const (
@@ -34,10 +35,15 @@ type target struct {
 	identityFiles []string // from the config (or the defaults), expanded
 	namedIDs      bool     // the config names IdentityFiles or says IdentitiesOnly
 	proxyJump     []string
+	proxyCommand  string   // "" = none; tokens not yet expanded
 	knownHosts    []string // user known_hosts files; the first one is written by AcceptNew
 	globalKnown   []string
 	hostKeyAlias  string
+	acceptNew     bool   // StrictHostKeyChecking accept-new (or no)
+	hashKnown     bool   // HashKnownHosts: AcceptNew writes the name hashed
 	agentSocket   string // "" = no agent
+
+	hostKeyAlgorithms string // HostKeyAlgorithms, comma-separated
 
 	connectTimeout time.Duration
 	keepAlive      time.Duration
@@ -49,26 +55,31 @@ func (t *target) addr() string {
 	return net.JoinHostPort(t.hostname, strconv.Itoa(t.port))
 }
 
-// keyAddr is host:port as known_hosts knows this host. A HostKeyAlias is
-// used as it is, without the port (as OpenSSH does); it may be written
-// [host]:port itself.
-func (t *target) keyAddr() string {
-	if a := t.hostKeyAlias; a != "" {
-		if _, _, err := net.SplitHostPort(a); err == nil {
-			return a
-		}
-		return net.JoinHostPort(a, "22")
+// keyName is the name known_hosts knows this host by, as OpenSSH looks
+// it up: the HostKeyAlias as it is, else the host name, as [host]:port
+// when the port is not 22.
+func (t *target) keyName() string {
+	if t.hostKeyAlias != "" {
+		return t.hostKeyAlias
 	}
-	return net.JoinHostPort(t.hostname, strconv.Itoa(t.port))
+	if t.port == 22 {
+		return t.hostname
+	}
+	return "[" + t.hostname + "]:" + strconv.Itoa(t.port)
 }
 
-// settings is the parsed ssh config plus the caller's Config.
+// settings is how to resolve destinations: the caller's Config, and
+// whether OpenSSH's own `ssh -G` answers or the built-in parser does.
 type settings struct {
 	cfg       Config
 	home      string
+	pwHome    string // the home directory of the password database (what ssh's ~ means)
 	localUser string
-	file      string             // the ssh config file, for messages
-	ssh       *ssh_config.Config // nil if there is no file
+	file      string          // the ssh config file ("" = none), for messages and -F
+	passF     bool            // pass -F file to ssh -G
+	sshBin    string          // "" = use the built-in parser
+	noExec    bool            // Match exec never runs and never matches (fuzzing)
+	ctx       context.Context // Dial's: cancels a hanging ssh -G; nil = none
 }
 
 func loadSettings(cfg Config) (*settings, error) {
@@ -80,20 +91,30 @@ func loadSettings(cfg Config) (*settings, error) {
 		return nil, errors.New("ssh: no home directory: $HOME is not set")
 	}
 	s.localUser = localUserName()
+	if u, err := user.Current(); err == nil {
+		s.pwHome = u.HomeDir
+	}
 	s.file = cfg.SSHConfig
 	if s.file == "" {
 		s.file = filepath.Join(s.home, ".ssh", "config")
 	}
-	b, err := os.ReadFile(s.file)
-	if errors.Is(err, fs.ErrNotExist) {
-		return s, nil
+	// ssh reads ~/.ssh/config of the password database's home and then
+	// /etc/ssh/ssh_config; -F is needed only when that is not the file
+	// meant here.
+	s.passF = cfg.SSHConfig != "" || filepath.Clean(s.home) != filepath.Clean(s.pwHome)
+	if _, err := os.Stat(s.file); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("ssh: reading config: %w", err)
+		}
+		if cfg.SSHConfig != "" {
+			return nil, fmt.Errorf("ssh: config file %s: %w", s.file, err)
+		}
+		s.file = ""
 	}
-	if err != nil {
-		return nil, fmt.Errorf("ssh: reading config: %w", err)
-	}
-	s.ssh, err = ssh_config.DecodeBytes(absIncludes(b, s.home))
-	if err != nil {
-		return nil, fmt.Errorf("ssh: %s: %w", s.file, err)
+	if !cfg.BuiltinSSHConfig {
+		if p, err := exec.LookPath("ssh"); err == nil {
+			s.sshBin = p
+		}
 	}
 	return s, nil
 }
@@ -106,53 +127,6 @@ func localUserName() string {
 		return u
 	}
 	return os.Getenv("LOGNAME")
-}
-
-var includeLine = regexp.MustCompile(`(?im)^([ \t]*include(?:[ \t]*=[ \t]*|[ \t]+))(.*)$`)
-
-// absIncludes rewrites relative Include paths of the top-level config so
-// they name files under home/.ssh. ssh_config resolves them against the
-// home directory of the password database, which is not ours when HOME
-// was changed (as in tests); Includes inside included files still are.
-func absIncludes(b []byte, home string) []byte {
-	return includeLine.ReplaceAllFunc(b, func(line []byte) []byte {
-		m := includeLine.FindSubmatch(line)
-		words := strings.Fields(string(m[2]))
-		for i, w := range words {
-			if strings.HasPrefix(w, "#") {
-				break
-			}
-			switch {
-			case strings.HasPrefix(w, "~/"):
-				words[i] = filepath.Join(home, w[2:])
-			case !filepath.IsAbs(w):
-				words[i] = filepath.Join(home, ".ssh", w)
-			}
-		}
-		return append(append([]byte(nil), m[1]...), strings.Join(words, " ")...)
-	})
-}
-
-func (s *settings) get(alias, key string) string {
-	if s.ssh == nil {
-		return ""
-	}
-	v, err := s.ssh.Get(alias, key)
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(v)
-}
-
-func (s *settings) getAll(alias, key string) []string {
-	if s.ssh == nil {
-		return nil
-	}
-	v, err := s.ssh.GetAll(alias, key)
-	if err != nil {
-		return nil
-	}
-	return v
 }
 
 // parseDest splits [ssh://][user@]host[:port]; host may be [v6]:port.
@@ -207,199 +181,279 @@ func (s *settings) resolve(dest string) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &target{dest: dest, alias: alias}
-
-	t.hostname = alias
-	if h := s.get(alias, "HostName"); h != "" {
-		t.hostname = strings.ReplaceAll(strings.ReplaceAll(h, "%h", alias), "%%", "%")
+	var r *resolved
+	if s.sshBin != "" {
+		r, err = s.sshG(alias, destUser, destPort)
+	} else {
+		r, err = s.builtin(alias, destUser, destPort)
 	}
-
-	t.port = 22
-	if destPort != 0 {
-		t.port = destPort
-	} else if p := s.get(alias, "Port"); p != "" {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
-			return nil, s.badValue(alias, "Port", p)
-		}
-		t.port = n
-	}
-
-	t.user = s.localUser
-	if destUser != "" {
-		t.user = destUser
-	} else if u := s.get(alias, "User"); u != "" {
-		t.user = u
-	}
-	if t.user == "" {
-		return nil, fmt.Errorf("ssh: %s: no user name: give user@host or set User in %s", dest, s.file)
-	}
-
-	tokens := map[byte]string{
-		'd': s.home, 'u': s.localUser, 'h': t.hostname, 'r': t.user,
-		'p': strconv.Itoa(t.port), 'n': alias, '%': "%",
-	}
-	if hn, err := os.Hostname(); err == nil {
-		tokens['l'] = hn
-	}
-
-	ids := s.getAll(alias, "IdentityFile")
-	only, err := s.yesNo(alias, "IdentitiesOnly")
 	if err != nil {
 		return nil, err
 	}
-	t.namedIDs = len(ids) > 0 || only
-	if len(ids) == 0 {
-		ids = []string{"~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa"}
+	return s.target(dest, alias, r)
+}
+
+// sshG asks OpenSSH what it would use for host: `ssh -G`.
+func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
+	args := []string{"-G"}
+	if s.passF {
+		f := s.file
+		if f == "" {
+			f = os.DevNull
+		}
+		args = append(args, "-F", f)
 	}
-	for _, id := range ids {
+	if cliPort != 0 {
+		args = append(args, "-p", strconv.Itoa(cliPort))
+	}
+	if cliUser != "" {
+		args = append(args, "-l", cliUser)
+	}
+	args = append(args, "--", host)
+	ctx := s.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	cmd := exec.CommandContext(ctx, s.sshBin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil && ctx.Err() == nil && notOpenSSH(stderr.String()) {
+		// An ssh without -G (not OpenSSH, or older than 6.8).
+		return s.builtin(host, cliUser, cliPort)
+	}
+	if err != nil {
+		// ssh names the bad line first, then says it is terminating.
+		var msgs []string
+		for l := range strings.SplitSeq(stderr.String(), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.Contains(l, "terminating, ") && !strings.HasPrefix(l, "Pseudo-terminal") {
+				msgs = append(msgs, l)
+			}
+		}
+		msg := lastLine(strings.Join(msgs, "; "))
+		if msg == "" {
+			msg = lastLine(stderr.String())
+		}
+		if msg == "" {
+			msg = err.Error()
+		}
+		return nil, fmt.Errorf("ssh: %s: ssh -G %s: %s", host, host, msg)
+	}
+	r := &resolved{}
+	var uk, gk string
+	for line := range strings.SplitSeq(string(out), "\n") {
+		key, val, _ := strings.Cut(line, " ")
+		switch key {
+		case "hostname":
+			r.hostname = val
+		case "user":
+			r.user = val
+		case "port":
+			r.port, _ = strconv.Atoi(val)
+		case "identityfile":
+			r.identityFiles = append(r.identityFiles, val)
+		case "identitiesonly":
+			r.identitiesOnly = val == "yes"
+		case "proxyjump":
+			if !strings.EqualFold(val, "none") {
+				r.proxyJump = val
+			}
+		case "proxycommand":
+			if !strings.EqualFold(val, "none") {
+				r.proxyCommand = val
+			}
+		case "userknownhostsfile":
+			uk = val
+		case "globalknownhostsfile":
+			gk = val
+		case "hostkeyalias":
+			r.hostKeyAlias = val
+		case "stricthostkeychecking":
+			r.strictHostKeys = val
+		case "connecttimeout":
+			if val != "none" {
+				r.connectTimeout, _ = strconv.Atoi(val)
+			}
+		case "serveraliveinterval":
+			r.aliveInterval, _ = strconv.Atoi(val)
+		case "serveralivecountmax":
+			r.aliveCountMax, _ = strconv.Atoi(val)
+		case "hostkeyalgorithms":
+			r.hostKeyAlgorithms = val
+		case "identityagent":
+			r.identityAgent = val
+		case "hashknownhosts":
+			r.hashKnownHosts = val == "yes"
+		}
+	}
+	if r.hostname == "" || r.port == 0 {
+		return nil, fmt.Errorf("ssh: %s: ssh -G printed no hostname or port", host)
+	}
+	// ssh -G prints the known_hosts files on one line, separated by
+	// blanks, and a file name may hold blanks itself: take the split of
+	// the built-in parser when it agrees, else start a file at each
+	// absolute path.
+	var builtin *resolved
+	if strings.Contains(uk+gk, " ") {
+		builtin, _ = s.builtin(host, cliUser, cliPort)
+	}
+	r.userKnownHosts = s.splitFiles(uk, builtin, func(b *resolved) []string { return b.userKnownHosts })
+	r.globalKnownHosts = s.splitFiles(gk, builtin, func(b *resolved) []string { return b.globalKnownHosts })
+	return r, nil
+}
+
+// notOpenSSH tells from ssh's complaint that it does not know -G.
+func notOpenSSH(stderr string) bool {
+	for _, w := range []string{"unknown option", "illegal option", "invalid option", "unrecognized option"} {
+		if strings.Contains(stderr, w) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *settings) splitFiles(line string, builtin *resolved, get func(*resolved) []string) []string {
+	line = s.fromPwHome(line)
+	if line == "" {
+		return nil
+	}
+	if builtin != nil && strings.Join(get(builtin), " ") == line {
+		return get(builtin)
+	}
+	var files []string
+	for _, f := range strings.Split(line, " ") {
+		if len(files) > 0 && !strings.HasPrefix(f, "/") {
+			files[len(files)-1] += " " + f
+			continue
+		}
+		files = append(files, f)
+	}
+	return files
+}
+
+// fromPwHome rewrites paths under the password database's home (where
+// ssh's ~ and %d point) to be under Config.Home, when the two differ.
+func (s *settings) fromPwHome(line string) string {
+	if s.pwHome == "" || filepath.Clean(s.pwHome) == filepath.Clean(s.home) {
+		return line
+	}
+	old := strings.TrimSuffix(s.pwHome, "/") + "/"
+	fields := strings.Split(line, " ")
+	for i, f := range fields {
+		if strings.HasPrefix(f, old) {
+			fields[i] = filepath.Join(s.home, f[len(old):])
+		}
+	}
+	return strings.Join(fields, " ")
+}
+
+// target turns what OpenSSH resolved into what Dial uses, applying the
+// caller's Config over it.
+func (s *settings) target(dest, hostArg string, r *resolved) (*target, error) {
+	t := &target{
+		dest: dest, alias: hostArg, hostname: r.hostname, port: r.port, user: r.user,
+		proxyCommand: r.proxyCommand, hostKeyAlias: r.hostKeyAlias,
+	}
+	if t.user == "" {
+		return nil, fmt.Errorf("ssh: %s: no user name: give user@host or set User in %s", dest, s.fileName())
+	}
+	alias := r.hostKeyAlias
+	if alias == "" {
+		alias = hostArg
+	}
+	tokens := s.tokens(r.hostname, hostArg, alias, r.user, r.port)
+
+	t.namedIDs = r.identitiesOnly || !slices.Equal(r.identityFiles, defaultIdentityFiles)
+	for _, id := range r.identityFiles {
 		if strings.EqualFold(id, "none") {
 			continue
 		}
 		p, err := s.expandPath(id, tokens)
 		if err != nil {
-			return nil, fmt.Errorf("ssh: %s: IdentityFile %q: %w", s.file, id, err)
+			return nil, fmt.Errorf("ssh: %s: IdentityFile %q: %w", s.fileName(), id, err)
 		}
 		t.identityFiles = append(t.identityFiles, p)
 	}
 
-	if pj := s.get(alias, "ProxyJump"); pj != "" && !strings.EqualFold(pj, "none") {
-		for hop := range strings.SplitSeq(pj, ",") {
+	if r.proxyJump != "" {
+		for hop := range strings.SplitSeq(r.proxyJump, ",") {
 			hop = strings.TrimSpace(hop)
 			if hop == "" {
-				return nil, s.badValue(alias, "ProxyJump", pj)
+				return nil, fmt.Errorf("ssh: %s: Host %s: invalid ProxyJump %q", s.fileName(), hostArg, r.proxyJump)
 			}
 			t.proxyJump = append(t.proxyJump, hop)
 		}
 	}
 
-	t.hostKeyAlias = s.get(alias, "HostKeyAlias")
-
-	switch {
-	case len(s.cfg.KnownHosts) > 0:
+	if len(s.cfg.KnownHosts) > 0 {
 		t.knownHosts = s.cfg.KnownHosts
-	case s.get(alias, "UserKnownHostsFile") != "":
-		for f := range strings.FieldsSeq(s.get(alias, "UserKnownHostsFile")) {
+	} else {
+		for _, f := range r.userKnownHosts {
 			if strings.EqualFold(f, "none") {
 				f = os.DevNull
 			}
-			p, err := s.expandPath(f, tokens)
-			if err != nil {
-				return nil, fmt.Errorf("ssh: %s: UserKnownHostsFile %q: %w", s.file, f, err)
-			}
-			t.knownHosts = append(t.knownHosts, p)
+			t.knownHosts = append(t.knownHosts, f)
 		}
-	default:
-		t.knownHosts = []string{filepath.Join(s.home, ".ssh", "known_hosts")}
-	}
-	if len(s.cfg.KnownHosts) == 0 {
-		g := s.get(alias, "GlobalKnownHostsFile")
-		if g == "" {
-			g = "/etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2"
-		}
-		for f := range strings.FieldsSeq(g) {
+		for _, f := range r.globalKnownHosts {
 			if !strings.EqualFold(f, "none") {
 				t.globalKnown = append(t.globalKnown, f)
 			}
 		}
 	}
+	if len(t.knownHosts) == 0 {
+		t.knownHosts = []string{filepath.Join(s.home, ".ssh", "known_hosts")}
+	}
+	switch r.strictHostKeys {
+	case "accept-new", "false", "no", "off":
+		// "no" would also let OpenSSH connect to a host whose key
+		// changed; nbship never does, so it means accept-new here.
+		t.acceptNew = true
+	}
+	t.hostKeyAlgorithms = r.hostKeyAlgorithms
+	t.hashKnown = r.hashKnownHosts
 
 	t.agentSocket = os.Getenv("SSH_AUTH_SOCK")
-	if a := s.get(alias, "IdentityAgent"); a != "" {
-		switch {
-		case strings.EqualFold(a, "none"):
-			t.agentSocket = ""
-		case a == "SSH_AUTH_SOCK":
-		case strings.HasPrefix(a, "$"):
-			t.agentSocket = os.Getenv(a[1:])
-		default:
-			p, err := s.expandPath(a, tokens)
-			if err != nil {
-				return nil, fmt.Errorf("ssh: %s: IdentityAgent %q: %w", s.file, a, err)
-			}
-			t.agentSocket = p
+	switch a := r.identityAgent; {
+	case a == "":
+	case strings.EqualFold(a, "none"):
+		t.agentSocket = ""
+	case a == "SSH_AUTH_SOCK":
+	case strings.HasPrefix(a, "$"):
+		t.agentSocket = os.Getenv(a[1:])
+	default:
+		p, err := s.expandPath(s.fromPwHome(a), tokens)
+		if err != nil {
+			return nil, fmt.Errorf("ssh: %s: IdentityAgent %q: %w", s.fileName(), a, err)
 		}
+		t.agentSocket = p
 	}
 
 	t.connectTimeout = s.cfg.ConnectTimeout
 	if t.connectTimeout <= 0 {
 		t.connectTimeout = defaultConnectTimeout
-		if v := s.get(alias, "ConnectTimeout"); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				return nil, s.badValue(alias, "ConnectTimeout", v)
-			}
-			if n > 0 {
-				t.connectTimeout = time.Duration(n) * time.Second
-			}
+		if r.connectTimeout > 0 {
+			t.connectTimeout = time.Duration(r.connectTimeout) * time.Second
 		}
 	}
 	t.keepAlive = s.cfg.KeepAlive
 	if t.keepAlive <= 0 {
 		t.keepAlive = defaultKeepAlive
-		if v := s.get(alias, "ServerAliveInterval"); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				return nil, s.badValue(alias, "ServerAliveInterval", v)
-			}
-			// 0 turns keepalives off in OpenSSH; here they always run,
-			// so a dead connection can never hang a build.
-			if n > 0 {
-				t.keepAlive = time.Duration(n) * time.Second
-			}
+		// 0 turns keepalives off in OpenSSH; here they always run,
+		// so a dead connection can never hang a build.
+		if r.aliveInterval > 0 {
+			t.keepAlive = time.Duration(r.aliveInterval) * time.Second
 		}
 	}
 	t.aliveCountMax = defaultAliveCountMax
-	if v := s.get(alias, "ServerAliveCountMax"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return nil, s.badValue(alias, "ServerAliveCountMax", v)
-		}
-		t.aliveCountMax = n
+	if r.aliveCountMax > 0 {
+		t.aliveCountMax = r.aliveCountMax
 	}
 	return t, nil
 }
 
-func (s *settings) badValue(alias, key, value string) error {
-	return fmt.Errorf("ssh: %s: Host %s: invalid %s %q", s.file, alias, key, value)
-}
-
-func (s *settings) yesNo(alias, key string) (bool, error) {
-	switch v := strings.ToLower(s.get(alias, key)); v {
-	case "", "no":
-		return false, nil
-	case "yes":
-		return true, nil
-	default:
-		return false, s.badValue(alias, key, v)
+func (s *settings) fileName() string {
+	if s.file == "" {
+		return "the ssh config"
 	}
-}
-
-// expandPath expands a leading ~ and the % tokens of ssh_config(5).
-func (s *settings) expandPath(p string, tokens map[byte]string) (string, error) {
-	if p == "~" {
-		p = s.home
-	} else if strings.HasPrefix(p, "~/") {
-		p = filepath.Join(s.home, p[2:])
-	}
-	if !strings.Contains(p, "%") {
-		return p, nil
-	}
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		if p[i] != '%' {
-			b.WriteByte(p[i])
-			continue
-		}
-		if i+1 == len(p) {
-			return "", errors.New("% at the end")
-		}
-		i++
-		v, ok := tokens[p[i]]
-		if !ok {
-			return "", fmt.Errorf("unknown token %%%c", p[i])
-		}
-		b.WriteString(v)
-	}
-	return b.String(), nil
+	return s.file
 }

@@ -2,11 +2,14 @@ package remote
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nbship/nbship/internal/testbin"
 )
 
 func TestParseDest(t *testing.T) {
@@ -58,14 +61,33 @@ func FuzzParseDest(f *testing.F) {
 	})
 }
 
+// bothResolvers runs f with OpenSSH's ssh -G (where ssh is installed)
+// and with the built-in parser.
+func bothResolvers(t *testing.T, f func(t *testing.T, builtin bool)) {
+	for _, builtin := range []bool{false, true} {
+		name := "ssh-G"
+		if builtin {
+			name = "builtin"
+		} else if _, err := exec.LookPath("ssh"); err != nil {
+			testbin.Missing(t, "ssh not found: %v (apt-get install openssh-client)", err)
+			continue
+		}
+		t.Run(name, func(t *testing.T) { f(t, builtin) })
+	}
+}
+
 func TestResolve(t *testing.T) {
+	bothResolvers(t, testResolve)
+}
+
+func testResolve(t *testing.T, builtin bool) {
 	home := t.TempDir()
 	sshDir := filepath.Join(home, ".ssh")
 	if err := os.MkdirAll(filepath.Join(sshDir, "conf.d"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	config := `
-Include conf.d/*.conf
+Include ` + sshDir + `/conf.d/*.conf
 Host *.lan !bad.lan
   HostName %h.example.net
   User lanuser
@@ -75,7 +97,7 @@ Host builder
   User buildbot
   IdentityFile ~/.ssh/builder_%r_%h_%p
   IdentityFile %d/keys/%u-%n
-  ProxyJump jump1, ops@jump2:2200
+  ProxyJump jump1,ops@jump2:2200
   ConnectTimeout 3
   ServerAliveInterval 7
   ServerAliveCountMax 5
@@ -85,8 +107,6 @@ Host only
 Host nojump
   ProxyJump none
   UserKnownHostsFile none
-Host badport
-  Port nope
 Host badtoken
   IdentityFile ~/.ssh/%z
 Host *
@@ -98,13 +118,16 @@ Host *
 	if err := os.WriteFile(filepath.Join(sshDir, "conf.d", "a.conf"), []byte("Host included\n  HostName inc.example\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := loadSettings(Config{Home: home})
+	s, err := loadSettings(Config{Home: home, BuiltinSSHConfig: builtin})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.localUser = "me"
-	defaultIDs := []string{filepath.Join(sshDir, "id_ed25519"), filepath.Join(sshDir, "id_ecdsa"), filepath.Join(sshDir, "id_rsa")}
-	defaultKH := []string{filepath.Join(sshDir, "known_hosts")}
+	me := s.localUser
+	var defaultIDs []string
+	for _, f := range defaultIdentityFiles {
+		defaultIDs = append(defaultIDs, filepath.Join(home, f[2:]))
+	}
+	defaultKH := []string{filepath.Join(sshDir, "known_hosts"), filepath.Join(sshDir, "known_hosts2")}
 
 	tests := []struct {
 		dest string
@@ -118,7 +141,7 @@ Host *
 		{dest: "included", want: target{alias: "included", hostname: "inc.example", port: 22, user: "everyone", identityFiles: defaultIDs, knownHosts: defaultKH}},
 		{dest: "builder", want: target{
 			alias: "builder", hostname: "10.1.2.3", port: 2222, user: "buildbot",
-			identityFiles:  []string{filepath.Join(sshDir, "builder_buildbot_10.1.2.3_2222"), filepath.Join(home, "keys", "me-builder")},
+			identityFiles:  []string{filepath.Join(sshDir, "builder_buildbot_10.1.2.3_2222"), filepath.Join(home, "keys", me+"-builder")},
 			namedIDs:       true,
 			proxyJump:      []string{"jump1", "ops@jump2:2200"},
 			knownHosts:     []string{filepath.Join(sshDir, "kh1"), "/etc/kh2"},
@@ -126,7 +149,6 @@ Host *
 		}},
 		{dest: "only", want: target{alias: "only", hostname: "only", port: 22, user: "everyone", identityFiles: defaultIDs, namedIDs: true, knownHosts: defaultKH}},
 		{dest: "nojump", want: target{alias: "nojump", hostname: "nojump", port: 22, user: "everyone", identityFiles: defaultIDs, knownHosts: []string{os.DevNull}}},
-		{dest: "badport", err: `invalid Port "nope"`},
 		{dest: "badtoken", err: "unknown token %z"},
 	}
 	for _, tt := range tests {
@@ -142,7 +164,7 @@ Host *
 			continue
 		}
 		// Fields from the environment or defaults are checked apart.
-		got.dest, got.globalKnown, got.agentSocket = "", nil, ""
+		got.dest, got.globalKnown, got.agentSocket, got.hostKeyAlgorithms = "", nil, "", ""
 		want := tt.want
 		if want.connectTimeout == 0 {
 			want.connectTimeout, want.keepAlive, want.aliveCountMax = defaultConnectTimeout, defaultKeepAlive, defaultAliveCountMax
@@ -158,27 +180,100 @@ Host *
 	if err != nil || got.connectTimeout != time.Minute || got.keepAlive != time.Hour || !reflect.DeepEqual(got.knownHosts, []string{"/k"}) || got.globalKnown != nil {
 		t.Errorf("resolve(builder) with Config = %+v, %v", got, err)
 	}
+
+	// A bad Port anywhere is an error for every host, as in OpenSSH.
+	bad := filepath.Join(t.TempDir(), "config")
+	os.WriteFile(bad, []byte("Host other\n  Port nope\n"), 0o600)
+	s, err = loadSettings(Config{Home: home, SSHConfig: bad, BuiltinSSHConfig: builtin})
+	if err == nil {
+		_, err = s.resolve("h")
+	}
+	if err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("resolve(h) with a bad Port = %v, want an error naming %s", err, bad)
+	}
 }
 
 func TestMissingConfigIsFine(t *testing.T) {
-	s, err := loadSettings(Config{Home: t.TempDir()})
+	bothResolvers(t, func(t *testing.T, builtin bool) {
+		s, err := loadSettings(Config{Home: t.TempDir(), BuiltinSSHConfig: builtin})
+		if err != nil {
+			t.Fatalf("loadSettings(no config) = %v", err)
+		}
+		if got, err := s.resolve("h"); err != nil || got.hostname != "h" || got.port != 22 {
+			t.Errorf("resolve(h) = %+v, %v", got, err)
+		}
+	})
+}
+
+// TestRelativeInclude: the built-in parser takes a relative Include
+// under Config.Home's .ssh (ssh -G under the password database's home).
+func TestRelativeInclude(t *testing.T) {
+	home := t.TempDir()
+	sshDir := filepath.Join(home, ".ssh")
+	os.MkdirAll(filepath.Join(sshDir, "conf.d"), 0o700)
+	os.WriteFile(filepath.Join(sshDir, "config"), []byte("Include conf.d/*.conf ~/other\n"), 0o600)
+	os.WriteFile(filepath.Join(sshDir, "conf.d", "a.conf"), []byte("Host a\n  HostName a.example\n"), 0o600)
+	os.WriteFile(filepath.Join(home, "other"), []byte("Host b\n  HostName b.example\n"), 0o600)
+	s, err := loadSettings(Config{Home: home, BuiltinSSHConfig: true})
 	if err != nil {
-		t.Fatalf("loadSettings(no config) = %v", err)
+		t.Fatal(err)
 	}
-	if got, err := s.resolve("h"); err != nil || got.hostname != "h" || got.port != 22 {
-		t.Errorf("resolve(h) = %+v, %v", got, err)
-	}
-	bad := filepath.Join(t.TempDir(), "config")
-	os.WriteFile(bad, []byte("Match exec true\n  User x\n"), 0o600)
-	if _, err := loadSettings(Config{Home: t.TempDir(), SSHConfig: bad}); err == nil || !strings.Contains(err.Error(), bad) {
-		t.Errorf("loadSettings(Match exec) = %v, want an error naming the file", err)
+	for dest, want := range map[string]string{"a": "a.example", "b": "b.example", "c": "c"} {
+		if got, err := s.resolve(dest); err != nil || got.hostname != want {
+			t.Errorf("resolve(%s) = %+v, %v, want hostname %s", dest, got, err, want)
+		}
 	}
 }
 
-func TestAbsIncludes(t *testing.T) {
-	in := "Include a.conf ~/b /abs/c # note\n  include=d\nHost x\n  Include  e*\nIncludeFoo x\n"
-	want := "Include /h/.ssh/a.conf /h/b /abs/c # note\n  include=/h/.ssh/d\nHost x\n  Include  /h/.ssh/e*\nIncludeFoo x\n"
-	if got := string(absIncludes([]byte(in), "/h")); got != want {
-		t.Errorf("absIncludes =\n%q, want\n%q", got, want)
+func FuzzBuiltinConfig(f *testing.F) {
+	for _, s := range []string{
+		"Host a b\n  HostName %h.example\n  Port 2222\n",
+		"Match host a,b !originalhost c exec \"true\"\n  User u\n",
+		"Match final\n  ProxyJump j1,u@j2:22\nHost *\n  ProxyCommand nc %h %p\n",
+		"Host q\n  UserKnownHostsFile \"/a b\" ~/c '%d/%C'\n  IdentityFile ${HOME}/k\n",
+		"Include /nonexistent/*\nMatch all\n",
+		"Host=x\n\tUser = \\\"y\\\"\n",
+	} {
+		f.Add(s, "a")
+	}
+	home := f.TempDir()
+	f.Fuzz(func(t *testing.T, config, dest string) {
+		file := filepath.Join(t.TempDir(), "config")
+		if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := loadSettings(Config{Home: home, SSHConfig: file, BuiltinSSHConfig: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.noExec = true
+		got, err := s.resolve(dest)
+		if err != nil {
+			return
+		}
+		if got.hostname == "" || got.port < 1 || got.port > 65535 || len(got.knownHosts) == 0 {
+			t.Fatalf("resolve(%q) with %q = %+v", dest, config, got)
+		}
+	})
+}
+
+// TestSSHWithoutDashG: an ssh that does not know -G (not OpenSSH) leaves
+// the answer to the built-in parser.
+func TestSSHWithoutDashG(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "ssh")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"ssh: illegal option -- G\" >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	config := filepath.Join(home, "config")
+	os.WriteFile(config, []byte("Host a\n  HostName a.example\n"), 0o600)
+	s, err := loadSettings(Config{Home: home, SSHConfig: config})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sshBin = fake
+	if got, err := s.resolve("a"); err != nil || got.hostname != "a.example" {
+		t.Errorf("resolve(a) with an ssh without -G = %+v, %v, want hostname a.example", got, err)
 	}
 }

@@ -7,20 +7,39 @@
 // dead host cannot hang a build.
 //
 // Hosts are named as ssh(1) names them: [user@]host[:port] or a Host
-// alias of ~/.ssh/config, with HostName, User, Port, IdentityFile,
-// IdentitiesOnly, IdentityAgent, ProxyJump, UserKnownHostsFile,
-// HostKeyAlias, ConnectTimeout, ServerAliveInterval and
-// ServerAliveCountMax honoured. The config is read with
-// github.com/kevinburke/ssh_config, which supports Host patterns with
-// negation and Include, and Match only as "Match host" or "Match all";
-// a config using other Match criteria is an error. /etc/ssh/ssh_config
-// is not read.
+// alias of the ssh config, and resolved as OpenSSH resolves them. Where
+// an ssh binary is on PATH, Dial asks it: `ssh -G [-F FILE] [-p PORT]
+// [-l USER] -- HOST` (-F when Config.SSHConfig is set or Config.Home is
+// not the home of the password database, which is where ssh finds ~), and
+// uses HostName, User, Port, IdentityFile, IdentitiesOnly, IdentityAgent,
+// ProxyJump, ProxyCommand, UserKnownHostsFile, GlobalKnownHostsFile,
+// HostKeyAlias, HashKnownHosts, StrictHostKeyChecking (accept-new; "no"
+// means accept-new too: a changed key is never accepted),
+// HostKeyAlgorithms, ConnectTimeout, ServerAliveInterval and
+// ServerAliveCountMax from what it prints. Elsewhere (or with
+// Config.BuiltinSSHConfig) nbship's own parser (sshconf.go) reads the
+// same files as readconf.c does: first value wins, Host and Match (host,
+// originalhost, user, localuser, exec, final, canonical, all) with the
+// final pass, Include, quotes, %-tokens and ${ENV}. The differential
+// tests hold the two to the same answers.
 //
-// Host keys are checked against known_hosts (golang.org/x/crypto/ssh/
-// knownhosts: hashed names, [host]:port, @revoked, @cert-authority) for
-// every hop before anything but the key exchange is sent, and the server
-// is asked first for the key types known_hosts has for it. An unknown or
-// changed key is a *HostKeyError. Config.AcceptNew adds unknown keys, as
+// A ProxyCommand runs as ssh runs it ("exec COMMAND" through $SHELL,
+// tokens %h %k %n %p %r %% expanded), its stdin and stdout the
+// connection and its stderr passed to Config.Log; it is used for a
+// destination or for the first hop of a ProxyJump chain (later hops are
+// reached through the one before, as with ssh -J). Closing the Client
+// kills its process group.
+//
+// Host keys are checked for every hop before anything but the key
+// exchange is sent, as OpenSSH's check_host_key decides (knownhosts.go):
+// names and ports matched with patterns, negation and hashed names, the
+// name without the port also tried for a key not otherwise known,
+// @cert-authority lines trusting only host certificates signed by that CA
+// (principals, validity and signature checked with ssh.CertChecker) and
+// @revoked lines covering the keys and CAs they name. Host key
+// algorithms are ordered as order_hostkeyalgs orders them. An unknown,
+// changed or revoked key, or a certificate not accepted, is a
+// *HostKeyError. Config.AcceptNew adds unknown keys, as
 // StrictHostKeyChecking=accept-new does; a changed key is never accepted.
 //
 // Keys come from ssh-agent and identity files; encrypted files are used

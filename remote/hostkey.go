@@ -1,8 +1,6 @@
 package remote
 
 import (
-	"bytes"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -19,52 +16,74 @@ import (
 )
 
 // HostKeyError is returned by Dial when a host's key is not known, has
-// changed or is revoked. The connection is refused before any
-// authentication or command.
+// changed or is revoked, or its host certificate is not valid. The
+// connection is refused before any authentication or command.
 type HostKeyError struct {
 	Host        string // the host as named by the caller (or the jump host)
-	Addr        string // host:port as looked up in known_hosts
+	Addr        string // the name looked up in known_hosts: host, [host]:port or the HostKeyAlias
 	Fingerprint string // of the presented key, SHA256:... as ssh-keygen prints it
 	KeyType     string // of the presented key, e.g. ssh-ed25519
 	File        string // changed: the known_hosts file with the old key; unknown: where to add it
 	Line        int    // changed or revoked: the line of File
 	Changed     bool   // the host is known with a different key
-	Revoked     bool   // the presented key is marked @revoked
+	Revoked     bool   // the presented key (or Authority) is marked @revoked
+	Authority   string // revoked: the fingerprint of the revoked CA that signed the host certificate
+	Cert        string // why the host's certificate was not accepted, if it presented one
 }
 
 func (e *HostKeyError) Error() string {
 	switch {
+	case e.Revoked && e.Authority != "":
+		return fmt.Sprintf("ssh: %s (%s): the certificate authority %s that signed its host certificate is REVOKED (line %d of %s); refusing to connect",
+			e.Host, e.Addr, e.Authority, e.Line, e.File)
 	case e.Revoked:
 		return fmt.Sprintf("ssh: %s (%s): host key %s %s is REVOKED (line %d of %s); refusing to connect",
 			e.Host, e.Addr, e.KeyType, e.Fingerprint, e.Line, e.File)
 	case e.Changed:
 		return fmt.Sprintf("ssh: %s (%s): the host key CHANGED — possible man-in-the-middle; it now presents %s %s; if the host was reinstalled remove line %d of %s",
 			e.Host, e.Addr, e.KeyType, e.Fingerprint, e.Line, e.File)
+	case e.Cert != "":
+		return fmt.Sprintf("ssh: %s (%s): its host certificate is not accepted: %s; and its host key %s %s is not known; fix the certificate or verify the fingerprint and add the key with ssh-keyscan, or pass --accept-new",
+			e.Host, e.Addr, e.Cert, e.KeyType, e.Fingerprint)
 	default:
 		return fmt.Sprintf("ssh: %s (%s): unknown host key %s %s; verify the fingerprint and add it with ssh-keyscan, or pass --accept-new",
 			e.Host, e.Addr, e.KeyType, e.Fingerprint)
 	}
 }
 
-// hostKeys checks one host's key against the known_hosts files.
+// hostKeys decides one host's key as OpenSSH's check_host_key does.
 type hostKeys struct {
 	host      string // for messages
-	addr      string // known_hosts address (HostKeyAlias or HostName, port)
-	files     []string
+	name      string // the known_hosts lookup name
+	hostname  string // without port: the certificate principal, and the lookup name of last resort
+	portless  bool   // the key may also be found under hostname alone (no alias, port not 22)
+	principal string
 	writeTo   string // user file AcceptNew appends to
 	acceptNew bool
+	hashName  bool // write the name hashed (HashKnownHosts)
 	log       io.Writer
-	check     ssh.HostKeyCallback
-	hasCA     bool // some file has a @cert-authority line
+	algos     string
+	entries   []khEntry // every usable line of every file
 }
 
 func newHostKeys(t *target, cfg Config, log io.Writer) (*hostKeys, error) {
 	h := &hostKeys{
 		host:      t.dest,
-		addr:      t.keyAddr(),
+		name:      t.keyName(),
+		hostname:  t.hostname,
+		portless:  t.hostKeyAlias == "" && t.port != 22,
+		principal: t.hostname,
 		writeTo:   t.knownHosts[0],
-		acceptNew: cfg.AcceptNew,
+		acceptNew: cfg.AcceptNew || t.acceptNew,
+		hashName:  t.hashKnown,
 		log:       log,
+		algos:     t.hostKeyAlgorithms,
+	}
+	if t.hostKeyAlias != "" {
+		h.principal = t.hostKeyAlias
+	}
+	if log == nil {
+		h.log = io.Discard
 	}
 	for _, f := range append(slices.Clone(t.knownHosts), t.globalKnown...) {
 		b, err := os.ReadFile(f)
@@ -74,70 +93,75 @@ func newHostKeys(t *target, cfg Config, log io.Writer) (*hostKeys, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ssh: known hosts: %w", err)
 		}
-		h.files = append(h.files, f)
-		if bytes.Contains(b, []byte("@cert-authority")) {
-			h.hasCA = true
-		}
+		h.entries = append(h.entries, parseKnownHosts(f, b)...)
 	}
-	if len(h.files) == 0 {
-		h.check = func(string, net.Addr, ssh.PublicKey) error { return &knownhosts.KeyError{} }
-		return h, nil
-	}
-	cb, err := knownhosts.New(h.files...)
-	if err != nil {
-		return nil, fmt.Errorf("ssh: known hosts: %w", err)
-	}
-	h.check = cb
 	return h, nil
 }
 
-// probeKey is a key no known_hosts line holds: checking it makes
-// knownhosts list every key it has for a host.
-var probeKey = func() ssh.PublicKey {
-	k, err := ssh.NewPublicKey(ed25519.PublicKey(make([]byte, ed25519.PublicKeySize)))
-	if err != nil {
-		panic(err)
+// lookup returns the lines whose names match name.
+func (h *hostKeys) lookup(name string) []khEntry {
+	var out []khEntry
+	for _, e := range h.entries {
+		if e.matches(name) {
+			out = append(out, e)
+		}
 	}
-	return k
-}()
-
-// known returns the keys known_hosts holds for the host.
-func (h *hostKeys) known() []knownhosts.KnownKey {
-	var ke *knownhosts.KeyError
-	if errors.As(h.check(h.addr, fakeAddr(h.addr), probeKey), &ke) {
-		return ke.Want
-	}
-	return nil
+	return out
 }
 
-// algorithms orders host key algorithms so that the server presents a key
-// type we already know for it (an ed25519 entry is useless if the server
-// offers its ECDSA key first). Certificates come first only when some
-// known_hosts file names a certificate authority.
+// plainType is the key type behind a host key algorithm name.
+func plainType(alg string) string {
+	alg = strings.TrimSuffix(alg, "-cert-v01@openssh.com")
+	switch alg {
+	case ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSASHA512:
+		return ssh.KeyAlgoRSA
+	}
+	return alg
+}
+
+// algorithms orders the host key algorithms as OpenSSH's
+// order_hostkeyalgs does: if a plain key of the type of the first
+// algorithm is known, the configured list as it is; otherwise the
+// algorithms of the known (unrevoked) key types first, and the
+// certificate ones too when a @cert-authority line matches, keeping the
+// configured order. Those Go cannot use are left out.
 func (h *hostKeys) algorithms() []string {
-	supported := ssh.SupportedAlgorithms().HostKeys
-	var out []string
-	add := func(algos ...string) {
-		for _, a := range algos {
-			if slices.Contains(supported, a) && !slices.Contains(out, a) {
-				out = append(out, a)
+	list := strings.Split(h.algos, ",")
+	if h.algos == "" {
+		list = strings.Split(defaultHostKeyAlgorithms, ",")
+	}
+	entries := h.lookup(h.name)
+	known := map[string]bool{}
+	hasCA := false
+	for _, e := range entries {
+		switch e.marker {
+		case markNone:
+			known[e.key.Type()] = true
+		case markCA:
+			hasCA = true
+		}
+	}
+	ordered := list
+	if len(list) > 0 && !known[plainType(list[0])] {
+		var first, last []string
+		for _, a := range list {
+			if strings.HasSuffix(a, "-cert-v01@openssh.com") && hasCA || known[plainType(a)] {
+				first = append(first, a)
+			} else {
+				last = append(last, a)
 			}
 		}
+		ordered = append(first, last...)
 	}
-	if h.hasCA {
-		add(ssh.CertAlgoED25519v01, ssh.CertAlgoECDSA256v01, ssh.CertAlgoECDSA384v01,
-			ssh.CertAlgoECDSA521v01, ssh.CertAlgoRSASHA512v01, ssh.CertAlgoRSASHA256v01)
-	}
-	for _, k := range h.known() {
-		switch k.Key.Type() {
-		case ssh.KeyAlgoRSA:
-			add(ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256)
-		default:
-			add(k.Key.Type())
+	// ssh-rsa (SHA-1) and DSA only when the config names them, as in
+	// OpenSSH's default list they are not.
+	supported := append(ssh.SupportedAlgorithms().HostKeys, ssh.InsecureAlgorithms().HostKeys...)
+	var out []string
+	for _, a := range ordered {
+		if slices.Contains(supported, a) && !slices.Contains(out, a) {
+			out = append(out, a)
 		}
 	}
-	add(ssh.KeyAlgoED25519, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521,
-		ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256)
 	return out
 }
 
@@ -145,8 +169,8 @@ func (h *hostKeys) algorithms() []string {
 // also stored in *refused, so that Dial can return it as it is rather than
 // wrapped in the handshake's.
 func (h *hostKeys) callback(refused *error) ssh.HostKeyCallback {
-	return func(_ string, remote net.Addr, key ssh.PublicKey) error {
-		err := h.verify(remote, key)
+	return func(_ string, _ net.Addr, key ssh.PublicKey) error {
+		err := h.verify(key)
 		if err != nil {
 			*refused = err
 		}
@@ -154,56 +178,87 @@ func (h *hostKeys) callback(refused *error) ssh.HostKeyCallback {
 	}
 }
 
-func (h *hostKeys) verify(remote net.Addr, key ssh.PublicKey) error {
-	err := h.check(h.addr, remote, key)
-	if cert, ok := key.(*ssh.Certificate); ok && err != nil && !isKeyOrRevoked(err) {
-		// A host certificate from an authority we do not trust:
-		// judge the plain key inside it, as OpenSSH does.
-		key = cert.Key
-		err = h.check(h.addr, remote, key)
+// decide is check_host_key without the accept-new part: the status of
+// key under the lookup name, then (as OpenSSH does when a key is new on a
+// port other than 22) under the host name alone, where only a match
+// counts. A certificate is judged by its CA; one not accepted is judged
+// again as its plain key, and certProblem says why.
+func (h *hostKeys) decide(key ssh.PublicKey) (status hostStatus, found *khEntry, certProblem string, plain ssh.PublicKey) {
+	plain = key
+	if cert, ok := key.(*ssh.Certificate); ok {
+		status, found = check(h.lookup(h.name), cert)
+		if status == hostNew && h.portless {
+			if st, f := check(h.lookup(h.hostname), cert); st == hostOK {
+				status, found = st, f
+			}
+		}
+		switch status {
+		case hostRevoked:
+			return status, found, "", key
+		case hostOK:
+			if certProblem = h.checkCert(cert); certProblem == "" {
+				return hostOK, found, "", key
+			}
+		}
+		plain = cert.Key
 	}
-	if err == nil {
+	status, found = check(h.lookup(h.name), plain)
+	if status == hostNew && h.portless {
+		if st, f := check(h.lookup(h.hostname), plain); st == hostOK {
+			status, found = st, f
+		}
+	}
+	return status, found, certProblem, plain
+}
+
+// checkCert checks a host certificate whose CA is trusted: a host
+// certificate, for this name, valid now, with a signature by the CA.
+func (h *hostKeys) checkCert(cert *ssh.Certificate) string {
+	if cert.CertType != ssh.HostCert {
+		return "it is not a host certificate"
+	}
+	if cert.Signature != nil && cert.Signature.Format == ssh.KeyAlgoRSA {
+		return "it is signed with ssh-rsa (SHA-1), which OpenSSH no longer accepts from a CA"
+	}
+	if len(cert.ValidPrincipals) > 0 && !slices.Contains(cert.ValidPrincipals, h.principal) {
+		return fmt.Sprintf("%q is not one of its principals (%s)", h.principal, strings.Join(cert.ValidPrincipals, ", "))
+	}
+	c := &ssh.CertChecker{SupportedCriticalOptions: nil}
+	if err := c.CheckCert(h.principal, cert); err != nil {
+		return strings.TrimPrefix(err.Error(), "ssh: ")
+	}
+	return ""
+}
+
+func (h *hostKeys) verify(key ssh.PublicKey) error {
+	status, found, certProblem, plain := h.decide(key)
+	if status == hostOK {
 		return nil
 	}
 	e := &HostKeyError{
 		Host:        h.host,
-		Addr:        knownhosts.Normalize(h.addr),
-		Fingerprint: ssh.FingerprintSHA256(key),
-		KeyType:     key.Type(),
+		Addr:        h.name,
+		Fingerprint: ssh.FingerprintSHA256(plain),
+		KeyType:     plain.Type(),
 		File:        h.writeTo,
+		Cert:        certProblem,
 	}
-	var ke *knownhosts.KeyError
-	var re *knownhosts.RevokedError
-	switch {
-	case errors.As(err, &re):
+	switch status {
+	case hostRevoked:
 		e.Revoked = true
-		e.File, e.Line = re.Revoked.Filename, re.Revoked.Line
-	case errors.As(err, &ke) && len(ke.Want) > 0:
-		// Known, but not with this key. Name the line that holds a key
-		// of the same type if there is one.
+		e.File, e.Line = found.file, found.line
+		if cert, ok := key.(*ssh.Certificate); ok && keysEqual(cert.SignatureKey, found.key) {
+			e.Authority = ssh.FingerprintSHA256(found.key)
+		}
+	case hostChanged:
 		e.Changed = true
-		w := ke.Want[0]
-		for _, k := range ke.Want {
-			if k.Key.Type() == key.Type() {
-				w = k
-				break
-			}
-		}
-		e.File, e.Line = w.Filename, w.Line
-	case errors.As(err, &ke):
+		e.File, e.Line = found.file, found.line
+	case hostNew:
 		if h.acceptNew {
-			return h.add(key)
+			return h.add(plain)
 		}
-	default:
-		return fmt.Errorf("ssh: %s: checking host key: %w", h.host, err)
 	}
 	return e
-}
-
-func isKeyOrRevoked(err error) bool {
-	var ke *knownhosts.KeyError
-	var re *knownhosts.RevokedError
-	return errors.As(err, &ke) || errors.As(err, &re)
 }
 
 // add appends key for the host to the user known_hosts file, like
@@ -216,7 +271,11 @@ func (h *hostKeys) add(key ssh.PublicKey) error {
 	if err != nil {
 		return fmt.Errorf("ssh: %s: adding host key: %w", h.host, err)
 	}
-	line := knownhosts.Line([]string{h.addr}, key) + "\n"
+	name := h.name
+	if h.hashName {
+		name = knownhosts.HashHostname(name)
+	}
+	line := name + " " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))) + "\n"
 	// Start on a new line if the file does not end with one.
 	if st, err := f.Stat(); err == nil && st.Size() > 0 {
 		last := make([]byte, 1)
@@ -235,13 +294,6 @@ func (h *hostKeys) add(key ssh.PublicKey) error {
 		return fmt.Errorf("ssh: %s: adding host key: %w", h.host, err)
 	}
 	fmt.Fprintf(h.log, "ssh: %s: added new host key %s %s for %s to %s\n",
-		h.host, key.Type(), ssh.FingerprintSHA256(key), knownhosts.Normalize(h.addr), h.writeTo)
+		h.host, key.Type(), ssh.FingerprintSHA256(key), h.name, h.writeTo)
 	return nil
-}
-
-// fakeAddr makes a net.Addr for addr; knownhosts only splits its string.
-func fakeAddr(addr string) net.Addr {
-	host, port, _ := net.SplitHostPort(addr)
-	p, _ := strconv.Atoi(port)
-	return &net.TCPAddr{IP: net.ParseIP(strings.Trim(host, "[]")), Port: p}
 }

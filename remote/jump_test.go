@@ -27,7 +27,7 @@ func TestProxyJump(t *testing.T) {
 		"Host j1", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(j1.port),
 		"Host j2", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(j2.port),
 		"Host one", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.port), "  ProxyJump j1",
-		"Host two", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.port), "  ProxyJump j1, root@j2",
+		"Host two", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.port), "  ProxyJump j1,root@j2",
 		// The first hop's own ProxyJump is followed: j2 via j1.
 		"Host j2viaj1", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(j2.port), "  ProxyJump j1",
 		"Host nested", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.port), "  ProxyJump j2viaj1",

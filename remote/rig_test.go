@@ -79,6 +79,9 @@ type sshd struct {
 type sshdOptions struct {
 	extra []string // more sshd_config lines
 	env   []string // NAME=value for the commands' environment
+	// prepare, if set, is called with the host key's file before sshd
+	// starts and returns more sshd_config lines (a HostCertificate).
+	prepare func(hostKeyFile string) []string
 }
 
 func startSSHD(t *testing.T, o sshdOptions) *sshd {
@@ -104,6 +107,9 @@ func startSSHD(t *testing.T, o sshdOptions) *sshd {
 	hostKeyFile := filepath.Join(dir, "ssh_host_ed25519_key")
 	_, signer := writeKey(t, hostKeyFile, "")
 	s.hostKey = signer.PublicKey()
+	if o.prepare != nil {
+		o.extra = append(append([]string(nil), o.extra...), o.prepare(hostKeyFile)...)
+	}
 
 	for attempt := 0; ; attempt++ {
 		s.port = freePort(t)
