@@ -124,12 +124,13 @@ func (r *CreateRequest) body() *packngo.SpotMarketRequestCreateRequest {
 	}
 }
 
-// Body returns the JSON body the create request sends, indented.
+// Body returns the JSON body the create request sends, on one line as
+// every JSON nbship prints.
 func (r *CreateRequest) Body() ([]byte, error) {
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
-	return json.MarshalIndent(r.body(), "", "  ")
+	return json.Marshal(r.body())
 }
 
 // Request is a spot market request as the API reports it.

@@ -78,7 +78,7 @@ func TestBuildersCreateHetzner(t *testing.T) {
 
 	// --dry-run: the plan, nothing sent, no token needed.
 	r = runBuilders(t, f, map[string]string{"HOME": sshd.Home, "HCLOUD_TOKEN": ""}, nil, append(base, "--dry-run", "--instance", "c2.large.arm")...)
-	r.check(t, "create --dry-run", 0, []string{`"server_type": "cax21"`, `"nbship": "builder"`, `"rescue": "linux64"`, "kexec the published image of c2.large.arm"}, []string{"hetzner: dry run: nothing sent"})
+	r.check(t, "create --dry-run", 0, []string{`"server_type":"cax21"`, `"nbship":"builder"`, `"rescue":"linux64"`, "kexec the published image of c2.large.arm"}, []string{"hetzner: dry run: nothing sent"})
 	if len(f.Calls()) != 0 {
 		t.Errorf("a dry run sent %v", f.Paths())
 	}

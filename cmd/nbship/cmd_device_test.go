@@ -17,7 +17,7 @@ func TestDeviceList(t *testing.T) {
 	}{
 		{[]string{"device", "list"}, []string{"HOSTNAME", "arm1", "x86a", "147.75.0.10", "da/dfw2", "hydra,arm"}, ""},
 		{[]string{"device", "list", "--tag", "arm"}, []string{"arm1"}, "x86a"},
-		{[]string{"device", "list", "--json"}, []string{`"id": "` + pkX86 + `"`, `"plan": "m2.xlarge.x86"`, `"public_ipv4": "147.75.0.11"`}, "10.0.0.10"},
+		{[]string{"device", "list", "--json"}, []string{`"id":"` + pkX86 + `"`, `"plan":"m2.xlarge.x86"`, `"public_ipv4":"147.75.0.11"`}, "10.0.0.10"},
 	}
 	for _, tt := range tests {
 		srv := pkServer(t)

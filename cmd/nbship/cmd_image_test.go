@@ -250,7 +250,7 @@ func TestImageRollbackAndGC(t *testing.T) {
 	}
 	args = []string{"gc", "--pxe-dir", pxe, "--instance", "m2.xlarge.x86", "--keep", "1", "--json"}
 	out, _, code = imageRun(t, args...)
-	imageWant(t, args, out, code, 0, `"removed": [`, g[2].Name)
+	imageWant(t, args, out, code, 0, `"removed":[`, g[2].Name)
 	args = []string{"gc", "--pxe-dir", pxe, "--instance", "m2.xlarge.x86", "--keep", "1"}
 	out, errs, code = imageRun(t, args...)
 	imageWant(t, args, errs, code, 0, "nothing to remove")

@@ -97,7 +97,7 @@ func TestMachines(t *testing.T) {
 		{name: "strict", args: []string{"--strict"}, code: 1, lines: 3, stderr: []string{"machines: 2 of 5 builders left out"}},
 		{name: "other user and tag", args: []string{"--user", "hydra", "--tag", "arm"}, lines: 1, stdout: []string{"ssh://hydra@127.0.0.1 aarch64-linux"}},
 		{name: "no skip tag", args: []string{"--skip-tag", ""}, lines: 4},
-		{name: "json", args: []string{"--json"}, stdout: []string{`"uri": "ssh://root@127.0.0.1"`, `"host_key": "ssh-ed25519 AAAA`, `"hostname": "arm64"`}},
+		{name: "json", args: []string{"--json"}, stdout: []string{`"uri":"ssh://root@127.0.0.1"`, `"host_key":"ssh-ed25519 AAAA`, `"hostname":"arm64"`}},
 		{name: "bad user", args: []string{"--user", "root@x"}, code: 2, stderr: []string{"not a user name"}},
 		{name: "bad feature", args: []string{"--features", "a b"}, code: 2, stderr: []string{"must not contain spaces"}},
 		{name: "zero jobs", args: []string{"--max-jobs", "0"}, code: 2, stderr: []string{"at least 1"}},

@@ -176,7 +176,7 @@ func TestSpotCreate(t *testing.T) {
 		},
 		{
 			name: "dry run", args: append(append(slices.Clone(base), ipxe...), "--metro", "da", "--dry-run"),
-			stdout: []string{`"operating_system": "custom_ipxe"`, `"max_bid_price": 0.5`, `"devices_max": 3`, `"ipxe_script_url": "http://netboot.example/hydra-c2.large.arm/netboot.ipxe"`},
+			stdout: []string{`"operating_system":"custom_ipxe"`, `"max_bid_price":0.5`, `"devices_max":3`, `"ipxe_script_url":"http://netboot.example/hydra-c2.large.arm/netboot.ipxe"`},
 			stderr: []string{"dry run", "nothing sent"},
 		},
 		{
@@ -280,9 +280,9 @@ func TestSpotListGetCancel(t *testing.T) {
 		check  func(t *testing.T, srv *spottest.Server)
 	}{
 		{name: "list", args: []string{"spot", "list"}, stdout: []string{"ID", "MAX BID", pkReq, "c2.large.arm", "da", "$0.50/h"}},
-		{name: "list json", args: []string{"spot", "list", "--json"}, stdout: []string{`"id": "` + pkReq + `"`, `"max": 2`}},
+		{name: "list json", args: []string{"spot", "list", "--json"}, stdout: []string{`"id":"` + pkReq + `"`, `"max":2`}},
 		{name: "get", args: []string{"spot", "get", pkReq}, stdout: []string{"max bid", "$0.50/h per device", "1 to 2, 1 now", pkArm, "arm1", "147.75.0.10"}},
-		{name: "get json", args: []string{"spot", "get", "--json", pkReq}, stdout: []string{`"hostname": "arm1"`, `"public_ipv4": "147.75.0.10"`}},
+		{name: "get json", args: []string{"spot", "get", "--json", pkReq}, stdout: []string{`"hostname":"arm1"`, `"public_ipv4":"147.75.0.10"`}},
 		{name: "get not a UUID", args: []string{"spot", "get", "arm1"}, code: 1, stderr: []string{`spot request ID "arm1" is not a UUID`}},
 		{name: "get unknown", args: []string{"spot", "get", "5a7e1111-2222-4333-8444-000000000000"}, code: 1, stderr: []string{"not found (404 Not Found)", "hint: check the ID"}},
 		{name: "get without ID", args: []string{"spot", "get"}, code: 2, stderr: []string{"want the spot request ID"}},
@@ -310,7 +310,7 @@ func TestSpotListGetCancel(t *testing.T) {
 			},
 		},
 		{name: "prices", args: []string{"spot", "prices", "--plan", "c2.large.arm"}, stdout: []string{"METRO", "da     c2.large.arm  $0.30/h", "sv     c2.large.arm  $0.25/h"}},
-		{name: "prices by facility json", args: []string{"spot", "prices", "--by", "facility", "--json"}, stdout: []string{`"location": "ewr1"`, `"price": 0.2`}},
+		{name: "prices by facility json", args: []string{"spot", "prices", "--by", "facility", "--json"}, stdout: []string{`"location":"ewr1"`, `"price":0.2`}},
 		{name: "prices of nothing", args: []string{"spot", "prices", "--plan", "t1.small.x86"}, code: 1, stderr: []string{"no metro has a spot price for plan t1.small.x86"}},
 		{name: "prices bad --by", args: []string{"spot", "prices", "--by", "city"}, code: 2},
 		{name: "unknown subcommand", args: []string{"spot", "bid"}, code: 2, stderr: []string{`unknown subcommand "bid"`}},
