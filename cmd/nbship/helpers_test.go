@@ -11,15 +11,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rogpeppe/go-internal/testscript"
+
 	"github.com/nbship/nbship/internal/testbin"
 )
 
 func nbshipBinary(t testing.TB, goarch string) string { return testbin.Nbship(t, goarch) }
 
+// TestMain also makes the test binary an nbship for the CLI scripts
+// (testscript runs it as "nbship" when a script says exec nbship).
 func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
+	os.Exit(testscript.RunMain(cleanupAfter{m}, map[string]func() int{"nbship": mainCode}))
+}
+
+// cleanupAfter removes the binaries the tests built once they have run.
+type cleanupAfter struct{ m *testing.M }
+
+func (c cleanupAfter) Run() int {
+	defer testbin.Cleanup()
+	return c.m.Run()
 }
 
 // proc is a running nbship end with its stdin, a line reader on stdout and

@@ -74,7 +74,11 @@ func usageError(format string, a ...any) error {
 	return &exitError{code: 2, err: fmt.Errorf(format, a...)}
 }
 
-func main() {
+func main() { os.Exit(mainCode()) }
+
+// mainCode runs nbship with the process's arguments and streams, and
+// returns its exit status.
+func mainCode() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
 	err := run(ctx, e, os.Args[1:])
@@ -86,7 +90,7 @@ func main() {
 		// closed), the cause was the signal.
 		code = 130
 	}
-	os.Exit(code)
+	return code
 }
 
 // report prints err as one line (plus an optional hint) and returns the exit code.
