@@ -709,22 +709,6 @@ func FuzzParseNARHash(f *testing.F) {
 	})
 }
 
-// encodeNixBase32 is Nix's printHash32, for checking the decoder.
-func encodeNixBase32(b []byte) string {
-	n := (len(b)*8-1)/5 + 1
-	out := make([]byte, 0, n)
-	for k := n - 1; k >= 0; k-- {
-		bit := k * 5
-		i, j := bit/8, uint(bit%8)
-		c := b[i] >> j
-		if i < len(b)-1 {
-			c |= b[i+1] << (8 - j)
-		}
-		out = append(out, nixBase32[c&0x1f])
-	}
-	return string(out)
-}
-
 func TestNixBase32RoundTrip(t *testing.T) {
 	want, _ := hex.DecodeString("1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13")
 	if got := encodeNixBase32(want); got != "04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw" {
