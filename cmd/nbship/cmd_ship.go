@@ -36,6 +36,8 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	to := fs.String("to", "", "`HOST` to ship to: an SSH destination, or local (default: the config's pxeHost)")
 	store := fs.Bool("store", false, "import the closure of the paths into the receiving host's Nix store (only the paths it lacks)")
 	dest := fs.String("dest", "", "put the files of the paths in this `directory` on the receiving host, one entry per path, named by its base name")
+	signKey := fs.String("sign-key", "", "with --store: sign each path on the way with this Nix secret key `file` on the sending host (read there by nbship; never sent)")
+	substitute := fs.BoolP("substitute-on-destination", "s", false, "with --store: the receiving host first gets what it can from its own substituters; only the rest is sent")
 	replace := fs.Bool("replace", false, "with --dest: replace a non-empty directory atomically")
 	pathFlag := fs.String("path", flow.PathAuto, "how the data travels: auto (direct, else over SSH), direct, or ssh")
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the sender tries the direct path before auto falls back to SSH")
@@ -54,6 +56,9 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	}
 	if *replace && *store {
 		return usageError("ship: --replace goes with --dest")
+	}
+	if (*signKey != "" || *substitute) && !*store {
+		return usageError("ship: --sign-key and --substitute-on-destination go with --store")
 	}
 	if _, err := transfer.EncoderLevel(*level); err != nil {
 		return usageError("ship: %v", err)
@@ -158,6 +163,13 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	if *store {
 		ship.SendArgs = []string{"--store"}
 		ship.RecvArgs = []string{"--store"}
+		if *signKey != "" {
+			// The key file's path only: the relay reads it on its host.
+			ship.SendArgs = append(ship.SendArgs, "--sign-key", *signKey)
+		}
+		if *substitute {
+			ship.RecvArgs = append(ship.RecvArgs, "--substitute")
+		}
 	} else {
 		ship.SendArgs = []string{"--store-files"}
 		ship.RecvArgs = []string{"--dest", *dest}
@@ -181,8 +193,15 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	if res.Path == flow.PathSSH {
 		s.WireBytes = res.WireBytes
 	}
+	var rs summary
+	if *store && len(res.Recv) > 0 {
+		if err := json.Unmarshal(res.Recv, &rs); err != nil {
+			return fmt.Errorf("ship: the receiver's summary %q: %w", res.Recv, err)
+		}
+	}
 	out := shipSummary{
-		PathsTotal: s.Files, PathsSent: s.FilesSent, PathsSkipped: s.Reused,
+		PathsTotal: s.Files, PathsSent: s.FilesSent, PathsSkipped: s.Reused - rs.Substituted,
+		PathsSubstituted: rs.Substituted, SubstitutedBytes: rs.SubstitutedBytes,
 		Bytes: s.Bytes, Compressed: s.Compressed, WireBytes: s.WireBytes,
 		Seconds: s.Seconds, MBps: s.MBps, Path: res.Path,
 		TotalSeconds: round(time.Since(start).Seconds(), 2),
@@ -200,25 +219,34 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	if !*store {
 		what = "put in " + *to + ":" + *dest
 	}
-	fmt.Fprintf(e.stdout, "%d store paths %s (%d sent, %d already there): %s raw, %s on the wire in %.2fs, %.1f MB/s (%s path)\n",
-		out.PathsTotal, what, out.PathsSent, out.PathsSkipped, transfer.HumanBytes(out.Bytes), transfer.HumanBytes(out.WireBytes), out.Seconds, out.MBps, out.Path)
+	subst := ""
+	if *substitute {
+		subst = fmt.Sprintf(", %d from its substituters", out.PathsSubstituted)
+	}
+	fmt.Fprintf(e.stdout, "%d store paths %s (%d sent, %d already there%s): %s raw, %s on the wire in %.2fs, %.1f MB/s (%s path)\n",
+		out.PathsTotal, what, out.PathsSent, out.PathsSkipped, subst, transfer.HumanBytes(out.Bytes), transfer.HumanBytes(out.WireBytes), out.Seconds, out.MBps, out.Path)
 	return nil
 }
 
 // shipSummary is ship's --json object.
 type shipSummary struct {
-	PathsTotal   int     `json:"paths_total"`
-	PathsSent    int     `json:"paths_sent"`
-	PathsSkipped int     `json:"paths_skipped"`
-	Files        int     `json:"files,omitempty"` // with --dest
-	Bytes        int64   `json:"bytes"`           // raw: NARs (--store) or files (--dest) sent
-	Compressed   int64   `json:"compressed_bytes"`
-	WireBytes    int64   `json:"wire_bytes"`
-	Seconds      float64 `json:"seconds"` // the transfer, as the relay timed it
-	MBps         float64 `json:"mbps"`
-	Path         string  `json:"path"` // direct or ssh
-	Dest         string  `json:"dest,omitempty"`
-	TotalSeconds float64 `json:"total_seconds"` // everything, as this command timed it
+	PathsTotal   int `json:"paths_total"`
+	PathsSent    int `json:"paths_sent"`
+	PathsSkipped int `json:"paths_skipped"` // already there
+	// With --substitute-on-destination: the paths the receiver got from
+	// its own substituters (not sent, not counted as skipped), and their
+	// NAR bytes.
+	PathsSubstituted int     `json:"paths_substituted"`
+	SubstitutedBytes int64   `json:"substituted_bytes"`
+	Files            int     `json:"files,omitempty"` // with --dest
+	Bytes            int64   `json:"bytes"`           // raw: NARs (--store) or files (--dest) sent
+	Compressed       int64   `json:"compressed_bytes"`
+	WireBytes        int64   `json:"wire_bytes"`
+	Seconds          float64 `json:"seconds"` // the transfer, as the relay timed it
+	MBps             float64 `json:"mbps"`
+	Path             string  `json:"path"` // direct or ssh
+	Dest             string  `json:"dest,omitempty"`
+	TotalSeconds     float64 `json:"total_seconds"` // everything, as this command timed it
 }
 
 // destHost is the host name of an SSH destination [user@]host[:port].

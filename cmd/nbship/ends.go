@@ -116,6 +116,10 @@ type summary struct {
 	MBps       float64 `json:"mbps"`
 	Published  string  `json:"published,omitempty"`
 	Path       string  `json:"path,omitempty"`
+	// Receiver of store paths only (recv --substitute): the paths its
+	// substituters gave it, and their NAR bytes.
+	Substituted      int   `json:"paths_substituted,omitempty"`
+	SubstitutedBytes int64 `json:"substituted_bytes,omitempty"`
 	// PeakRSS is this process's peak resident memory (the kernel's
 	// VmHWM) when the summary was made, in KiB; 0 where unknown.
 	PeakRSS int64 `json:"peak_rss_kib,omitempty"`
