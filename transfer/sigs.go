@@ -225,8 +225,10 @@ func (n *NixStore) Trust(ctx context.Context) (*StoreTrust, error) {
 			}
 		}
 	}
+	// Opened directly (no daemon): "local", a chroot store's directory,
+	// or root's default.
 	remote := n.getenv("NIX_REMOTE")
-	local := remote == "local" || remote == "" && os.Geteuid() == 0
+	local := remote == "local" || strings.HasPrefix(remote, "local?") || strings.HasPrefix(remote, "/") || remote == "" && os.Geteuid() == 0
 	st, err := ParseStoreTrust(out.Bytes(), u.Username, groups, local)
 	if err != nil {
 		return nil, fmt.Errorf("transfer: %w", err)

@@ -188,7 +188,7 @@ func relayStore(ctx context.Context, e *env, o relayOptions, args []string) erro
 	if o.signKey != "" {
 		var err error
 		if key, err = transfer.LoadSigningKey(o.signKey); err != nil {
-			return fmt.Errorf("relay: --sign-key: %w", err)
+			return fmt.Errorf("relay: %w", err)
 		}
 	}
 	fromStdin := len(args) == 0 || len(args) == 1 && args[0] == "-"
