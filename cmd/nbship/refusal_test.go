@@ -174,7 +174,7 @@ func TestRecvRefusesHostileSender(t *testing.T) {
 		{"compression bomb", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":4,"entries":[`+entry("a", []byte{0, 0, 0, 0})+`]}`, make([]byte, 256<<20)), "more data than"},
 		{"unknown version", crafted(9, `{}`, nil), "version 9 is not supported"},
 		{"truncated", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, nil), "truncated"},
-		{"huge header", append([]byte("NBSHIP\x00\x00\x02"), 'H', 0x7f, 0xff, 0xff, 0xff), "larger than the limit"},
+		{"huge header", append([]byte("NBSHIP\x00\x00"+string(rune(transfer.Version))), 'H', 0x7f, 0xff, 0xff, 0xff), "larger than the limit"},
 		{"bad hash", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":1,"entries":[`+entry("a", []byte("y"))+`]}`, []byte("x")), "does not match"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
