@@ -62,6 +62,7 @@ func TestShipStoreSigned(t *testing.T) {
 	if err == nil {
 		t.Fatalf("ship of unsigned paths to an untrusting store succeeded:\n%s\n%s", stdout, stderr)
 	}
+	t.Logf("the refusal:\n%s", stderr)
 	if !strings.Contains(stderr, "has no signature") || !strings.Contains(stderr, "nbship-rig-test-1") ||
 		!strings.Contains(stderr, s.leaf) && !strings.Contains(stderr, s.mid) && !strings.Contains(stderr, s.top) {
 		t.Errorf("refusal of unsigned paths:\n%s\nwant it to name a path, say it has no signature and name the key nbship-rig-test-1", stderr)
@@ -109,6 +110,7 @@ func TestShipStoreSigned(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ship -s with the cache down: %v\n%s", err, stderr)
 	}
+	t.Logf("with the cache down:\n%s", stderr)
 	res = parseJSON[substResult](t, stdout)
 	if res.PathsTotal != 3 || res.PathsSent != 3 || res.PathsSubstituted != 0 || res.Bytes < 50<<20 {
 		t.Errorf("with the cache down, summary = %+v, want all 3 sent, none substituted", res)
