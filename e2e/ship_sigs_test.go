@@ -67,6 +67,10 @@ func TestShipStoreSigned(t *testing.T) {
 		!strings.Contains(stderr, s.leaf) && !strings.Contains(stderr, s.mid) && !strings.Contains(stderr, s.top) {
 		t.Errorf("refusal of unsigned paths:\n%s\nwant it to name a path, say it has no signature and name the key nbship-rig-test-1", stderr)
 	}
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if last := lines[len(lines)-1]; !strings.Contains(last, "has no signature") || strings.Contains(stderr, "protocol error") {
+		t.Errorf("the last line of stderr is %q, want the receiver's refusal (and no protocol error anywhere)", last)
+	}
 	if v := s.valid(t, ctx, rig.PXE, s.leaf, s.mid, s.top); v[s.leaf] || v[s.mid] || v[s.top] {
 		t.Errorf("after the refusal, valid on pxe: %v; want nothing", v)
 	}

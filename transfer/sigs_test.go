@@ -274,6 +274,8 @@ func TestExpectWant(t *testing.T) {
 		{"busy with a payload", cat(msg(msgBusy, "x"), msg(msgWant, "\x01")), "", "protocol error"},
 		{"abort while busy", cat(msg(msgBusy, ""), msg(msgAbort, "no space")), "", "no space"},
 		{"ends while busy", msg(msgBusy, ""), "", "truncated"},
+		{"refused", cat(msg(msgBusy, ""), msg(msgAck, `{"ok":false,"error":"transfer: refused stream: unsigned"}`)), "", "the other end stopped: transfer: refused stream: unsigned"},
+		{"acknowledged before the want", msg(msgAck, `{"ok":true}`), "", "protocol error"},
 	} {
 		got, err := expectWant(bytes.NewReader(tc.in))
 		if tc.err != "" {

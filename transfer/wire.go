@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -116,6 +117,13 @@ func expectWant(r io.Reader) ([]byte, error) {
 			continue
 		case t == msgAbort:
 			return nil, &PeerError{Reason: string(p)}
+		case t == msgAck:
+			// The receiver refused the manifest: its final word, early.
+			var a ackMsg
+			if json.Unmarshal(p, &a) == nil && !a.OK && a.Error != "" {
+				return nil, &PeerError{Reason: a.Error}
+			}
+			return nil, fmt.Errorf("transfer: protocol error: an acknowledgement before the want")
 		case t != msgWant:
 			return nil, fmt.Errorf("transfer: protocol error: got message %q, want %q", t, msgWant)
 		}

@@ -137,7 +137,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 		out = e.stderr
 	}
 	if *store {
-		return explain(recvStore(ctx, e, conn, ssink, out, *asJSON))
+		return refusal(explain(recvStore(ctx, e, conn, ssink, out, *asJSON)))
 	}
 
 	stage, have, err := land.stage()

@@ -513,6 +513,11 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 	recv.p.Stdin.Close()
 	relay.p.Stdin.Close()
 	wg.Wait()
+	if status, _, ok := exitStatus(rerr); ok && status == ExitRefused {
+		// The receiver refused what it was sent (a manifest it will not
+		// take): its reason is the one line; the relay only heard of it.
+		return nil, rerr
+	}
 	if serr != nil {
 		if rerr != nil && !errors.Is(rerr, io.EOF) {
 			// The receiver's own reason is usually the more telling one.
