@@ -12,7 +12,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -250,11 +252,109 @@ func (n *NixStore) getenv(k string) string {
 	return v
 }
 
-// accepts reports whether the store takes e from an untrusted user: it is
-// content-addressed (Nix checks the address itself), or one of its
-// signatures is a good one by a trusted key.
+// makeStorePath is Nix's store path for a path of type typ (with its
+// references) whose content hashes to sum: the SHA-256 of
+// "TYPE:sha256:HEX:/nix/store:NAME", folded to 20 bytes, in Nix base32.
+func makeStorePath(typ string, sum []byte, name string) string {
+	h := sha256.Sum256([]byte(typ + ":sha256:" + hex.EncodeToString(sum) + ":" + StoreDir + ":" + name))
+	var folded [20]byte
+	for i, b := range h {
+		folded[i%20] ^= b
+	}
+	return encodeNixBase32(folded[:]) + "-" + name
+}
+
+// caType is the type part of a content-addressed path's name hash: the
+// kind, then each reference (self last, as ":self").
+func caType(kind string, e *Entry, selfAllowed bool) (string, bool) {
+	refs := slices.Clone(e.References)
+	slices.Sort(refs)
+	self := false
+	for _, r := range refs {
+		if r == e.Name {
+			self = true
+			continue
+		}
+		kind += ":" + StoreDir + "/" + r
+	}
+	if self {
+		if !selfAllowed {
+			return "", false
+		}
+		kind += ":self"
+	}
+	return kind, true
+}
+
+// caMatches reports whether e's content address is the one its name was
+// made from, as Nix checks it (ValidPathInfo::isContentAddressed): for a
+// recursive SHA-256 (fixed:r:sha256:), also that it is the NAR hash. The
+// forms Nix 2.8 writes: text:sha256:H, fixed:r:sha256:H, fixed:ALGO:H.
+func caMatches(e *Entry) bool {
+	name := e.Name[storeHashLen+1:]
+	method, rest, _ := strings.Cut(e.CA, ":")
+	switch method {
+	case "text":
+		sum, err := ParseNARHash(rest)
+		if err != nil {
+			return false
+		}
+		typ, ok := caType("text", e, false)
+		return ok && makeStorePath(typ, sum[:], name) == e.Name
+	case "fixed":
+		if h, ok := strings.CutPrefix(rest, "r:sha256:"); ok {
+			sum, err := ParseNARHash("sha256:" + h)
+			if err != nil || sum != e.sum {
+				return false
+			}
+			typ, ok := caType("source", e, true)
+			return ok && makeStorePath(typ, sum[:], name) == e.Name
+		}
+		// Any other fixed output: no references, and the name hashes
+		// "fixed:out:[r:]ALGO:HEX:".
+		if len(e.References) > 0 {
+			return false
+		}
+		prefix := ""
+		if r, ok := strings.CutPrefix(rest, "r:"); ok {
+			prefix, rest = "r:", r
+		}
+		algo, digest, ok := strings.Cut(rest, ":")
+		size := map[string]int{"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}[algo]
+		if !ok || size == 0 {
+			return false
+		}
+		b, err := decodeAnyHash(digest, size)
+		if err != nil {
+			return false
+		}
+		inner := sha256.Sum256([]byte("fixed:out:" + prefix + algo + ":" + hex.EncodeToString(b) + ":"))
+		return makeStorePath("output:out", inner[:], name) == e.Name
+	}
+	return false
+}
+
+// decodeAnyHash reads a digest of n bytes in base16, Nix base32 or base64.
+func decodeAnyHash(s string, n int) ([]byte, error) {
+	switch len(s) {
+	case 2 * n:
+		return hex.DecodeString(s)
+	case (n*8-1)/5 + 1:
+		return decodeNixBase32(s, n)
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err == nil && len(b) != n {
+		err = fmt.Errorf("%d bytes, want %d", len(b), n)
+	}
+	return b, err
+}
+
+// accepts reports whether the store takes e from an untrusted user: its
+// content address is the one its name was made from (Nix checks that
+// instead of signatures), or one of its signatures is a good one by a
+// trusted key.
 func (t *StoreTrust) accepts(e *Entry) bool {
-	if e.CA != "" {
+	if e.CA != "" && caMatches(e) {
 		return true
 	}
 	fp := []byte(fingerprint(e))
@@ -277,6 +377,9 @@ func (t *StoreTrust) refusal(e *Entry) error {
 		accept = "a signature by " + strings.Join(t.Names, " or ") + " (its trusted-public-keys)"
 	}
 	has := "no signature"
+	if e.CA != "" {
+		has = "a content address that is not the one its name was made from, and no good signature"
+	}
 	if len(e.Sigs) > 0 {
 		var names []string
 		for _, s := range e.Sigs {

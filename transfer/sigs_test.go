@@ -95,9 +95,14 @@ func TestStoreTrust(t *testing.T) {
 				src.paths[n].sigs = []string{sig}
 			}
 		}, StoreDir + "/" + leafName + " has signatures by test-1, none of them good"},
-		{"content-addressed", trustOf(pub), nil, func(src *fakeStore) {
+		{"a content address its name was not made from", trustOf(pub), nil, func(src *fakeStore) {
 			for _, n := range []string{leafName, midName, topName} {
 				src.paths[n].ca = "fixed:r:sha256:" + strings.Repeat("0", 52)
+			}
+		}, StoreDir + "/" + leafName + " has a content address that is not the one its name was made from"},
+		{"a false content address, signed", trustOf(pub), key, func(src *fakeStore) {
+			for _, n := range []string{leafName, midName, topName} {
+				src.paths[n].ca = "text:sha256:" + strings.Repeat("0", 52)
 			}
 		}, ""},
 		{"trusted user", nil, nil, nil, ""},
@@ -402,4 +407,107 @@ func TestSignLikeNix(t *testing.T) {
 			t.Errorf("accepts(%s with no signature) = true", in.Path)
 		}
 	}
+}
+
+// TestContentAddressLikeNix checks caMatches against paths real Nix made
+// content-addressed: added (fixed:r:sha256), added flat and with other
+// hashes, and derivations (text, with references).
+func TestContentAddressLikeNix(t *testing.T) {
+	for _, tool := range []string{"nix-store", "nix", "nix-instantiate"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testbin.Missing(t, "%s not found; run scripts/deps.sh", tool)
+		}
+	}
+	root := t.TempDir()
+	env := append(os.Environ(), "NIX_REMOTE="+root,
+		"NIX_CONFIG=build-users-group =\nsubstituters =\nsandbox = false\nfsync-metadata = false\nexperimental-features = nix-command")
+	run := func(name string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Env = env
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, errb.String())
+		}
+		return strings.TrimSpace(out.String())
+	}
+	dir := t.TempDir()
+	f := filepath.Join(dir, "file")
+	if err := os.WriteFile(f, []byte("content\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{
+		run("nix-store", "--add", f),
+		run("nix-store", "--add-fixed", "sha256", f),
+		run("nix-store", "--add-fixed", "sha1", f),
+		run("nix-store", "--add-fixed", "--recursive", "sha512", f),
+	}
+	drv := run("nix-instantiate", "-E", `derivation { name = "t"; system = "x86_64-linux"; builder = "/bin/sh"; src = builtins.toFile "s" "x"; }`)
+	paths = append(paths, strings.Fields(run("nix-store", "-q", "--references", drv))...)
+	type info struct {
+		Path       string   `json:"path"`
+		NARHash    string   `json:"narHash"`
+		NARSize    int64    `json:"narSize"`
+		References []string `json:"references"`
+		CA         string   `json:"ca"`
+	}
+	var infos, drvInfo []info
+	if err := json.Unmarshal([]byte(run("nix", append([]string{"path-info", "--json"}, paths...)...)), &infos); err != nil {
+		t.Fatal(err)
+	}
+	// The derivation itself, not its output.
+	if err := json.Unmarshal([]byte(run("nix", "path-info", "--json", "--derivation", drv)), &drvInfo); err != nil {
+		t.Fatal(err)
+	}
+	infos = append(infos, drvInfo...)
+	paths = append(paths, drv)
+	kinds := map[string]bool{}
+	for _, in := range infos {
+		sum, err := ParseNARHash(in.NARHash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := entryOf(&PathInfo{Path: in.Path, NARHash: sum, NARSize: in.NARSize, References: in.References})
+		e.CA = in.CA
+		if in.CA == "" {
+			t.Fatalf("%s has no content address", in.Path)
+		}
+		k, _, _ := strings.Cut(in.CA, ":")
+		kinds[k] = true
+		if !caMatches(e) {
+			t.Errorf("caMatches(%s, %s, refs %v) = false", in.Path, in.CA, in.References)
+		}
+		// The same content address under another name, or with a
+		// reference more, is not it.
+		other := *e
+		other.Name = "0" + e.Name[1:]
+		if caMatches(&other) {
+			t.Errorf("caMatches(%s renamed %s) = true", in.Path, other.Name)
+		}
+		other = *e
+		other.References = append(slices.Clone(e.References), leafName)
+		if caMatches(&other) {
+			t.Errorf("caMatches(%s with a reference added) = true", in.Path)
+		}
+	}
+	if !kinds["text"] || !kinds["fixed"] || len(infos) != len(paths) {
+		t.Errorf("checked %d paths of kinds %v, want %d of text and fixed", len(infos), kinds, len(paths))
+	}
+}
+
+func FuzzCAMatches(f *testing.F) {
+	for _, ca := range []string{"text:sha256:10a83a91g1r50bdw8g4hn47m7j7m6angpabwc80l9c16nx11cw9d", "fixed:r:sha256:" + strings.Repeat("0", 52),
+		"fixed:sha1:n55cqcb8nrmcdn94y87aq6law0h0irvz", "fixed:r:sha512:" + strings.Repeat("1", 103), "fixed:md5:" + strings.Repeat("a", 32), "fixed:r:", "text:"} {
+		f.Add(ca, true)
+	}
+	f.Fuzz(func(t *testing.T, ca string, self bool) {
+		e := &Entry{Type: TypeNAR, Name: leafName, Size: 1, CA: ca}
+		if self {
+			e.References = []string{leafName, midName}
+		}
+		if caMatches(e) && !strings.HasPrefix(ca, "text:") && !strings.HasPrefix(ca, "fixed:") {
+			t.Fatalf("caMatches(%q) = true", ca)
+		}
+	})
 }
