@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nbship/nbship/internal/testbin"
 )
@@ -510,4 +511,54 @@ func FuzzCAMatches(f *testing.F) {
 			t.Fatalf("caMatches(%q) = true", ca)
 		}
 	})
+}
+
+// busyWatch is the receiver's end of the connection: it closes seen once
+// the receiver has written n busy messages.
+type busyWatch struct {
+	net.Conn
+	n    int
+	seen chan struct{}
+}
+
+func (b *busyWatch) Write(p []byte) (int, error) {
+	if len(p) == 5 && p[0] == msgBusy && b.n > 0 {
+		if b.n--; b.n == 0 {
+			close(b.seen)
+		}
+	}
+	return b.Conn.Write(p)
+}
+
+// slowSink is a StoreSink whose manifest check lasts until the receiver
+// has said it is busy a few times (a store substituting for long).
+type slowSink struct {
+	*StoreSink
+	seen chan struct{}
+}
+
+func (s *slowSink) CheckManifest(ctx context.Context, m *Manifest) error {
+	<-s.seen
+	return s.StoreSink.CheckManifest(ctx, m)
+}
+
+// TestBusyWhileChecking: while the receiver's store takes its time over
+// the manifest, the receiver says it is busy, and the sender waits through
+// those messages for the want, then sends.
+func TestBusyWhileChecking(t *testing.T) {
+	defer func(d time.Duration) { busyEvery = d }(busyEvery)
+	busyEvery = time.Millisecond
+	src, dst := threeLevels(), newFakeStore()
+	s, err := CollectStore(context.Background(), src, []string{StoreDir + "/" + topName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, c := net.Pipe()
+	w := &busyWatch{Conn: c, n: 3, seen: make(chan struct{})}
+	sink := &slowSink{StoreSink: NewStoreSink(dst), seen: w.seen}
+	sent, _, serr, rerr := pipeTrip(s, sink, zstdFastest, a, w, ReceiveOptions{})
+	sink.Close()
+	if serr != nil || rerr != nil || sent.Sent != 3 || len(dst.imported) != 3 {
+		t.Fatalf("trip with a slow check: sender %v, receiver %v, %+v sent, %v imported; want all 3", serr, rerr, sent, dst.imported)
+	}
 }

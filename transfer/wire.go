@@ -132,7 +132,7 @@ func expectWant(r io.Reader) ([]byte, error) {
 }
 
 // busyEvery is how often a receiver still deciding what it wants says so.
-const busyEvery = 10 * time.Second
+var busyEvery = 10 * time.Second
 
 // keepBusy sends a busy message every busyEvery until stop is called
 // (which waits for the last one to be written): nothing else may write to
