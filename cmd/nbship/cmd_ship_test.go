@@ -523,6 +523,8 @@ func TestShipRefusesBadInput(t *testing.T) {
 		{"no paths", []string{"--store"}, "\n\n", "no store paths"},
 		{"no mode", nil, "", "exactly one of --store or --dest"},
 		{"both modes", []string{"--store", "--dest", "/tmp/x"}, "", "exactly one of --store or --dest"},
+		{"sign key with --dest", []string{"--dest", "/tmp/x", "--sign-key", "/tmp/k"}, "", "--sign-key and --substitute-on-destination go with --store"},
+		{"substitute with --dest", []string{"--dest", "/tmp/x", "-s"}, "", "--sign-key and --substitute-on-destination go with --store"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(bin, append([]string{"ship", "--from", "local", "--to", "local"}, tc.args...)...)
