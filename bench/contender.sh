@@ -43,13 +43,18 @@ netboot)
 	NAMES=(Image initrd netboot.ipxe)
 	RELAY_SRC=$BENCH_NETBOOT_OUT
 	;;
-closure | big)
+closure | big | halfcache)
+	# halfcache: the closure, half of it in pxe's binary cache (run.sh);
+	# the store contenders substitute on the destination (-s).
+	data=$dataset
+	SUBST=
+	[ "$dataset" = halfcache ] && data=closure && SUBST=-s
 	SRC=/nix/store
-	paths_file=$BENCH_WORK/$dataset.paths
+	paths_file=$BENCH_WORK/$data.paths
 	mapfile -t PATHS <"$paths_file"
 	NAMES=("${PATHS[@]##*/}")
-	RELAY_SRC=$BENCH_WORK/$dataset.links # one symlink per store path
-	TOP_PATH=$(<"$BENCH_WORK/$dataset.top")
+	RELAY_SRC=$BENCH_WORK/$data.links # one symlink per store path
+	TOP_PATH=$(<"$BENCH_WORK/$data.top")
 	;;
 *) die "unknown dataset $dataset" ;;
 esac
@@ -103,7 +108,7 @@ c_nbship_store() {
 	# Store paths on stdin, as `nix-store -qR $out | nbship ship ... --store`.
 	# shellcheck disable=SC2086
 	(cd "$BENCH_WORK" && on op /usr/bin/time -f %M -o "$rec/ctl.rss" "$BIN" ship --from root@builder --to netboot@pxe --store \
-		$BENCH_SHIP_ARGS --remote-nbship "$W" --json) <"$paths_file" >"$rec/out" 2>"$rec/err"
+		$BENCH_SHIP_ARGS ${SUBST:-} --remote-nbship "$W" --json) <"$paths_file" >"$rec/out" 2>"$rec/err"
 }
 
 # The FIFOs are made before the clock starts and the RSS figures read after
@@ -199,7 +204,7 @@ c_ssh_tar() {
 
 c_nix_copy() {
 	(cd / && on op env NIX_SSHOPTS="$RIG_SSH_OPTS" \
-		nix copy --no-check-sigs --from ssh://builder --to ssh://pxe "$TOP_PATH") >"$rec/out" 2>"$rec/err"
+		nix copy --no-check-sigs ${SUBST:-} --from ssh://builder --to ssh://pxe "$TOP_PATH") >"$rec/out" 2>"$rec/err"
 }
 
 c_nix_copy_closure() {
@@ -263,7 +268,7 @@ tree_sum() {
 
 verify() {
 	local want got
-	want=$(cat "$BENCH_WORK/$dataset.sum")
+	want=$(cat "$BENCH_WORK/${data:-$dataset}.sum")
 	case $contender in
 	nbship | nbship-noop) got=$(tree_sum pxe "$RIG_PXE_DIR/hydra-$SLOT/") ;;
 	nbship-store | nbship-store-noop | nix-copy | nix-copy-closure)
@@ -279,7 +284,7 @@ describe() {
 	local o='$RIG_SSH_OPTS'
 	case $contender in
 	nbship | nbship-noop) echo "(op) nbship aarch64 --config builders.conf --drv $BENCH_DRV --remote-nbship WRAPPER --json" ;;
-	nbship-store | nbship-store-noop) echo "(op) nbship ship --from root@builder --to netboot@pxe --store $BENCH_SHIP_ARGS --remote-nbship WRAPPER --json < PATHS" ;;
+	nbship-store | nbship-store-noop) echo "(op) nbship ship --from root@builder --to netboot@pxe --store $BENCH_SHIP_ARGS ${SUBST:-} --remote-nbship WRAPPER --json < PATHS" ;;
 	nbship-bare)
 		echo "(pxe) WRAPPER recv --listen $PXE_DIRECT:$PORT_NBSHIP --dest $DST --peer-pin - --json"
 		echo "(build) WRAPPER relay --connect $PXE_DIRECT:$PORT_NBSHIP --peer-pin - --json $RELAY_SRC"
@@ -293,7 +298,7 @@ describe() {
 		echo "(build) tar -hcf - -C $SRC ${NAMES[*]} | zstd -T0 | nc -N $PXE_DIRECT $PORT_ZSTD"
 		;;
 	ssh-tar) echo "(op) ssh $o builder tar -hczf - -C $SRC ${NAMES[*]} | ssh $o pxe tar xzf - -C $DST" ;;
-	nix-copy) echo "(op) NIX_SSHOPTS=$o nix copy --no-check-sigs --from ssh://builder --to ssh://pxe $TOP_PATH" ;;
+	nix-copy) echo "(op) NIX_SSHOPTS=$o nix copy --no-check-sigs ${SUBST:-} --from ssh://builder --to ssh://pxe $TOP_PATH" ;;
 	nix-copy-closure) echo "(op) NIX_SSHOPTS=$o sh -c 'nix-copy-closure --from builder $TOP_PATH && nix-copy-closure --to pxe $TOP_PATH'" ;;
 	esac
 }

@@ -237,6 +237,29 @@ for link in $links; do
 done
 shape_all off
 
+# Half of the closure in a binary cache of pxe's own (ship -s against
+# nix copy -s, at 100 Mbit): the first half of the closure's paths
+# (nix-store -qR lists dependencies first, so the half is closed), copied
+# by the builder into a file:// cache signed with a key made here
+# (uncompressed: a cache close to pxe), which pxe's nix.conf names as its
+# substituter and trusted key (rig.sh nixconf; back to the default after).
+if [ "$store_ok" = 1 ] && [[ "halfcache.100mbit.nbship-store halfcache.100mbit.nix-copy" =~ $only ]]; then
+	note "data: half of the closure in a binary cache pxe substitutes from"
+	cache=$BENCH_WORK/cache
+	rm -rf "$cache" "$BENCH_WORK/cache.sk" "$BENCH_WORK/cache.pk"
+	rig exec build -- nix-store --generate-binary-cache-key nbship-bench-1 "$BENCH_WORK/cache.sk" "$BENCH_WORK/cache.pk"
+	mapfile -t paths <"$BENCH_WORK/closure.paths"
+	rig exec build -- nix copy --to "file://$cache?secret-key=$BENCH_WORK/cache.sk&compression=none" "${paths[@]:0:$((${#paths[@]} / 2))}"
+	printf 'substituters = file://%s\ntrusted-public-keys = %s\n' "$cache" "$(<"$BENCH_WORK/cache.pk")" >"$BENCH_WORK/cache.conf"
+	echo "halfcache: $(find "$cache" -name '*.narinfo' | wc -l) of the closure's $(wc -l <"$BENCH_WORK/closure.paths") paths in pxe's binary cache, $(du -sb "$cache/nar" | cut -f1) bytes of NARs" | tee -a "$BENCH_RAW/meta.txt"
+	rig nixconf pxe "$BENCH_WORK/cache.conf"
+	shape_all 100mbit
+	hf halfcache.100mbit.nbship-store
+	hf halfcache.100mbit.nix-copy
+	shape_all off
+	rig nixconf pxe
+fi
+
 # Data already there: the fixed cost of a run, and what re-shipping moves.
 hf netboot.unshaped.nbship-noop
 [ "$store_ok" = 1 ] && hf closure.unshaped.nbship-store-noop

@@ -79,28 +79,35 @@ func newShipRig(t *testing.T, limit time.Duration, hooks bool) (*shipRig, contex
 	}
 	testbin.NbshipTags(t, "arm64", tags)
 	s := &shipRig{r: r, bin: testbin.NbshipTags(t, "amd64", tags)}
+	s.leaf, s.mid, s.top = s.buildClosure(t, ctx, fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano()))
+	return s, ctx
+}
+
+// buildClosure builds closureNix with salt on the build host and returns
+// its three paths.
+func (s *shipRig) buildClosure(t *testing.T, ctx context.Context, salt string) (leaf, mid, top string) {
+	t.Helper()
 	dir := t.TempDir()
 	expr := filepath.Join(dir, "closure.nix")
 	if err := os.WriteFile(expr, []byte(closureNix), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	salt := fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano())
 	out := s.on(t, ctx, rig.Build, "nix-build", "--no-out-link", "--argstr", "salt", salt, expr)
-	s.top = strings.TrimSpace(out)
-	refs := strings.Fields(s.on(t, ctx, rig.Build, "nix-store", "-q", "--references", s.top))
+	top = strings.TrimSpace(out)
+	refs := strings.Fields(s.on(t, ctx, rig.Build, "nix-store", "-q", "--references", top))
 	if len(refs) != 1 {
-		t.Fatalf("top %s refers to %v, want mid only", s.top, refs)
+		t.Fatalf("top %s refers to %v, want mid only", top, refs)
 	}
-	s.mid = refs[0]
-	for _, p := range strings.Fields(s.on(t, ctx, rig.Build, "nix-store", "-q", "--references", s.mid)) {
-		if p != s.mid {
-			s.leaf = p
+	mid = refs[0]
+	for _, p := range strings.Fields(s.on(t, ctx, rig.Build, "nix-store", "-q", "--references", mid)) {
+		if p != mid {
+			leaf = p
 		}
 	}
-	if s.leaf == "" {
-		t.Fatalf("mid %s refers to no leaf", s.mid)
+	if leaf == "" {
+		t.Fatalf("mid %s refers to no leaf", mid)
 	}
-	return s, ctx
+	return leaf, mid, top
 }
 
 // on runs a command as root on a rig host and returns its stdout.

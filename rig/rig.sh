@@ -21,6 +21,9 @@
 #                                    the operator's known_hosts keeps the OLD key
 #   rig.sh trust                     rewrite the operator's known_hosts with the current keys
 #                                    (undoes the effect of rekey on the operator)
+#   rig.sh nixconf HOST [FILE]       HOST's (build|pxe) nix.conf as up writes it, then FILE's
+#                                    lines (a later setting overrides an earlier one); its
+#                                    nix-daemon restarted to read it. No FILE: back to the default
 #
 # State lives in ${NBSHIP_RIG_DIR:-/var/lib/nbship-rig}; there is one rig per
 # machine (namespace names are fixed). up/down/rekey take an exclusive flock on
@@ -685,6 +688,41 @@ rekey() {
 	die "sshd on $h did not come back with its new key (old key $old)"
 }
 
+# nixconf HOST [FILE]: see the usage at the top. Tests use it for a store
+# that requires signatures of a user it does not trust, with a substituter.
+nixconf() {
+	local h=${1:-} extra=${2:-} pid mnt p c i left sock
+	case $h in build | pxe) ;; *) die "usage: rig.sh nixconf build|pxe [FILE]" ;; esac
+	[ -z "$extra" ] || [ -r "$extra" ] || die "nixconf: cannot read '$extra'"
+	need_root
+	lock
+	pid=$(host_pid "$h")
+	write_nix_conf "$h"
+	if [ -n "$extra" ]; then
+		cat -- "$extra" >>"$RIG_DIR/$h/etc-nix/nix.conf"
+	fi
+	mnt=$(readlink "/proc/$pid/ns/mnt")
+	for ((i = 0; i < 100; i++)); do
+		left=0
+		for p in /proc/[0-9]*; do
+			c=
+			{ read -r c <"$p/comm"; } 2>/dev/null || continue
+			[ "$c" = nix-daemon ] || continue
+			[ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$mnt" ] || continue
+			alive "${p#/proc/}" || continue
+			kill -KILL "${p#/proc/}" 2>/dev/null || true
+			left=1
+		done
+		[ "$left" = 0 ] && break
+		sleep 0.02
+	done
+	[ "$left" = 0 ] || die "nix-daemon on $h did not stop"
+	sock=$RIG_DIR/$h/nix/var/nix/daemon-socket/socket
+	rm -f "$sock"
+	start_nix_daemon "$h"
+	wait_for 200 "nix-daemon on $h" test -S "$sock"
+}
+
 main() {
 	check_dir
 	local cmd=${1:-}
@@ -702,8 +740,9 @@ main() {
 		host_pid op >/dev/null
 		write_known_hosts
 		;;
+	nixconf) nixconf "$@" ;;
 	_anchor) anchor_main "$@" ;;
-	*) die "usage: rig.sh up|down|exec HOST -- CMD...|env|shape RATE|off|link build-pxe down|up|rekey HOST|trust" ;;
+	*) die "usage: rig.sh up|down|exec HOST -- CMD...|env|shape RATE|off|link build-pxe down|up|rekey HOST|trust|nixconf HOST [FILE]" ;;
 	esac
 }
 

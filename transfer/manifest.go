@@ -36,6 +36,10 @@ type Entry struct {
 	// may name itself), and of the derivation that built it ("" if none).
 	References []string `json:"references,omitempty"`
 	Deriver    string   `json:"deriver,omitempty"`
+	// Store paths only: the path's signatures (NAME:BASE64, as Nix keeps
+	// them) and its content address ("" if it has none).
+	Sigs []string `json:"sigs,omitempty"`
+	CA   string   `json:"ca,omitempty"`
 
 	sum [32]byte
 }
@@ -156,8 +160,8 @@ func (m *Manifest) Validate() error {
 		if _, dup := types[e.Name]; dup {
 			return &ManifestError{Name: e.Name, Msg: "duplicate name"}
 		}
-		if e.Type != TypeNAR && (e.References != nil || e.Deriver != "") {
-			return &ManifestError{Name: e.Name, Msg: "references or a deriver on an entry that is not a store path"}
+		if e.Type != TypeNAR && (e.References != nil || e.Deriver != "" || e.Sigs != nil || e.CA != "") {
+			return &ManifestError{Name: e.Name, Msg: "references, a deriver, signatures or a content address on an entry that is not a store path"}
 		}
 		if dir, _ := path.Split(e.Name); dir != "" {
 			if types[strings.TrimSuffix(dir, "/")] != TypeDir {

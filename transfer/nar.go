@@ -84,6 +84,22 @@ func validateNAR(e *Entry, earlier map[string]string, all map[string]bool) error
 			return refuse("deriver %q is not the name of a .drv store path", e.Deriver)
 		}
 	}
+	if len(e.Sigs) > maxSigs {
+		return refuse("%d signatures, more than %d", len(e.Sigs), maxSigs)
+	}
+	for i, s := range e.Sigs {
+		if err := checkSig(s); err != nil {
+			return refuse("signature %q: %v", s, err)
+		}
+		if slices.Contains(e.Sigs[:i], s) {
+			return refuse("signature %q is listed twice", s)
+		}
+	}
+	if e.CA != "" {
+		if len(e.CA) > maxCALen || !strings.HasPrefix(e.CA, "text:") && !strings.HasPrefix(e.CA, "fixed:") || strings.ContainsAny(e.CA, "\x00\n") {
+			return refuse("content address %q is not text:... or fixed:...", e.CA)
+		}
+	}
 	return nil
 }
 
@@ -173,6 +189,22 @@ const (
 // started before the manifest arrives (Prepare), first says which paths the
 // store lacks, and keeps the ones it has from the garbage collector.
 type StoreSink struct {
+	// Trust is what the store demands of the paths it is given; nil: asked
+	// of the store (NixStore.Trust) when it can say, else nothing. A path
+	// it would refuse is refused with the manifest, before any data moves.
+	Trust *StoreTrust
+	// Substitute: the store first tries its substituters for the paths it
+	// lacks, and the ones it gets are not wanted from the sender.
+	Substitute bool
+	// Notify, if set, is told of what the sink did on its own (the paths
+	// substituted) and of what it could not check.
+	Notify func(msg string)
+
+	substituted      int           // paths of the manifest the store substituted
+	substitutedBytes int64         // their NAR sizes
+	trusting         chan struct{} // closed once Prepare learned the store's trust (or failed to)
+	trustErr         error
+
 	st      StoreWriter
 	paths   []string        // every path of the manifest, for Confirm
 	invalid map[string]bool // paths the store lacks: the ones wanted
@@ -269,6 +301,9 @@ func (s *StoreSink) CheckManifest(ctx context.Context, m *Manifest) error {
 	var invalid map[string]bool
 	if err == nil {
 		invalid, err = queryInvalid(imp, ask)
+		if err == nil && s.Substitute {
+			invalid, err = s.substitute(imp, m, ask, invalid)
+		}
 		if err != nil {
 			s.imp = nil
 		}
@@ -278,6 +313,9 @@ func (s *StoreSink) CheckManifest(ctx context.Context, m *Manifest) error {
 	}
 	if err == nil {
 		err = s.refer(m, isExt, invalid)
+	}
+	if err == nil {
+		err = s.checkTrust(m, invalid)
 	}
 	if err != nil {
 		s.endImport()
@@ -351,6 +389,82 @@ func (s *StoreSink) Prepare(ctx context.Context) {
 		defer close(s.opening)
 		s.imp, s.openErr = s.open(ctx)
 	}()
+	s.trusting = make(chan struct{})
+	go func() {
+		defer close(s.trusting)
+		if t, ok := s.st.(truster); ok && s.Trust == nil {
+			s.Trust, s.trustErr = t.Trust(ctx)
+		}
+	}()
+}
+
+// truster is a store that can say what it demands of the paths it is
+// given (NixStore).
+type truster interface {
+	Trust(ctx context.Context) (*StoreTrust, error)
+}
+
+// Substituted returns how many of the manifest's paths the store
+// substituted, and their NAR bytes.
+func (s *StoreSink) Substituted() (int, int64) { return s.substituted, s.substitutedBytes }
+
+func (s *StoreSink) notify(format string, a ...any) {
+	if s.Notify != nil {
+		s.Notify(fmt.Sprintf(format, a...))
+	}
+}
+
+// checkTrust refuses the first path the store lacks and would not take.
+func (s *StoreSink) checkTrust(m *Manifest, invalid map[string]bool) error {
+	if s.trusting != nil {
+		<-s.trusting
+	}
+	if s.trustErr != nil {
+		s.notify("could not learn what this store demands of imported paths (%v); Nix checks each path as it is added", s.trustErr)
+		return nil
+	}
+	if s.Trust == nil {
+		return nil
+	}
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if invalid[StoreDir+"/"+e.Name] && !s.Trust.accepts(e) {
+			return s.Trust.refusal(e)
+		}
+	}
+	return nil
+}
+
+// substitute asks the store to substitute the paths of ask it lacks, and
+// returns which it still lacks.
+func (s *StoreSink) substitute(imp Importer, m *Manifest, ask []string, invalid map[string]bool) (map[string]bool, error) {
+	var missing []string
+	for _, p := range ask {
+		if invalid[p] {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) == 0 {
+		return invalid, nil
+	}
+	still, err := queryPaths(imp, missing, true)
+	if err != nil {
+		return nil, err
+	}
+	for i := range m.Entries {
+		p := StoreDir + "/" + m.Entries[i].Name
+		if invalid[p] && !still[p] {
+			s.substituted++
+			s.substitutedBytes += m.Entries[i].Size
+		}
+	}
+	for _, p := range missing {
+		if !still[p] {
+			delete(invalid, p)
+		}
+	}
+	s.notify("%d of the %d store paths it lacked (%s of NARs) came from this host's substituters", s.substituted, len(missing), HumanBytes(s.substitutedBytes))
+	return invalid, nil
 }
 
 // opened returns the greeted import, started by Prepare or now.
@@ -389,9 +503,21 @@ func serveFailed(imp Importer, err error) error {
 // ones to its temporary roots: the garbage collector leaves them alone
 // until the import ends.
 func queryInvalid(imp Importer, paths []string) (map[string]bool, error) {
+	return queryPaths(imp, paths, false)
+}
+
+// queryPaths is queryInvalid; with substitute, nix-store first
+// substitutes what it can of the paths it lacks (from the substituters of
+// its nix.conf, with their timeouts; one that fails is a warning on its
+// stderr, and the paths stay missing).
+func queryPaths(imp Importer, paths []string, substitute bool) (map[string]bool, error) {
+	sub := uint64(0)
+	if substitute {
+		sub = 1
+	}
 	b := binary.LittleEndian.AppendUint64(nil, cmdQueryValidPaths)
 	b = binary.LittleEndian.AppendUint64(b, 1) // lock: temporary roots
-	b = binary.LittleEndian.AppendUint64(b, 0) // no substitutes
+	b = binary.LittleEndian.AppendUint64(b, sub)
 	b = appendSet(b, paths)
 	if _, err := imp.Write(b); err != nil {
 		return nil, serveFailed(imp, err)
@@ -441,8 +567,8 @@ func (s *StoreSink) Create(e *Entry) (io.WriteCloser, error) {
 	b = binary.LittleEndian.AppendUint64(b, 0)              // registration time: now
 	b = binary.LittleEndian.AppendUint64(b, uint64(e.Size)) // narSize
 	b = binary.LittleEndian.AppendUint64(b, 0)              // not built here ("ultimate")
-	b = binary.LittleEndian.AppendUint64(b, 0)              // no signatures
-	b = appendStr(b, "")                                    // not content-addressed
+	b = appendSet(b, e.Sigs)                                // checked by Nix when the user is not trusted
+	b = appendStr(b, e.CA)
 	s.partial = true
 	s.cutAt = s.out.offset()
 	if _, err := s.out.Write(b); err != nil {
@@ -549,6 +675,9 @@ func (s *StoreSink) Abandon() {
 func (s *StoreSink) endImport() error {
 	if s.opening != nil {
 		<-s.opening
+	}
+	if s.trusting != nil {
+		<-s.trusting
 	}
 	if s.imp == nil {
 		return nil

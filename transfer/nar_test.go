@@ -3,6 +3,7 @@ package transfer
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -109,16 +110,20 @@ type fakePath struct {
 	nar     []byte
 	refs    []string // base names
 	deriver string
+	sigs    []string
+	ca      string
 }
 
 // fakeStore is a Nix store in memory, both ends' kind.
 type fakeStore struct {
-	mu       sync.Mutex
-	paths    map[string]*fakePath // base name -> path, valid paths only
-	dumps    map[string][]byte    // what Dump gives instead of the NAR (corruption)
-	imported []string             // base names, in import order
-	asked    [][]string           // the paths of each Invalid call; nil: a query through the import
-	dumped   [][]string           // the paths of each Dump call
+	mu          sync.Mutex
+	paths       map[string]*fakePath // base name -> path, valid paths only
+	dumps       map[string][]byte    // what Dump gives instead of the NAR (corruption)
+	imported    []string             // base names, in import order
+	asked       [][]string           // the paths of each Invalid call; nil: a query through the import
+	dumped      [][]string           // the paths of each Dump call
+	cache       map[string]*fakePath // what its substituters have, by base name
+	substituted []string             // base names taken from cache
 }
 
 func newFakeStore() *fakeStore {
@@ -172,6 +177,7 @@ func (f *fakeStore) Info(ctx context.Context, paths []string) (map[string]*PathI
 		if fp.deriver != "" {
 			info.Deriver = StoreDir + "/" + fp.deriver
 		}
+		info.Sigs, info.CA = fp.sigs, fp.ca
 		infos[p] = info
 	}
 	return infos, nil
@@ -265,6 +271,10 @@ func (f *fakeStore) queryValid(num func() (uint64, error), str func() (string, e
 			return fmt.Errorf("bad store path %q", p)
 		}
 		f.mu.Lock()
+		if c := f.cache[b]; subst == 1 && f.paths[b] == nil && c != nil {
+			f.paths[b] = c
+			f.substituted = append(f.substituted, b)
+		}
 		if f.paths[b] != nil {
 			valid = append(valid, p)
 		}
@@ -350,10 +360,19 @@ func (f *fakeStore) serve(r io.Reader, w io.Writer) error {
 				return err
 			}
 		}
-		if nsigs != 0 {
-			return errors.New("unexpected signatures")
+		if nsigs > 64 {
+			return fmt.Errorf("%d signatures", nsigs)
 		}
-		if ca, err := str(); err != nil || ca != "" {
+		var sigs []string
+		for range nsigs {
+			sig, err := str()
+			if err != nil {
+				return err
+			}
+			sigs = append(sigs, sig)
+		}
+		ca, err := str()
+		if err != nil {
 			return fmt.Errorf("bad content address %q: %v", ca, err)
 		}
 		if narSize == 0 || narSize > 64<<20 {
@@ -377,7 +396,7 @@ func (f *fakeStore) serve(r io.Reader, w io.Writer) error {
 		}
 		db, _ := StoreBase(drv)
 		f.mu.Lock()
-		f.paths[b] = &fakePath{nar: nar, refs: refs, deriver: db}
+		f.paths[b] = &fakePath{nar: nar, refs: refs, deriver: db, sigs: sigs, ca: ca}
 		f.imported = append(f.imported, b)
 		f.mu.Unlock()
 		if _, err := w.Write(binary.LittleEndian.AppendUint64(nil, 1)); err != nil {
@@ -549,6 +568,26 @@ func narEntry(name string, data []byte, refs []string, deriver string) string {
 	return string(b)
 }
 
+// withField adds a field to a JSON entry.
+func withField(entry, k string, v any) string {
+	var e map[string]any
+	json.Unmarshal([]byte(entry), &e)
+	e[k] = v
+	b, _ := json.Marshal(e)
+	return string(b)
+}
+
+// goodSig is a well-formed signature (of nothing in particular).
+var goodSig = "k-1:" + base64.StdEncoding.EncodeToString(make([]byte, 64))
+
+func manySigs(n int) []string {
+	var s []string
+	for i := range n {
+		s = append(s, fmt.Sprintf("k-%d:", i)+base64.StdEncoding.EncodeToString(make([]byte, 64)))
+	}
+	return s
+}
+
 var (
 	leafNAR = fakeNAR("leaf")
 	midNAR  = fakeNAR("mid")
@@ -580,6 +619,13 @@ var hostileStore = []struct {
 	{"reference to an unknown path", narStream([]string{narEntry(midName, midNAR, []string{nowhere}, "")}, midNAR), "neither sent before it nor valid", nil},
 	{"reference later in the stream", narStream([]string{narEntry(midName, midNAR, []string{leafName}, ""), narEntry(leafName, leafNAR, nil, "")}, midNAR, leafNAR), "comes later in the stream", nil},
 	{"bad reference", narStream([]string{narEntry(midName, midNAR, []string{"../../etc"}, "")}, midNAR), "is not a store path name", nil},
+	{"signature not NAME:BASE64", narStream([]string{withField(narEntry(leafName, leafNAR, nil, ""), "sigs", []string{"k-1"})}, leafNAR), "signature \"k-1\": not NAME:BASE64", nil},
+	{"signature too short", narStream([]string{withField(narEntry(leafName, leafNAR, nil, ""), "sigs", []string{"k-1:AAAA"})}, leafNAR), "3 bytes after the name, want 64", nil},
+	{"signature twice", narStream([]string{withField(narEntry(leafName, leafNAR, nil, ""), "sigs", []string{goodSig, goodSig})}, leafNAR), "listed twice", nil},
+	{"too many signatures", narStream([]string{withField(narEntry(leafName, leafNAR, nil, ""), "sigs", manySigs(maxSigs+1))}, leafNAR), "65 signatures", nil},
+	{"odd content address", narStream([]string{withField(narEntry(leafName, leafNAR, nil, ""), "ca", "sha256:abc")}, leafNAR), "is not text:... or fixed:...", nil},
+	{"content address with a newline", narStream([]string{withField(narEntry(leafName, leafNAR, nil, ""), "ca", "text:a\nb")}, leafNAR), "is not text:... or fixed:...", nil},
+	{"signatures on a file", rawStream(Version, manifest(1, `{"name":"f","type":"file","mode":420,"size":1,"sha256":"`+sha([]byte("x"))+`","sigs":["`+goodSig+`"]}`), []byte("x")), "signatures or a content address on an entry that is not a store path", nil},
 	{"reference twice", narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, midNAR, []string{leafName, leafName}, "")}, leafNAR, midNAR), "listed twice", nil},
 	{"deriver not a drv", narStream([]string{narEntry(leafName, leafNAR, nil, midName)}, leafNAR), "deriver", nil},
 	{"bad deriver", narStream([]string{narEntry(leafName, leafNAR, nil, "x.drv")}, leafNAR), "deriver", nil},
@@ -669,6 +715,7 @@ func FuzzReceiveStore(f *testing.F) {
 		f.Add(tc.stream)
 	}
 	f.Add(narStream([]string{narEntry(leafName, leafNAR, nil, ""), narEntry(midName, midNAR, []string{leafName, midName}, ""), narEntry(topName, topNAR, []string{midName}, drvName)}, leafNAR, midNAR, topNAR))
+	f.Add(narStream([]string{withField(withField(narEntry(leafName, leafNAR, nil, ""), "sigs", []string{goodSig}), "ca", "fixed:r:sha256:"+strings.Repeat("0", 52))}, leafNAR))
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		dst := newFakeStore()
 		sink := NewStoreSink(dst)
@@ -707,22 +754,6 @@ func FuzzParseNARHash(f *testing.F) {
 			t.Fatalf("ParseNARHash(%q) = %x, but its hex parses to %x, %v", s, sum, again, err)
 		}
 	})
-}
-
-// encodeNixBase32 is Nix's printHash32, for checking the decoder.
-func encodeNixBase32(b []byte) string {
-	n := (len(b)*8-1)/5 + 1
-	out := make([]byte, 0, n)
-	for k := n - 1; k >= 0; k-- {
-		bit := k * 5
-		i, j := bit/8, uint(bit%8)
-		c := b[i] >> j
-		if i < len(b)-1 {
-			c |= b[i+1] << (8 - j)
-		}
-		out = append(out, nixBase32[c&0x1f])
-	}
-	return string(out)
 }
 
 func TestNixBase32RoundTrip(t *testing.T) {
@@ -836,6 +867,28 @@ func TestQueryInvalidRefusesOddReplies(t *testing.T) {
 // within bounds: a record as Nix 2.8 writes it, then the empty path that
 // ends them; a string, a set or a size out of bounds, or a hash that is not
 // a SHA-256, is an error.
+func FuzzReadPathInfo(f *testing.F) {
+	nar := fakeNAR("mid")
+	sum := sha256Sum(nar)
+	b := appendStr(nil, StoreDir+"/"+midName)
+	b = appendStr(b, StoreDir+"/"+drvName)
+	b = appendSet(b, []string{StoreDir + "/" + leafName})
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(nar)))
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(nar)))
+	b = appendStr(b, "sha256:"+encodeNixBase32(sum[:]))
+	f.Add(append(appendSet(appendStr(slices.Clone(b), ""), nil), appendStr(nil, "")...))
+	f.Add(appendSet(appendStr(slices.Clone(b), "fixed:r:sha256:"+encodeNixBase32(sum[:])), []string{goodSig, "junk"}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		info, err := readPathInfo(bytes.NewReader(b))
+		if err != nil || info == nil {
+			return
+		}
+		if info.NARSize < 0 || len(info.CA) > maxServeStr || len(info.Sigs) > maxServeSet {
+			t.Fatalf("readPathInfo = %+v: out of its bounds", info)
+		}
+	})
+}
+
 func TestReadPathInfo(t *testing.T) {
 	nar := fakeNAR("mid")
 	sum := sha256Sum(nar)

@@ -199,13 +199,16 @@ func readPathInfo(r io.Reader) (*PathInfo, error) {
 		}
 	}
 	if err == nil {
-		_, err = readStr(r, maxServeStr) // content address
+		info.CA, err = readStr(r, maxServeStr)
 	}
 	if err == nil {
-		_, err = readSet(r) // signatures
+		info.Sigs, err = readSet(r)
 	}
 	if err != nil {
 		return nil, err
+	}
+	if len(info.Sigs) == 0 {
+		info.Sigs = nil
 	}
 	if sizes[1] > 1<<62 {
 		return nil, fmt.Errorf("%s: a NAR size of %d", p, sizes[1])

@@ -102,7 +102,12 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 		return nil, "", err
 	}
 	if mc, ok := sink.(ManifestChecker); ok {
-		if err := mc.CheckManifest(ctx, m); err != nil {
+		// Checking may take a while (a store substituting paths): the
+		// sender hears that the receiver is still there.
+		stop := keepBusy(conn)
+		err := mc.CheckManifest(ctx, m)
+		stop()
+		if err != nil {
 			return nil, "", err
 		}
 	} else if len(m.narNames()) > 0 {

@@ -507,7 +507,7 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 	if err := writeMsg(conn, msgHeader, hdr); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
-	want, err := expect(conn, msgWant, maxControl)
+	want, err := expectWant(conn)
 	if err != nil {
 		return nil, ctxErr(ctx, err)
 	}

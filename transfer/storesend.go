@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 )
 
 // StoreReader is the sending Nix store as CollectStore and Send need it:
@@ -42,6 +43,8 @@ type PathInfo struct {
 	NARSize    int64
 	Deriver    string   // full path, or ""
 	References []string // full paths
+	CA         string   // content address, or ""
+	Sigs       []string // signatures, NAME:BASE64
 }
 
 // CollectStore builds a Source of the closure of paths: one nar entry per
@@ -119,6 +122,15 @@ func collectStore(st StoreReader, pending *pendingDump, paths []string) (*Source
 			if e.Deriver, err = StoreBase(info.Deriver); err != nil {
 				return nil, fmt.Errorf("transfer: %s has deriver %q, which is not a store path: %v", p, info.Deriver, err)
 			}
+		}
+		e.CA = info.CA
+		for _, sig := range info.Sigs {
+			if checkSig(sig) == nil && !slices.Contains(e.Sigs, sig) && len(e.Sigs) < maxSigs {
+				e.Sigs = append(e.Sigs, sig) // others the receiver could not use either
+			}
+		}
+		if e.CA != "" && (len(e.CA) > maxCALen || !strings.HasPrefix(e.CA, "text:") && !strings.HasPrefix(e.CA, "fixed:")) {
+			return nil, fmt.Errorf("transfer: the store gives %s the content address %q, which nbship cannot carry", p, e.CA)
 		}
 		if e.Size <= 0 {
 			return nil, fmt.Errorf("transfer: the store's database has no NAR size for %s; run nix-store --verify --check-contents there", p)

@@ -254,13 +254,13 @@ var hostile = []struct {
 		return b.Bytes()
 	}()), "truncated"},
 	{"zstd ends early", rawStream(Version, manifest(10, file("a", []byte("0123456789"))), []byte("01234")), "truncated stream"},
-	{"truncated header", append([]byte(magic+"\x00\x02"), 'H', 0, 0, 1, 0, '{'), "truncated"},
+	{"truncated header", append([]byte(magic+"\x00"+string(rune(Version))), 'H', 0, 0, 1, 0, '{'), "truncated"},
 	{"unknown version", rawStream(7, manifest(0), nil), "version 7 is not supported"},
 	{"not nbship", []byte("GET / HTTP/1.1\r\n\r\n"), "nbship magic"},
-	{"huge header", append([]byte(magic+"\x00\x02"), 'H', 0xff, 0xff, 0xff, 0xff), "larger than the limit"},
-	{"bad json", rawStream(Version, `{"version":2,"entries":[`, nil), "not a valid manifest"},
-	{"unknown field", rawStream(Version, `{"version":2,"total":0,"entries":[],"evil":1}`, nil), "unknown field"},
-	{"negative size", rawStream(Version, `{"version":2,"total":-1,"entries":[]}`, nil), "out of range"},
+	{"huge header", append([]byte(magic+"\x00"+string(rune(Version))), 'H', 0xff, 0xff, 0xff, 0xff), "larger than the limit"},
+	{"bad json", rawStream(Version, `{"version":`+fmt.Sprint(Version)+`,"entries":[`, nil), "not a valid manifest"},
+	{"unknown field", rawStream(Version, `{"version":`+fmt.Sprint(Version)+`,"total":0,"entries":[],"evil":1}`, nil), "unknown field"},
+	{"negative size", rawStream(Version, `{"version":`+fmt.Sprint(Version)+`,"total":-1,"entries":[]}`, nil), "out of range"},
 	{"compression bomb", rawStream(Version, manifest(10, file("a", bytes.Repeat([]byte{0}, 10))), bytes.Repeat([]byte{0}, 64<<20)), "more data than"},
 	{"data message too big", rawStream(Version, manifest(1, file("a", []byte("x"))), nil, []byte{'D', 0x7f, 0, 0, 0}), "larger than the limit"},
 	{"sender abort", rawStream(Version, manifest(1, file("a", []byte("x"))), nil, func() []byte {

@@ -2,14 +2,18 @@ package transfer
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // Version is the stream version this nbship speaks. A receiver refuses any
 // other: both ends must run the same nbship, which the controller ensures.
-const Version = 2
+// 3: store paths carry their signatures and content address, and the
+// receiver may say it is busy (substituting) before its want.
+const Version = 3
 
 // magic opens the sender's half of every stream, followed by a big-endian
 // uint16 version.
@@ -21,6 +25,7 @@ const (
 	msgReady  = 'R' // receiver → sender: ready, JSON readyMsg
 	msgHeader = 'H' // sender → receiver: the manifest, JSON
 	msgWant   = 'W' // receiver → sender: bitmap of entries to send
+	msgBusy   = 'B' // receiver → sender: still deciding what it wants (empty; version 3)
 	msgData   = 'D' // sender → receiver: a chunk of the zstd stream
 	msgEnd    = 'E' // sender → receiver: end of the zstd stream
 	msgAck    = 'A' // receiver → sender: JSON ackMsg, the final word
@@ -180,6 +185,65 @@ func (l linkReader) Read(p []byte) (int, error) {
 		err = &linkError{err}
 	}
 	return n, err
+}
+
+// expectWant reads the receiver's want, after any number of busy
+// messages (it is substituting: they keep the channel from looking idle).
+func expectWant(r io.Reader) ([]byte, error) {
+	for {
+		t, p, err := readMsg(r, maxControl)
+		switch {
+		case err != nil:
+			return nil, err
+		case t == msgBusy && len(p) == 0:
+			continue
+		case t == msgAbort:
+			return nil, &PeerError{Reason: string(p)}
+		case t == msgAck:
+			// The receiver refused the manifest: its final word, early.
+			var a ackMsg
+			if json.Unmarshal(p, &a) == nil && !a.OK && a.Error != "" {
+				if a.Refused {
+					return nil, &PeerRefusedError{Reason: a.Error}
+				}
+				return nil, &PeerError{Reason: a.Error}
+			}
+			return nil, errors.New("transfer: protocol error: an acknowledgement before the want")
+		case t != msgWant:
+			return nil, fmt.Errorf("transfer: protocol error: got message %q, want %q", t, msgWant)
+		}
+		return p, nil
+	}
+}
+
+// busyEvery is how often a receiver still deciding what it wants says so.
+var busyEvery = 10 * time.Second
+
+// keepBusy sends a busy message every busyEvery until stop is called
+// (which waits for the last one to be written): nothing else may write to
+// w meanwhile.
+func keepBusy(w io.Writer) (stop func()) {
+	done := make(chan struct{})
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		t := time.NewTicker(busyEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if writeMsg(w, msgBusy, nil) != nil {
+					return
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-ended
+	}
 }
 
 // PeerError is the other end's reason for giving up.

@@ -294,6 +294,7 @@ var contenders = []struct{ id, label string }{
 var datasets = []struct{ id, title string }{
 	{"netboot", "Netboot files"},
 	{"closure", "Nix closure"},
+	{"halfcache", "Nix closure, half of it in pxe's binary cache (`ship --store -s`, `nix copy -s`)"},
 }
 
 var links = []struct{ id, label string }{

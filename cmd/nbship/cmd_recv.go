@@ -37,6 +37,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	system := fs.String("system", "", "system of an instance type nbship does not know (aarch64-linux or x86_64-linux), with --pxe-dir")
 	keep := fs.Int("keep", image.DefaultKeep, "generations to keep, with --pxe-dir")
 	store := fs.Bool("store", false, "import the Nix store paths a relay --store sends into this host's store (instead of --dest)")
+	substitute := fs.Bool("substitute", false, "with --store: first get the paths this host lacks from its own substituters (nix.conf), and want only the rest")
 	pinFlag := fs.String("peer-pin", "", "the relay's `PIN` (SHA256:...), or - to read its fingerprint line from standard input")
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	wait := fs.Duration("accept-timeout", 2*time.Minute, "how long to wait for the pinned relay to connect")
@@ -58,6 +59,9 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	}
 	if (*listen == "") == !*stdio {
 		return usageError("recv: give exactly one of --listen ADDR or --stdio")
+	}
+	if *substitute && !*store {
+		return usageError("recv: --substitute goes with --store")
 	}
 	var land target
 	var err error
@@ -84,6 +88,8 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	if *store {
 		// Nix's import starts while the relay connects.
 		ssink = transfer.NewStoreSink(&transfer.NixStore{})
+		ssink.Substitute = *substitute
+		ssink.Notify = func(msg string) { fmt.Fprintf(e.stderr, "nbship: recv: %s\n", msg) }
 		ssink.Prepare(ctx)
 		defer ssink.Close()
 	}
@@ -140,7 +146,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 		out = e.stderr
 	}
 	if *store {
-		return explain(recvStore(ctx, e, conn, ssink, out, *asJSON))
+		return refusal(explain(recvStore(ctx, e, conn, ssink, out, *asJSON)))
 	}
 
 	stage, have, err := land.stage()
@@ -184,7 +190,9 @@ func recvStore(ctx context.Context, e *env, conn *tunnel.Conn, sink *transfer.St
 	if err != nil {
 		return refusal(fmt.Errorf("recv: %w", err))
 	}
-	printStoreSummary(out, asJSON, "imported", newSummary(st, conn.WireBytes()))
+	sum := newSummary(st, conn.WireBytes())
+	sum.Substituted, sum.SubstitutedBytes = sink.Substituted()
+	printStoreSummary(out, asJSON, "imported", sum)
 	return nil
 }
 

@@ -29,6 +29,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	asJSON := fs.Bool("json", false, "print a JSON summary (on stdout; on stderr with --stdio)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long to keep trying to reach the receiver")
 	store := fs.Bool("store", false, "send the closure of the store PATHs as Nix store paths, for recv --store (no PATH or -: one per line on standard input, after the pin line, up to an empty line)")
+	signKey := fs.String("sign-key", "", "with --store: sign each path on the way with this Nix secret key `file` of this host, as nix store sign would (the store is left as it is)")
 	storeFiles := fs.Bool("store-files", false, "send the files of the store PATHs, each as a top-level entry named by its base name, for recv --dest (PATHs as with --store)")
 	anyLink := fs.Bool("follow-any-symlink", false, "follow symlinks wherever they lead (default: only those that stay inside the PATH they are found under or lead into /nix/store; others are refused)")
 	idle := addIdleFlag(fs)
@@ -53,11 +54,17 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 		if *store && *storeFiles {
 			return usageError("relay: give at most one of --store and --store-files")
 		}
+		if *signKey != "" && !*store {
+			return usageError("relay: --sign-key goes with --store")
+		}
 		return relayStore(ctx, e, relayOptions{
 			connect: *connect, stdio: *stdio, pin: *pinFlag, level: lvl, asJSON: *asJSON,
-			dialTimeout: *dialTimeout, lifeline: *life, files: *storeFiles, idle: *idle,
+			dialTimeout: *dialTimeout, lifeline: *life, files: *storeFiles, idle: *idle, signKey: *signKey,
 			links: transfer.CollectOptions{FollowAnySymlink: *anyLink},
 		}, fs.Args())
+	}
+	if *signKey != "" {
+		return usageError("relay: --sign-key goes with --store")
 	}
 	if fs.NArg() == 0 {
 		return usageError("relay: no PATH to send")
@@ -169,6 +176,7 @@ type relayOptions struct {
 	lifeline    bool
 	files       bool // --store-files: the paths' files, not their NARs
 	idle        time.Duration
+	signKey     string // --sign-key: a Nix secret key file of this host
 	links       transfer.CollectOptions
 }
 
@@ -192,6 +200,15 @@ func relayStore(ctx context.Context, e *env, o relayOptions, args []string) erro
 			return fmt.Errorf("relay: %w", err)
 		}
 	}
+	// The key first: a bad one fails before anything is read or dialled.
+	// It is read here and stays here: only its signatures travel.
+	var key *transfer.SigningKey
+	if o.signKey != "" {
+		var err error
+		if key, err = transfer.LoadSigningKey(o.signKey); err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+	}
 	fromStdin := len(args) == 0 || len(args) == 1 && args[0] == "-"
 	collect := func(paths []string) (*transfer.Source, error) {
 		var src *transfer.Source
@@ -203,6 +220,9 @@ func relayStore(ctx context.Context, e *env, o relayOptions, args []string) erro
 		}
 		if err != nil {
 			return nil, linkRefusal(fmt.Errorf("relay: %w", err))
+		}
+		if key != nil {
+			src.Sign(key)
 		}
 		return src, nil
 	}

@@ -37,6 +37,8 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	to := fs.String("to", "", "`HOST` to ship to: an SSH destination, or local (default: the config's pxeHost)")
 	store := fs.Bool("store", false, "import the closure of the paths into the receiving host's Nix store (only the paths it lacks)")
 	dest := fs.String("dest", "", "put the files of the paths in this `DIR` on the receiving host, one entry per path, named by its base name")
+	signKey := fs.String("sign-key", "", "with --store: sign each path on the way with this Nix secret key `FILE` on the sending host (read there by nbship; never sent)")
+	substitute := fs.BoolP("substitute-on-destination", "s", false, "with --store: the receiving host first gets what it can from its own substituters; only the rest is sent")
 	replace := fs.Bool("replace", false, "with --dest: replace a non-empty directory atomically")
 	anyLink := fs.Bool("follow-any-symlink", false, "with --dest: the sender follows symlinks wherever they lead (default: only into the path they are found under or /nix/store)")
 	pathFlag := fs.String("path", controller.PathAuto, "how the data travels, `MODE`: auto (direct, else over SSH), direct, or ssh")
@@ -59,6 +61,9 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	}
 	if *anyLink && *store {
 		return usageError("ship: --follow-any-symlink goes with --dest")
+	}
+	if (*signKey != "" || *substitute) && !*store {
+		return usageError("ship: --sign-key and --substitute-on-destination go with --store")
 	}
 	if _, err := transfer.EncoderLevel(*level); err != nil {
 		return usageError("ship: %v", err)
@@ -157,9 +162,10 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 			StoreFiles:       !*store,
 			Paths:            paths,
 			FollowAnySymlink: *anyLink,
+			SignKey:          *signKey, // the key file's path only: the relay reads it on its host
 			Level:            *level,
 		},
-		Recv: protocol.Recv{Listen: ":" + strconv.Itoa(port), Store: *store, Dest: *dest, Replace: *replace},
+		Recv: protocol.Recv{Listen: ":" + strconv.Itoa(port), Store: *store, Substitute: *substitute, Dest: *dest, Replace: *replace},
 		Path: path,
 		Log:  e.stderr,
 	}
@@ -179,8 +185,15 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	if res.Path == controller.PathSSH {
 		s.WireBytes = res.WireBytes
 	}
+	var rs protocol.Stream
+	if *store && len(res.Recv) > 0 {
+		if err := json.Unmarshal(res.Recv, &rs); err != nil {
+			return fmt.Errorf("ship: the receiver's summary %q: %w", res.Recv, err)
+		}
+	}
 	out := protocol.Ship{
-		PathsTotal: s.Files, PathsSent: s.FilesSent, PathsSkipped: s.Reused,
+		PathsTotal: s.Files, PathsSent: s.FilesSent, PathsSkipped: s.Reused - rs.Substituted,
+		PathsSubstituted: rs.Substituted, SubstitutedBytes: rs.SubstitutedBytes,
 		Bytes: s.Bytes, Compressed: s.Compressed, WireBytes: s.WireBytes,
 		Seconds: s.Seconds, MBps: s.MBps, Path: res.Path,
 		TotalSeconds: round(time.Since(start).Seconds(), 2),
@@ -198,8 +211,12 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	if !*store {
 		what = "put in " + *to + ":" + *dest
 	}
-	fmt.Fprintf(e.stdout, "%d store paths %s (%d sent, %d already there): %s raw, %s on the wire in %.2fs, %.1f MB/s (%s path)\n",
-		out.PathsTotal, what, out.PathsSent, out.PathsSkipped, transfer.HumanBytes(out.Bytes), transfer.HumanBytes(out.WireBytes), out.Seconds, out.MBps, out.Path)
+	subst := ""
+	if *substitute {
+		subst = fmt.Sprintf(", %d from its substituters", out.PathsSubstituted)
+	}
+	fmt.Fprintf(e.stdout, "%d store paths %s (%d sent, %d already there%s): %s raw, %s on the wire in %.2fs, %.1f MB/s (%s path)\n",
+		out.PathsTotal, what, out.PathsSent, out.PathsSkipped, subst, transfer.HumanBytes(out.Bytes), transfer.HumanBytes(out.WireBytes), out.Seconds, out.MBps, out.Path)
 	return nil
 }
 

@@ -229,13 +229,20 @@ func peakRSS(pid int, stop <-chan struct{}) <-chan rssPeaks {
 // recvEnv to its environment. It returns both ends' outcomes and peak RSS.
 func storeLoopback(t *testing.T, bin string, src, dst *testStore, recvArgs, recvEnv []string, paths ...string) (recv, relay outcome, recvPeak, relayPeak rssPeaks) {
 	t.Helper()
+	return storeLoopbackArgs(t, bin, src, dst, nil, recvArgs, recvEnv, paths...)
+}
+
+// storeLoopbackArgs is storeLoopback with relayArgs added to the relay's
+// arguments.
+func storeLoopbackArgs(t *testing.T, bin string, src, dst *testStore, relayArgs, recvArgs, recvEnv []string, paths ...string) (recv, relay outcome, recvPeak, relayPeak rssPeaks) {
+	t.Helper()
 	r := startEnv(t, append(slices.Clone(dst.env), recvEnv...), bin, append([]string{"recv", "--listen", "127.0.0.1:0", "--store", "--peer-pin", "-", "--json", "--stdin-lifeline"}, recvArgs...)...)
 	rfp := r.line(t)
 	addr, ok := strings.CutPrefix(r.line(t), "listening ")
 	if !ok {
 		t.Fatalf("recv's second line is not listening ADDR (stderr: %s)", r.stderr)
 	}
-	s := startEnv(t, src.env, bin, "relay", "--store", "--connect", addr, "--peer-pin", "-", "--json", "--stdin-lifeline")
+	s := startEnv(t, src.env, bin, append([]string{"relay", "--store", "--connect", addr, "--peer-pin", "-", "--json", "--stdin-lifeline"}, relayArgs...)...)
 	stop := make(chan struct{})
 	rpeak, speak := peakRSS(r.cmd.Process.Pid, stop), peakRSS(s.cmd.Process.Pid, stop)
 	sfp := s.line(t)
@@ -307,6 +314,56 @@ func TestStoreLoopback(t *testing.T) {
 	}
 	if s := relaySummary(t, relay.stdout); s.FilesSent != 0 || s.Reused != 3 || s.Bytes != 0 || s.WireBytes > 32<<10 {
 		t.Errorf("again: relay summary = %+v, want 0 sent, 3 skipped, a few KiB on the wire", s)
+	}
+}
+
+// TestStoreLoopbackSigned signs a closure on the way with a key Nix made:
+// the receiving store has each path with the signature, and Nix itself
+// finds it good for that key. A key file that is not one stops the relay
+// before anything moves.
+func TestStoreLoopbackSigned(t *testing.T) {
+	src, dst := newTestStore(t), newTestStore(t)
+	c := addClosure(t, src, 1<<20)
+	bin := nbshipBinary(t, "amd64")
+	dir := t.TempDir()
+	sk, pk := filepath.Join(dir, "sk"), filepath.Join(dir, "pk")
+	src.nixStore(t, nil, "--generate-binary-cache-key", "nbship-test-1", sk, pk)
+	pub, err := os.ReadFile(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	recv, relay, _, _ := storeLoopbackArgs(t, bin, src, dst, []string{"--sign-key", sk}, nil, nil, c.top)
+	if recv.err != nil || relay.err != nil {
+		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	}
+	sameClosure(t, src, dst, c.top)
+	nix := func(s *testStore, args ...string) (string, error) {
+		cmd := exec.Command("nix", append([]string{"--extra-experimental-features", "nix-command"}, args...)...)
+		cmd.Env = s.env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := nix(dst, "store", "verify", "--no-contents", "--recursive", "--sigs-needed", "1",
+		"--option", "trusted-public-keys", strings.TrimSpace(string(pub)), c.top)
+	if err != nil {
+		t.Errorf("nix store verify --sigs-needed 1 on the receiver: %v: %s", err, out)
+	}
+	// The sender's store is left as it was: no signature there.
+	if out, err := nix(src, "path-info", "--sigs", c.top); err != nil || strings.Contains(out, "nbship-test-1") {
+		t.Errorf("nix path-info --sigs on the sender = %q, %v; want no signature added there", out, err)
+	}
+
+	bad := filepath.Join(dir, "bad")
+	if err := os.WriteFile(bad, []byte("nbship-test-1:not-a-key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "relay", "--store", "--connect", "127.0.0.1:1", "--peer-pin", "-", "--sign-key", bad, c.top)
+	cmd.Env = src.env
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Run(); err == nil || o.Len() != 0 || !strings.Contains(e.String(), bad+": not a Nix secret key") {
+		t.Errorf("relay --sign-key BADFILE: %v, stdout %q, stderr %q; want it stopped before its fingerprint, naming the file", err, o.String(), e.String())
 	}
 }
 
@@ -468,6 +525,8 @@ func TestShipRefusesBadInput(t *testing.T) {
 		{"no mode", nil, "", "exactly one of --store or --dest"},
 		{"both modes", []string{"--store", "--dest", "/tmp/x"}, "", "exactly one of --store or --dest"},
 		{"symlinks with store", []string{"--store", "--follow-any-symlink"}, "", "--follow-any-symlink goes with --dest"},
+		{"sign key with --dest", []string{"--dest", "/tmp/x", "--sign-key", "/tmp/k"}, "", "--sign-key and --substitute-on-destination go with --store"},
+		{"substitute with --dest", []string{"--dest", "/tmp/x", "-s"}, "", "--sign-key and --substitute-on-destination go with --store"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(bin, append([]string{"ship", "--from", "local", "--to", "local"}, tc.args...)...)

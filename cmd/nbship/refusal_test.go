@@ -171,18 +171,18 @@ func TestRecvRefusesHostileSender(t *testing.T) {
 		stream []byte
 		want   string
 	}{
-		{"traversal", crafted(transfer.Version, `{"version":2,"total":1,"entries":[`+entry("../escape", []byte("x"))+`]}`, []byte("x")), "'..'"},
-		{"absolute", crafted(transfer.Version, `{"version":2,"total":1,"entries":[`+entry("/etc/cron.d/x", []byte("x"))+`]}`, []byte("x")), "absolute name"},
-		{"device", crafted(transfer.Version, `{"version":2,"total":0,"entries":[{"name":"null","type":"dev","mode":438}]}`, nil), `type "dev"`},
-		{"oversize entry", crafted(transfer.Version, `{"version":2,"total":1,"entries":[`+entry("a", []byte("x"))+`]}`, []byte("x and a lot more")), "more data than"},
-		{"compression bomb", crafted(transfer.Version, `{"version":2,"total":4,"entries":[`+entry("a", []byte{0, 0, 0, 0})+`]}`, make([]byte, 256<<20)), "more data than"},
+		{"traversal", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":1,"entries":[`+entry("../escape", []byte("x"))+`]}`, []byte("x")), "'..'"},
+		{"absolute", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":1,"entries":[`+entry("/etc/cron.d/x", []byte("x"))+`]}`, []byte("x")), "absolute name"},
+		{"device", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":0,"entries":[{"name":"null","type":"dev","mode":438}]}`, nil), `type "dev"`},
+		{"oversize entry", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":1,"entries":[`+entry("a", []byte("x"))+`]}`, []byte("x and a lot more")), "more data than"},
+		{"compression bomb", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":4,"entries":[`+entry("a", []byte{0, 0, 0, 0})+`]}`, make([]byte, 256<<20)), "more data than"},
 		{"unknown version", crafted(9, `{}`, nil), "version 9 is not supported"},
-		{"truncated", crafted(transfer.Version, `{"version":2,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, nil), "truncated"},
-		{"huge header", append([]byte("NBSHIP\x00\x00\x02"), 'H', 0x7f, 0xff, 0xff, 0xff), "larger than the limit"},
-		{"bad hash", crafted(transfer.Version, `{"version":2,"total":1,"entries":[`+entry("a", []byte("y"))+`]}`, []byte("x")), "does not match"},
+		{"truncated", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, nil), "truncated"},
+		{"huge header", append([]byte("NBSHIP\x00\x00"+string(rune(transfer.Version))), 'H', 0x7f, 0xff, 0xff, 0xff), "larger than the limit"},
+		{"bad hash", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":1,"entries":[`+entry("a", []byte("y"))+`]}`, []byte("x")), "does not match"},
 		{"a million directories", crafted(transfer.Version, manyDirs(1_000_000, 8), nil), "larger than the limit"},
 		{"entries past the limit", crafted(transfer.Version, manyDirs(transfer.MaxEntries+1, 200), nil), "more than the limit of 65536 entries"},
-		{"short data", crafted(transfer.Version, `{"version":2,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, []byte("123")), "data ended after 3 of its 5 bytes"},
+		{"short data", crafted(transfer.Version, `{"version":`+fmt.Sprint(transfer.Version)+`,"total":5,"entries":[`+entry("a", []byte("12345"))+`]}`, []byte("123")), "data ended after 3 of its 5 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stderr, err, dest, rss := hostileSendRSS(t, tc.stream)
@@ -336,7 +336,7 @@ func TestRefusedImageExitsRefusedOnBothEnds(t *testing.T) {
 // as large a header as a sender can make.
 func manyDirs(n, size int) string {
 	var b strings.Builder
-	b.WriteString(`{"version":2,"total":0,"entries":[`)
+	fmt.Fprintf(&b, `{"version":%d,"total":0,"entries":[`, transfer.Version)
 	pad := strings.Repeat("d", max(1, size-8))
 	for i := range n {
 		if i > 0 {

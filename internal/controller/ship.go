@@ -569,6 +569,10 @@ type captureWriter struct {
 	silent bool // lines are dropped, not passed on
 }
 
+// refusalEcho is how an end reports that the other refused the stream
+// (transfer.PeerRefusedError).
+const refusalEcho = "transfer: the receiver refused the stream: "
+
 // silence drops whatever the end writes from now on.
 func (c *captureWriter) silence() {
 	c.mu.Lock()
@@ -586,9 +590,13 @@ func (c *captureWriter) Write(b []byte) (int, error) {
 			break
 		}
 		l := c.buf[:i+1]
-		if len(l) > 1 && l[0] == '{' && json.Valid(l[:i]) {
+		switch {
+		case len(l) > 1 && l[0] == '{' && json.Valid(l[:i]):
 			c.last = append(json.RawMessage(nil), l[:i]...)
-		} else {
+		case strings.Contains(string(l), refusalEcho):
+			// An end repeating the other's refusal, which that end
+			// printed itself: one line is enough.
+		default:
 			pass = append(pass, l...)
 		}
 		c.buf = c.buf[i+1:]

@@ -74,6 +74,9 @@ type Recv struct {
 	KeepPartial bool // leave what a failed attempt verified for the next
 
 	Store bool // import into the host's Nix store
+	// Substitute: with Store, get what the host lacks from its own
+	// substituters first, and want only the rest.
+	Substitute bool
 
 	Idle time.Duration
 }
@@ -116,6 +119,9 @@ func (r Recv) Args() ([]string, error) {
 	if r.Store {
 		n++
 		a = append(a, "--store")
+		if r.Substitute {
+			a = append(a, "--substitute")
+		}
 	}
 	if n != 1 {
 		return nil, errors.New("protocol: recv needs exactly one of Dest, Publish and Store")
@@ -140,8 +146,11 @@ type Relay struct {
 	Paths []string
 
 	FollowAnySymlink bool
-	Level            string // zstd level; "" for the end's default
-	Idle             time.Duration
+	// SignKey, with Store: a Nix secret key file on the sending host to
+	// sign each path with on the way (its path only crosses).
+	SignKey string
+	Level   string // zstd level; "" for the end's default
+	Idle    time.Duration
 }
 
 // Args is the command line after nbship's path.
@@ -163,6 +172,9 @@ func (r Relay) Args() ([]string, error) {
 	}
 	if r.Store {
 		a = append(a, "--store")
+		if r.SignKey != "" {
+			a = append(a, "--sign-key", r.SignKey)
+		}
 	}
 	if r.StoreFiles {
 		a = append(a, "--store-files")

@@ -24,6 +24,10 @@ type Stream struct {
 	Generation string `json:"generation,omitempty"`
 	Previous   string `json:"previous,omitempty"`
 	Path       string `json:"path,omitempty"` // direct, ssh, or local (built where it is published)
+	// Receiver of store paths only (recv --substitute): the paths its
+	// substituters gave it, and their NAR bytes.
+	Substituted      int   `json:"paths_substituted,omitempty"`
+	SubstitutedBytes int64 `json:"substituted_bytes,omitempty"`
 	// PeakRSS is the end's peak resident memory (the kernel's VmHWM) in
 	// KiB; 0 where unknown.
 	PeakRSS int64 `json:"peak_rss_kib,omitempty"`
@@ -42,16 +46,21 @@ type Build struct {
 
 // Ship is what ship prints.
 type Ship struct {
-	PathsTotal   int     `json:"paths_total"`
-	PathsSent    int     `json:"paths_sent"`
-	PathsSkipped int     `json:"paths_skipped"`
-	Files        int     `json:"files,omitempty"` // with --dest
-	Bytes        int64   `json:"bytes"`           // raw: NARs (--store) or files (--dest) sent
-	Compressed   int64   `json:"compressed_bytes"`
-	WireBytes    int64   `json:"wire_bytes"`
-	Seconds      float64 `json:"seconds"` // the transfer, as the relay timed it
-	MBps         float64 `json:"mbps"`
-	Path         string  `json:"path"` // direct or ssh
-	Published    string  `json:"published,omitempty"`
-	TotalSeconds float64 `json:"total_seconds"` // everything, as the command timed it
+	PathsTotal   int `json:"paths_total"`
+	PathsSent    int `json:"paths_sent"`
+	PathsSkipped int `json:"paths_skipped"` // already there
+	// With --substitute-on-destination: the paths the receiver got from
+	// its own substituters (not sent, not counted as skipped), and their
+	// NAR bytes.
+	PathsSubstituted int     `json:"paths_substituted"`
+	SubstitutedBytes int64   `json:"substituted_bytes"`
+	Files            int     `json:"files,omitempty"` // with --dest
+	Bytes            int64   `json:"bytes"`           // raw: NARs (--store) or files (--dest) sent
+	Compressed       int64   `json:"compressed_bytes"`
+	WireBytes        int64   `json:"wire_bytes"`
+	Seconds          float64 `json:"seconds"` // the transfer, as the relay timed it
+	MBps             float64 `json:"mbps"`
+	Path             string  `json:"path"` // direct or ssh
+	Published        string  `json:"published,omitempty"`
+	TotalSeconds     float64 `json:"total_seconds"` // everything, as the command timed it
 }

@@ -530,3 +530,25 @@ func (r *Rig) Rekey(host string) error { return r.rigsh("rekey", host) }
 
 // Trust rewrites the operator's known_hosts with the hosts' current keys.
 func (r *Rig) Trust() error { return r.rigsh("trust") }
+
+// NixConf gives host ("build" or "pxe") the nix.conf the rig starts with
+// plus the lines of extra (later settings override earlier ones), and
+// restarts its nix-daemon to read it; extra "" restores the default.
+func (r *Rig) NixConf(host, extra string) error {
+	if extra == "" {
+		return r.rigsh("nixconf", host)
+	}
+	f, err := os.CreateTemp("", "nbship-nixconf-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(extra)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return r.rigsh("nixconf", host, f.Name())
+}
