@@ -22,6 +22,7 @@ type command struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, env *env, args []string) error
+	hidden  bool // an end the controller starts on a host: not in the usage
 }
 
 var commands = map[string]command{}
@@ -141,8 +142,10 @@ func run(ctx context.Context, e *env, args []string) error {
 func usage(w io.Writer, fs *pflag.FlagSet) {
 	fmt.Fprintf(w, "usage: nbship [--version] COMMAND [flags] [args]\n\ncommands:\n")
 	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
+	for n, c := range commands {
+		if !c.hidden {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	for _, n := range names {
