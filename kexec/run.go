@@ -127,6 +127,9 @@ func Run(ctx context.Context, c *remote.Client, bin string, plan Plan, o Options
 		return res, endError(c.Name(), p.Wait(), stderr)
 	}
 
+	// The key the host offers now, to tell its next system by.
+	oldKey, _ := HostKey(ctx, addr)
+
 	var (
 		execAt  time.Time
 		sendErr error
@@ -134,7 +137,7 @@ func Run(ctx context.Context, c *remote.Client, bin string, plan Plan, o Options
 	)
 	sc := bufio.NewScanner(p.Stdout)
 	sc.Buffer(make([]byte, 4096), 64<<10)
-	for sc.Scan() {
+	for execAt.IsZero() && sc.Scan() {
 		var ev Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			continue
@@ -169,9 +172,9 @@ func Run(ctx context.Context, c *remote.Client, bin string, plan Plan, o Options
 			fmt.Fprintf(log, "nbship: %s: %s: starting %s %s; waiting up to %v for it to answer SSH\n", c.Name(), ev.How, plan.Instance, plan.Generation, timeout)
 		}
 	}
-	werr := p.Wait()
-	sendWG.Wait()
 	if execAt.IsZero() {
+		werr := p.Wait()
+		sendWG.Wait()
 		if sendErr != nil {
 			return res, sendErr
 		}
@@ -180,13 +183,27 @@ func Run(ctx context.Context, c *remote.Client, bin string, plan Plan, o Options
 		}
 		return res, endError(c.Name(), werr, stderr)
 	}
-	// After "exec" the session ends with the old system: no exit status,
-	// or (systemctl kexec) a clean one. A failed kexec -e says so.
-	var ee *remote.ExitError
-	if errors.As(werr, &ee) {
-		return res, endError(c.Name(), werr, stderr)
-	}
-	return waitSSH(ctx, res, addr, execAt, timeout)
+	// The session ends with the old system: when the connection is
+	// found dead (keepalives), or (systemctl kexec) with a clean exit,
+	// often after the new system answers. Only a failed kexec ends it
+	// with an error status.
+	ended := make(chan error, 1)
+	go func() {
+		io.Copy(io.Discard, p.Stdout)
+		ended <- p.Wait()
+	}()
+	return waitSSH(ctx, res, addr, oldKey, execAt, timeout, func() error {
+		select {
+		case werr := <-ended:
+			var ee *remote.ExitError
+			if errors.As(werr, &ee) {
+				return endError(c.Name(), werr, stderr)
+			}
+			ended <- werr
+		default:
+		}
+		return nil
+	})
 }
 
 // endError turns the end's failure into a *HostError naming its own
@@ -202,24 +219,42 @@ func endError(host string, err error, l *lastLines) error {
 	return err
 }
 
-// waitSSH waits until addr stops answering SSH (the old system went) and
-// then answers again, probing every half second.
-func waitSSH(ctx context.Context, res Result, addr string, since time.Time, timeout time.Duration) (Result, error) {
+// waitSSH waits until addr answers SSH as a new system: after it stopped
+// answering (the old system went), or with a host key other than oldKey.
+// It probes every half second; failed (a non-nil error from it) says the
+// kexec failed on the host.
+func waitSSH(ctx context.Context, res Result, addr, oldKey string, since time.Time, timeout time.Duration, failed func() error) (Result, error) {
 	deadline := since.Add(timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	down := false
+	var bannerSince time.Time // when the new system first sent a banner
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		if err := failed(); err != nil {
+			return res, err
+		}
 		banner, err := Banner(ctx, addr)
 		if err != nil {
-			down = true
-		} else if down {
-			res.Answered, res.Banner = true, banner
-			res.Seconds = roundSeconds(time.Since(since))
-			res.HostKey, _ = HostKey(ctx, addr)
-			return res, nil
+			down, bannerSince = true, time.Time{}
+		} else {
+			key, kerr := HostKey(ctx, addr)
+			if kerr != nil {
+				key = ""
+			}
+			if down && bannerSince.IsZero() {
+				bannerSince = time.Now()
+			}
+			// A new system may take a while to finish its first
+			// handshake (sshd waiting for the kernel's randomness);
+			// without a key after 30 s of banners, it answers anyway.
+			newKey := key != "" && oldKey != "" && key != oldKey
+			if newKey || down && (key != "" || time.Since(bannerSince) > 30*time.Second) {
+				res.Answered, res.Banner, res.HostKey = true, banner, key
+				res.Seconds = roundSeconds(time.Since(since))
+				return res, nil
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -295,6 +330,9 @@ func HostKey(ctx context.Context, addr string) (string, error) {
 	var fp string
 	_, _, _, err = ssh.NewClientConn(conn, addr, &ssh.ClientConfig{
 		User: "nbship",
+		// OpenSSH's order: the key ssh and ssh-keyscan see first. (A
+		// dropbear -R makes the key of the type asked for first.)
+		HostKeyAlgorithms: []string{ssh.KeyAlgoED25519, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256},
 		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
 			fp = ssh.FingerprintSHA256(key)
 			return errKeySeen
