@@ -45,7 +45,7 @@ func cmdKexec(ctx context.Context, e *env, args []string) error {
 	configPath := fs.String("config", "", "builders.conf `FILE`: pxeHost, pxeDir, baseURL, instance and profile lines")
 	instance := fs.String("instance", "", "instance `NAME` whose published image to boot, like c2.large.arm (default: instance from --config)")
 	baseURL := fs.String("base-url", "", "`URL` where pxeDir is served, as the host reaches it (default: baseURL from --config)")
-	fetch := fs.String("fetch", "auto", "how the host gets the kernel and initrd: auto (the PXE host's URL, else sent through this machine), url, controller")
+	fetch := fs.String("fetch", "auto", "`HOW` the host gets the kernel and initrd: auto (the PXE host's URL, else sent through this machine), url, controller")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how `long` to wait for the host to answer SSH again after the kexec")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	var sf sshFlags
