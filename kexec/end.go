@@ -86,6 +86,9 @@ func End(ctx context.Context, o EndOptions) error {
 		}
 	}()
 	defer pr.Close()
+	// A signal (the controller stopping this end) ends a receive too.
+	stopRecv := context.AfterFunc(ctx, func() { pr.CloseWithError(context.Cause(ctx)) })
+	defer stopRecv()
 
 	h := o.Host
 	if err := h.CheckArch(p.System); err != nil {

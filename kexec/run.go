@@ -150,6 +150,8 @@ func Run(ctx context.Context, c *remote.Client, bin string, plan Plan, o Options
 			res.Fetched = "controller"
 			if ev.Msg != "" {
 				fmt.Fprintf(log, "nbship: %s: %s; sending the files through this machine\n", c.Name(), strings.TrimPrefix(ev.Msg, "kexec: "))
+			} else {
+				fmt.Fprintf(log, "nbship: %s: sending the files through this machine\n", c.Name())
 			}
 			sendWG.Add(1)
 			go func() {
@@ -237,7 +239,9 @@ func waitSSH(ctx context.Context, res Result, addr, oldKey string, since time.Ti
 		}
 		banner, err := Banner(ctx, addr)
 		if err != nil {
-			down, bannerSince = true, time.Time{}
+			if ctx.Err() == nil && time.Now().Before(deadline) { // not the wait's own end
+				down, bannerSince = true, time.Time{}
+			}
 		} else {
 			key, kerr := HostKey(ctx, addr)
 			if kerr != nil {
