@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -348,6 +349,7 @@ func (k *kexecSetup) refused(t *testing.T, ctx context.Context, v *vm, knownHost
 		t.Errorf("%s: nbship kexec = %v, want exit status 65\n%s", what, err, stderr)
 	}
 	line := lastErrorLine(stderr)
+	t.Logf("%s: %s", what, line)
 	for _, w := range want {
 		if !strings.Contains(line, w) {
 			t.Errorf("%s: nbship kexec said %q, want it to name %q\n%s", what, line, w, stderr)
@@ -375,8 +377,8 @@ func randomMarker() string {
 func TestKexecPublishedImage(t *testing.T) {
 	qemu := needQEMU(t)
 	needKexecTools(t)
-	const bigInst = "kexec-big"
-	s := newSetup(t, "m2.xlarge.x86", "baseURL         "+rigHTTPURL(t), "profile         "+bigInst+" x86_64-linux")
+	const bigInst, slowInst = "kexec-big", "kexec-slow"
+	s := newSetup(t, "m2.xlarge.x86", "baseURL         "+rigHTTPURL(t), "profile         "+bigInst+" x86_64-linux", "profile         "+slowInst+" x86_64-linux")
 	ctx := mustCtx(t, 10*time.Minute)
 	k := &kexecSetup{setup: s, pxe: newPXEImages(t, s.r), identity: filepath.Join(s.r.OpHome, ".ssh", "id_ed25519")}
 	pub, err := os.ReadFile(k.identity + ".pub")
@@ -420,6 +422,7 @@ func TestKexecPublishedImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nbship kexec: %v\n%s", err, stderr)
 	}
+	t.Logf("nbship kexec:\n%s%s", stderr, stdout)
 	res := parseJSON[kexecResult](t, stdout)
 	v.waitConsole(t, regexp.MustCompile(regexp.QuoteMeta(markerA)), offset)
 	if !res.Answered || res.Fetched != "url" || res.How != "kexec -e" || !strings.HasPrefix(res.Banner, "SSH-2.0-dropbear") {
@@ -448,14 +451,51 @@ func TestKexecPublishedImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nbship kexec with an unreachable URL: %v\n%s", err, stderr)
 	}
+	t.Logf("nbship kexec, URL unreachable:\n%s", stderr)
 	res = parseJSON[kexecResult](t, stdout)
 	v.waitConsole(t, regexp.MustCompile(regexp.QuoteMeta(markerB)), offset)
 	if !res.Answered || res.Fetched != "controller" || !strings.Contains(stderr, "through this machine") {
 		t.Errorf("nbship kexec = %+v, want answered, fetched through the controller\n%s", res, stderr)
 	}
 
-	// A kernel with kexec_load_disabled: it stays so until the next boot.
+	// The operator interrupts while the files go through it: the end
+	// on the VM stops, removes what it received and loads nothing; the
+	// VM goes on running the same system.
 	kh3 := filepath.Join(s.dir, "vm_known_hosts3")
+	k.ssh(t, ctx, v, kh3, "true")
+	k.publishImage(t, ctx, slowInst, "x86_64-linux", "bzImage", debianAmd64+"linux", nil, 300<<20)
+	st := s.start(t, ctx, "kexec", fmt.Sprintf("root@127.0.0.1:%d", v.port), "--config", k.config, "--instance", slowInst, "--fetch", "controller",
+		"--known-hosts", s.r.KnownHosts, "--known-hosts", kh3, "-i", k.identity)
+	for {
+		select {
+		case err := <-st.done:
+			t.Fatalf("nbship kexec ended (%v) before the files were seen arriving:\n%s", err, st.stderr.String())
+		default:
+		}
+		got := k.ssh(t, ctx, v, kh3, `n=0; for f in /tmp/nbship-kexec-*/*; do [ -f "$f" ] && n=$((n + $(wc -c <"$f"))); done; echo $n`)
+		if n, _ := strconv.Atoi(strings.TrimSpace(got)); n > 1<<20 {
+			break
+		}
+	}
+	st.cmd.Process.Signal(os.Interrupt)
+	if err := st.wait(t, time.Minute); err == nil || st.cmd.ProcessState.ExitCode() != 130 {
+		t.Errorf("interrupted nbship kexec = %v, want exit status 130\n%s", err, st.stderr.String())
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		left := k.ssh(t, ctx, v, kh3, "ls -d /tmp/nbship-kexec-* 2>/dev/null; ps | grep -c '[k]exec-end' || true")
+		if strings.TrimSpace(left) == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the end did not stop and clean up after the operator's Ctrl-C: %q\n%s", left, st.stderr.String())
+		}
+		time.Sleep(time.Second)
+	}
+	if pids, err := s.r.Processes(rig.PXE, "cat"); err != nil || len(pids) > 0 {
+		t.Errorf("cat processes left on pxe: %v, %v", pids, err)
+	}
+
+	// A kernel with kexec_load_disabled: it stays so until the next boot.
 	k.ssh(t, ctx, v, kh3, "echo 1 >/proc/sys/kernel/kexec_load_disabled")
 	_, stderr, err = k.kexec(t, ctx, v, kh3, "m2.xlarge.x86")
 	k.refused(t, ctx, v, kh3, "kexec_load_disabled", err, stderr, "refused", "kexec_load_disabled is 1")

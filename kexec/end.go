@@ -120,7 +120,6 @@ func End(ctx context.Context, o EndOptions) error {
 			err := download(ctx, f.f, f.path)
 			var ue *unreachableError
 			if errors.As(err, &ue) && !p.NoStdin {
-				fmt.Fprintf(o.Stderr, "nbship: %v; asking the controller for the files\n", err)
 				viaURL = false
 				if err := writeEvent(o.Stdout, Event{Event: "send", Files: []string{p.Kernel.Name, p.Initrd.Name}, Msg: err.Error()}); err != nil {
 					return err

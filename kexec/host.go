@@ -74,7 +74,7 @@ func MachineSystem(m string) string {
 func (h Host) CheckArch(system string) error {
 	m := h.machine()
 	if got := MachineSystem(m); got != system {
-		return refuse("the image's kernel is %s, but this host is %s (uname -m); boot it on a %s host, or publish an image for this one", system, m, system)
+		return refuse("the image's kernel is %s, but this host is %s (uname -m); boot it on an %s host, or publish an image for this one", system, m, strings.TrimSuffix(system, "-linux"))
 	}
 	return nil
 }
