@@ -116,6 +116,9 @@ func Run(ctx context.Context, c *remote.Client, bin string, plan Plan, o Options
 	if err != nil {
 		return res, fmt.Errorf("kexec: %w", err)
 	}
+	// The key the host offers now, to tell its next system by.
+	oldKey, _ := HostKey(ctx, addr)
+
 	stderr := &lastLines{w: log, host: c.Name()}
 	p, err := c.Start(ctx, remote.Cmd{Args: []string{bin, EndCommand}, Pipes: true, Stderr: stderr})
 	if err != nil {
@@ -123,12 +126,8 @@ func Run(ctx context.Context, c *remote.Client, bin string, plan Plan, o Options
 	}
 	defer p.Close()
 	if _, err := p.Stdin.Write(append(line, '\n')); err != nil {
-		p.Wait()
 		return res, endError(c.Name(), p.Wait(), stderr)
 	}
-
-	// The key the host offers now, to tell its next system by.
-	oldKey, _ := HostKey(ctx, addr)
 
 	var (
 		execAt  time.Time
