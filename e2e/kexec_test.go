@@ -37,6 +37,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mount -t securityfs securityfs /sys/kernel/security
 insmod /lib/modules/e1000.ko
 ip link set lo up
 ip link set eth0 up
@@ -314,7 +315,7 @@ func (k *kexecSetup) kexec(t *testing.T, ctx context.Context, v *vm, knownHosts,
 
 // publishImage publishes kernel (a path) and initrd (bytes, or a file of
 // size bytes when initrd is nil) as instance's new generation on pxe.
-func (k *kexecSetup) publishImage(t *testing.T, ctx context.Context, instance, system, kernelFile, kernel string, initrd []byte, size int64) {
+func (k *kexecSetup) publishImage(t *testing.T, ctx context.Context, instance, system, kernelFile, kernel string, initrd []byte, size int64, args ...string) {
 	t.Helper()
 	d, err := os.MkdirTemp(k.pxe.dir, instance+"-")
 	if err != nil {
@@ -332,7 +333,7 @@ func (k *kexecSetup) publishImage(t *testing.T, ctx context.Context, instance, s
 			t.Fatal(err)
 		}
 	}
-	script := fmt.Sprintf("#!ipxe\nkernel %s initrd=initrd console=ttyS0,115200n8 rdinit=/init ${cmdline}\ninitrd initrd\nboot\n", kernelFile)
+	script := fmt.Sprintf("#!ipxe\nkernel %s initrd=initrd console=ttyS0,115200n8 rdinit=/init %s ${cmdline}\ninitrd initrd\nboot\n", kernelFile, strings.Join(args, " "))
 	writeFile(t, filepath.Join(d, "netboot.ipxe"), []byte(script), 0o644)
 	out, err := k.pxe.command(ctx, "image", "publish", "--pxe-dir", k.r.PXEDir, "--instance", instance, "--system", system, "--keep", "2", d).CombinedOutput()
 	if err != nil {
@@ -369,8 +370,8 @@ func randomMarker() string {
 
 // nbship kexec boots the published m2.xlarge.x86 image on a running VM,
 // and refuses, before loading anything, a kernel of another architecture,
-// an image larger than the VM's memory allows, a VM without kexec-tools
-// and one with kexec_load_disabled. The new kernel's console shows the
+// an image larger than the VM's memory allows, a VM without kexec-tools,
+// a kernel in lockdown and one with kexec_load_disabled. The new kernel's console shows the
 // marker only the published initrd holds, and nbship sees the VM answer
 // SSH again with its new host key. The files come from nginx on the PXE
 // host, and through the operator when that URL is unreachable.
@@ -443,9 +444,45 @@ func TestKexecPublishedImage(t *testing.T) {
 	}
 	noNbshipLeft(t, s.r, rig.PXE)
 
+	// The operator interrupts while the files go through it: the end
+	// on the VM stops, removes what it received and loads nothing; the
+	// VM goes on running the same system.
+	k.publishImage(t, ctx, slowInst, "x86_64-linux", "bzImage", debianAmd64+"linux", nil, 300<<20)
+	st := s.start(t, ctx, "kexec", fmt.Sprintf("root@127.0.0.1:%d", v.port), "--config", k.config, "--instance", slowInst, "--fetch", "controller",
+		"--known-hosts", s.r.KnownHosts, "--known-hosts", kh2, "-i", k.identity)
+	for {
+		select {
+		case err := <-st.done:
+			t.Fatalf("nbship kexec ended (%v) before the files were seen arriving:\n%s", err, st.stderr.String())
+		default:
+		}
+		got := k.ssh(t, ctx, v, kh2, `n=0; for f in /tmp/nbship-kexec-*/*; do [ -f "$f" ] && n=$((n + $(wc -c <"$f"))); done; echo $n`)
+		if n, _ := strconv.Atoi(strings.TrimSpace(got)); n > 1<<20 {
+			break
+		}
+	}
+	st.cmd.Process.Signal(os.Interrupt)
+	if err := st.wait(t, time.Minute); err == nil || st.cmd.ProcessState.ExitCode() != 130 {
+		t.Errorf("interrupted nbship kexec = %v, want exit status 130\n%s", err, st.stderr.String())
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		left := k.ssh(t, ctx, v, kh2, "ls -d /tmp/nbship-kexec-* 2>/dev/null; ps | grep -c '[k]exec-end' || true")
+		if strings.TrimSpace(left) == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the end did not stop and clean up after the operator's Ctrl-C: %q\n%s", left, st.stderr.String())
+		}
+		time.Sleep(time.Second)
+	}
+	if pids, err := s.r.Processes(rig.PXE, "cat"); err != nil || len(pids) > 0 {
+		t.Errorf("cat processes left on pxe: %v, %v", pids, err)
+	}
+
 	// Again, with the PXE host's URL unreachable from the VM: the files
-	// come through the operator, from the generation published now.
-	k.publishImage(t, ctx, "m2.xlarge.x86", "x86_64-linux", "bzImage", debianAmd64+"linux", markerInitrd(t, img.base, markerB), 0)
+	// come through the operator, from the generation published now,
+	// whose kernel runs in lockdown.
+	k.publishImage(t, ctx, "m2.xlarge.x86", "x86_64-linux", "bzImage", debianAmd64+"linux", markerInitrd(t, img.base, markerB), 0, "lockdown=integrity")
 	offset = len(v.consoleText())
 	stdout, stderr, err = k.kexec(t, ctx, v, kh2, "m2.xlarge.x86", "--base-url", "http://10.0.2.2:9/")
 	if err != nil {
@@ -458,42 +495,13 @@ func TestKexecPublishedImage(t *testing.T) {
 		t.Errorf("nbship kexec = %+v, want answered, fetched through the controller\n%s", res, stderr)
 	}
 
-	// The operator interrupts while the files go through it: the end
-	// on the VM stops, removes what it received and loads nothing; the
-	// VM goes on running the same system.
+	// A kernel in lockdown loads only signed kernels.
 	kh3 := filepath.Join(s.dir, "vm_known_hosts3")
-	k.ssh(t, ctx, v, kh3, "true")
-	k.publishImage(t, ctx, slowInst, "x86_64-linux", "bzImage", debianAmd64+"linux", nil, 300<<20)
-	st := s.start(t, ctx, "kexec", fmt.Sprintf("root@127.0.0.1:%d", v.port), "--config", k.config, "--instance", slowInst, "--fetch", "controller",
-		"--known-hosts", s.r.KnownHosts, "--known-hosts", kh3, "-i", k.identity)
-	for {
-		select {
-		case err := <-st.done:
-			t.Fatalf("nbship kexec ended (%v) before the files were seen arriving:\n%s", err, st.stderr.String())
-		default:
-		}
-		got := k.ssh(t, ctx, v, kh3, `n=0; for f in /tmp/nbship-kexec-*/*; do [ -f "$f" ] && n=$((n + $(wc -c <"$f"))); done; echo $n`)
-		if n, _ := strconv.Atoi(strings.TrimSpace(got)); n > 1<<20 {
-			break
-		}
+	if got := k.ssh(t, ctx, v, kh3, "cat /sys/kernel/security/lockdown"); !strings.Contains(got, "[integrity]") {
+		t.Fatalf("the VM's kernel is not in lockdown: %q", got)
 	}
-	st.cmd.Process.Signal(os.Interrupt)
-	if err := st.wait(t, time.Minute); err == nil || st.cmd.ProcessState.ExitCode() != 130 {
-		t.Errorf("interrupted nbship kexec = %v, want exit status 130\n%s", err, st.stderr.String())
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		left := k.ssh(t, ctx, v, kh3, "ls -d /tmp/nbship-kexec-* 2>/dev/null; ps | grep -c '[k]exec-end' || true")
-		if strings.TrimSpace(left) == "0" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the end did not stop and clean up after the operator's Ctrl-C: %q\n%s", left, st.stderr.String())
-		}
-		time.Sleep(time.Second)
-	}
-	if pids, err := s.r.Processes(rig.PXE, "cat"); err != nil || len(pids) > 0 {
-		t.Errorf("cat processes left on pxe: %v, %v", pids, err)
-	}
+	_, stderr, err = k.kexec(t, ctx, v, kh3, "m2.xlarge.x86")
+	k.refused(t, ctx, v, kh3, "lockdown", err, stderr, "refused", "lockdown (integrity")
 
 	// A kernel with kexec_load_disabled: it stays so until the next boot.
 	k.ssh(t, ctx, v, kh3, "echo 1 >/proc/sys/kernel/kexec_load_disabled")
