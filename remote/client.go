@@ -249,6 +249,10 @@ func authError(t *target, ids *identities, err error) error {
 // Name returns the destination as given to Dial.
 func (c *Client) Name() string { return c.name }
 
+// Addr is the address the connection reached: the host's TCP address, or
+// through ProxyJump, the address the last jump host dialled.
+func (c *Client) Addr() net.Addr { return c.conn.RemoteAddr() }
+
 // watch notes the end of the connection, however it came.
 func (c *Client) watch() {
 	err := c.ssh.Wait()

@@ -13,6 +13,7 @@ PACKAGES=(
 	debian-installer-12-netboot-arm64 debian-installer-12-netboot-amd64
 	netcat-openbsd zstd iproute2 time psmisc procps util-linux make curl
 	ca-certificates qemu-system-x86 ipxe-qemu hyperfine
+	busybox-static dropbear-bin kexec-tools cpio
 )
 GO=${GO:-/usr/local/go/bin/go}
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/config"
 	"github.com/nbship/nbship/internal/version"
 	"github.com/nbship/nbship/provider"
@@ -44,10 +45,40 @@ func cmdBuilders(ctx context.Context, e *env, args []string) error {
 	return dispatch(ctx, e, "builders", builderSubs, args, "")
 }
 
+// bootSetup is what booting a new builder needs besides the machine:
+// where the image is published (the config) and how to reach that host.
+type bootSetup struct {
+	cfg *config.Config
+	ssh *sshFlags
+}
+
 // builderBoot boots the published image of instance on a server that
-// answers SSH on c (nbship kexec). Until that command exists, nil: create
-// stops at the rescue system and says what to run.
-var builderBoot func(ctx context.Context, e *env, c *remote.Client, instance string) error
+// answers SSH on c, as nbship kexec does; nil: create stops at the rescue
+// system and says what to run (the tests set their own).
+var builderBoot = bootByKexec
+
+// bootByKexec kexecs the current generation of instance's slot on c and
+// says what runs there now.
+func bootByKexec(ctx context.Context, e *env, b bootSetup, c *remote.Client, instance string) error {
+	if b.cfg.PXEHost == "" || b.cfg.PXEDir == "" {
+		return withHint(usageError("builders create: booting --instance %s needs pxeHost and pxeDir", instance),
+			"pass --config builders.conf, the file nbship aarch64 publishes with")
+	}
+	p, err := image.Lookup(instance, imageExtraProfiles(b.cfg))
+	if err != nil {
+		return usageError("builders create: %v", err)
+	}
+	res, err := kexecHost(ctx, e, kexecOptions{cfg: b.cfg, profile: p, timeout: 10 * time.Minute, ssh: b.ssh, progress: e.stderr}, c)
+	if err != nil {
+		return err
+	}
+	key := ""
+	if res.HostKey != "" {
+		key = fmt.Sprintf("; its host key is now %s (the image's own: check it, then add it to known_hosts)", res.HostKey)
+	}
+	fmt.Fprintf(e.stderr, "nbship: %s runs %s %s: answers SSH again after %.0fs%s\n", res.Host, res.Instance, res.Generation, res.Seconds, key)
+	return nil
+}
 
 // hetznerPoll is how often a running action is polled; the tests shorten it.
 var hetznerPoll = hetzner.DefaultPollInterval
@@ -216,6 +247,8 @@ func buildersCreate(ctx context.Context, e *env, args []string) error {
 	fs.StringArrayVar(&r.Tags, "tag", nil, "packet: tag for the device (repeatable; default hydra)")
 	yes := fs.Bool("yes", false, "create without asking")
 	dryRun := fs.Bool("dry-run", false, "print what would be done and send nothing")
+	var sf sshFlags
+	sf.add(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -321,7 +354,7 @@ func buildersCreate(ctx context.Context, e *env, args []string) error {
 		return withHint(fmt.Errorf("hetzner: server %s has no public IPv4 address to reach it by", s.ID), "%s", gone)
 	}
 	dest := "root@" + net.JoinHostPort(s.IPv4, strconv.Itoa(*sshPort))
-	o := hetzner.SSHOptions{Config: remote.Config{Home: e.getenv("HOME")}, Timeout: *sshTimeout, Log: e.stderr}
+	o := hetzner.SSHOptions{Config: sf.config(e), Timeout: *sshTimeout, Log: e.stderr}
 	err = hetzner.Ready(ctx, dest, o, func(ctx context.Context, c *remote.Client) error {
 		switch {
 		case *instance == "":
@@ -329,7 +362,7 @@ func buildersCreate(ctx context.Context, e *env, args []string) error {
 		case builderBoot == nil:
 			fmt.Fprintf(e.stderr, "hetzner: %s is in its rescue system; boot the image with: nbship kexec %s --instance %s\n", dest, dest, *instance)
 		default:
-			return builderBoot(ctx, e, c, *instance)
+			return builderBoot(ctx, e, bootSetup{cfg: cfg, ssh: &sf}, c, *instance)
 		}
 		return nil
 	})

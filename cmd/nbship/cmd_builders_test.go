@@ -85,12 +85,12 @@ func TestBuildersCreateHetzner(t *testing.T) {
 
 	// --yes: the cost, the server, SSH with the host key recorded, and the boot.
 	var booted string
-	builderBoot = func(ctx context.Context, e *env, c *remote.Client, instance string) error {
+	defer func(old func(context.Context, *env, bootSetup, *remote.Client, string) error) { builderBoot = old }(builderBoot)
+	builderBoot = func(ctx context.Context, e *env, _ bootSetup, c *remote.Client, instance string) error {
 		out, err := c.Output(ctx, "uname", "-s")
 		booted = instance + " " + strings.TrimSpace(string(out))
 		return err
 	}
-	defer func() { builderBoot = nil }()
 	r = runBuilders(t, f, vars, nil, append(base, "--yes", "--instance", "c2.large.arm")...)
 	r.check(t, "create --yes", 0,
 		[]string{"hetzner builder 10", "(arm-builder) created: cax21 in fsn1, 127.0.0.1, running"},

@@ -37,6 +37,7 @@ var imageSubs = []subcommand{
 	{"rollback", "serve the previous generation again, or the one named by --to", imageRollback},
 	{"gc", "remove generations beyond the newest --keep (never the current one)", imageGC},
 	{"url", "print the netboot.ipxe URL a booting instance fetches", imageURL},
+	{"boot", "print what a machine booting the slot loads: kernel, initrds, their SHA-256, the kernel's arguments", imageBoot},
 }
 
 func cmdImage(ctx context.Context, e *env, args []string) error {
@@ -445,6 +446,37 @@ func imageURL(ctx context.Context, e *env, args []string) error {
 		}{p.Name, u})
 	}
 	_, err = fmt.Fprintln(e.stdout, u)
+	return err
+}
+
+func imageBoot(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "image boot", "--instance NAME [--pxe-dir DIR | --config FILE] [--json]")
+	f := addImageFlags(fs, "image boot", true, true)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := imageArgs(fs, "image boot", 0); err != nil {
+		return err
+	}
+	if done, err := f.onHost(ctx, e, fs); done || err != nil {
+		return err
+	}
+	s, err := f.slot(e)
+	if err != nil {
+		return err
+	}
+	b, err := s.Boot()
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(e.stdout, b)
+	}
+	fmt.Fprintf(e.stdout, "%s %s (%s)\n", b.Instance, b.Generation, b.System)
+	for _, file := range append([]image.BootFile{b.Kernel}, b.Initrds...) {
+		fmt.Fprintf(e.stdout, "%s  %s  %d\n", file.SHA256, file.Name, file.Size)
+	}
+	_, err = fmt.Fprintf(e.stdout, "kernel arguments: %s\n", strings.Join(b.Args, " "))
 	return err
 }
 

@@ -28,6 +28,9 @@ type command struct {
 	// plumbing commands (the ends the controller starts on the hosts)
 	// are not listed with the user's commands.
 	plumbing bool
+	// hidden commands (what the controller alone starts on a host, such
+	// as kexec-end) are not listed at all.
+	hidden bool
 }
 
 var commands = map[string]command{}
@@ -194,9 +197,11 @@ func usage(w io.Writer, fs *pflag.FlagSet) {
 	fmt.Fprintf(w, "usage: nbship [--version] COMMAND [flags] [args]\n\ncommands:\n")
 	var names, plumbing []string
 	for n, c := range commands {
-		if c.plumbing {
+		switch {
+		case c.hidden:
+		case c.plumbing:
 			plumbing = append(plumbing, n)
-		} else {
+		default:
 			names = append(names, n)
 		}
 	}
