@@ -5,9 +5,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
+
+	"github.com/nbship/nbship/internal/cloudapi"
 )
 
 // retryTransport retries what the API did not do: 429 and 503 for every
@@ -143,29 +144,7 @@ func retryDelay(try int, backoff, maxWait time.Duration, h http.Header, now time
 // retryAfter reads Retry-After as seconds or as an HTTP date; 0 if absent
 // or unreadable.
 func retryAfter(h http.Header, now time.Time) time.Duration {
-	v := h.Get("Retry-After")
-	if v == "" {
-		return 0
-	}
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n <= 0 {
-			return 0
-		}
-		return time.Duration(min(n, 1<<30)) * time.Second
-	}
-	if at, err := http.ParseTime(v); err == nil && at.After(now) {
-		return at.Sub(now)
-	}
-	return 0
+	return cloudapi.RetryAfter(h.Get("Retry-After"), now, 1<<30*time.Second)
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func sleepCtx(ctx context.Context, d time.Duration) error { return cloudapi.Sleep(ctx, d) }

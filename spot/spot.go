@@ -21,8 +21,8 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode"
 
+	"github.com/nbship/nbship/internal/cloudapi"
 	"github.com/packethost/packngo"
 )
 
@@ -239,28 +239,10 @@ func (c *Client) wrap(ctx context.Context, err error, rt *retryTransport) error 
 	return fmt.Errorf("packet: %w", err)
 }
 
-// message makes one of the API's error messages fit on the error's line:
-// the token removed, control characters made spaces, at most 300 bytes.
-func (c *Client) message(m string) string {
-	m = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, c.redact(m))
-	m = strings.TrimSpace(m)
-	if len(m) > 300 {
-		m = strings.ToValidUTF8(m[:300], "") + "…"
-	}
-	return m
-}
+// message makes one of the API's error messages fit on the error's line.
+func (c *Client) message(m string) string { return cloudapi.Message(m, c.token) }
 
-func (c *Client) redact(s string) string {
-	if c.token == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, c.token, "[token]")
-}
+func (c *Client) redact(s string) string { return cloudapi.Redact(s, c.token) }
 
 // relPath is u's path relative to the API base, for messages.
 func (c *Client) relPath(u *url.URL) string {

@@ -6,13 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
-	"unicode"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+	"github.com/nbship/nbship/internal/cloudapi"
 )
 
 // transport retries a request the API answered with 429 Too Many
@@ -97,40 +96,10 @@ const maxRetryAfter = 24 * time.Hour
 // date, as a wait from now. Absent, unreadable, past and negative values
 // are 0; longer than a day is a day.
 func RetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if v[0] >= '0' && v[0] <= '9' {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			if errors.Is(err, strconv.ErrRange) && strings.Trim(v, "0123456789") == "" {
-				return maxRetryAfter
-			}
-			return 0
-		}
-		if n > uint64(maxRetryAfter/time.Second) {
-			return maxRetryAfter
-		}
-		return time.Duration(n) * time.Second
-	}
-	at, err := http.ParseTime(v)
-	if err != nil || !at.After(now) {
-		return 0
-	}
-	return min(at.Sub(now), maxRetryAfter)
+	return cloudapi.RetryAfter(v, now, maxRetryAfter)
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func sleepCtx(ctx context.Context, d time.Duration) error { return cloudapi.Sleep(ctx, d) }
 
 // ErrUnauthorized is the API refusing the token.
 var ErrUnauthorized = errors.New("hetzner: the API refused the token (401); check HCLOUD_TOKEN")
@@ -217,25 +186,7 @@ func contextErr(err error) error {
 	return context.Canceled
 }
 
-// message makes a message from the API fit on the error's line: the token
-// removed, control characters made spaces, at most 300 bytes.
-func (c *Client) message(m string) string {
-	m = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, c.redact(m))
-	m = strings.TrimSpace(m)
-	if len(m) > 300 {
-		m = strings.ToValidUTF8(m[:300], "") + "…"
-	}
-	return m
-}
+// message makes a message from the API fit on the error's line.
+func (c *Client) message(m string) string { return cloudapi.Message(m, c.token) }
 
-func (c *Client) redact(s string) string {
-	if c.token == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, c.token, "[token]")
-}
+func (c *Client) redact(s string) string { return cloudapi.Redact(s, c.token) }

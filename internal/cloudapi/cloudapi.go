@@ -1,0 +1,79 @@
+// Package cloudapi holds what nbship's clients of cloud APIs (Packet
+// through packngo, Hetzner Cloud through hcloud-go) do alike: an API
+// message made to fit one line with the token removed, the Retry-After
+// header, and a sleep that a context ends.
+package cloudapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// Redact removes secret from s ("" removes nothing).
+func Redact(s, secret string) string {
+	if secret == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, secret, "[token]")
+}
+
+// Message makes one of an API's messages fit on an error's line: secret
+// removed, control characters made spaces, at most 300 bytes.
+func Message(m, secret string) string {
+	m = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, Redact(m, secret))
+	m = strings.TrimSpace(m)
+	if len(m) > 300 {
+		m = strings.ToValidUTF8(m[:300], "") + "…"
+	}
+	return m
+}
+
+// RetryAfter is how long a Retry-After value v (seconds, or an HTTP date)
+// asks to wait from now, at most max; 0 for none or one that cannot be
+// read.
+func RetryAfter(v string, now time.Time, max time.Duration) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if v[0] >= '0' && v[0] <= '9' {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			if errors.Is(err, strconv.ErrRange) && strings.Trim(v, "0123456789") == "" {
+				return max
+			}
+			return 0
+		}
+		if n > uint64(max/time.Second) {
+			return max
+		}
+		return time.Duration(n) * time.Second
+	}
+	at, err := http.ParseTime(v)
+	if err != nil || !at.After(now) {
+		return 0
+	}
+	return min(at.Sub(now), max)
+}
+
+// Sleep waits d, or until ctx ends (its error).
+func Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

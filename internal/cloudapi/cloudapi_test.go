@@ -1,0 +1,57 @@
+package cloudapi
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+var now = time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
+
+func TestRetryAfter(t *testing.T) {
+	for _, tc := range []struct {
+		v    string
+		want time.Duration
+	}{
+		{"", 0},
+		{"0", 0},
+		{"5", 5 * time.Second},
+		{" 7 ", 7 * time.Second},
+		{"-1", 0},
+		{"junk", 0},
+		{"99999999999999999999", time.Minute},
+		{"3600", time.Minute},
+		{"Wed, 01 May 2024 10:00:30 GMT", 30 * time.Second},
+		{"Wed, 01 May 2024 09:00:00 GMT", 0},
+	} {
+		if got := RetryAfter(tc.v, now, time.Minute); got != tc.want {
+			t.Errorf("RetryAfter(%q) = %v, want %v", tc.v, got, tc.want)
+		}
+	}
+}
+
+func FuzzRetryAfter(f *testing.F) {
+	for _, s := range []string{"", "0", "5", "-1", "junk", "99999999999999999999", "Wed, 01 May 2024 10:00:30 GMT"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		if d := RetryAfter(v, now, time.Minute); d < 0 || d > time.Minute {
+			t.Errorf("RetryAfter(%q) = %v, want 0..1m", v, d)
+		}
+	})
+}
+
+func TestMessage(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"bad token s3cret here", "bad token [token] here"},
+		{"line\none\ttwo\r\n", "line one two"},
+		{strings.Repeat("x", 400), strings.Repeat("x", 300) + "…"},
+	} {
+		if got := Message(tc.in, "s3cret"); got != tc.want {
+			t.Errorf("Message(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if got := Redact("a s3cret", ""); got != "a s3cret" {
+		t.Errorf("Redact with no secret = %q", got)
+	}
+}
