@@ -179,6 +179,27 @@ func imageOpenSlot(e *env, f *imageFlags, p image.Profile) (*image.Slot, error) 
 	return s, nil
 }
 
+// keepSlot resolves --keep (the flag, else keepGenerations from the
+// config; at least 1), then runs the subcommand on the PXE host when that
+// is where it acts (done), or else opens the slot here.
+func (f *imageFlags) keepSlot(ctx context.Context, e *env, fs *pflag.FlagSet, keep *int) (s *image.Slot, done bool, err error) {
+	cfg, err := f.load()
+	if err != nil {
+		return nil, false, err
+	}
+	if !fs.Changed("keep") {
+		*keep = cfg.Keep()
+	}
+	if *keep < 1 {
+		return nil, false, usageError("%s: --keep %d: keep at least 1 generation", f.sub, *keep)
+	}
+	if done, err := f.onHost(ctx, e, fs, "keep", strconv.Itoa(*keep)); done || err != nil {
+		return nil, true, err
+	}
+	s, err = f.slot(e)
+	return s, false, err
+}
+
 func imageArgs(fs *pflag.FlagSet, sub string, max int) error {
 	if fs.NArg() > max {
 		return usageError("%s: unexpected argument %q", sub, fs.Arg(max))
@@ -375,21 +396,8 @@ func imageGC(ctx context.Context, e *env, args []string) error {
 	if err := imageArgs(fs, "image gc", 0); err != nil {
 		return err
 	}
-	cfg, err := f.load()
-	if err != nil {
-		return err
-	}
-	if !fs.Changed("keep") {
-		*keep = cfg.Keep()
-	}
-	if *keep < 1 {
-		return usageError("image gc: --keep %d: keep at least 1 generation", *keep)
-	}
-	if done, err := f.onHost(ctx, e, fs, "keep", strconv.Itoa(*keep)); done || err != nil {
-		return err
-	}
-	s, err := f.slot(e)
-	if err != nil {
+	s, done, err := f.keepSlot(ctx, e, fs, keep)
+	if done || err != nil {
 		return err
 	}
 	removed, err := s.GC(ctx, *keep)
@@ -524,21 +532,8 @@ func imagePublish(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() != 1 {
 		return withHint(usageError("image publish: no image directory given"), "name the directory that holds the kernel, initrd and netboot.ipxe, like a Nix build's output")
 	}
-	cfg, err := f.load()
-	if err != nil {
-		return err
-	}
-	if !fs.Changed("keep") {
-		*keep = cfg.Keep()
-	}
-	if *keep < 1 {
-		return usageError("image publish: --keep %d: keep at least 1 generation", *keep)
-	}
-	if done, err := f.onHost(ctx, e, fs, "keep", strconv.Itoa(*keep)); done || err != nil {
-		return err
-	}
-	s, err := f.slot(e)
-	if err != nil {
+	s, done, err := f.keepSlot(ctx, e, fs, keep)
+	if done || err != nil {
 		return err
 	}
 	start := time.Now()
