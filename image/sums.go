@@ -1,7 +1,7 @@
 package image
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -146,17 +146,7 @@ func writeSums(gd, name string, sums map[string]fileSum) error {
 		return fmt.Errorf("image: write hashes of %s: %w", name, err)
 	}
 	defer os.Remove(f.Name())
-	names := make([]string, 0, len(sums))
-	for n := range sums {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	w := bufio.NewWriter(f)
-	for _, n := range names {
-		fsum := sums[n]
-		fmt.Fprintf(w, "%x %d %d %s\n", fsum.sum, fsum.size, fsum.mtime, strconv.Quote(n))
-	}
-	err = w.Flush()
+	_, err = f.Write(formatSums(sums))
 	if err == nil {
 		err = f.Chmod(0o644)
 	}
@@ -173,6 +163,21 @@ func writeSums(gd, name string, sums map[string]fileSum) error {
 		return fmt.Errorf("image: write hashes of %s: %w", name, err)
 	}
 	return nil
+}
+
+// formatSums is the hash file's text: a line per file, sorted by name.
+func formatSums(sums map[string]fileSum) []byte {
+	names := make([]string, 0, len(sums))
+	for n := range sums {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b bytes.Buffer
+	for _, n := range names {
+		fsum := sums[n]
+		fmt.Fprintf(&b, "%x %d %d %s\n", fsum.sum, fsum.size, fsum.mtime, strconv.Quote(n))
+	}
+	return b.Bytes()
 }
 
 func readSums(path string) map[string]fileSum {

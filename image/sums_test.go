@@ -45,12 +45,11 @@ func FuzzParseSums(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// In memory: writeSums adds only a temporary file, its sync and
+		// a rename, which would hold the fuzzer to a few hundred runs a
+		// second.
 		sums := parseSums(data)
-		dir := t.TempDir()
-		if err := writeSums(dir, "g", sums); err != nil {
-			t.Fatal(err)
-		}
-		again := readSums(filepath.Join(dir, "g.sums"))
+		again := parseSums(formatSums(sums))
 		if len(sums) == 0 && len(again) == 0 {
 			return
 		}

@@ -184,14 +184,16 @@ func refDecode(stream []byte, limit int) (out []byte, corrupt, short bool) {
 		}
 		n, err := binary.ReadUvarint(r)
 		if err != nil {
-			return out, !errors.Is(err, io.ErrUnexpectedEOF) && err != io.EOF, true
+			cut := errors.Is(err, io.ErrUnexpectedEOF) || err == io.EOF
+			return out, !cut, cut
 		}
 		if n == 0 {
 			continue
 		}
 		d, err := binary.ReadUvarint(r)
 		if err != nil {
-			return out, !errors.Is(err, io.ErrUnexpectedEOF) && err != io.EOF, true
+			cut := errors.Is(err, io.ErrUnexpectedEOF) || err == io.EOF
+			return out, !cut, cut
 		}
 		if d > Window || d > uint64(len(out)) || n > d {
 			return out, true, false
@@ -205,7 +207,7 @@ func refDecode(stream []byte, limit int) (out []byte, corrupt, short bool) {
 
 // fuzzLimit bounds what a fuzzed stream may decode to: a few bytes of
 // copies can stand for megabytes, and the fuzzer must stay fast.
-const fuzzLimit = 64 << 10
+const fuzzLimit = 16 << 10
 
 // The decoder agrees with the format's plain definition on every stream:
 // the same bytes, and corrupt exactly where it is.
