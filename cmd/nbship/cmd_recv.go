@@ -15,6 +15,7 @@ import (
 	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/staging"
+	"github.com/nbship/nbship/nixstore"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -71,7 +72,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	case *store:
 		// Before anything else: a receiver without Nix fails before any
 		// data moves.
-		if err := transfer.LookNixStore(); err != nil {
+		if err := nixstore.Look(); err != nil {
 			return fmt.Errorf("recv: %w", err)
 		}
 	case (*dest == "") == (*publish == ""):

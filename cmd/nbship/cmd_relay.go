@@ -11,6 +11,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/nbship/nbship/internal/protocol"
+	"github.com/nbship/nbship/nixstore"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -196,16 +197,16 @@ func linkRefusal(err error) error {
 // (so stdin can still be the lifeline, or carry the channel, after them).
 func relayStore(ctx context.Context, e *env, o relayOptions, args []string) error {
 	if !o.files {
-		if err := transfer.LookNixStore(); err != nil {
+		if err := nixstore.Look(); err != nil {
 			return fmt.Errorf("relay: %w", err)
 		}
 	}
 	// The key first: a bad one fails before anything is read or dialled.
 	// It is read here and stays here: only its signatures travel.
-	var key *transfer.SigningKey
+	var key *nixstore.SigningKey
 	if o.signKey != "" {
 		var err error
-		if key, err = transfer.LoadSigningKey(o.signKey); err != nil {
+		if key, err = nixstore.LoadSigningKey(o.signKey); err != nil {
 			return fmt.Errorf("relay: %w", err)
 		}
 	}
