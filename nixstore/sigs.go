@@ -23,6 +23,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
 // maxSigLen bounds a signature.
@@ -181,13 +183,13 @@ func (n *Store) Trust(ctx context.Context) (*Trust, error) {
 	cmd := exec.CommandContext(ctx, "nix", "show-config", "--json", "--extra-experimental-features", "nix-command")
 	cmd.Env = n.Env
 	var out bytes.Buffer
-	t := &tail{}
+	t := &tail.Buffer{}
 	cmd.Stdout, cmd.Stderr = &out, t
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if l := t.last(); l != "" {
+		if l := t.Last(); l != "" {
 			return nil, fmt.Errorf("nixstore: nix show-config: %s", l)
 		}
 		return nil, fmt.Errorf("nixstore: nix show-config: %w", err)

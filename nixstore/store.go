@@ -6,7 +6,6 @@
 package nixstore
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -20,6 +19,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
 // Store is the local Nix store through Nix 2.8's nix-store command:
@@ -29,8 +30,30 @@ type Store struct {
 	Env []string // nix-store's environment; nil: this process's
 }
 
+// install is what to do about a host without nix-store.
+const install = "install Nix there (Debian: apt-get install nix-bin)"
+
 // ErrNotFound is a host without nix-store on its PATH.
-var ErrNotFound = errors.New("nix-store is not on this host's PATH; install Nix there (Debian: apt-get install nix-bin)")
+var ErrNotFound = errors.New("nix-store is not on this host's PATH; " + install)
+
+// NotFoundError is ErrNotFound on a host named in the message (another
+// host, or the local one as the controller calls it).
+type NotFoundError struct {
+	Host string
+}
+
+func (e *NotFoundError) Error() string {
+	return e.Host + " has no nix-store on its PATH; " + install
+}
+
+// Is makes errors.Is(err, ErrNotFound) true.
+func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
+
+// NotFound reports whether a command run through a shell failed for want
+// of nix-store: exit status 127, or the shell saying so on stderr.
+func NotFound(status int, stderr string) bool {
+	return status == 127 || strings.Contains(stderr, "nix-store: not found") || strings.Contains(stderr, "nix-store: command not found")
+}
 
 // Look reports ErrNotFound when nix-store cannot be run here.
 func Look() error {
@@ -56,10 +79,10 @@ func batches(paths []string) [][]string {
 	return b
 }
 
-func (n *Store) command(ctx context.Context, args ...string) (*exec.Cmd, *tail) {
+func (n *Store) command(ctx context.Context, args ...string) (*exec.Cmd, *tail.Buffer) {
 	cmd := exec.CommandContext(ctx, "nix-store", args...)
 	cmd.Env = n.Env
-	t := &tail{}
+	t := &tail.Buffer{}
 	cmd.Stderr = t
 	return cmd, t
 }
@@ -78,11 +101,11 @@ func (n *Store) output(ctx context.Context, args ...string) ([]string, error) {
 	return strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n"), nil
 }
 
-func nixErr(op string, err error, t *tail) error {
+func nixErr(op string, err error, t *tail.Buffer) error {
 	if errors.Is(err, exec.ErrNotFound) {
 		return fmt.Errorf("nixstore: %w", ErrNotFound)
 	}
-	if l := t.last(); l != "" {
+	if l := t.Last(); l != "" {
 		return fmt.Errorf("nixstore: nix-store %s: %s", op, l)
 	}
 	return fmt.Errorf("nixstore: nix-store %s: %w", op, err)
@@ -225,7 +248,7 @@ type Session struct {
 	cmd  *exec.Cmd
 	in   io.WriteCloser
 	out  io.ReadCloser
-	t    *tail
+	t    *tail.Buffer
 	fed  chan struct{} // made by Request, closed once every command is written (or refused)
 	once sync.Once
 	err  error
@@ -312,7 +335,7 @@ type Importer struct {
 	cmd  *exec.Cmd
 	in   io.WriteCloser
 	out  io.ReadCloser
-	t    *tail
+	t    *tail.Buffer
 	once sync.Once
 	err  error
 }
@@ -353,34 +376,4 @@ func (im *Importer) Kill() {
 	if im.cmd.Process != nil {
 		im.cmd.Process.Kill()
 	}
-}
-
-// tail keeps the last few KiB of a command's stderr, for its error.
-type tail struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - 4096; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-// last is the last non-empty line written.
-func (t *tail) last() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var last string
-	sc := bufio.NewScanner(bytes.NewReader(t.b))
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
-			last = l
-		}
-	}
-	return last
 }
