@@ -162,7 +162,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	}
 	defer sink.Close()
 	cnt := new(transfer.Counters)
-	stop := progress(e, "recv", cnt)
+	stop := progress(e, "recv", cnt, false)
 	st, err := transfer.Receive(ctx, conn, sink, transfer.ReceiveOptions{Progress: cnt, Commit: land.commit})
 	stop()
 	if err != nil {
@@ -179,7 +179,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 // recvStore imports the store paths of the stream into this host's store.
 func recvStore(ctx context.Context, e *env, conn *tunnel.Conn, sink *transfer.StoreSink, out io.Writer, asJSON bool) error {
 	cnt := new(transfer.Counters)
-	stop := storeProgress(e, "recv", cnt)
+	stop := progress(e, "recv", cnt, true)
 	st, err := transfer.Receive(ctx, conn, sink, transfer.ReceiveOptions{
 		Progress: cnt,
 		Commit:   func() (string, error) { return "", sink.Confirm(ctx) },

@@ -125,7 +125,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	defer stopIdle()
 
 	cnt := new(transfer.Counters)
-	stop := progress(e, "relay", cnt)
+	stop := progress(e, "relay", cnt, false)
 	st, err := transfer.Send(ctx, conn, src, transfer.SendOptions{Level: lvl, Progress: cnt})
 	stop()
 	if err != nil {
@@ -275,9 +275,9 @@ func relayStore(ctx context.Context, e *env, o relayOptions, args []string) erro
 	cnt := new(transfer.Counters)
 	var stop func()
 	if o.files {
-		stop = progress(e, "relay", cnt)
+		stop = progress(e, "relay", cnt, false)
 	} else {
-		stop = storeProgress(e, "relay", cnt)
+		stop = progress(e, "relay", cnt, true)
 	}
 	st, err := transfer.Send(ctx, conn, src, transfer.SendOptions{Level: o.level, Progress: cnt})
 	stop()

@@ -350,21 +350,6 @@ func storePathArgs(args []string) ([]string, error) {
 	return paths, nil
 }
 
-// storeProgress is progress for store paths: paths done of total, bytes,
-// MB/s, ETA.
-func storeProgress(e *env, label string, c *transfer.Counters) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		transfer.ReportPaths(e.stderr, isTerminal(e.stderr), label, c, 5*time.Second, done)
-		close(finished)
-	}()
-	return func() {
-		close(done)
-		<-finished
-	}
-}
-
 // printStoreSummary is printSummary for store paths.
 func printStoreSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream) {
 	if asJSON {
