@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbship/nbship/internal/confine"
+	"github.com/nbship/nbship/internal/staging"
 )
 
 // Adopting a slot the old scripts left.
@@ -310,17 +310,7 @@ func (s *Slot) keepFile(src, dst string) error {
 // copyFrom copies in (described by fi) to a new file dst, keeping its
 // mtime.
 func copyFrom(in *os.File, fi fs.FileInfo, dst string) error {
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(dst)
-		return err
-	}
-	if err := out.Close(); err != nil {
-		os.Remove(dst)
+	if _, err := staging.CopyFile(dst, in, 0o644); err != nil {
 		return err
 	}
 	os.Chtimes(dst, time.Time{}, fi.ModTime())

@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/nbship/nbship/internal/staging"
 )
 
 // CopyStats says how an image's files got into a staging directory.
@@ -105,20 +107,13 @@ func copyChecked(ctx context.Context, from, to string, want [32]byte) (int64, er
 		return 0, fmt.Errorf("image: %w", err)
 	}
 	defer in.Close()
-	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return 0, fmt.Errorf("image: %w", err)
-	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out, h), ctxReader{ctx, in})
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
+	n, err := staging.CopyFile(to, io.TeeReader(ctxReader{ctx, in}, h), 0o644)
 	if err == nil && !bytes.Equal(h.Sum(nil), want[:]) {
+		os.Remove(to)
 		err = fmt.Errorf("%s changed while it was copied; is something still writing it?", from)
 	}
 	if err != nil {
-		os.Remove(to)
 		return 0, fmt.Errorf("image: copy %s: %w", from, err)
 	}
 	return n, nil

@@ -9,10 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
 // proxyConn is a connection through a ProxyCommand: the command's stdin
@@ -24,7 +25,7 @@ type proxyConn struct {
 	cmd     *exec.Cmd
 	r       *os.File // the command's stdout
 	w       *os.File // the command's stdin
-	stderr  *tailWriter
+	stderr  *tail.Buffer
 	exited  chan struct{}
 	// closed when stderr is at its end (everything holding it is gone)
 	stderrDone chan struct{}
@@ -69,7 +70,7 @@ func dialProxyCommand(t *target, log io.Writer) (*proxyConn, error) {
 		command: command,
 		r:       outR,
 		w:       inW,
-		stderr:  &tailWriter{w: log},
+		stderr:  &tail.Buffer{Echo: log},
 		exited:  make(chan struct{}),
 	}
 	errR, errW, err := os.Pipe()
@@ -158,7 +159,7 @@ func (c *proxyConn) failure(ctx context.Context, err error) error {
 		}
 	}
 	msg := fmt.Sprintf("ssh: %s: ProxyCommand %q %s", c.host, c.command, how)
-	if l := c.stderr.last(); l != "" {
+	if l := lastLine(c.stderr.Last()); l != "" {
 		msg += ": " + l
 	}
 	return errors.New(msg)
@@ -174,43 +175,3 @@ type proxyAddr string
 
 func (proxyAddr) Network() string  { return "proxycommand" }
 func (a proxyAddr) String() string { return string(a) }
-
-// tailWriter passes writes on and keeps the last complete line.
-type tailWriter struct {
-	mu   sync.Mutex
-	w    io.Writer
-	line string
-	part []byte
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.w != nil {
-		t.w.Write(p)
-	}
-	t.part = append(t.part, p...)
-	for {
-		i := strings.IndexByte(string(t.part), '\n')
-		if i < 0 {
-			break
-		}
-		if l := strings.TrimSpace(string(t.part[:i])); l != "" {
-			t.line = l
-		}
-		t.part = t.part[i+1:]
-	}
-	if len(t.part) > 4096 {
-		t.part = t.part[len(t.part)-4096:]
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) last() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if l := strings.TrimSpace(string(t.part)); l != "" {
-		return lastLine(l)
-	}
-	return lastLine(t.line)
-}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/nbship/nbship/nixstore"
 )
 
 // shapedConn is one end of an in-memory connection behind a link of rate
@@ -291,7 +293,7 @@ func TestAdaptStoreLevel(t *testing.T) {
 			src.paths[topName].refs = append(src.paths[topName].refs, bigName)
 			dst := newFakeStore()
 			ctx := context.Background()
-			s, err := CollectStore(ctx, src, []string{StoreDir + "/" + topName})
+			s, err := CollectStore(ctx, src, []string{nixstore.Dir + "/" + topName})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,6 +11,8 @@ import (
 	"path"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/nbship/nbship/nixstore"
 )
 
 // Entry types.
@@ -47,7 +49,7 @@ type Entry struct {
 // label names the entry in messages: a store path in full.
 func (e *Entry) label() string {
 	if e.Type == TypeNAR {
-		return StoreDir + "/" + e.Name
+		return nixstore.Dir + "/" + e.Name
 	}
 	return e.Name
 }

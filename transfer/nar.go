@@ -2,7 +2,8 @@ package transfer
 
 // Nix store paths in the stream: the manifest checks of "nar" entries, and
 // the receiving side, StoreSink, which lands each verified NAR in the local
-// store through one `nix-store --serve --write`.
+// store through one `nix-store --serve --write` (package nixstore speaks
+// to it).
 
 import (
 	"context"
@@ -13,7 +14,47 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/nbship/nbship/nixstore"
 )
+
+// Limits on a store path's signatures and content address in a manifest.
+const (
+	maxSigs  = 64
+	maxCALen = 1024
+)
+
+// holdBack is how many of a NAR's last bytes wait for its check: until
+// they are written Nix cannot finish the NAR, so cannot add the path.
+const holdBack = 4096
+
+// pathInfo is e's metadata as the store has it: full paths.
+func (e *Entry) pathInfo() *nixstore.PathInfo {
+	info := &nixstore.PathInfo{Path: nixstore.Dir + "/" + e.Name, NARHash: e.sum, NARSize: e.Size, CA: e.CA, Sigs: e.Sigs}
+	if e.Deriver != "" {
+		info.Deriver = nixstore.Dir + "/" + e.Deriver
+	}
+	for _, r := range e.References {
+		info.References = append(info.References, nixstore.Dir+"/"+r)
+	}
+	return info
+}
+
+// Sign adds k's signature to each store path of the source that does not
+// carry it yet, as nix store sign would in the sender's store (which is
+// left as it was).
+func (s *Source) Sign(k *nixstore.SigningKey) {
+	for i := range s.Manifest.Entries {
+		e := &s.Manifest.Entries[i]
+		if e.Type != TypeNAR {
+			continue
+		}
+		sig := k.Sign(e.pathInfo())
+		if !slices.Contains(e.Sigs, sig) {
+			e.Sigs = append(e.Sigs, sig)
+		}
+	}
+}
 
 // narNames is the set of the manifest's store path names.
 func (m *Manifest) narNames() map[string]bool {
@@ -52,7 +93,7 @@ func validateNAR(e *Entry, earlier map[string]string, all map[string]bool) error
 	refuse := func(format string, a ...any) error {
 		return &ManifestError{Name: e.Name, Msg: fmt.Sprintf(format, a...)}
 	}
-	if err := CheckStoreName(e.Name); err != nil {
+	if err := nixstore.CheckName(e.Name); err != nil {
 		return refuse("not a store path name: %v", err)
 	}
 	if e.Mode != 0 {
@@ -68,7 +109,7 @@ func validateNAR(e *Entry, earlier map[string]string, all map[string]bool) error
 	copy(e.sum[:], b)
 	seen := make(map[string]bool, len(e.References))
 	for _, r := range e.References {
-		if err := CheckStoreName(r); err != nil {
+		if err := nixstore.CheckName(r); err != nil {
 			return refuse("reference %q is not a store path name: %v", r, err)
 		}
 		if seen[r] {
@@ -80,7 +121,7 @@ func validateNAR(e *Entry, earlier map[string]string, all map[string]bool) error
 		}
 	}
 	if e.Deriver != "" {
-		if err := CheckStoreName(e.Deriver); err != nil || !strings.HasSuffix(e.Deriver, ".drv") {
+		if err := nixstore.CheckName(e.Deriver); err != nil || !strings.HasSuffix(e.Deriver, ".drv") {
 			return refuse("deriver %q is not the name of a .drv store path", e.Deriver)
 		}
 	}
@@ -88,7 +129,7 @@ func validateNAR(e *Entry, earlier map[string]string, all map[string]bool) error
 		return refuse("%d signatures, more than %d", len(e.Sigs), maxSigs)
 	}
 	for i, s := range e.Sigs {
-		if err := checkSig(s); err != nil {
+		if err := nixstore.CheckSig(s); err != nil {
 			return refuse("signature %q: %v", s, err)
 		}
 		if slices.Contains(e.Sigs[:i], s) {
@@ -148,34 +189,6 @@ type Importer interface {
 	Kill()
 }
 
-// exportMagic ends the NAR of each record of Nix's export format.
-const exportMagic = 0x4558494e
-
-// Nix's serve protocol (nix-store --serve), the parts nbship speaks: the
-// greeting; on the sending side the queries for a closure and its paths'
-// metadata, and the command that dumps one path's NAR; on the receiving
-// side the query for which paths are valid, and the command that adds one
-// path from its NAR, given with its metadata. Numbers are 64-bit
-// little-endian; strings their length, their bytes and zeros up to a
-// multiple of 8; a set its size, then its strings.
-const (
-	serveMagic1        = 0x390c9deb // client → server
-	serveMagic2        = 0x5452eecb // server → client
-	serveVersion       = 2<<8 | 5   // the version that has cmdAddToStoreNar (and narHash in cmdQueryPathInfos)
-	cmdQueryValidPaths = 1
-	cmdQueryPathInfos  = 2
-	cmdDumpStorePath   = 3
-	cmdQueryClosure    = 7
-	cmdAddToStoreNar   = 9
-	// maxServeStr and maxServeSet bound what is read from nix-store: a
-	// store path, a content address, a signature; a closure.
-	maxServeStr = 4096
-	maxServeSet = 1 << 20
-	// holdBack is how many of a NAR's last bytes wait for its check: until
-	// they are written Nix cannot finish the NAR, so cannot add the path.
-	holdBack = 4096
-)
-
 // StoreSink imports store paths into a Nix store through one long-lived
 // nix-store --serve --write. Each NAR streams into it as it arrives (Nix
 // writes it out under the store, unregistered, as it reads), while the
@@ -190,9 +203,10 @@ const (
 // store lacks, and keeps the ones it has from the garbage collector.
 type StoreSink struct {
 	// Trust is what the store demands of the paths it is given; nil: asked
-	// of the store (NixStore.Trust) when it can say, else nothing. A path
-	// it would refuse is refused with the manifest, before any data moves.
-	Trust *StoreTrust
+	// of the store (nixstore.Store.Trust) when it can say, else nothing. A
+	// path it would refuse is refused with the manifest, before any data
+	// moves.
+	Trust *nixstore.Trust
 	// Substitute: the store first tries its substituters for the paths it
 	// lacks, and the ones it gets are not wanted from the sender.
 	Substitute bool
@@ -288,11 +302,11 @@ func (s *StoreSink) CheckManifest(ctx context.Context, m *Manifest) error {
 	}
 	ask := make([]string, 0, len(m.Entries)+len(ext))
 	for i := range m.Entries {
-		ask = append(ask, StoreDir+"/"+m.Entries[i].Name)
+		ask = append(ask, nixstore.Dir+"/"+m.Entries[i].Name)
 	}
 	s.paths = slices.Clone(ask)
 	for _, r := range ext {
-		ask = append(ask, StoreDir+"/"+r)
+		ask = append(ask, nixstore.Dir+"/"+r)
 	}
 	// The store is asked what it lacks through the import (started by
 	// Prepare while the manifest was on its way): one nix-store, greeted
@@ -331,7 +345,7 @@ func (s *StoreSink) CheckManifest(ctx context.Context, m *Manifest) error {
 // wants reports whether any of m's paths is invalid.
 func wants(m *Manifest, invalid map[string]bool) bool {
 	for i := range m.Entries {
-		if invalid[StoreDir+"/"+m.Entries[i].Name] {
+		if invalid[nixstore.Dir+"/"+m.Entries[i].Name] {
 			return true
 		}
 	}
@@ -343,7 +357,7 @@ func (s *StoreSink) refer(m *Manifest, isExt, invalid map[string]bool) error {
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		for _, r := range e.References {
-			if p := StoreDir + "/" + r; isExt[r] && invalid[p] {
+			if p := nixstore.Dir + "/" + r; isExt[r] && invalid[p] {
 				return &ManifestError{Name: e.Name, Msg: fmt.Sprintf("refers to %s, which is neither sent before it nor valid in this store", p)}
 			}
 		}
@@ -352,7 +366,7 @@ func (s *StoreSink) refer(m *Manifest, isExt, invalid map[string]bool) error {
 }
 
 // Want is true for the paths the store lacks.
-func (s *StoreSink) Want(e *Entry) bool { return s.invalid[StoreDir+"/"+e.Name] }
+func (s *StoreSink) Want(e *Entry) bool { return s.invalid[nixstore.Dir+"/"+e.Name] }
 
 // Mkdir refuses: a store sink takes only store paths.
 func (s *StoreSink) Mkdir(e *Entry) error {
@@ -399,9 +413,9 @@ func (s *StoreSink) Prepare(ctx context.Context) {
 }
 
 // truster is a store that can say what it demands of the paths it is
-// given (NixStore).
+// given (nixstore.Store).
 type truster interface {
-	Trust(ctx context.Context) (*StoreTrust, error)
+	Trust(ctx context.Context) (*nixstore.Trust, error)
 }
 
 // Substituted returns how many of the manifest's paths the store
@@ -428,8 +442,11 @@ func (s *StoreSink) checkTrust(m *Manifest, invalid map[string]bool) error {
 	}
 	for i := range m.Entries {
 		e := &m.Entries[i]
-		if invalid[StoreDir+"/"+e.Name] && !s.Trust.accepts(e) {
-			return s.Trust.refusal(e)
+		if !invalid[nixstore.Dir+"/"+e.Name] {
+			continue
+		}
+		if err := s.Trust.Check(e.pathInfo()); err != nil {
+			return &ManifestError{Msg: err.Error()}
 		}
 	}
 	return nil
@@ -452,7 +469,7 @@ func (s *StoreSink) substitute(imp Importer, m *Manifest, ask []string, invalid 
 		return nil, err
 	}
 	for i := range m.Entries {
-		p := StoreDir + "/" + m.Entries[i].Name
+		p := nixstore.Dir + "/" + m.Entries[i].Name
 		if invalid[p] && !still[p] {
 			s.substituted++
 			s.substitutedBytes += m.Entries[i].Size
@@ -482,7 +499,7 @@ func (s *StoreSink) open(ctx context.Context) (Importer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := greetServe(imp); err != nil {
+	if err := nixstore.Greet(imp); err != nil {
 		return nil, serveFailed(imp, err)
 	}
 	return imp, nil
@@ -494,7 +511,7 @@ func serveFailed(imp Importer, err error) error {
 	imp.Kill()
 	io.Copy(io.Discard, imp)
 	if werr := imp.Wait(); werr != nil {
-		return werr // nixErr's: "transfer: nix-store --serve: ..."
+		return werr // the store's: "nixstore: nix-store --serve: ..."
 	}
 	return fmt.Errorf("transfer: nix-store --serve: %w", err)
 }
@@ -507,50 +524,38 @@ func queryInvalid(imp Importer, paths []string) (map[string]bool, error) {
 }
 
 // queryPaths is queryInvalid; with substitute, nix-store first
-// substitutes what it can of the paths it lacks (from the substituters of
-// its nix.conf, with their timeouts; one that fails is a warning on its
-// stderr, and the paths stay missing).
+// substitutes what it can of the paths it lacks (nixstore.QueryInvalid);
+// after an odd reply it stops imp.
 func queryPaths(imp Importer, paths []string, substitute bool) (map[string]bool, error) {
-	sub := uint64(0)
-	if substitute {
-		sub = 1
-	}
-	b := binary.LittleEndian.AppendUint64(nil, cmdQueryValidPaths)
-	b = binary.LittleEndian.AppendUint64(b, 1) // lock: temporary roots
-	b = binary.LittleEndian.AppendUint64(b, sub)
-	b = appendSet(b, paths)
-	if _, err := imp.Write(b); err != nil {
-		return nil, serveFailed(imp, err)
-	}
-	asked := make(map[string]bool, len(paths))
-	for _, p := range paths {
-		asked[p] = true
-	}
-	n, err := readNum(imp)
-	if err == nil && n > uint64(len(paths)) {
-		err = fmt.Errorf("%d valid paths of the %d asked about", n, len(paths))
-	}
+	invalid, err := nixstore.QueryInvalid(imp, paths, substitute)
 	if err != nil {
 		return nil, serveFailed(imp, err)
 	}
-	valid := make(map[string]bool, n)
-	for range n {
-		p, err := readStr(imp, maxServeStr)
-		if err == nil && !asked[p] {
-			err = fmt.Errorf("%q is valid, and was not asked about", p)
-		}
-		if err != nil {
-			return nil, serveFailed(imp, err)
-		}
-		valid[p] = true
-	}
-	invalid := map[string]bool{}
-	for _, p := range paths {
-		if !valid[p] {
-			invalid[p] = true
-		}
-	}
 	return invalid, nil
+}
+
+// NixStore is the local Nix store (nixstore.Store) as the stream's ends
+// use it: a StoreReader and a StoreWriter.
+type NixStore struct {
+	nixstore.Store
+}
+
+// Dump starts the store's session (nixstore.Store.Dump).
+func (n *NixStore) Dump(ctx context.Context) (NARDump, error) {
+	s, err := n.Store.Dump(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Import starts the store's import (nixstore.Store.Import).
+func (n *NixStore) Import(ctx context.Context) (Importer, error) {
+	im, err := n.Store.Import(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return im, nil
 }
 
 // Create gives Nix the command that adds e, with e's metadata, and returns
@@ -559,16 +564,7 @@ func (s *StoreSink) Create(e *Entry) (io.WriteCloser, error) {
 	if s.imp == nil {
 		return nil, refused("%s: a store path the manifest did not ask for", e.label())
 	}
-	b := binary.LittleEndian.AppendUint64(nil, cmdAddToStoreNar)
-	b = appendPath(b, e.Name)
-	b = appendPath(b, e.Deriver)
-	b = appendStr(b, "sha256:"+e.SHA256)
-	b = appendPaths(b, e.References)
-	b = binary.LittleEndian.AppendUint64(b, 0)              // registration time: now
-	b = binary.LittleEndian.AppendUint64(b, uint64(e.Size)) // narSize
-	b = binary.LittleEndian.AppendUint64(b, 0)              // not built here ("ultimate")
-	b = appendSet(b, e.Sigs)                                // checked by Nix when the user is not trusted
-	b = appendStr(b, e.CA)
+	b := nixstore.AddNAR(e.pathInfo())
 	s.partial = true
 	s.cutAt = s.out.offset()
 	if _, err := s.out.Write(b); err != nil {
@@ -627,7 +623,7 @@ func (s *StoreSink) Verified(ctx context.Context, e *Entry) error {
 }
 
 func (s *StoreSink) importErr(e *Entry, err error) error {
-	return fmt.Errorf("transfer: importing %s/%s: %w", StoreDir, e.Name, err)
+	return fmt.Errorf("transfer: importing %s/%s: %w", nixstore.Dir, e.Name, err)
 }
 
 // Finish ends the import and waits until every path fed is in the store.
@@ -719,141 +715,4 @@ func (s *StoreSink) endImport() error {
 // imported; a partly fed one is not).
 func (s *StoreSink) Close() error {
 	return s.endImport()
-}
-
-// greetServe exchanges the serve protocol's greeting with a nix-store
-// --serve on rw.
-func greetServe(rw io.ReadWriter) error {
-	if err := writeNum(rw, serveMagic1); err != nil {
-		return err
-	}
-	var hello [16]byte
-	if _, err := io.ReadFull(rw, hello[:]); err != nil {
-		return fmt.Errorf("no greeting: %w", err)
-	}
-	if m := binary.LittleEndian.Uint64(hello[:8]); m != serveMagic2 {
-		return fmt.Errorf("greeting %#x is not Nix's serve protocol", m)
-	}
-	if v := binary.LittleEndian.Uint64(hello[8:]); v>>8 != serveVersion>>8 || v&0xff < serveVersion&0xff {
-		return fmt.Errorf("serve protocol %d.%d; nbship needs %d.%d or later in that series (Nix 2.3 or later)", v>>8, v&0xff, serveVersion>>8, serveVersion&0xff)
-	}
-	return writeNum(rw, serveVersion)
-}
-
-// writeNum writes a number as Nix serialises it: 64-bit little-endian.
-func writeNum(w io.Writer, n uint64) error {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], n)
-	_, err := w.Write(b[:])
-	return err
-}
-
-// readNum reads a number as Nix serialises it.
-func readNum(r io.Reader) (uint64, error) {
-	var b [8]byte
-	if _, err := io.ReadFull(r, b[:]); err != nil {
-		return 0, err
-	}
-	return binary.LittleEndian.Uint64(b[:]), nil
-}
-
-// readStr reads a string as Nix serialises it, of at most max bytes.
-func readStr(r io.Reader, max uint64) (string, error) {
-	n, err := readNum(r)
-	if err != nil {
-		return "", err
-	}
-	if n > max {
-		return "", fmt.Errorf("a string of %d bytes, more than %d", n, max)
-	}
-	b := make([]byte, (n+7)/8*8)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return "", err
-	}
-	return string(b[:n]), nil
-}
-
-// readSet reads a set of strings (store paths, signatures) as Nix
-// serialises one.
-func readSet(r io.Reader) ([]string, error) {
-	n, err := readNum(r)
-	if err != nil {
-		return nil, err
-	}
-	if n > maxServeSet {
-		return nil, fmt.Errorf("a set of %d strings, more than %d", n, maxServeSet)
-	}
-	set := make([]string, 0, min(n, 1024))
-	for range n {
-		s, err := readStr(r, maxServeStr)
-		if err != nil {
-			return nil, err
-		}
-		set = append(set, s)
-	}
-	return set, nil
-}
-
-// appendSet appends full store paths as Nix serialises a set of them.
-func appendSet(b []byte, paths []string) []byte {
-	b = binary.LittleEndian.AppendUint64(b, uint64(len(paths)))
-	for _, p := range paths {
-		b = appendStr(b, p)
-	}
-	return b
-}
-
-// appendStr appends a string as Nix serialises it: its length, its bytes,
-// zeros up to a multiple of 8.
-func appendStr(b []byte, s string) []byte {
-	b = binary.LittleEndian.AppendUint64(b, uint64(len(s)))
-	b = append(b, s...)
-	return append(b, make([]byte, (8-len(s)%8)%8)...)
-}
-
-// appendPath appends the full store path of a base name as a Nix string;
-// "" stays "" (no deriver).
-func appendPath(b []byte, name string) []byte {
-	if name == "" {
-		return appendStr(b, "")
-	}
-	return appendStr(b, StoreDir+"/"+name)
-}
-
-// appendPaths appends a set of store paths as Nix serialises one: their
-// number, then each full path, sorted.
-func appendPaths(b []byte, names []string) []byte {
-	names = slices.Clone(names)
-	slices.Sort(names)
-	b = binary.LittleEndian.AppendUint64(b, uint64(len(names)))
-	for _, n := range names {
-		b = appendPath(b, n)
-	}
-	return b
-}
-
-// writeTrailer writes what follows a NAR in an export record: the magic,
-// the path, its references, its deriver and no signature.
-func writeTrailer(w io.Writer, e *Entry) error {
-	b := binary.LittleEndian.AppendUint64(nil, exportMagic)
-	b = appendPath(b, e.Name)
-	b = appendPaths(b, e.References)
-	b = appendPath(b, e.Deriver)
-	b = binary.LittleEndian.AppendUint64(b, 0)
-	_, err := w.Write(b)
-	return err
-}
-
-// WriteExport writes one record of Nix's export format (the 1 that
-// announces it, the NAR read from nar, the trailer) for the store path
-// named name; the stream's final 0 is the caller's. Tests use it to make
-// paths with references and derivers without building anything.
-func WriteExport(w io.Writer, name string, nar io.Reader, references []string, deriver string) error {
-	if err := writeNum(w, 1); err != nil {
-		return err
-	}
-	if _, err := io.Copy(w, nar); err != nil {
-		return err
-	}
-	return writeTrailer(w, &Entry{Name: name, References: references, Deriver: deriver})
 }

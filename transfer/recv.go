@@ -16,6 +16,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nbship/nbship/internal/ldm"
+	"github.com/nbship/nbship/internal/staging"
 	"golang.org/x/sys/unix"
 )
 
@@ -425,21 +426,15 @@ func (s *DirSink) Reuse(e *Entry) error {
 	return nil
 }
 
+// copyFile copies src to a new file dst of the given mode (0600 while it
+// is written).
 func copyFile(src, dst string, mode os.FileMode) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
+	if _, err := staging.CopyFile(dst, in, 0o600); err != nil {
 		return err
 	}
 	return os.Chmod(dst, mode)

@@ -20,6 +20,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/nbship/nbship/internal/confine"
+	"github.com/nbship/nbship/nixstore"
 )
 
 // Source is a manifest plus where each file entry's bytes come from.
@@ -61,7 +62,7 @@ type CollectOptions struct {
 	// that is itself a symlink is always followed: naming it is consent.
 	FollowAnySymlink bool
 
-	storeDir string // tests: a store of their own (StoreDir when empty)
+	storeDir string // tests: a store of their own (nixstore.Dir when empty)
 }
 
 // LinkError is a symlink that leads out of the tree being sent and the
@@ -158,7 +159,7 @@ func newCollector(o CollectOptions) *collector {
 	c := &collector{src: &Source{Manifest: Manifest{Version: Version}}, seen: map[string]bool{}, any: o.FollowAnySymlink}
 	if !c.any {
 		c.src.confined = true
-		c.store = confine.Roots(cmp.Or(o.storeDir, StoreDir))
+		c.store = confine.Roots(cmp.Or(o.storeDir, nixstore.Dir))
 	}
 	return c
 }

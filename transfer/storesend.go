@@ -12,6 +12,9 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
+
+	"github.com/nbship/nbship/nixstore"
 )
 
 // StoreReader is the sending Nix store as CollectStore and Send need it:
@@ -32,19 +35,8 @@ type StoreReader interface {
 type NARDump interface {
 	io.ReadCloser
 	Closure(paths []string) ([]string, error)
-	Info(paths []string) (map[string]*PathInfo, error)
+	Info(paths []string) (map[string]*nixstore.PathInfo, error)
 	Request(paths []string)
-}
-
-// PathInfo is a store path's metadata as the store's database has it.
-type PathInfo struct {
-	Path       string
-	NARHash    [32]byte
-	NARSize    int64
-	Deriver    string   // full path, or ""
-	References []string // full paths
-	CA         string   // content address, or ""
-	Sigs       []string // signatures, NAME:BASE64
 }
 
 // CollectStore builds a Source of the closure of paths: one nar entry per
@@ -53,7 +45,7 @@ type PathInfo struct {
 // data moves so the receiver can skip what it has and check the rest.
 func CollectStore(ctx context.Context, st StoreReader, paths []string) (*Source, error) {
 	for _, p := range paths {
-		if _, err := StoreBase(p); err != nil {
+		if _, err := nixstore.Base(p); err != nil {
 			return nil, fmt.Errorf("transfer: %q is not a store path: %v", p, err)
 		}
 	}
@@ -97,35 +89,33 @@ func collectStore(st StoreReader, pending *pendingDump, paths []string) (*Source
 	if err != nil {
 		return nil, err
 	}
-	order, err := topoSort(closure, infos)
+	<-done
+	order, err := nixstore.Order(closure, infos, counts)
 	if err != nil {
 		return nil, err
-	}
-	if <-done; counts != nil {
-		order = importOrder(order, infos, counts)
 	}
 	src := &Source{Manifest: Manifest{Version: Version, Long: true}, store: st}
 	for _, p := range order {
 		info := infos[p]
 		e := Entry{Type: TypeNAR, Size: info.NARSize, sum: info.NARHash, SHA256: hex.EncodeToString(info.NARHash[:])}
-		if e.Name, err = StoreBase(p); err != nil {
+		if e.Name, err = nixstore.Base(p); err != nil {
 			return nil, fmt.Errorf("transfer: the store lists %q, which is not a store path: %v", p, err)
 		}
 		for _, r := range info.References {
-			b, err := StoreBase(r)
+			b, err := nixstore.Base(r)
 			if err != nil {
 				return nil, fmt.Errorf("transfer: %s refers to %q, which is not a store path: %v", p, r, err)
 			}
 			e.References = append(e.References, b)
 		}
 		if info.Deriver != "" {
-			if e.Deriver, err = StoreBase(info.Deriver); err != nil {
+			if e.Deriver, err = nixstore.Base(info.Deriver); err != nil {
 				return nil, fmt.Errorf("transfer: %s has deriver %q, which is not a store path: %v", p, info.Deriver, err)
 			}
 		}
 		e.CA = info.CA
 		for _, sig := range info.Sigs {
-			if checkSig(sig) == nil && !slices.Contains(e.Sigs, sig) && len(e.Sigs) < maxSigs {
+			if nixstore.CheckSig(sig) == nil && !slices.Contains(e.Sigs, sig) && len(e.Sigs) < maxSigs {
 				e.Sigs = append(e.Sigs, sig) // others the receiver could not use either
 			}
 		}
@@ -142,55 +132,36 @@ func collectStore(st StoreReader, pending *pendingDump, paths []string) (*Source
 	return src, nil
 }
 
-// topoSort orders the closure dependencies first, keeping the given order
-// where it already is one (nix-store -qR prints one).
-func topoSort(closure []string, infos map[string]*PathInfo) ([]string, error) {
-	in := make(map[string]bool, len(closure))
-	for _, p := range closure {
-		in[p] = true
-	}
-	const (
-		visiting = 1
-		done     = 2
-	)
-	state := make(map[string]int, len(closure))
-	order := make([]string, 0, len(closure))
-	var visit func(p string, chain []string) error
-	visit = func(p string, chain []string) error {
-		switch state[p] {
-		case done:
-			return nil
-		case visiting:
-			return fmt.Errorf("transfer: the store's references form a cycle: %v", append(chain, p))
-		}
-		info := infos[p]
-		if info == nil {
-			return fmt.Errorf("transfer: the store gave no metadata for %s", p)
-		}
-		state[p] = visiting
-		refs := slices.Clone(info.References)
-		slices.Sort(refs)
-		for _, r := range refs {
-			if r == p {
-				continue
+// entryCounter is a store whose paths this machine's file system shows,
+// so that their entries can be counted (nixstore.Store).
+type entryCounter interface {
+	// Entries counts the files, directories and symlinks of path (0 when
+	// it cannot be read).
+	Entries(path string) int
+}
+
+// countEntries counts each path's entries, a few paths at a time.
+func countEntries(ec entryCounter, paths []string) map[string]int {
+	counts := make(map[string]int, len(paths))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	next := make(chan string)
+	for range 4 {
+		wg.Go(func() {
+			for p := range next {
+				n := ec.Entries(p)
+				mu.Lock()
+				counts[p] = n
+				mu.Unlock()
 			}
-			if !in[r] {
-				return fmt.Errorf("transfer: %s refers to %s, which is not in the closure the store gave", p, r)
-			}
-			if err := visit(r, append(chain, p)); err != nil {
-				return err
-			}
-		}
-		state[p] = done
-		order = append(order, p)
-		return nil
+		})
 	}
-	for _, p := range closure {
-		if err := visit(p, nil); err != nil {
-			return nil, err
-		}
+	for _, p := range paths {
+		next <- p
 	}
-	return order, nil
+	close(next)
+	wg.Wait()
+	return counts
 }
 
 // corruptStore is what to do about a store whose NARs are not what its

@@ -15,6 +15,7 @@ import (
 	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/staging"
+	"github.com/nbship/nbship/nixstore"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -71,7 +72,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	case *store:
 		// Before anything else: a receiver without Nix fails before any
 		// data moves.
-		if err := transfer.LookNixStore(); err != nil {
+		if err := nixstore.Look(); err != nil {
 			return fmt.Errorf("recv: %w", err)
 		}
 	case (*dest == "") == (*publish == ""):
@@ -161,7 +162,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	}
 	defer sink.Close()
 	cnt := new(transfer.Counters)
-	stop := progress(e, "recv", cnt)
+	stop := progress(e, "recv", cnt, false)
 	st, err := transfer.Receive(ctx, conn, sink, transfer.ReceiveOptions{Progress: cnt, Commit: land.commit})
 	stop()
 	if err != nil {
@@ -178,7 +179,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 // recvStore imports the store paths of the stream into this host's store.
 func recvStore(ctx context.Context, e *env, conn *tunnel.Conn, sink *transfer.StoreSink, out io.Writer, asJSON bool) error {
 	cnt := new(transfer.Counters)
-	stop := storeProgress(e, "recv", cnt)
+	stop := progress(e, "recv", cnt, true)
 	st, err := transfer.Receive(ctx, conn, sink, transfer.ReceiveOptions{
 		Progress: cnt,
 		Commit:   func() (string, error) { return "", sink.Confirm(ctx) },

@@ -11,6 +11,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/nbship/nbship/internal/protocol"
+	"github.com/nbship/nbship/nixstore"
 	"github.com/nbship/nbship/transfer"
 	"github.com/nbship/nbship/tunnel"
 )
@@ -124,7 +125,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	defer stopIdle()
 
 	cnt := new(transfer.Counters)
-	stop := progress(e, "relay", cnt)
+	stop := progress(e, "relay", cnt, false)
 	st, err := transfer.Send(ctx, conn, src, transfer.SendOptions{Level: lvl, Progress: cnt})
 	stop()
 	if err != nil {
@@ -196,16 +197,16 @@ func linkRefusal(err error) error {
 // (so stdin can still be the lifeline, or carry the channel, after them).
 func relayStore(ctx context.Context, e *env, o relayOptions, args []string) error {
 	if !o.files {
-		if err := transfer.LookNixStore(); err != nil {
+		if err := nixstore.Look(); err != nil {
 			return fmt.Errorf("relay: %w", err)
 		}
 	}
 	// The key first: a bad one fails before anything is read or dialled.
 	// It is read here and stays here: only its signatures travel.
-	var key *transfer.SigningKey
+	var key *nixstore.SigningKey
 	if o.signKey != "" {
 		var err error
-		if key, err = transfer.LoadSigningKey(o.signKey); err != nil {
+		if key, err = nixstore.LoadSigningKey(o.signKey); err != nil {
 			return fmt.Errorf("relay: %w", err)
 		}
 	}
@@ -274,9 +275,9 @@ func relayStore(ctx context.Context, e *env, o relayOptions, args []string) erro
 	cnt := new(transfer.Counters)
 	var stop func()
 	if o.files {
-		stop = progress(e, "relay", cnt)
+		stop = progress(e, "relay", cnt, false)
 	} else {
-		stop = storeProgress(e, "relay", cnt)
+		stop = progress(e, "relay", cnt, true)
 	}
 	st, err := transfer.Send(ctx, conn, src, transfer.SendOptions{Level: o.level, Progress: cnt})
 	stop()

@@ -17,6 +17,7 @@ import (
 	"github.com/nbship/nbship/internal/config"
 	"github.com/nbship/nbship/internal/controller"
 	"github.com/nbship/nbship/internal/protocol"
+	"github.com/nbship/nbship/nixstore"
 	"github.com/nbship/nbship/remote"
 	"github.com/nbship/nbship/transfer"
 )
@@ -317,8 +318,8 @@ func readStorePaths(r io.Reader, what string, stopAtEmpty bool) ([]string, error
 			return nil, fmt.Errorf("reading %s: %w", what, err)
 		}
 		if p := strings.TrimSpace(line); p != "" {
-			if _, perr := transfer.StoreBase(p); perr != nil {
-				return nil, fmt.Errorf("%s line %d: %q is not a store path (%s/HASH-NAME): %v", what, n, p, transfer.StoreDir, perr)
+			if _, perr := nixstore.Base(p); perr != nil {
+				return nil, fmt.Errorf("%s line %d: %q is not a store path (%s/HASH-NAME): %v", what, n, p, nixstore.Dir, perr)
 			}
 			if !seen[p] {
 				seen[p] = true
@@ -338,8 +339,8 @@ func storePathArgs(args []string) ([]string, error) {
 	var paths []string
 	seen := map[string]bool{}
 	for _, a := range args {
-		if _, err := transfer.StoreBase(a); err != nil {
-			return nil, fmt.Errorf("%q is not a store path (%s/HASH-NAME): %v", a, transfer.StoreDir, err)
+		if _, err := nixstore.Base(a); err != nil {
+			return nil, fmt.Errorf("%q is not a store path (%s/HASH-NAME): %v", a, nixstore.Dir, err)
 		}
 		if !seen[a] {
 			seen[a] = true
@@ -347,21 +348,6 @@ func storePathArgs(args []string) ([]string, error) {
 		}
 	}
 	return paths, nil
-}
-
-// storeProgress is progress for store paths: paths done of total, bytes,
-// MB/s, ETA.
-func storeProgress(e *env, label string, c *transfer.Counters) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		transfer.ReportPaths(e.stderr, isTerminal(e.stderr), label, c, 5*time.Second, done)
-		close(finished)
-	}()
-	return func() {
-		close(done)
-		<-finished
-	}
 }
 
 // printStoreSummary is printSummary for store paths.

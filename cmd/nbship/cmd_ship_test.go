@@ -25,7 +25,7 @@ import (
 
 	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/testbin"
-	"github.com/nbship/nbship/transfer"
+	"github.com/nbship/nbship/nixstore"
 )
 
 // testStore is a Nix store of its own, used through nix-store.
@@ -97,9 +97,9 @@ func (c closure) all() []string { return []string{c.leaf, c.mid, c.top} }
 func addClosure(t *testing.T, s *testStore, bigSize int) closure {
 	t.Helper()
 	c := closure{
-		leaf: transfer.StoreDir + "/" + storeName("nbship-leaf"),
-		mid:  transfer.StoreDir + "/" + storeName("nbship-mid"),
-		top:  transfer.StoreDir + "/" + storeName("nbship-top"),
+		leaf: nixstore.Dir + "/" + storeName("nbship-leaf"),
+		mid:  nixstore.Dir + "/" + storeName("nbship-mid"),
+		top:  nixstore.Dir + "/" + storeName("nbship-top"),
 	}
 	drv := storeName("nbship-top.drv")
 	src := t.TempDir()
@@ -152,7 +152,7 @@ func addClosure(t *testing.T, s *testStore, bigSize int) closure {
 		for _, r := range p.refs {
 			refs = append(refs, filepath.Base(r))
 		}
-		if err := transfer.WriteExport(w, filepath.Base(p.path), nar, refs, p.deriver); err != nil {
+		if err := nixstore.WriteExport(w, filepath.Base(p.path), nar, refs, p.deriver); err != nil {
 			t.Fatalf("exporting %s: %v", p.dir, err)
 		}
 		if err := dump.Wait(); err != nil {

@@ -85,20 +85,6 @@ func isTerminal(f any) bool {
 	return ok && term.IsTerminal(int(osf.Fd()))
 }
 
-// progress starts reporting c on stderr and returns a function that stops it.
-func progress(e *env, label string, c *transfer.Counters) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		transfer.Report(e.stderr, isTerminal(e.stderr), label, c, 5*time.Second, done)
-		close(finished)
-	}()
-	return func() {
-		close(done)
-		<-finished
-	}
-}
-
 // newSummary is an end's --json object for the transfer st.
 func newSummary(st *transfer.Stats, wire int64) protocol.Stream {
 	s := protocol.Stream{

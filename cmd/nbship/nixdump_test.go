@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbship/nbship/transfer"
+	"github.com/nbship/nbship/nixstore"
 )
 
 // nixStoresOf lists the pids of processes running with root as their
@@ -49,18 +49,18 @@ func gone(t *testing.T, root string) {
 	}
 }
 
-// NixStore.Dump: one nix-store --serve, started before it is told what to
+// nixstore.Store.Dump: one nix-store --serve, started before it is told what to
 // dump, gives the NARs asked for back to back, each what the store's
 // database says; a path it cannot dump is its error; Close stops it at any
 // point and leaves no process behind.
 func TestNixStoreDump(t *testing.T) {
 	s := newTestStore(t)
 	c := addClosure(t, s, 3<<20)
-	st := &transfer.NixStore{Env: s.env}
+	st := &nixstore.Store{Env: s.env}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	infos := s.infos(t, c.all()...)
-	session := func(t *testing.T) transfer.NARDump {
+	session := func(t *testing.T) *nixstore.Session {
 		t.Helper()
 		d, err := st.Dump(ctx)
 		if err != nil {
@@ -118,7 +118,7 @@ func TestNixStoreDump(t *testing.T) {
 				t.Errorf("Info(%s) = %+v; nix-store --query says %+v", p, g, w)
 			}
 		}
-		missing := transfer.StoreDir + "/" + storeName("nbship-missing")
+		missing := nixstore.Dir + "/" + storeName("nbship-missing")
 		if _, err := d.Info([]string{c.leaf, missing}); err == nil || !strings.Contains(err.Error(), missing) {
 			t.Errorf("Info of a path the store lacks: %v; want an error naming it", err)
 		}
@@ -137,7 +137,7 @@ func TestNixStoreDump(t *testing.T) {
 
 	t.Run("invalid path", func(t *testing.T) {
 		d := session(t)
-		missing := transfer.StoreDir + "/" + storeName("nbship-missing")
+		missing := nixstore.Dir + "/" + storeName("nbship-missing")
 		d.Request([]string{c.top, missing, c.leaf})
 		if _, err := io.ReadFull(d, make([]byte, infos[c.top].NARSize)); err != nil {
 			t.Fatalf("reading the NAR of top: %v", err)
@@ -189,14 +189,14 @@ func TestNixStoreDump(t *testing.T) {
 
 // infos is what nix-store --query says of paths: their NAR's hash and
 // size, references and deriver.
-func (s *testStore) infos(t *testing.T, paths ...string) map[string]*transfer.PathInfo {
+func (s *testStore) infos(t *testing.T, paths ...string) map[string]*nixstore.PathInfo {
 	t.Helper()
-	infos := map[string]*transfer.PathInfo{}
+	infos := map[string]*nixstore.PathInfo{}
 	for _, p := range paths {
 		q := func(what string) string { return strings.TrimSpace(s.nixStore(t, nil, "--query", what, p)) }
-		info := &transfer.PathInfo{Path: p, References: strings.Fields(q("--references"))}
+		info := &nixstore.PathInfo{Path: p, References: strings.Fields(q("--references"))}
 		var err error
-		if info.NARHash, err = transfer.ParseNARHash(q("--hash")); err != nil {
+		if info.NARHash, err = nixstore.ParseNARHash(q("--hash")); err != nil {
 			t.Fatal(err)
 		}
 		if info.NARSize, err = strconv.ParseInt(q("--size"), 10, 64); err != nil {

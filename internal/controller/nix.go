@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nbship/nbship/nixstore"
 	"github.com/nbship/nbship/remote"
 )
 
@@ -112,8 +113,8 @@ func Missing(ctx context.Context, host *remote.Client, paths []string) ([]string
 // noNix turns "command not found" from a host into a clear error.
 func noNix(host *remote.Client, err error) error {
 	var ee *remote.ExitError
-	if errors.As(err, &ee) && (ee.Status == 127 || strings.Contains(ee.Stderr, "nix-store: not found") || strings.Contains(ee.Stderr, "nix-store: command not found")) {
-		return fmt.Errorf("nix: %s has no nix-store on its PATH; install Nix there (Debian: apt-get install nix-bin)", host.Name())
+	if errors.As(err, &ee) && nixstore.NotFound(ee.Status, ee.Stderr) {
+		return fmt.Errorf("nix: %w", &nixstore.NotFoundError{Host: host.Name()})
 	}
 	return err
 }

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/nbship/nbship/internal/protocol"
+	"github.com/nbship/nbship/internal/tail"
+	"github.com/nbship/nbship/nixstore"
 	"github.com/nbship/nbship/remote"
 	"github.com/nbship/nbship/transfer"
 )
@@ -98,7 +100,7 @@ func (Local) Start(ctx context.Context, argv []string, env map[string]string, st
 		inW.Close()
 		return nil, err
 	}
-	t := &tailWriter{}
+	t := &tail.Buffer{}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = os.Environ()
 	for k, v := range env {
@@ -127,7 +129,7 @@ func (Local) Start(ctx context.Context, argv []string, env map[string]string, st
 type localProc struct {
 	cmd     *exec.Cmd
 	stdin   io.Closer
-	tail    *tailWriter
+	tail    *tail.Buffer
 	stopCtx func() bool
 	done    chan struct{}
 	err     error
@@ -169,34 +171,12 @@ func (p *localProc) Close() error {
 	return nil
 }
 
-// tailWriter keeps the last few KiB written to it.
-type tailWriter struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - 4096; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
-}
-
 // CheckNixStore makes sure nix-store runs where e runs, so that a receiver
 // (or sender) of store paths without Nix fails before any data moves.
 func CheckNixStore(ctx context.Context, e End) error {
 	r := e.runner()
-	t := &tailWriter{}
-	missing := fmt.Errorf("ship: %s has no nix-store on its PATH; install Nix there (Debian: apt-get install nix-bin)", r.Name())
+	t := &tail.Buffer{}
+	missing := fmt.Errorf("ship: %w", &nixstore.NotFoundError{Host: r.Name()})
 	p, err := r.Start(ctx, []string{"nix-store", "--version"}, nil, t)
 	if err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
@@ -211,7 +191,7 @@ func CheckNixStore(ctx context.Context, e End) error {
 	switch {
 	case err == nil:
 		return nil
-	case ok && (status == 127 || strings.Contains(stderr, "nix-store: not found") || strings.Contains(stderr, "nix-store: command not found")):
+	case ok && nixstore.NotFound(status, stderr):
 		return missing
 	}
 	return fmt.Errorf("ship: %s: nix-store --version: %w", r.Name(), err)

@@ -3,13 +3,15 @@
 // holds an flock on its directory from the moment the directory has its
 // staging name until the writer is done or exits, so an unlocked staging
 // directory was left by a process that died (SIGKILL, power loss) and may
-// be removed by anyone at once.
+// be removed by anyone at once. CopyFile fills one with a file copied
+// from elsewhere.
 //
 // Image slots (image.Slot.Stage) and `recv --dest` (.DEST.nbship-recv-*)
 // use it.
 package staging
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -110,4 +112,23 @@ func Sweep(parent, creating, prefix string) []string {
 		}
 	}
 	return removed
+}
+
+// CopyFile writes what r gives to a new file dst (created with perm, less
+// the umask; an existing dst is an error) and returns the bytes written.
+// On failure dst is removed.
+func CopyFile(dst string, r io.Reader, perm os.FileMode) (int64, error) {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(out, r)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(dst)
+		return 0, err
+	}
+	return n, nil
 }

@@ -1,9 +1,12 @@
 package staging
 
 import (
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -46,6 +49,53 @@ func TestSweepRemovesOnlyDeadStaging(t *testing.T) {
 	for _, d := range []string{held.Path, freshNew, other} {
 		if _, err := os.Stat(d); err != nil {
 			t.Errorf("%s after Sweep: %v, want it kept", d, err)
+		}
+	}
+}
+
+// failingReader gives some bytes, then an error.
+type failingReader struct{ n int }
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if f.n == 0 {
+		return 0, errors.New("disk on fire")
+	}
+	k := min(len(p), f.n)
+	f.n -= k
+	return k, nil
+}
+
+func TestCopyFile(t *testing.T) {
+	dir := t.TempDir()
+	exists := filepath.Join(dir, "exists")
+	if err := os.WriteFile(exists, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		dst  string
+		r    io.Reader
+		ok   bool
+		left string // dst's content after; "-": no dst
+	}{
+		{"new file", filepath.Join(dir, "a"), strings.NewReader("hello"), true, "hello"},
+		{"empty", filepath.Join(dir, "b"), strings.NewReader(""), true, ""},
+		{"reader fails", filepath.Join(dir, "c"), &failingReader{n: 10}, false, "-"},
+		{"dst exists", exists, strings.NewReader("new"), false, "old"},
+	} {
+		n, err := CopyFile(tc.dst, tc.r, 0o640)
+		if (err == nil) != tc.ok || tc.ok && n != int64(len(tc.left)) {
+			t.Errorf("CopyFile(%s) = %d, %v; want ok %v", tc.name, n, err, tc.ok)
+		}
+		got, rerr := os.ReadFile(tc.dst)
+		if rerr != nil {
+			got = []byte("-")
+		}
+		if string(got) != tc.left {
+			t.Errorf("CopyFile(%s) left %q, want %q", tc.name, got, tc.left)
+		}
+		if fi, err := os.Stat(tc.dst); tc.ok && err == nil && fi.Mode().Perm()&^0o640 != 0 {
+			t.Errorf("CopyFile(%s) made mode %v, want at most 0640", tc.name, fi.Mode())
 		}
 	}
 }

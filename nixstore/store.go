@@ -1,7 +1,11 @@
-package transfer
+// Package nixstore is the Nix store as nbship's stream needs it: store path
+// names and NAR hashes, nix-store --serve sessions (Nix's serve protocol)
+// that dump NARs and import them, the order store paths go in, and
+// signatures, content addresses and what a store trusts. Package transfer
+// carries the paths between hosts.
+package nixstore
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -15,23 +19,46 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
-// NixStore is the local Nix store through Nix 2.8's nix-store command:
-// --serve (the sender's session), --serve --write (the import) and
+// Store is the local Nix store through Nix 2.8's nix-store command:
+// --serve (the sender's Session), --serve --write (the Importer) and
 // --check-validity (the import confirmed).
-// It is both a StoreReader and a StoreWriter.
-type NixStore struct {
+type Store struct {
 	Env []string // nix-store's environment; nil: this process's
 }
 
-// ErrNoNixStore is a host without nix-store on its PATH.
-var ErrNoNixStore = errors.New("nix-store is not on this host's PATH; install Nix there (Debian: apt-get install nix-bin)")
+// install is what to do about a host without nix-store.
+const install = "install Nix there (Debian: apt-get install nix-bin)"
 
-// LookNixStore reports ErrNoNixStore when nix-store cannot be run here.
-func LookNixStore() error {
+// ErrNotFound is a host without nix-store on its PATH.
+var ErrNotFound = errors.New("nix-store is not on this host's PATH; " + install)
+
+// NotFoundError is ErrNotFound on a host named in the message (another
+// host, or the local one as the controller calls it).
+type NotFoundError struct {
+	Host string
+}
+
+func (e *NotFoundError) Error() string {
+	return e.Host + " has no nix-store on its PATH; " + install
+}
+
+// Is makes errors.Is(err, ErrNotFound) true.
+func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
+
+// NotFound reports whether a command run through a shell failed for want
+// of nix-store: exit status 127, or the shell saying so on stderr.
+func NotFound(status int, stderr string) bool {
+	return status == 127 || strings.Contains(stderr, "nix-store: not found") || strings.Contains(stderr, "nix-store: command not found")
+}
+
+// Look reports ErrNotFound when nix-store cannot be run here.
+func Look() error {
 	if _, err := exec.LookPath("nix-store"); err != nil {
-		return ErrNoNixStore
+		return ErrNotFound
 	}
 	return nil
 }
@@ -52,16 +79,16 @@ func batches(paths []string) [][]string {
 	return b
 }
 
-func (n *NixStore) command(ctx context.Context, args ...string) (*exec.Cmd, *tail) {
+func (n *Store) command(ctx context.Context, args ...string) (*exec.Cmd, *tail.Buffer) {
 	cmd := exec.CommandContext(ctx, "nix-store", args...)
 	cmd.Env = n.Env
-	t := &tail{}
+	t := &tail.Buffer{}
 	cmd.Stderr = t
 	return cmd, t
 }
 
 // output runs nix-store and returns its stdout lines.
-func (n *NixStore) output(ctx context.Context, args ...string) ([]string, error) {
+func (n *Store) output(ctx context.Context, args ...string) ([]string, error) {
 	cmd, t := n.command(ctx, args...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -74,14 +101,14 @@ func (n *NixStore) output(ctx context.Context, args ...string) ([]string, error)
 	return strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n"), nil
 }
 
-func nixErr(op string, err error, t *tail) error {
+func nixErr(op string, err error, t *tail.Buffer) error {
 	if errors.Is(err, exec.ErrNotFound) {
-		return fmt.Errorf("transfer: %w", ErrNoNixStore)
+		return fmt.Errorf("nixstore: %w", ErrNotFound)
 	}
-	if l := t.last(); l != "" {
-		return fmt.Errorf("transfer: nix-store %s: %s", op, l)
+	if l := t.Last(); l != "" {
+		return fmt.Errorf("nixstore: nix-store %s: %s", op, l)
 	}
-	return fmt.Errorf("transfer: nix-store %s: %w", op, err)
+	return fmt.Errorf("nixstore: nix-store %s: %w", op, err)
 }
 
 // Dump starts the session: one nix-store --serve (no --write: it can only
@@ -93,7 +120,7 @@ func nixErr(op string, err error, t *tail) error {
 // path as soon as it has written the last one's NAR. (nix-store --dump
 // would read the file system under /nix/store, not the store, which need
 // not be there.)
-func (n *NixStore) Dump(ctx context.Context) (NARDump, error) {
+func (n *Store) Dump(ctx context.Context) (*Session, error) {
 	cmd, t := n.command(ctx, "--serve")
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -117,8 +144,8 @@ func (n *NixStore) Dump(ctx context.Context) (NARDump, error) {
 		out.Close()
 		return nil, nixErr("--serve", err, t)
 	}
-	d := &dump{cmd: cmd, in: in, out: out, t: t}
-	if err := greetServe(struct {
+	d := &Session{cmd: cmd, in: in, out: out, t: t}
+	if err := Greet(struct {
 		io.Reader
 		io.Writer
 	}{out, in}); err != nil {
@@ -130,13 +157,13 @@ func (n *NixStore) Dump(ctx context.Context) (NARDump, error) {
 		if werr != nil {
 			return nil, werr
 		}
-		return nil, fmt.Errorf("transfer: nix-store --serve: %w", err)
+		return nil, fmt.Errorf("nixstore: nix-store --serve: %w", err)
 	}
 	return d, nil
 }
 
 // Closure asks nix-store for the closure of paths; before Request only.
-func (d *dump) Closure(paths []string) ([]string, error) {
+func (d *Session) Closure(paths []string) ([]string, error) {
 	b := binary.LittleEndian.AppendUint64(nil, cmdQueryClosure)
 	b = binary.LittleEndian.AppendUint64(b, 0) // not the outputs of derivations
 	b = appendSet(b, paths)
@@ -151,7 +178,7 @@ func (d *dump) Closure(paths []string) ([]string, error) {
 }
 
 // Info asks nix-store for the metadata of paths; before Request only.
-func (d *dump) Info(paths []string) (map[string]*PathInfo, error) {
+func (d *Session) Info(paths []string) (map[string]*PathInfo, error) {
 	b := binary.LittleEndian.AppendUint64(nil, cmdQueryPathInfos)
 	b = appendSet(b, paths)
 	if _, err := d.in.Write(b); err != nil {
@@ -173,67 +200,26 @@ func (d *dump) Info(paths []string) (map[string]*PathInfo, error) {
 	}
 	for _, p := range paths {
 		if infos[p] == nil {
-			return nil, fmt.Errorf("transfer: nix-store --serve gave no metadata for %s (not valid?)", p)
+			return nil, fmt.Errorf("nixstore: nix-store --serve gave no metadata for %s (not valid?)", p)
 		}
 	}
 	return infos, nil
 }
 
-// readPathInfo reads one path's metadata as cmdQueryPathInfos gives it
-// (serve protocol 2.4 and later); nil: the empty path that ends them.
-func readPathInfo(r io.Reader) (*PathInfo, error) {
-	p, err := readStr(r, maxServeStr)
-	if err != nil || p == "" {
-		return nil, err
-	}
-	info := &PathInfo{Path: p}
-	var hash string
-	var sizes [2]uint64
-	if info.Deriver, err = readStr(r, maxServeStr); err == nil {
-		if info.References, err = readSet(r); err == nil {
-			if sizes[0], err = readNum(r); err == nil { // download size
-				if sizes[1], err = readNum(r); err == nil {
-					hash, err = readStr(r, maxServeStr)
-				}
-			}
-		}
-	}
-	if err == nil {
-		info.CA, err = readStr(r, maxServeStr)
-	}
-	if err == nil {
-		info.Sigs, err = readSet(r)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if len(info.Sigs) == 0 {
-		info.Sigs = nil
-	}
-	if sizes[1] > 1<<62 {
-		return nil, fmt.Errorf("%s: a NAR size of %d", p, sizes[1])
-	}
-	info.NARSize = int64(sizes[1])
-	if info.NARHash, err = ParseNARHash(hash); err != nil {
-		return nil, fmt.Errorf("%s: %v", p, err)
-	}
-	return info, nil
-}
-
 // fail stops nix-store after a failed query and returns the error to
 // report: its own words, when it ended by itself (its output ended, or its
 // input was refused) and said why.
-func (d *dump) fail(what string, err error) error {
+func (d *Session) fail(what string, err error) error {
 	ended := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.EPIPE)
 	d.cmd.Process.Kill()
 	if werr := d.wait(); ended && werr != nil {
 		return werr
 	}
-	return fmt.Errorf("transfer: nix-store --serve, asked for the %s: %w", what, err)
+	return fmt.Errorf("nixstore: nix-store --serve, asked for the %s: %w", what, err)
 }
 
 // Request writes the commands that dump paths, then ends nix-store's input.
-func (d *dump) Request(paths []string) {
+func (d *Session) Request(paths []string) {
 	d.fed = make(chan struct{})
 	go func() {
 		defer close(d.fed)
@@ -252,12 +238,17 @@ func (d *dump) Request(paths []string) {
 // dumpPipe is the size of the pipe nix-store --serve dumps NARs into.
 const dumpPipe = 1 << 20
 
-// dump is a running nix-store --serve dumping NARs.
-type dump struct {
+// Session is a running nix-store --serve: before Request, Closure returns
+// every path paths refer to, directly or not, and paths themselves; Info
+// each path's metadata from the store's database. Request gives it the
+// paths whose NARs to dump (once); Read then returns their NARs back to
+// back, then the end; an early end is nix-store's failure. Close stops it,
+// also while a Read is blocked on it, and waits for it to end.
+type Session struct {
 	cmd  *exec.Cmd
 	in   io.WriteCloser
 	out  io.ReadCloser
-	t    *tail
+	t    *tail.Buffer
 	fed  chan struct{} // made by Request, closed once every command is written (or refused)
 	once sync.Once
 	err  error
@@ -265,7 +256,7 @@ type dump struct {
 
 // Read reads the NARs; an end before the last one's is nix-store's error,
 // when it failed.
-func (d *dump) Read(p []byte) (int, error) {
+func (d *Session) Read(p []byte) (int, error) {
 	n, err := d.out.Read(p)
 	if err == io.EOF {
 		if werr := d.wait(); werr != nil {
@@ -275,7 +266,7 @@ func (d *dump) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (d *dump) wait() error {
+func (d *Session) wait() error {
 	d.once.Do(func() {
 		if err := d.cmd.Wait(); err != nil {
 			d.err = nixErr("--serve", err, d.t)
@@ -287,7 +278,7 @@ func (d *dump) wait() error {
 // Close stops nix-store if it is still running (a Read blocked on it
 // returns) and waits for it: one never asked for anything just sees its
 // input end. After a Read saw the end, it reports nothing new.
-func (d *dump) Close() error {
+func (d *Session) Close() error {
 	if d.fed == nil {
 		d.in.Close()
 	} else {
@@ -300,7 +291,7 @@ func (d *dump) Close() error {
 }
 
 // Invalid returns which of paths are not valid in the store.
-func (n *NixStore) Invalid(ctx context.Context, paths []string) (map[string]bool, error) {
+func (n *Store) Invalid(ctx context.Context, paths []string) (map[string]bool, error) {
 	invalid := map[string]bool{}
 	for _, b := range batches(paths) {
 		lines, err := n.output(ctx, append([]string{"--check-validity", "--print-invalid", "--"}, b...)...)
@@ -321,7 +312,7 @@ func (n *NixStore) Invalid(ctx context.Context, paths []string) (map[string]bool
 // arrives (neither nix-store nor the daemon behind it holds a NAR in
 // memory) and registers the path only if the NAR's size and SHA-256 are
 // the ones given with it.
-func (n *NixStore) Import(ctx context.Context) (Importer, error) {
+func (n *Store) Import(ctx context.Context) (*Importer, error) {
 	cmd, t := n.command(ctx, "--serve", "--write")
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -334,19 +325,22 @@ func (n *NixStore) Import(ctx context.Context) (Importer, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, nixErr("--serve", err, t)
 	}
-	return &importer{cmd: cmd, in: in, out: out, t: t}, nil
+	return &Importer{cmd: cmd, in: in, out: out, t: t}, nil
 }
 
-type importer struct {
+// Importer is a running nix-store --serve --write: Write is its input,
+// Read its output. A path it was given completely is added once it replied
+// for it; a path not given completely is never added.
+type Importer struct {
 	cmd  *exec.Cmd
 	in   io.WriteCloser
 	out  io.ReadCloser
-	t    *tail
+	t    *tail.Buffer
 	once sync.Once
 	err  error
 }
 
-func (im *importer) Write(p []byte) (int, error) {
+func (im *Importer) Write(p []byte) (int, error) {
 	n, err := im.in.Write(p)
 	if err != nil {
 		// It stopped reading: its own words say why.
@@ -359,13 +353,15 @@ func (im *importer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-func (im *importer) Read(p []byte) (int, error) { return im.out.Read(p) }
+func (im *Importer) Read(p []byte) (int, error) { return im.out.Read(p) }
 
-func (im *importer) CloseWrite() error { return im.in.Close() }
+// CloseWrite ends its input: it finishes the paths it was given, then
+// exits.
+func (im *Importer) CloseWrite() error { return im.in.Close() }
 
 // Wait waits for nix-store to exit; its output must have been read to EOF
 // (or it killed). An error carries its last words.
-func (im *importer) Wait() error {
+func (im *Importer) Wait() error {
 	im.once.Do(func() {
 		im.in.Close()
 		if err := im.cmd.Wait(); err != nil {
@@ -375,38 +371,9 @@ func (im *importer) Wait() error {
 	return im.err
 }
 
-func (im *importer) Kill() {
+// Kill stops it at once.
+func (im *Importer) Kill() {
 	if im.cmd.Process != nil {
 		im.cmd.Process.Kill()
 	}
-}
-
-// tail keeps the last few KiB of a command's stderr, for its error.
-type tail struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - 4096; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-// last is the last non-empty line written.
-func (t *tail) last() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var last string
-	sc := bufio.NewScanner(bytes.NewReader(t.b))
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
-			last = l
-		}
-	}
-	return last
 }

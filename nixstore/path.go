@@ -1,4 +1,4 @@
-package transfer
+package nixstore
 
 // Nix store path names and NAR hashes, as much of them as nbship needs:
 // checking a name, splitting /nix/store/NAME, and reading the forms in which
@@ -12,9 +12,9 @@ import (
 	"strings"
 )
 
-// StoreDir is the Nix store nbship ships between. Both ends must use it:
+// Dir is the Nix store nbship ships between. Both ends must use it:
 // a store path's name is only meaningful under the store dir it was made for.
-const StoreDir = "/nix/store"
+const Dir = "/nix/store"
 
 // nixBase32 is the alphabet of Nix's base32 (no e, o, t, u).
 const nixBase32 = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -24,10 +24,10 @@ const (
 	maxStoreNameLen = 211 // characters of the name part (Nix's limit)
 )
 
-// CheckStoreName reports why base is not the base name of a Nix store path
+// CheckName reports why base is not the base name of a Nix store path
 // (32 characters of Nix's base32, '-', a name of letters, digits and +-._?=
 // that does not start with a period), or nil.
-func CheckStoreName(base string) error {
+func CheckName(base string) error {
 	if len(base) < storeHashLen+2 || base[storeHashLen] != '-' {
 		return errors.New("not HASH-NAME with a 32-character hash")
 	}
@@ -52,17 +52,17 @@ func CheckStoreName(base string) error {
 	return nil
 }
 
-// StoreBase returns the base name of the store path p (/nix/store/NAME), or
+// Base returns the base name of the store path p (/nix/store/NAME), or
 // why p is not one. Paths inside a store path are not store paths.
-func StoreBase(p string) (string, error) {
-	base, ok := strings.CutPrefix(p, StoreDir+"/")
+func Base(p string) (string, error) {
+	base, ok := strings.CutPrefix(p, Dir+"/")
 	if !ok {
-		return "", fmt.Errorf("not under %s/", StoreDir)
+		return "", fmt.Errorf("not under %s/", Dir)
 	}
 	if strings.Contains(base, "/") {
 		return "", errors.New("a path inside a store path, not a store path itself")
 	}
-	if err := CheckStoreName(base); err != nil {
+	if err := CheckName(base); err != nil {
 		return "", err
 	}
 	return base, nil

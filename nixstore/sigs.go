@@ -1,12 +1,11 @@
-package transfer
+package nixstore
 
 // Store path signatures as Nix makes and checks them: an ed25519
 // signature, by a named key, of the path's fingerprint
-// (1;PATH;NARHASH;NARSIZE;REFERENCES). The sender can add one with a key
-// file of its host (SigningKey, Source.Sign); the receiver checks what the
-// manifest carries against its host's trusted-public-keys before it says
-// what it wants (StoreTrust), so a path Nix would refuse is refused before
-// any data moves. See docs/store-trust.md.
+// (1;PATH;NARHASH;NARSIZE;REFERENCES), made with a key file (SigningKey);
+// and what a store demands of the paths an untrusted user adds (Trust): a
+// good signature by one of its trusted-public-keys, or a content address
+// its name was made from. See docs/store-trust.md.
 
 import (
 	"bytes"
@@ -24,14 +23,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
-// Limits on a store path's signatures in a manifest.
-const (
-	maxSigs   = 64
-	maxSigLen = 1024
-	maxCALen  = 1024
-)
+// maxSigLen bounds a signature.
+const maxSigLen = 1024
 
 // encodeNixBase32 encodes b in Nix's base32 (most significant digit first,
 // as Nix prints hashes).
@@ -50,18 +47,15 @@ func encodeNixBase32(b []byte) string {
 	return string(out)
 }
 
-// fingerprint is what a signature of the store path e signs, as Nix 2.8's
+// fingerprint is what a signature of the store path info signs, as Nix 2.8's
 // ValidPathInfo::fingerprint makes it: "1;", the full path, ";sha256:"
 // and the NAR hash in Nix base32, ";", the NAR size, ";", and the full
 // paths of the references, sorted, joined by commas.
-func fingerprint(e *Entry) string {
-	refs := make([]string, len(e.References))
-	for i, r := range e.References {
-		refs[i] = StoreDir + "/" + r
-	}
+func fingerprint(info *PathInfo) string {
+	refs := slices.Clone(info.References)
 	slices.Sort(refs)
-	return "1;" + StoreDir + "/" + e.Name + ";sha256:" + encodeNixBase32(e.sum[:]) + ";" +
-		strconv.FormatInt(e.Size, 10) + ";" + strings.Join(refs, ",")
+	return "1;" + info.Path + ";sha256:" + encodeNixBase32(info.NARHash[:]) + ";" +
+		strconv.FormatInt(info.NARSize, 10) + ";" + strings.Join(refs, ",")
 }
 
 // splitKey splits NAME:BASE64 (a Nix key or signature) and decodes the
@@ -81,9 +75,9 @@ func splitKey(s string, n int) (string, []byte, error) {
 	return name, b, nil
 }
 
-// checkSig reports why s is not a signature as Nix writes one
+// CheckSig reports why s is not a signature as Nix writes one
 // (NAME:BASE64 of 64 bytes), or nil.
-func checkSig(s string) error {
+func CheckSig(s string) error {
 	if len(s) > maxSigLen {
 		return fmt.Errorf("longer than %d bytes", maxSigLen)
 	}
@@ -112,50 +106,35 @@ func ParseSigningKey(b []byte) (*SigningKey, error) {
 func LoadSigningKey(path string) (*SigningKey, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("transfer: signing key: %w", err)
+		return nil, fmt.Errorf("nixstore: signing key: %w", err)
 	}
 	k, err := ParseSigningKey(b)
 	if err != nil {
-		return nil, fmt.Errorf("transfer: signing key %s: %w", path, err)
+		return nil, fmt.Errorf("nixstore: signing key %s: %w", path, err)
 	}
 	return k, nil
 }
 
-// sign returns the signature of e by k, as nix store sign makes it.
-func (k *SigningKey) sign(e *Entry) string {
-	return k.Name + ":" + base64.StdEncoding.EncodeToString(ed25519.Sign(k.key, []byte(fingerprint(e))))
+// Sign returns the signature of the path info describes by k, as nix
+// store sign makes it.
+func (k *SigningKey) Sign(info *PathInfo) string {
+	return k.Name + ":" + base64.StdEncoding.EncodeToString(ed25519.Sign(k.key, []byte(fingerprint(info))))
 }
 
-// Sign adds k's signature to each store path of the source that does not
-// carry it yet, as nix store sign would in the sender's store (which is
-// left as it was).
-func (s *Source) Sign(k *SigningKey) {
-	for i := range s.Manifest.Entries {
-		e := &s.Manifest.Entries[i]
-		if e.Type != TypeNAR {
-			continue
-		}
-		sig := k.sign(e)
-		if !slices.Contains(e.Sigs, sig) {
-			e.Sigs = append(e.Sigs, sig)
-		}
-	}
-}
-
-// StoreTrust is what the receiving store demands of a path an untrusted
+// Trust is what the receiving store demands of a path an untrusted
 // user adds: a signature by one of Keys (its trusted-public-keys), unless
 // the path is content-addressed.
-type StoreTrust struct {
+type Trust struct {
 	Keys  map[string]ed25519.PublicKey
 	Names []string // the keys' names, as configured
 }
 
-// ParseStoreTrust reads the output of nix show-config --json and decides
+// ParseTrust reads the output of nix show-config --json and decides
 // what a user (name and groups) who adds paths must show: nil when
 // nothing (require-sigs off, or the user is in trusted-users; local:
 // the store is opened directly, not through a daemon, so its user is
 // trusted).
-func ParseStoreTrust(config []byte, userName string, groups []string, local bool) (*StoreTrust, error) {
+func ParseTrust(config []byte, userName string, groups []string, local bool) (*Trust, error) {
 	var c struct {
 		RequireSigs struct {
 			Value *bool `json:"value"`
@@ -184,7 +163,7 @@ func ParseStoreTrust(config []byte, userName string, groups []string, local bool
 			return nil, nil
 		}
 	}
-	t := &StoreTrust{Keys: map[string]ed25519.PublicKey{}}
+	t := &Trust{Keys: map[string]ed25519.PublicKey{}}
 	for _, k := range c.Keys.Value {
 		name, pub, err := splitKey(k, ed25519.PublicKeySize)
 		if err != nil {
@@ -200,24 +179,24 @@ func ParseStoreTrust(config []byte, userName string, groups []string, local bool
 // nothing). Nix 2.8's daemon does not say whether it trusts a client, so
 // this reads the same nix.conf it does: require-sigs, trusted-users,
 // trusted-public-keys.
-func (n *NixStore) Trust(ctx context.Context) (*StoreTrust, error) {
+func (n *Store) Trust(ctx context.Context) (*Trust, error) {
 	cmd := exec.CommandContext(ctx, "nix", "show-config", "--json", "--extra-experimental-features", "nix-command")
 	cmd.Env = n.Env
 	var out bytes.Buffer
-	t := &tail{}
+	t := &tail.Buffer{}
 	cmd.Stdout, cmd.Stderr = &out, t
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if l := t.last(); l != "" {
-			return nil, fmt.Errorf("transfer: nix show-config: %s", l)
+		if l := t.Last(); l != "" {
+			return nil, fmt.Errorf("nixstore: nix show-config: %s", l)
 		}
-		return nil, fmt.Errorf("transfer: nix show-config: %w", err)
+		return nil, fmt.Errorf("nixstore: nix show-config: %w", err)
 	}
 	u, err := user.Current()
 	if err != nil {
-		return nil, fmt.Errorf("transfer: who runs the import: %w", err)
+		return nil, fmt.Errorf("nixstore: who runs the import: %w", err)
 	}
 	var groups []string
 	if ids, err := u.GroupIds(); err == nil {
@@ -231,15 +210,15 @@ func (n *NixStore) Trust(ctx context.Context) (*StoreTrust, error) {
 	// or root's default.
 	remote := n.getenv("NIX_REMOTE")
 	local := remote == "local" || strings.HasPrefix(remote, "local?") || strings.HasPrefix(remote, "/") || remote == "" && os.Geteuid() == 0
-	st, err := ParseStoreTrust(out.Bytes(), u.Username, groups, local)
+	st, err := ParseTrust(out.Bytes(), u.Username, groups, local)
 	if err != nil {
-		return nil, fmt.Errorf("transfer: %w", err)
+		return nil, fmt.Errorf("nixstore: %w", err)
 	}
 	return st, nil
 }
 
 // getenv is a variable of nix-store's environment.
-func (n *NixStore) getenv(k string) string {
+func (n *Store) getenv(k string) string {
 	if n.Env == nil {
 		return os.Getenv(k)
 	}
@@ -256,7 +235,7 @@ func (n *NixStore) getenv(k string) string {
 // references) whose content hashes to sum: the SHA-256 of
 // "TYPE:sha256:HEX:/nix/store:NAME", folded to 20 bytes, in Nix base32.
 func makeStorePath(typ string, sum []byte, name string) string {
-	h := sha256.Sum256([]byte(typ + ":sha256:" + hex.EncodeToString(sum) + ":" + StoreDir + ":" + name))
+	h := sha256.Sum256([]byte(typ + ":sha256:" + hex.EncodeToString(sum) + ":" + Dir + ":" + name))
 	var folded [20]byte
 	for i, b := range h {
 		folded[i%20] ^= b
@@ -266,16 +245,16 @@ func makeStorePath(typ string, sum []byte, name string) string {
 
 // caType is the type part of a content-addressed path's name hash: the
 // kind, then each reference (self last, as ":self").
-func caType(kind string, e *Entry, selfAllowed bool) (string, bool) {
-	refs := slices.Clone(e.References)
+func caType(kind string, info *PathInfo, selfAllowed bool) (string, bool) {
+	refs := slices.Clone(info.References)
 	slices.Sort(refs)
 	self := false
 	for _, r := range refs {
-		if r == e.Name {
+		if r == info.Path {
 			self = true
 			continue
 		}
-		kind += ":" + StoreDir + "/" + r
+		kind += ":" + r
 	}
 	if self {
 		if !selfAllowed {
@@ -286,33 +265,37 @@ func caType(kind string, e *Entry, selfAllowed bool) (string, bool) {
 	return kind, true
 }
 
-// caMatches reports whether e's content address is the one its name was
+// caMatches reports whether info's content address is the one its name was
 // made from, as Nix checks it (ValidPathInfo::isContentAddressed): for a
 // recursive SHA-256 (fixed:r:sha256:), also that it is the NAR hash. The
 // forms Nix 2.8 writes: text:sha256:H, fixed:r:sha256:H, fixed:ALGO:H.
-func caMatches(e *Entry) bool {
-	name := e.Name[storeHashLen+1:]
-	method, rest, _ := strings.Cut(e.CA, ":")
+func caMatches(info *PathInfo) bool {
+	base, err := Base(info.Path)
+	if err != nil {
+		return false
+	}
+	name := base[storeHashLen+1:]
+	method, rest, _ := strings.Cut(info.CA, ":")
 	switch method {
 	case "text":
 		sum, err := ParseNARHash(rest)
 		if err != nil {
 			return false
 		}
-		typ, ok := caType("text", e, false)
-		return ok && makeStorePath(typ, sum[:], name) == e.Name
+		typ, ok := caType("text", info, false)
+		return ok && makeStorePath(typ, sum[:], name) == base
 	case "fixed":
 		if h, ok := strings.CutPrefix(rest, "r:sha256:"); ok {
 			sum, err := ParseNARHash("sha256:" + h)
-			if err != nil || sum != e.sum {
+			if err != nil || sum != info.NARHash {
 				return false
 			}
-			typ, ok := caType("source", e, true)
-			return ok && makeStorePath(typ, sum[:], name) == e.Name
+			typ, ok := caType("source", info, true)
+			return ok && makeStorePath(typ, sum[:], name) == base
 		}
 		// Any other fixed output: no references, and the name hashes
 		// "fixed:out:[r:]ALGO:HEX:".
-		if len(e.References) > 0 {
+		if len(info.References) > 0 {
 			return false
 		}
 		prefix := ""
@@ -329,7 +312,7 @@ func caMatches(e *Entry) bool {
 			return false
 		}
 		inner := sha256.Sum256([]byte("fixed:out:" + prefix + algo + ":" + hex.EncodeToString(b) + ":"))
-		return makeStorePath("output:out", inner[:], name) == e.Name
+		return makeStorePath("output:out", inner[:], name) == base
 	}
 	return false
 }
@@ -349,16 +332,16 @@ func decodeAnyHash(s string, n int) ([]byte, error) {
 	return b, err
 }
 
-// accepts reports whether the store takes e from an untrusted user: its
+// accepts reports whether the store takes the path info describes from an untrusted user: its
 // content address is the one its name was made from (Nix checks that
 // instead of signatures), or one of its signatures is a good one by a
 // trusted key.
-func (t *StoreTrust) accepts(e *Entry) bool {
-	if e.CA != "" && caMatches(e) {
+func (t *Trust) accepts(info *PathInfo) bool {
+	if info.CA != "" && caMatches(info) {
 		return true
 	}
-	fp := []byte(fingerprint(e))
-	for _, s := range e.Sigs {
+	fp := []byte(fingerprint(info))
+	for _, s := range info.Sigs {
 		name, sig, err := splitKey(s, ed25519.SignatureSize)
 		if err != nil {
 			continue
@@ -370,23 +353,27 @@ func (t *StoreTrust) accepts(e *Entry) bool {
 	return false
 }
 
-// refusal is the one line for a path the store would not take.
-func (t *StoreTrust) refusal(e *Entry) error {
+// Check returns nil when the store takes the path info describes from an
+// untrusted user, else the one line that says why not and what to do.
+func (t *Trust) Check(info *PathInfo) error {
+	if t.accepts(info) {
+		return nil
+	}
 	accept := "no key: its trusted-public-keys is empty"
 	if len(t.Names) > 0 {
 		accept = "a signature by " + strings.Join(t.Names, " or ") + " (its trusted-public-keys)"
 	}
 	has := "no signature"
-	if e.CA != "" {
+	if info.CA != "" {
 		has = "a content address that is not the one its name was made from, and no good signature"
 	}
-	if len(e.Sigs) > 0 {
+	if len(info.Sigs) > 0 {
 		var names []string
-		for _, s := range e.Sigs {
+		for _, s := range info.Sigs {
 			n, _, _ := strings.Cut(s, ":")
 			names = append(names, n)
 		}
 		has = "signatures by " + strings.Join(names, ", ") + ", none of them good for a trusted key"
 	}
-	return &ManifestError{Msg: fmt.Sprintf("%s/%s has %s; this store requires of its (untrusted) receiving user %s; sign the paths on the way (ship --sign-key FILE) or have that store trust the user", StoreDir, e.Name, has, accept)}
+	return fmt.Errorf("%s has %s; this store requires of its (untrusted) receiving user %s; sign the paths on the way (ship --sign-key FILE) or have that store trust the user", info.Path, has, accept)
 }

@@ -1,12 +1,12 @@
-package transfer
+package nixstore
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -113,7 +113,7 @@ func TestNixStoreEntries(t *testing.T) {
 	if err := os.Symlink("a", filepath.Join(dir, "link")); err != nil {
 		t.Fatal(err)
 	}
-	var n NixStore
+	var n Store
 	// dir, a, b, b/c, b/d, b/d/e, b/d/f, link
 	if got := n.Entries(dir); got != 8 {
 		t.Errorf("Entries = %d, want 8", got)
@@ -125,41 +125,24 @@ func TestNixStoreEntries(t *testing.T) {
 		t.Errorf("Entries(missing) = %d, want 0", got)
 	}
 }
-
-// countingStore is a fakeStore this machine can look at: its entry counts
-// are given.
-type countingStore struct {
-	*fakeStore
-	entries map[string]int
-}
-
-func (c countingStore) Entries(path string) int { return c.entries[path] }
-
-// CollectStore orders the manifest by the counts when the store gives them.
-func TestCollectStoreOrdersByEntries(t *testing.T) {
-	src := newFakeStore()
-	src.add(leafName, "a big library", nil, "")
-	src.add(midName, "sources", nil, "")
-	src.add(topName, "top", []string{midName, leafName}, drvName)
-	top := StoreDir + "/" + topName
-	names := func(s *Source) []string {
-		var out []string
-		for _, e := range s.Manifest.Entries {
-			out = append(out, e.Name)
-		}
-		return out
+func TestTopoSort(t *testing.T) {
+	leaf, mid, top := Dir+"/"+leafName, Dir+"/"+midName, Dir+"/2dm3ab6xr8gn3bs6rnx4gfz1i0dbws75-top"
+	paths := []string{top, mid, leaf} // dependents first, as a worst case
+	infos := map[string]*PathInfo{
+		leaf: {Path: leaf},
+		mid:  {Path: mid, References: []string{leaf, mid}},
+		top:  {Path: top, References: []string{mid, leaf}},
 	}
-	plain, err := CollectStore(context.Background(), src, []string{top})
-	if err != nil {
-		t.Fatal(err)
+	got, err := topoSort(paths, infos)
+	if want := []string{leaf, mid, top}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("topoSort(%v) = %v, %v, want %v", paths, got, err, want)
 	}
-	counted, err := CollectStore(context.Background(), countingStore{src, map[string]int{
-		StoreDir + "/" + midName: 5000, StoreDir + "/" + leafName: 1, top: 1,
-	}}, []string{top})
-	if err != nil {
-		t.Fatal(err)
+	infos[leaf].References = []string{top} // leaf -> top: a cycle
+	if _, err := topoSort(paths, infos); err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Errorf("topoSort(cycle) = %v, want a cycle error", err)
 	}
-	if got := names(counted); got[0] != midName || got[2] != topName {
-		t.Errorf("manifest order %v: want the many-file %s first and %s last (given order: %v)", got, midName, topName, names(plain))
+	infos[leaf].References = []string{Dir + "/4l7p0sdzbqcfl8plvpfsl6vpf0w5mwvh-nowhere"}
+	if _, err := topoSort(paths, infos); err == nil || !strings.Contains(err.Error(), "not in the closure") {
+		t.Errorf("topoSort(reference outside) = %v, want an error", err)
 	}
 }

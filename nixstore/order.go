@@ -1,4 +1,4 @@
-package transfer
+package nixstore
 
 // The order store paths go in. The receiving Nix adds them one after the
 // other, and what costs it time is entries more than bytes: a path of
@@ -13,27 +13,20 @@ package transfer
 
 import (
 	"container/heap"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
+	"slices"
 )
-
-// entryCounter is a store whose paths this machine's file system shows,
-// so that their entries can be counted.
-type entryCounter interface {
-	// Entries counts the files, directories and symlinks of path (0 when
-	// it cannot be read).
-	Entries(path string) int
-}
 
 // maxCount bounds the walk of one path: past it, a path is import-heavy
 // enough to go first anyway.
 const maxCount = 1 << 20
 
 // Entries counts path's entries from their directory listings (no stat of
-// each).
-func (n *NixStore) Entries(path string) int {
+// each): 0 when it cannot be read.
+func (n *Store) Entries(path string) int {
 	if _, err := os.Lstat(path); err != nil {
 		return 0
 	}
@@ -51,28 +44,67 @@ func (n *NixStore) Entries(path string) int {
 	return count
 }
 
-// countEntries counts each path's entries, a few paths at a time.
-func countEntries(ec entryCounter, paths []string) map[string]int {
-	counts := make(map[string]int, len(paths))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	next := make(chan string)
-	for range 4 {
-		wg.Go(func() {
-			for p := range next {
-				n := ec.Entries(p)
-				mu.Lock()
-				counts[p] = n
-				mu.Unlock()
+// Order orders the closure dependencies first, keeping the given order
+// where it already is one (nix-store -qR prints one); given each path's
+// entry count (nil: not known), the paths with the most entries per NAR
+// byte go as early as their references let them.
+func Order(closure []string, infos map[string]*PathInfo, entries map[string]int) ([]string, error) {
+	order, err := topoSort(closure, infos)
+	if err != nil || entries == nil {
+		return order, err
+	}
+	return importOrder(order, infos, entries), nil
+}
+
+// topoSort orders the closure dependencies first, keeping the given order
+// where it already is one (nix-store -qR prints one).
+func topoSort(closure []string, infos map[string]*PathInfo) ([]string, error) {
+	in := make(map[string]bool, len(closure))
+	for _, p := range closure {
+		in[p] = true
+	}
+	const (
+		visiting = 1
+		done     = 2
+	)
+	state := make(map[string]int, len(closure))
+	order := make([]string, 0, len(closure))
+	var visit func(p string, chain []string) error
+	visit = func(p string, chain []string) error {
+		switch state[p] {
+		case done:
+			return nil
+		case visiting:
+			return fmt.Errorf("nixstore: the store's references form a cycle: %v", append(chain, p))
+		}
+		info := infos[p]
+		if info == nil {
+			return fmt.Errorf("nixstore: the store gave no metadata for %s", p)
+		}
+		state[p] = visiting
+		refs := slices.Clone(info.References)
+		slices.Sort(refs)
+		for _, r := range refs {
+			if r == p {
+				continue
 			}
-		})
+			if !in[r] {
+				return fmt.Errorf("nixstore: %s refers to %s, which is not in the closure the store gave", p, r)
+			}
+			if err := visit(r, append(chain, p)); err != nil {
+				return err
+			}
+		}
+		state[p] = done
+		order = append(order, p)
+		return nil
 	}
-	for _, p := range paths {
-		next <- p
+	for _, p := range closure {
+		if err := visit(p, nil); err != nil {
+			return nil, err
+		}
 	}
-	close(next)
-	wg.Wait()
-	return counts
+	return order, nil
 }
 
 // importOrder reorders order (dependencies first, as topoSort returns it):
