@@ -213,10 +213,17 @@ func freePort(t *testing.T, r *rig.Rig) int {
 // and waits until its init has started dropbear.
 func startVM(t *testing.T, ctx context.Context, r *rig.Rig, qemu string, initrd []byte, memMiB int) *vm {
 	t.Helper()
+	return startVMOn(t, ctx, r, qemu, initrd, memMiB, freePort(t, r))
+}
+
+// startVMOn is startVM with the VM's SSH forwarded from port on op's
+// loopback.
+func startVMOn(t *testing.T, ctx context.Context, r *rig.Rig, qemu string, initrd []byte, memMiB, port int) *vm {
+	t.Helper()
 	dir := t.TempDir()
 	ir := filepath.Join(dir, "initrd")
 	writeFile(t, ir, initrd, 0o644)
-	v := &vm{port: freePort(t, r), console: filepath.Join(dir, "ttyS0.log"), exited: make(chan error, 1)}
+	v := &vm{port: port, console: filepath.Join(dir, "ttyS0.log"), exited: make(chan error, 1)}
 	cmd := r.Command(ctx, rig.Op, qemu,
 		"-accel", "tcg", "-m", fmt.Sprint(memMiB), "-smp", "1",
 		"-kernel", debianAmd64+"linux", "-initrd", ir,

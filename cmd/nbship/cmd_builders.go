@@ -317,8 +317,15 @@ func buildersCreate(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := showCost(ctx, e, p, r); err != nil {
+	arch, err := showCost(ctx, e, p, r)
+	if err != nil {
 		return builderErr(bf.provider, err)
+	}
+	if bf.provider == hetzner.Name && *instance != "" {
+		// The kexec would refuse it only once the server bills.
+		if err := checkBootable(cfg, *instance, r.Type, arch); err != nil {
+			return err
+		}
 	}
 	if !*yes {
 		fmt.Fprintf(e.stderr, "Create the builder? Type yes to go on: ")
@@ -377,27 +384,43 @@ type jsonRaw []byte
 
 func (j jsonRaw) MarshalJSON() ([]byte, error) { return j, nil }
 
-// showCost says what the builder costs, before it is made.
-func showCost(ctx context.Context, e *env, p provider.Provider, r provider.CreateRequest) error {
+// showCost says what the builder costs, before it is made, and returns
+// the architecture of the server type where the provider names it.
+func showCost(ctx context.Context, e *env, p provider.Provider, r provider.CreateRequest) (string, error) {
 	if pc, ok := p.(*packet.Client); ok {
 		q, err := pc.Quote(ctx, r)
 		if err != nil {
-			return err
+			return "", err
 		}
 		spotPrintQuote(e.stderr, q)
-		return nil
+		return "", nil
 	}
 	ps, err := p.Prices(ctx, provider.PriceQuery{Type: r.Type, Location: r.Location})
 	if err != nil {
-		return err
+		return "", err
 	}
 	if len(ps) == 0 {
-		return withHint(fmt.Errorf("%s: %s has no price in %s: it is not offered there", p.Name(), r.Type, r.Location),
+		return "", withHint(fmt.Errorf("%s: %s has no price in %s: it is not offered there", p.Name(), r.Type, r.Location),
 			"see where it is offered: nbship builders prices --provider %s --type %s", p.Name(), r.Type)
 	}
 	c := ps[0]
 	fmt.Fprintf(e.stderr, "%s: %s (%s) in %s costs %s/h, at most %s/month (%s); it is billed until it is deleted\n",
 		p.Name(), c.Type, c.Arch, c.Location, money(c.Hourly, c.Currency), money(c.Monthly, c.Currency), c.Note)
+	return c.Arch, nil
+}
+
+// checkBootable refuses, before a server is made, an instance the server
+// type cannot boot: one nbship does not know, or one of another
+// architecture.
+func checkBootable(cfg *config.Config, instance, serverType, arch string) error {
+	prof, err := image.Lookup(instance, imageExtraProfiles(cfg))
+	if err != nil {
+		return usageError("builders create: --instance %s: %v", instance, err)
+	}
+	if sys := provider.System(arch); sys != "" && sys != prof.System {
+		return withHint(usageError("builders create: not creating: server type %s is %s, but the image of --instance %s is %s", serverType, arch, instance, prof.System),
+			"pick a server type of that architecture: nbship builders prices --provider hetzner")
+	}
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -131,6 +132,14 @@ type Fake struct {
 // cx22 (x86) and cax21 (arm) with prices there.
 func New(t testing.TB, token string) *Fake {
 	t.Helper()
+	return NewOn(t, token, nil)
+}
+
+// NewOn is New serving on l, a listener the test opened where the client
+// reaches it (such as inside a network namespace); nil is a new one on
+// 127.0.0.1. The fake closes l when the test ends.
+func NewOn(t testing.TB, token string, l net.Listener) *Fake {
+	t.Helper()
 	f := &Fake{
 		Token:     token,
 		Currency:  "EUR",
@@ -150,7 +159,12 @@ func New(t testing.TB, token string) *Fake {
 		{ID: 22, Name: "cx22", Arch: "x86", Cores: 2, Memory: 4, Disk: 40, Prices: both("0.0060", "0.0071", "3.7900", "4.5101")},
 		{ID: 45, Name: "cax21", Arch: "arm", Cores: 4, Memory: 8, Disk: 80, Prices: both("0.0104", "0.0124", "6.4900", "7.7231")},
 	}
-	f.Server = httptest.NewServer(http.HandlerFunc(f.serve))
+	f.Server = httptest.NewUnstartedServer(http.HandlerFunc(f.serve))
+	if l != nil {
+		f.Server.Listener.Close()
+		f.Server.Listener = l
+	}
+	f.Server.Start()
 	t.Cleanup(f.Close)
 	return f
 }
