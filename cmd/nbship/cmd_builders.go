@@ -74,7 +74,9 @@ func bootByKexec(ctx context.Context, e *env, b bootSetup, c *remote.Client, ins
 	}
 	key := ""
 	if res.HostKey != "" {
-		key = fmt.Sprintf("; its host key is now %s (the image's own: check it, then add it to known_hosts)", res.HostKey)
+		// known_hosts holds the rescue system's key for this address
+		// (trust on first use above): say how to swap it for the image's.
+		key = fmt.Sprintf("; its host key is now %s, the image's own: check it, then replace the rescue system's line ('ssh-keygen -R %s') with it in known_hosts", res.HostKey, knownHostsName(c.Addr().String()))
 	}
 	fmt.Fprintf(e.stderr, "nbship: %s runs %s %s: answers SSH again after %.0fs%s\n", res.Host, res.Instance, res.Generation, res.Seconds, key)
 	return nil
@@ -662,4 +664,14 @@ func hetznerDevices(ctx context.Context, c *hetzner.Client, systems map[string]s
 		}
 	}
 	return out, nil
+}
+
+// knownHostsName is how known_hosts names addr: host, or [host]:port
+// when the port is not 22.
+func knownHostsName(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "22" {
+		return strings.Trim(addr, "[]")
+	}
+	return "[" + host + "]:" + port
 }
