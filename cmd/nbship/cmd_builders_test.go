@@ -240,3 +240,16 @@ func TestMachinesHetzner(t *testing.T) {
 		t.Errorf("machines = %q, want one line: the drained and the foreign server left out", r.stdout)
 	}
 }
+
+func TestKnownHostsName(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"192.0.2.7:22", "192.0.2.7"},
+		{"127.0.0.1:2222", "[127.0.0.1]:2222"},
+		{"[2001:db8::1]:22", "2001:db8::1"},
+		{"[2001:db8::1]:2200", "[2001:db8::1]:2200"},
+	} {
+		if got := knownHostsName(tc.addr); got != tc.want {
+			t.Errorf("knownHostsName(%q) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+}
