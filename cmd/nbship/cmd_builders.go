@@ -670,8 +670,11 @@ func hetznerDevices(ctx context.Context, c *hetzner.Client, systems map[string]s
 // when the port is not 22.
 func knownHostsName(addr string) string {
 	host, port, err := net.SplitHostPort(addr)
-	if err != nil || port == "22" {
-		return strings.Trim(addr, "[]")
+	if err != nil {
+		return addr
+	}
+	if port == "22" {
+		return host
 	}
 	return "[" + host + "]:" + port
 }
