@@ -53,7 +53,7 @@ export NBSHIP_RIG_LOCKED=1
 # The previous results stay until this run has the rig; then everything but
 # the Go benchmarks' output (bench/gobench.sh writes that) is replaced.
 rm -rf "$BENCH_RAW/runs" "$BENCH_RAW/hyperfine" "$BENCH_RAW/failed"
-rm -f "$BENCH_RAW"/{meta,commands,scenarios}.txt "$BENCH_RAW/bench.log"
+rm -f "$BENCH_RAW"/{meta,commands,scenarios}.txt "$BENCH_RAW/bench.log" "$BENCH_RAW/netdelay.log"
 mkdir -p "$BENCH_RAW/runs" "$BENCH_RAW/hyperfine"
 exec > >(tee -a "$BENCH_RAW/bench.log") 2>&1
 trap '' PIPE # if tee goes, the run goes on (and says so in scenarios.txt)
@@ -227,8 +227,10 @@ closure_set() { # closure_set LINK
 
 # The contenders on a long link (rttN): every tool of the issue on the
 # closures; the netboot files are not store paths the store tools ship here.
-delay_netboot_set="nbship seed ssh-tar"
-delay_closure_set="nbship-store nix-copy nix-copy-closure ssh-tar seed"
+# zstd-nc, one plain TCP stream of about nbship's bytes, shows what the
+# long link gives a single connection.
+delay_netboot_set="nbship seed ssh-tar zstd-nc"
+delay_closure_set="nbship-store nix-copy nix-copy-closure ssh-tar seed zstd-nc"
 many_ready=0
 need_many() { # build the 1,000-path closure once, when a scenario needs it
 	[ "$many_ready" = 1 ] && return 0
@@ -254,6 +256,8 @@ for link in $links; do
 			done
 		done
 		rig undelay
+		# netdelay's counts (delivered, dropped per destination), written as it stopped.
+		{ echo "== $link"; cat "$RIG_DIR/delay/netdelay.log"; } >>"$BENCH_RAW/netdelay.log" 2>/dev/null || true
 		continue
 		;;
 	unshaped) shape_all off ;;

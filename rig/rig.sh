@@ -746,7 +746,7 @@ delay() {
 	done
 
 	"${CLEANENV[@]}" setsid ip netns exec "$DELAY_NS" "$bin" -dev "$DELAY_TUN" -delay "$((rtt * 500))us" -rate "$bits" \
-		</dev/null >>"$RIG_DIR/delay/netdelay.log" 2>&1 9>&- &
+		</dev/null >"$RIG_DIR/delay/netdelay.log" 2>&1 9>&- &
 	pid=$!
 	echo "$pid" >"$RIG_DIR/delay/netdelay.pid"
 	wait_for 200 "netdelay's TUN device (see $RIG_DIR/delay/netdelay.log)" ip -n "$DELAY_NS" link show "$DELAY_TUN"
