@@ -8,7 +8,8 @@
 #   contender.sh describe SCENARIO  print the contender's commands
 #
 # SCENARIO is DATASET.LINK.CONTENDER, e.g. netboot.100mbit.seed. DATASET is
-# netboot, closure or big; LINK only names the shaping (run.sh applies it).
+# netboot, closure, many (1,000 small store paths) or big; LINK only names
+# the shaping or delay (run.sh applies it).
 # CONTENDER:
 #   nbship             netboot: `nbship aarch64 --drv DRV` from the operator (the
 #                      ship step: SSH, checks, relay/recv, transfer, verify, publish)
@@ -43,7 +44,7 @@ netboot)
 	NAMES=(Image initrd netboot.ipxe)
 	RELAY_SRC=$BENCH_NETBOOT_OUT
 	;;
-closure | big | halfcache)
+closure | big | many | halfcache)
 	# halfcache: the closure, half of it in pxe's binary cache (run.sh);
 	# the store contenders substitute on the destination (-s).
 	data=$dataset

@@ -29,7 +29,10 @@ make -s build
 quick=${BENCH_QUICK:-0}
 warmup=1 runs=5
 [ "$quick" = 1 ] && runs=3
-links=${BENCH_LINKS:-unshaped 1gbit 100mbit}
+runs=${BENCH_RUNS:-$runs}
+warmup=${BENCH_WARMUP:-$warmup}
+links=${BENCH_LINKS:-unshaped 1gbit 100mbit rtt20 rtt100}
+delay_rate=${BENCH_DELAY_RATE:-100mbit}
 only=${BENCH_ONLY:-.}
 
 # BENCH_RESULTS=DIR keeps a trial run away from bench/results and BENCHMARKS.md.
@@ -50,7 +53,7 @@ export NBSHIP_RIG_LOCKED=1
 # The previous results stay until this run has the rig; then everything but
 # the Go benchmarks' output (bench/gobench.sh writes that) is replaced.
 rm -rf "$BENCH_RAW/runs" "$BENCH_RAW/hyperfine" "$BENCH_RAW/failed"
-rm -f "$BENCH_RAW"/{meta,commands,scenarios}.txt "$BENCH_RAW/bench.log"
+rm -f "$BENCH_RAW"/{meta,commands,scenarios}.txt "$BENCH_RAW/bench.log" "$BENCH_RAW/netdelay.log"
 mkdir -p "$BENCH_RAW/runs" "$BENCH_RAW/hyperfine"
 exec > >(tee -a "$BENCH_RAW/bench.log") 2>&1
 trap '' PIPE # if tee goes, the run goes on (and says so in scenarios.txt)
@@ -69,6 +72,7 @@ if [ "${BENCH_TMPFS:-1}" = 1 ]; then
 fi
 
 cleanup() {
+	rig undelay >/dev/null 2>&1 || true
 	shape_all off >/dev/null 2>&1 || true
 	rig down || true
 	if [ "${BENCH_TMPFS:-1}" = 1 ]; then umount "$bench_fs" 2>/dev/null || true; fi
@@ -111,6 +115,7 @@ fi
 	echo "tools: $(nix --version | head -1); $(ssh -V 2>&1); $(openssl version | cut -d' ' -f1-2); gzip $(gzip --version | head -1 | cut -d' ' -f2); zstd $(zstd --version | grep -o 'v[0-9.]*'); $(hyperfine --version)"
 	echo "runs: $warmup warm-up + $runs"
 	echo "links: $links"
+	echo "delay_rate: $delay_rate"
 	echo "load_start: $(loadavg)"
 } >"$BENCH_RAW/meta.txt"
 cat "$BENCH_RAW/meta.txt"
@@ -129,14 +134,15 @@ BENCH_NETBOOT_OUT=$(jq -r .out <<<"$first")
 export BENCH_DRV BENCH_NETBOOT_OUT
 echo "netboot: drv $BENCH_DRV out $BENCH_NETBOOT_OUT" | tee -a "$BENCH_RAW/meta.txt"
 
-# store_dataset NAME ATTR: build ATTR of bench/closure.nix in the builder's
+# store_dataset NAME ATTR [FILE]: build ATTR of FILE (bench/closure.nix) in the builder's
 # store; write NAME.top, NAME.paths (the closure), NAME.links (a directory of
 # symlinks to its paths, what the file contenders send) and NAME.sum.
 store_dataset() {
-	local name=$1 attr=$2 libs t0 p paths
+	local name=$1 attr=$2 file=${3:-closure.nix} libs t0 p paths args=()
 	libs=$(ldd /usr/bin/nix | awk '$3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u | tr '\n' ' ')
+	[ "$file" = closure.nix ] && args=(--argstr libs "$libs")
 	t0=$(date +%s)
-	rig exec build -- nix-build "$top/bench/closure.nix" -A "$attr" --argstr libs "$libs" --no-out-link \
+	rig exec build -- nix-build "$top/bench/$file" -A "$attr" "${args[@]}" --no-out-link \
 		>"$BENCH_WORK/$name.top" 2>"$BENCH_WORK/$name.build.log" ||
 		die "building $attr in the builder's store failed: $(tail -n5 "$BENCH_WORK/$name.build.log")"
 	rig exec build -- nix-store -qR "$(<"$BENCH_WORK/$name.top")" >"$BENCH_WORK/$name.paths"
@@ -219,8 +225,53 @@ closure_set() { # closure_set LINK
 	fi
 }
 
+# The contenders on a long link (rttN): every tool of the issue on the
+# closures; the netboot files are not store paths the store tools ship here.
+# zstd-nc, one plain TCP stream of about nbship's bytes, shows what the
+# long link gives a single connection.
+delay_netboot_set="nbship seed ssh-tar zstd-nc"
+delay_closure_set="nbship-store nix-copy nix-copy-closure ssh-tar seed zstd-nc"
+many_ready=0
+need_many() { # build the 1,000-path closure once, when a scenario needs it
+	[ "$many_ready" = 1 ] && return 0
+	note "data: the 1,000-path closure in the builder's store"
+	store_dataset many many many.nix
+	many_ready=1
+}
+
 for link in $links; do
-	if [ "$link" = unshaped ]; then shape_all off; else shape_all "$link"; fi
+	case $link in
+	rtt[0-9]*)
+		shape_all off
+		rig delay "${link#rtt}" "$delay_rate"
+		for c in $delay_netboot_set; do
+			hf "netboot.$link.$c"
+		done
+		for d in closure many; do
+			for c in $delay_closure_set; do
+				[ "$c" = nbship-store ] && [ "$store_ok" != 1 ] && continue
+				[[ $d.$link.$c =~ $only ]] || continue
+				# The per-path tools take minutes a run on a long link
+				# (nix copy of many at 100 ms: 5.6 min): no warm-up for
+				# them, and nix-copy-closure (two such copies in a row)
+				# beyond 20 ms only with BENCH_FULL=1.
+				w=$warmup
+				case $c in nix-copy | nix-copy-closure) w=0 ;; esac
+				if [ "$c" = nix-copy-closure ] && [ "${link#rtt}" -gt 20 ] && [ "${BENCH_FULL:-0}" != 1 ]; then
+					continue
+				fi
+				[ "$d" = many ] && need_many
+				hf "$d.$link.$c" "$w" "$runs"
+			done
+		done
+		rig undelay
+		# netdelay's counts (delivered, dropped per destination), written as it stopped.
+		{ echo "== $link"; cat "$RIG_DIR/delay/netdelay.log"; } >>"$BENCH_RAW/netdelay.log" 2>/dev/null || true
+		continue
+		;;
+	unshaped) shape_all off ;;
+	*) shape_all "$link" ;;
+	esac
 	for c in $netboot_set; do
 		hf "netboot.$link.$c"
 	done

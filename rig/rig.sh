@@ -17,6 +17,13 @@
 #   rig.sh env                       print KEY='value' lines describing the running rig
 #   rig.sh shape RATE|off            tbf-limit both ends of the build-pxe link (e.g. 100mbit)
 #   rig.sh link NAME down|up         NAME: build-pxe (also op-build, op-pxe)
+#   rig.sh delay RTT_MS RATE         route all three links through a router namespace
+#                                    (nbs-delay) whose program (rig/netdelay) holds each
+#                                    packet RTT_MS/2 per direction and sends at most RATE
+#                                    (100mbit; 0 for no limit) per direction, with a
+#                                    tail-drop queue of rate x RTT + 64 KiB; addresses,
+#                                    device names and `shape` stay as they are
+#   rig.sh undelay                   back to direct veth pairs (no-op when not delayed)
 #   rig.sh rekey HOST                new ssh host key for HOST (build|pxe), sshd restarted;
 #                                    the operator's known_hosts keeps the OLD key
 #   rig.sh trust                     rewrite the operator's known_hosts with the current keys
@@ -47,6 +54,9 @@ RIG_DIR=${NBSHIP_RIG_DIR:-/var/lib/nbship-rig}
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 LOCK=/run/lock/nbship-rig.lock
 HOSTS=(op build pxe)
+DELAY_NS=nbs-delay # the router namespace of `rig.sh delay`
+DELAY_TUN=nbsdelay
+DELAY_TABLE=77
 BUILD_ADDR=10.77.1.2
 PXE_ADDR=10.77.2.2
 PXE_DIRECT_ADDR=10.77.3.2
@@ -143,6 +153,9 @@ rig_namespaces() {
 			echo "net:[$nsi]"
 		fi
 	done
+	if [ -e "/run/netns/$DELAY_NS" ] && nsi=$(stat -L -c %i "/run/netns/$DELAY_NS" 2>/dev/null); then
+		echo "net:[$nsi]"
+	fi
 }
 
 # rig_pids NSLIST lists every live process that belongs to the rig: anything in
@@ -162,7 +175,7 @@ rig_pids() {
 		comm=
 		{ read -r comm <"/proc/$pid/comm"; } 2>/dev/null || true
 		case $comm in
-		sshd | nginx | nix-daemon | sleep) echo "$pid" ;;
+		sshd | nginx | nix-daemon | sleep | netdelay) echo "$pid" ;;
 		esac
 	done
 }
@@ -195,6 +208,9 @@ teardown() {
 			ip netns del "nbs-$h" 2>/dev/null || { umount -l "/run/netns/nbs-$h" 2>/dev/null; rm -f "/run/netns/nbs-$h"; } || true
 		fi
 	done
+	if [ -e "/run/netns/$DELAY_NS" ]; then
+		ip netns del "$DELAY_NS" 2>/dev/null || { umount -l "/run/netns/$DELAY_NS" 2>/dev/null; rm -f "/run/netns/$DELAY_NS"; } || true
+	fi
 	for l in "${LINKS[@]}"; do # veths left in the root namespace by a crash mid-up
 		# shellcheck disable=SC2086
 		set -- $l
@@ -659,6 +675,121 @@ set_link() {
 	die "unknown link '$name' (want build-pxe, op-build or op-pxe)"
 }
 
+# ------------------------------------------------------------------ delay --
+
+# The long link: every packet between two hosts crosses a router namespace
+# ($DELAY_NS) whose program (rig/netdelay) holds it for half the round trip
+# and sends at most RATE per direction (netem is not in this kernel, and
+# tbf's latency is a queue limit, not a delay). Each veth pair X <-> Y of
+# LINKS becomes X <-> d-X and Y <-> d-Y with the router in between; the hosts
+# keep their device names and addresses, and reach the far end through a
+# permanent neighbour entry naming the router's MAC (no ARP through the
+# router). In the router, packets from any d-* device go (policy table
+# $DELAY_TABLE) into the TUN device; what netdelay writes back comes in on
+# the TUN and leaves by the /32 route of its destination.
+
+netdelay_pid() {
+	local pid='' comm=''
+	[ -r "$RIG_DIR/delay/netdelay.pid" ] || return 1
+	read -r pid <"$RIG_DIR/delay/netdelay.pid" || true
+	[ -n "$pid" ] || return 1
+	{ read -r comm <"/proc/$pid/comm"; } 2>/dev/null || return 1
+	[ "$comm" = netdelay ] || return 1
+	echo "$pid"
+}
+
+build_netdelay() { # build_netdelay OUT
+	local go=go
+	command -v go >/dev/null || go=/usr/local/go/bin/go
+	command -v "$go" >/dev/null || die "go not found (rig.sh delay builds rig/netdelay with it)"
+	(cd "${SELF%/*}/netdelay" && CGO_ENABLED=0 "$go" build -o "$1" .) >&2 || die "building rig/netdelay failed"
+}
+
+delay() {
+	local rtt=${1:-} rate=${2:-} bits=0 l i=0 bin pid h
+	[[ $rtt =~ ^[0-9]+$ ]] && [ -n "$rate" ] && [ $# -eq 2 ] ||
+		die "usage: rig.sh delay RTT_MS RATE (e.g. rig.sh delay 100 100mbit; RATE 0 for no limit)"
+	[ "$rate" = 0 ] || bits=$(($(rate_bytes "$rate") * 8))
+	need_root
+	lock
+	host_pid op >/dev/null
+	_undelay
+	mkdir -p "$RIG_DIR/delay"
+	bin=$RIG_DIR/delay/netdelay
+	build_netdelay "$bin"
+
+	local root_batch="netns add $DELAY_NS"$'\n' rbatch=$'link set lo up\n' a1 a2 m
+	local -A batch=()
+	for l in "${LINKS[@]}"; do
+		# shellcheck disable=SC2086
+		set -- $l
+		i=$((i + 1))
+		m=02:77:0$i
+		a1=${5%/*} a2=${6%/*}
+		ip -n "nbs-$2" link del "$1" 2>/dev/null || true # and its peer
+		root_batch+="link add name $1 address $m:00:00:01 netns nbs-$2 type veth peer name d-$1 address $m:01:00:01 netns $DELAY_NS"$'\n'
+		root_batch+="link add name $3 address $m:00:00:02 netns nbs-$4 type veth peer name d-$3 address $m:01:00:02 netns $DELAY_NS"$'\n'
+		batch[$2]+="addr add $5 dev $1"$'\n'"link set $1 up"$'\n'"neigh replace $a2 lladdr $m:01:00:01 dev $1 nud permanent"$'\n'
+		batch[$4]+="addr add $6 dev $3"$'\n'"link set $3 up"$'\n'"neigh replace $a1 lladdr $m:01:00:02 dev $3 nud permanent"$'\n'
+		rbatch+="link set d-$1 up"$'\n'"link set d-$3 up"$'\n'
+		rbatch+="route add $a1/32 dev d-$1"$'\n'"route add $a2/32 dev d-$3"$'\n'
+		rbatch+="neigh replace $a1 lladdr $m:00:00:01 dev d-$1 nud permanent"$'\n'
+		rbatch+="neigh replace $a2 lladdr $m:00:00:02 dev d-$3 nud permanent"$'\n'
+		rbatch+="rule add iif d-$1 lookup $DELAY_TABLE"$'\n'"rule add iif d-$3 lookup $DELAY_TABLE"$'\n'
+	done
+	ip -b - <<<"$root_batch"
+	ip netns exec "$DELAY_NS" sysctl -q -w net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
+		net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.default.send_redirects=0 >/dev/null
+	ip -n "$DELAY_NS" -b - <<<"$rbatch"
+	for h in "${HOSTS[@]}"; do
+		ip -n "nbs-$h" -b - <<<"${batch[$h]}"
+	done
+
+	"${CLEANENV[@]}" setsid ip netns exec "$DELAY_NS" "$bin" -dev "$DELAY_TUN" -delay "$((rtt * 500))us" -rate "$bits" \
+		</dev/null >"$RIG_DIR/delay/netdelay.log" 2>&1 9>&- &
+	pid=$!
+	echo "$pid" >"$RIG_DIR/delay/netdelay.pid"
+	wait_for 200 "netdelay's TUN device (see $RIG_DIR/delay/netdelay.log)" ip -n "$DELAY_NS" link show "$DELAY_TUN"
+	netdelay_pid >/dev/null || die "netdelay is not running (see $RIG_DIR/delay/netdelay.log)"
+	ip netns exec "$DELAY_NS" sysctl -q -w "net.ipv4.conf.$DELAY_TUN.rp_filter=0" >/dev/null
+	ip -n "$DELAY_NS" -b - <<-EOF
+		link set $DELAY_TUN txqueuelen 10000 up
+		route add default dev $DELAY_TUN table $DELAY_TABLE
+	EOF
+}
+
+# _undelay: direct veth pairs again, as up makes them (the caller holds the lock).
+_undelay() {
+	[ -e "/run/netns/$DELAY_NS" ] || return 0
+	local pid l i h root_batch=''
+	local -A batch=()
+	if pid=$(netdelay_pid); then
+		kill -TERM "$pid" 2>/dev/null || true
+		for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.02; done
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	for l in "${LINKS[@]}"; do
+		# shellcheck disable=SC2086
+		set -- $l
+		ip -n "nbs-$2" link del "$1" 2>/dev/null || true
+		ip -n "nbs-$4" link del "$3" 2>/dev/null || true
+		root_batch+="link add name $1 netns nbs-$2 type veth peer name $3 netns nbs-$4"$'\n'
+		batch[$2]+="addr add $5 dev $1"$'\n'"link set $1 up"$'\n'
+		batch[$4]+="addr add $6 dev $3"$'\n'"link set $3 up"$'\n'
+	done
+	ip netns del "$DELAY_NS"
+	ip -b - <<<"$root_batch"
+	for h in "${HOSTS[@]}"; do
+		ip -n "nbs-$h" -b - <<<"${batch[$h]}"
+	done
+}
+
+undelay() {
+	need_root
+	lock
+	_undelay
+}
+
 rekey() {
 	local h=${1:-} d pid old i
 	case $h in build | pxe) ;; *) die "usage: rig.sh rekey build|pxe" ;; esac
@@ -734,6 +865,8 @@ main() {
 	env) print_env ;;
 	shape) shape "$@" ;;
 	link) set_link "$@" ;;
+	delay) delay "$@" ;;
+	undelay) undelay ;;
 	rekey) rekey "$@" ;;
 	trust)
 		need_root
@@ -742,7 +875,7 @@ main() {
 		;;
 	nixconf) nixconf "$@" ;;
 	_anchor) anchor_main "$@" ;;
-	*) die "usage: rig.sh up|down|exec HOST -- CMD...|env|shape RATE|off|link build-pxe down|up|rekey HOST|trust|nixconf HOST [FILE]" ;;
+	*) die "usage: rig.sh up|down|exec HOST -- CMD...|env|shape RATE|off|link build-pxe down|up|delay RTT_MS RATE|undelay|rekey HOST|trust|nixconf HOST [FILE]" ;;
 	esac
 }
 

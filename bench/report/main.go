@@ -294,6 +294,7 @@ var contenders = []struct{ id, label string }{
 var datasets = []struct{ id, title string }{
 	{"netboot", "Netboot files"},
 	{"closure", "Nix closure"},
+	{"many", "Nix closure of 1,000 small store paths"},
 	{"halfcache", "Nix closure, half of it in pxe's binary cache (`ship --store -s`, `nix copy -s`)"},
 }
 
@@ -301,6 +302,8 @@ var links = []struct{ id, label string }{
 	{"unshaped", "unshaped veth"},
 	{"1gbit", "tbf rate 1gbit"},
 	{"100mbit", "tbf rate 100mbit"},
+	{"rtt20", "20 ms round trip (rig.sh delay), 100 Mbit/s"},
+	{"rtt100", "100 ms round trip (rig.sh delay), 100 Mbit/s"},
 }
 
 func (r *report) get(name string) *scenario { return r.scenarios[name] }
@@ -369,7 +372,7 @@ func (r *report) dataLine() string {
 	if s := r.firstSummary("netboot"); s != nil {
 		parts = append(parts, fmt.Sprintf("netboot files %d files, %s MB (%s MB zstd as nbship sends it)", s.Files, mb(float64(s.Bytes)), mb(float64(s.Compressed))))
 	}
-	for _, k := range []string{"closure", "big"} {
+	for _, k := range []string{"closure", "many", "big"} {
 		if v := r.metaKV[k]; v != "" {
 			v, _, _ = strings.Cut(v, " (built")
 			parts = append(parts, k+" "+v)
@@ -566,6 +569,43 @@ func (r *report) writeTargets(w io.Writer) {
 		}
 	} else {
 		notRun("closure at 100 Mbit: within 1.1× of zstd bytes ÷ link rate, ≥ 3× faster than nix copy", "closure.100mbit nbship runs missing")
+	}
+
+	// Long links (issue 21): at 100 ms, nbship within 1.2 × (its bytes ÷
+	// the link rate + 10 round trips) on every data set, and ≥ 10× faster
+	// than nix copy on the 1,000-path closure.
+	const rtt = 0.1
+	for _, d := range []struct{ id, what string }{{"netboot", "netboot files"}, {"closure", "closure"}, {"many", "1,000-path closure"}} {
+		what := d.what + " at 100 ms RTT, 100 Mbit: nbship ≤ 1.2 × (its bytes ÷ link rate + 10 RTT)"
+		name := d.id + ".rtt100.nbship-store"
+		if d.id == "netboot" {
+			name = d.id + ".rtt100.nbship"
+		}
+		nb := r.get(name)
+		if !nb.ok() {
+			notRun(what, name+" missing")
+			continue
+		}
+		// nbship's bytes on its data socket as it reports them; the
+		// direct link's counter (both directions) where it does not.
+		bytes, _ := nb.summaryMedian(func(s *summary) float64 { return float64(s.WireBytes) })
+		src := "on nbship's socket"
+		if bytes == 0 {
+			bytes, src = nb.wire("build-pxe"), "on the build–pxe link"
+		}
+		bound := bytes/rate + 10*rtt
+		x := nb.median() / bound
+		ts = append(ts, target{what,
+			fmt.Sprintf("%s s; %s MB %s ÷ 12.5 MB/s + 1 s = %s s: **%.2f×**", secs(nb.median()), mb(bytes), src, secs(bound), x),
+			met(x <= 1.2, fmt.Sprintf("by %s s", secs(nb.median()-1.2*bound)))})
+	}
+	if nb, nc := r.get("many.rtt100.nbship-store"), r.get("many.rtt100.nix-copy"); nb.ok() && nc.ok() {
+		y := nc.median() / nb.median()
+		ts = append(ts, target{"1,000-path closure at 100 ms RTT: nbship ≥ 10× faster than nix copy --from ssh://builder --to ssh://pxe",
+			fmt.Sprintf("nix copy %s s ÷ nbship %s s = **%.1f×**", secs(nc.median()), secs(nb.median()), y),
+			met(y >= 10, fmt.Sprintf("by %.2f× (nbship would need %s s)", 10/y, secs(nc.median()/10)))})
+	} else {
+		notRun("1,000-path closure at 100 ms RTT: nbship ≥ 10× faster than nix copy", "many.rtt100 nbship-store / nix-copy missing")
 	}
 
 	// 3. Re-shipping the unchanged closure: < 1% of its bytes on the wire.

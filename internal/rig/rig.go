@@ -552,3 +552,16 @@ func (r *Rig) NixConf(host, extra string) error {
 	}
 	return r.rigsh("nixconf", host, f.Name())
 }
+
+// Delay routes all three links through the rig's router namespace (rig.sh
+// delay): every packet waits rtt/2 in each direction, and each direction
+// carries at most rate (tc syntax, e.g. "100mbit"; "0" for no limit). TCP
+// sees the round-trip time itself: handshakes and ACKs cross the delay
+// too. Addresses and device names do not change; Undelay restores the
+// direct links.
+func (r *Rig) Delay(rtt time.Duration, rate string) error {
+	return r.rigsh("delay", strconv.FormatInt(rtt.Milliseconds(), 10), rate)
+}
+
+// Undelay puts the direct links back (a no-op when they are).
+func (r *Rig) Undelay() error { return r.rigsh("undelay") }
