@@ -42,11 +42,21 @@ const agentStartWait = 60 * time.Second
 // as without it. It fails only when ctx is done or the connection is
 // gone.
 func (c *Client) UseAgent(ctx context.Context, bin string) error {
+	_, err := c.agentSession(ctx, "exec "+QuoteArgs([]string{bin, "agent"}), bin, nil)
+	return err
+}
+
+// agentSession starts command in a new session and makes it the agent
+// (see UseAgent). With upload, command first reads upload's bytes from its
+// stdin, puts them in place and prints "nbship-uploaded" before it execs
+// the agent: the session's stdin goes on as the agent's lifeline. If that
+// part fails, the session's end is returned as uploadErr.
+func (c *Client) agentSession(ctx context.Context, command, bin string, upload io.Reader) (uploadErr, err error) {
 	c.mu.Lock()
 	has := c.agent != nil
 	c.mu.Unlock()
-	if has {
-		return nil
+	if has && upload == nil {
+		return nil, nil
 	}
 	fallback := func(why string, err error) error {
 		if cerr := c.connErr(); cerr != nil {
@@ -64,7 +74,10 @@ func (c *Client) UseAgent(ctx context.Context, bin string) error {
 
 	sess, err := c.newSession(ctx)
 	if err != nil {
-		return fallback("no session for the nbship agent", err)
+		if upload != nil {
+			return err, nil
+		}
+		return nil, fallback("no session for the nbship agent", err)
 	}
 	a := &agentLink{sess: sess, tail: &tailBuffer{max: 4096}, done: make(chan struct{})}
 	sess.Stderr = a.tail
@@ -73,16 +86,23 @@ func (c *Client) UseAgent(ctx context.Context, bin string) error {
 		a.stdin, err = sess.StdinPipe()
 	}
 	if err == nil {
-		err = sess.Start("exec " + QuoteArgs([]string{bin, "agent"}))
+		err = sess.Start(command)
 	}
 	if err != nil {
 		sess.Close()
-		return fallback("could not start the nbship agent", err)
+		if upload != nil {
+			return fmt.Errorf("ssh: %s: %w", c.name, err), nil
+		}
+		return nil, fallback("could not start the nbship agent", err)
 	}
+	var waitErr error
 	go func() {
-		sess.Wait()
+		waitErr = sess.Wait()
 		close(a.done)
 	}()
+	if upload != nil {
+		go io.Copy(a.stdin, upload) // then stdin stays open: the lifeline
+	}
 	stopAgent := func() {
 		a.stdin.Close()
 		sess.Close()
@@ -91,11 +111,17 @@ func (c *Client) UseAgent(ctx context.Context, bin string) error {
 	// The socket line; whatever the login shell printed before it is
 	// skipped.
 	found := make(chan string, 1)
+	uploaded := make(chan struct{})
 	go func() {
 		br := bufio.NewReader(io.LimitReader(stdout, agentMaxLines))
 		for {
 			line, err := br.ReadString('\n')
-			if p, ok := strings.CutPrefix(strings.TrimRight(line, "\n"), agentLinePfx); ok && err == nil {
+			line = strings.TrimRight(line, "\n")
+			if line == "nbship-uploaded" && err == nil && upload != nil {
+				close(uploaded)
+				continue
+			}
+			if p, ok := strings.CutPrefix(line, agentLinePfx); ok && err == nil {
 				found <- p
 				io.Copy(io.Discard, stdout)
 				return
@@ -114,15 +140,28 @@ func (c *Client) UseAgent(ctx context.Context, bin string) error {
 		if !ok {
 			<-a.done
 			stopAgent()
-			return fallback(fmt.Sprintf("%s agent did not start", Quote(bin)), errorLine(a.tail.String()))
+			if upload != nil {
+				select {
+				case <-uploaded:
+				default:
+					return c.sessionError(command, waitErr, a.tail.String()), nil
+				}
+			}
+			return nil, fallback(fmt.Sprintf("%s agent did not start", Quote(bin)), errorLine(a.tail.String()))
 		}
 		a.sock = p
 	case <-timer.C:
 		stopAgent()
-		return fallback(fmt.Sprintf("%s agent did not say where it listens within %v", Quote(bin), agentStartWait), nil)
+		if upload != nil {
+			return fmt.Errorf("ssh: %s: no answer within %v", c.name, agentStartWait), nil
+		}
+		return nil, fallback(fmt.Sprintf("%s agent did not say where it listens within %v", Quote(bin), agentStartWait), nil)
 	case <-ctx.Done():
 		stopAgent()
-		return fallback("", nil)
+		if upload != nil {
+			return fmt.Errorf("ssh: %s: %w", c.name, ctx.Err()), nil
+		}
+		return nil, fallback("", nil)
 	}
 
 	// One empty connection proves that sshd forwards to the socket.
@@ -132,9 +171,9 @@ func (c *Client) UseAgent(ctx context.Context, bin string) error {
 		var oce *ssh.OpenChannelError
 		if errors.As(err, &oce) {
 			// OpenSSH says "open failed" whatever the reason.
-			return fallback("the host's sshd refuses connections to unix sockets (AllowStreamLocalForwarding no or DisableForwarding yes in its sshd_config?)", err)
+			return nil, fallback("the host's sshd refuses connections to unix sockets (AllowStreamLocalForwarding no or DisableForwarding yes in its sshd_config?)", err)
 		}
-		return fallback("could not reach the nbship agent's socket", err)
+		return nil, fallback("could not reach the nbship agent's socket", err)
 	}
 	conn.Close()
 
@@ -142,10 +181,25 @@ func (c *Client) UseAgent(ctx context.Context, bin string) error {
 	defer c.mu.Unlock()
 	if c.closed || c.agent != nil {
 		stopAgent()
-		return nil
+		return nil, nil
 	}
 	c.agent = a
-	return nil
+	return nil, nil
+}
+
+// sessionError is why a session that ran command ended badly.
+func (c *Client) sessionError(command string, err error, stderr string) error {
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return &ExitError{Host: c.name, Command: command, Status: ee.ExitStatus(), Signal: ee.Signal(), Stderr: stderr}
+	}
+	if cerr := c.connErr(); cerr != nil {
+		return cerr
+	}
+	if err == nil {
+		err = errors.New("ended without a word")
+	}
+	return fmt.Errorf("ssh: %s: %s: %w", c.name, shortCommand(command), err)
 }
 
 func errorLine(s string) error {

@@ -464,3 +464,47 @@ func FuzzAgentFrames(f *testing.F) {
 		}
 	})
 }
+
+// TestInstallStartsAgent: an upload with InstallOptions.Agent goes on as
+// the agent in the same session, so a host without nbship costs two
+// sessions (two login shells) in all: finding, then uploading and serving.
+func TestInstallStartsAgent(t *testing.T) {
+	t.Parallel()
+	s, h := rigPair(t)
+	c := h.dial(s.addr)
+	ctx := context.Background()
+	self := testBinary(t)
+	before := s.logCount("Starting session")
+	bin, err := c.InstallNbship(ctx, InstallOptions{Version: "dev", Binary: func(string) (string, error) { return self, nil }, Agent: true})
+	if err != nil {
+		t.Fatalf("InstallNbship = %v", err)
+	}
+	if !c.UsesAgent() {
+		t.Fatalf("UsesAgent() = false after an upload with Agent; log:\n%s", h.log.String())
+	}
+	if err := c.UseAgent(ctx, bin); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.Output(ctx, "sh", "-c", "echo ok"); string(out) != "ok\n" || err != nil {
+		t.Errorf("Output through the agent = %q, %v", out, err)
+	}
+	if n := s.logCount("Starting session") - before; n != 2 {
+		t.Errorf("%d sessions for an upload and a command, want 2", n)
+	}
+	if !strings.Contains(h.log.String(), "uploaded nbship") {
+		t.Errorf("log = %q, want the upload noted", h.log.String())
+	}
+
+	// An uploaded nbship that has no agent: installed all the same, and
+	// the fallback says so.
+	h2 := newHome(t)
+	s.authorize(h2.key.PublicKey())
+	h2.trust(s)
+	c2 := h2.dial(s.addr)
+	old := filepath.Join(t.TempDir(), "nbship")
+	writeScript(t, old, `echo "nbship: unknown command \"$1\"" >&2; exit 2`)
+	bin, err = c2.InstallNbship(ctx, InstallOptions{Version: "dev", Binary: func(string) (string, error) { return old, nil }, Agent: true})
+	if err != nil || c2.UsesAgent() || !strings.Contains(h2.log.String(), "agent did not start") {
+		t.Errorf("InstallNbship(an nbship without agent) = %q, %v, UsesAgent %v, log %q; want it installed and the fallback noted", bin, err, c2.UsesAgent(), h2.log.String())
+	}
+}

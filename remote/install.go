@@ -43,6 +43,11 @@ type InstallOptions struct {
 	Version  string                              // this binary's version (internal/version.Version)
 	Override string                              // --remote-nbship PATH: use this path on the host as is
 	Binary   func(goarch string) (string, error) // local path of the nbship binary for that arch
+
+	// Agent: when nbship is uploaded, the upload's session goes on as the
+	// host's agent (see Client.UseAgent), so that installing and serving
+	// start the login shell once between them.
+	Agent bool
 }
 
 // InstallNbship makes sure the host has this nbship and returns its path
@@ -144,26 +149,47 @@ func (c *Client) InstallNbship(ctx context.Context, o InstallOptions) (string, e
 		return "", fmt.Errorf("ssh: %s: %w", c.name, err)
 	}
 	defer f.Close()
-	err = c.Run(ctx, Cmd{
-		Args: []string{"sh", "-c", `umask 077
+	if o.Agent {
+		// The upload is the first size bytes of stdin; the rest of it is
+		// the agent's lifeline.
+		line := QuoteArgs([]string{"sh", "-c", uploadScript + `
+echo nbship-uploaded
+exec "$d/nbship" agent`, "sh", dir, sum, strconv.FormatInt(size, 10)})
+		uerr, err := c.agentSession(ctx, line, remotePath, io.LimitReader(f, size))
+		if uerr != nil {
+			return "", fmt.Errorf("ssh: %s: uploading %s: %w", c.name, local, uerr)
+		}
+		if err != nil {
+			return "", err
+		}
+	} else {
+		err = c.Run(ctx, Cmd{
+			Args:  []string{"sh", "-c", uploadScript, "sh", dir, sum, strconv.FormatInt(size, 10)},
+			Stdin: f,
+		})
+		if err != nil {
+			return "", fmt.Errorf("ssh: %s: uploading %s: %w", c.name, local, err)
+		}
+	}
+	fmt.Fprintf(c.log, "ssh: %s: uploaded nbship (%s, %d bytes) to %s\n", c.name, arch, size, remotePath)
+	return remotePath, nil
+}
+
+// uploadScript writes the first $3 bytes of stdin to
+// ~/.cache/nbship/$1/nbship if their SHA-256 is $2 (through a temp file
+// removed on any failure). $d is that directory.
+const uploadScript = `umask 077
 d="$HOME/.cache/nbship/$1"
 mkdir -p "$d" || exit 1
 t="$d/.nbship.tmp.$$"
 trap 'rm -f "$t"' EXIT
 trap 'rm -f "$t"; exit 1' HUP INT TERM PIPE
-cat > "$t" || exit 1
+head -c "$3" > "$t" || exit 1
 s=$(sha256sum < "$t") || exit 1
 s=${s%% *}
 if [ "$s" != "$2" ]; then echo "upload corrupted: sha256 $s, want $2" >&2; exit 1; fi
-chmod 0755 "$t" && mv -f "$t" "$d/nbship"`, "sh", dir, sum},
-		Stdin: f,
-	})
-	if err != nil {
-		return "", fmt.Errorf("ssh: %s: uploading %s: %w", c.name, local, err)
-	}
-	fmt.Fprintf(c.log, "ssh: %s: uploaded nbship (%s, %d bytes) to %s\n", c.name, arch, size, remotePath)
-	return remotePath, nil
-}
+chmod 0755 "$t" && mv -f "$t" "$d/nbship" || exit 1
+trap - EXIT`
 
 // findScript reports, one "key value" line each: the machine (uname -m),
 // $HOME, with $1 = true the --version and path of an nbship on PATH, and

@@ -90,12 +90,14 @@ func dialAll(ctx context.Context, rc remote.Config, dests ...string) ([]*remote.
 // session (see remote.Client.UseAgent). NBSHIP_NO_AGENT=1 (not
 // documented; for benchmarks) runs each step in a session of its own.
 func (f *sshFlags) install(ctx context.Context, host *remote.Client) (string, error) {
+	agent := os.Getenv("NBSHIP_NO_AGENT") != "1"
 	bin, err := host.InstallNbship(ctx, remote.InstallOptions{
 		Version:  version.Version,
 		Override: f.remoteNbship,
 		Binary:   localBinary,
+		Agent:    agent,
 	})
-	if err != nil || os.Getenv("NBSHIP_NO_AGENT") == "1" {
+	if err != nil || !agent {
 		return bin, err
 	}
 	return bin, host.UseAgent(ctx, bin)
