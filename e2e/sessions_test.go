@@ -169,4 +169,3 @@ func TestLoginShellStartsPerHost(t *testing.T) {
 		return stderr, err
 	})
 }
-
