@@ -138,10 +138,7 @@ func TestLoginShellStartsPerHost(t *testing.T) {
 		noNbshipLeft(t, s.r, hosts...)
 	}
 
-	drv, err := filepath.EvalSymlinks(filepath.Join(s.dir, "result-c2.large.arm.drv"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	drv := res.Drv // in op's store, which only op's mount namespace sees
 	check("nbship aarch64 --drv (unchanged re-publish)", []string{rig.Build, rig.PXE}, func() (string, error) {
 		_, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config, "--drv", drv)
 		return stderr, err
