@@ -184,7 +184,26 @@ func (c *Client) agentSession(ctx context.Context, command, bin string, upload i
 		return nil, nil
 	}
 	c.agent = a
+	go c.beat(a)
 	return nil, nil
+}
+
+// beat keeps the agent's lifeline alive (see agentBeat).
+func (c *Client) beat(a *agentLink) {
+	t := time.NewTicker(agentBeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.done:
+			return
+		case <-c.done:
+			return
+		case <-t.C:
+			if _, err := a.stdin.Write([]byte{'\n'}); err != nil {
+				return
+			}
+		}
+	}
 }
 
 // sessionError is why a session that ran command ended badly.

@@ -508,3 +508,45 @@ func TestInstallStartsAgent(t *testing.T) {
 		t.Errorf("InstallNbship(an nbship without agent) = %q, %v, UsesAgent %v, log %q; want it installed and the fallback noted", bin, err, c2.UsesAgent(), h2.log.String())
 	}
 }
+
+// TestLifeline: the agent stops at EOF on its stdin, and when nothing came
+// on it for lifelineTimeout (a connection dead without a word); beats
+// keep it going.
+func TestLifeline(t *testing.T) {
+	old := lifelineTimeout
+	lifelineTimeout = 300 * time.Millisecond
+	defer func() { lifelineTimeout = old }()
+
+	r, w := io.Pipe()
+	lost := make(chan struct{})
+	var log syncBuffer
+	go watchLifeline(r, &log, lost)
+	for range 10 { // 1 s of beats, three times the timeout
+		w.Write([]byte{'\n'})
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case <-lost:
+		t.Fatal("lifeline lost while the controller beat")
+	default:
+	}
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("lifeline not lost 10s after the beats stopped")
+	}
+	if !strings.Contains(log.String(), "nothing from the controller") {
+		t.Errorf("log = %q, want why the agent stops", log.String())
+	}
+
+	r, w = io.Pipe()
+	lost = make(chan struct{})
+	lifelineTimeout = time.Hour
+	go watchLifeline(r, io.Discard, lost)
+	w.Close()
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("lifeline not lost at EOF")
+	}
+}

@@ -53,10 +53,7 @@ func ServeAgent(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) 
 
 	a := &agentServer{running: map[*agentChild]struct{}{}, log: stderr}
 	lifeline := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, stdin)
-		close(lifeline)
-	}()
+	go watchLifeline(stdin, stderr, lifeline)
 	go func() {
 		select {
 		case <-lifeline:
@@ -84,6 +81,52 @@ func ServeAgent(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) 
 	case <-time.After(killGrace + 2*time.Second):
 	}
 	return nil
+}
+
+// The controller writes a byte to the agent's stdin every agentBeat. A
+// connection that died without a word (a link gone down) never gives the
+// agent EOF, as sshd does not notice either; so the agent also stops when
+// it has heard nothing for lifelineTimeout.
+const agentBeat = 5 * time.Second
+
+var lifelineTimeout = 30 * time.Second // a variable for the tests
+
+// watchLifeline closes lost at EOF on stdin, or when nothing came for
+// lifelineTimeout.
+func watchLifeline(stdin io.Reader, stderr io.Writer, lost chan<- struct{}) {
+	beat := make(chan struct{}, 1)
+	eof := make(chan struct{})
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, err := stdin.Read(buf)
+			if n > 0 {
+				select {
+				case beat <- struct{}{}:
+				default:
+				}
+			}
+			if err != nil {
+				close(eof)
+				return
+			}
+		}
+	}()
+	t := time.NewTimer(lifelineTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case <-eof:
+			close(lost)
+			return
+		case <-beat:
+			t.Reset(lifelineTimeout)
+		case <-t.C:
+			fmt.Fprintf(stderr, "nbship agent: nothing from the controller for %v: stopping\n", lifelineTimeout)
+			close(lost)
+			return
+		}
+	}
 }
 
 // agentDir makes a new directory only this user can enter, under
