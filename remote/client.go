@@ -48,6 +48,7 @@ type Client struct {
 	closed bool
 	lost   error // why the connection ended, unless Close ended it
 	procs  map[*Process]struct{}
+	agent  *agentLink // set by UseAgent
 }
 
 // Dial connects to dest: [user@]host[:port] or a Host alias of the ssh

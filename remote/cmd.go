@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -115,7 +116,10 @@ type Process struct {
 	Stdout io.Reader      // with Cmd.Pipes and a nil Cmd.Stdout: the command's stdout
 
 	c       *Client
-	session *ssh.Session
+	session *ssh.Session   // nil through the agent
+	conn    net.Conn       // the channel to the agent, or nil
+	fw      *frameWriter   // frames to the agent
+	outPipe *io.PipeWriter // through the agent, with Pipes: feeds Stdout
 	command string         // QuoteArgs(Args), for messages
 	stdin   io.WriteCloser // the session's stdin, whoever writes it
 	stdout  *drainWriter
@@ -164,6 +168,9 @@ func (c *Client) Start(ctx context.Context, cmd Cmd) (*Process, error) {
 	}
 	if cmd.Pipes && cmd.Stdin != nil {
 		return nil, fmt.Errorf("ssh: %s: Cmd.Pipes and Cmd.Stdin both set", c.name)
+	}
+	if a := c.agentLink(); a != nil {
+		return c.startAgent(ctx, cmd, a)
 	}
 	command := QuoteArgs(cmd.Args)
 	sess, err := c.newSession(ctx)
@@ -330,6 +337,21 @@ func (p *Process) stop(reason error) {
 	}
 	p.stopped = reason
 	p.mu.Unlock()
+	if p.conn != nil {
+		// The agent kills the command's group when asked, and when the
+		// channel ends, whichever comes first; the exit frame confirms.
+		go func() {
+			if p.fw.frame(frameKill, nil) != nil {
+				p.conn.Close()
+			}
+		}()
+		time.AfterFunc(stopWait, func() {
+			p.conn.Close()
+			p.finish(fmt.Errorf("ssh: %s: %s: stopped, but the host did not confirm its end: %w",
+				p.c.name, shortCommand(p.command), reason))
+		})
+		return
+	}
 	if !p.watched {
 		p.killGroup()
 		p.session.Signal(ssh.SIGTERM)

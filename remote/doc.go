@@ -48,4 +48,12 @@
 // Cmd says how commands are quoted and how they are stopped: a cancelled
 // context, Process.Close, Client.Close and a vanished controller all leave
 // no remote process behind.
+//
+// Each session starts the user's login shell. After Client.UseAgent (or
+// InstallNbship with Agent), every command goes instead through the
+// host's `nbship agent` (ServeAgent), started in one session that lives as
+// long as the Client: a channel per command to the agent's unix socket
+// (direct-streamlocal@openssh.com), argv run with exec, no shell
+// (agent.go, agentproto.go, agentserve.go; docs/design.md, "One session
+// per host").
 package remote

@@ -116,10 +116,19 @@ func TestInstallNbship(t *testing.T) {
 	if dst, _ := os.Stat(filepath.Dir(wantPath)); dst.Mode().Perm() != 0o700 {
 		t.Errorf("mode of %s = %v, want 0700", filepath.Dir(wantPath), dst.Mode())
 	}
-	if len(asked) != 1 || asked[0] != "amd64" && asked[0] != "arm64" {
-		t.Errorf("Binary called with %q, want one GOARCH", asked)
+	// Both architectures are asked for up front, so that finding the
+	// cached copy takes one command on the host.
+	if strings.Join(asked, " ") != "amd64 arm64" {
+		t.Errorf("Binary called with %q, want [amd64 arm64]", asked)
 	}
 	first := inode()
+	sessions := s.logCount("Starting session")
+	if _, err := c.InstallNbship(ctx, InstallOptions{Version: "dev", Binary: binary}); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.logCount("Starting session") - sessions; n != 1 {
+		t.Errorf("InstallNbship with a cached copy opened %d sessions, want 1 (one login shell)", n)
+	}
 	check("reuse", 1)
 	if inode() != first {
 		t.Error("reuse: the cached file was replaced")

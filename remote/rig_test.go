@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -34,6 +35,18 @@ import (
 const sshdPath = "/usr/sbin/sshd"
 
 func TestMain(m *testing.M) {
+	if len(os.Args) == 2 && os.Args[1] == "agent" {
+		// The test binary is the host's nbship for UseAgent (see
+		// agent_test.go): sshd runs it as `TESTBINARY agent`.
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		err := ServeAgent(ctx, os.Stdin, os.Stdout, os.Stderr)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	// The developer's agent must not take part in the tests.
 	os.Unsetenv("SSH_AUTH_SOCK")
 	os.Exit(m.Run())

@@ -85,13 +85,22 @@ func dialAll(ctx context.Context, rc remote.Config, dests ...string) ([]*remote.
 	return clients, nil
 }
 
-// install puts this nbship on host (or finds it there).
+// install puts this nbship on host (or finds it there) and starts it as
+// the host's agent, so that every later step on the host goes through one
+// session (see remote.Client.UseAgent). NBSHIP_NO_AGENT=1 (not
+// documented; for benchmarks) runs each step in a session of its own.
 func (f *sshFlags) install(ctx context.Context, host *remote.Client) (string, error) {
-	return host.InstallNbship(ctx, remote.InstallOptions{
+	agent := os.Getenv("NBSHIP_NO_AGENT") != "1"
+	bin, err := host.InstallNbship(ctx, remote.InstallOptions{
 		Version:  version.Version,
 		Override: f.remoteNbship,
 		Binary:   localBinary,
+		Agent:    agent,
 	})
+	if err != nil || !agent {
+		return bin, err
+	}
+	return bin, host.UseAgent(ctx, bin)
 }
 
 // localBinary finds the linux nbship binary for goarch: this executable when

@@ -212,7 +212,7 @@ func usage(w io.Writer, fs *pflag.FlagSet) {
 	}
 	fmt.Fprintf(w, "\nrun 'nbship COMMAND --help' for a command's flags\n")
 	if len(plumbing) > 0 {
-		fmt.Fprintf(w, "(%s: the two ends of the channel, which nbship starts on the hosts itself)\n", strings.Join(plumbing, ", "))
+		fmt.Fprintf(w, "(%s: nbship starts these on the hosts itself: its agent, and the two ends of the channel)\n", strings.Join(plumbing, ", "))
 	}
 }
 

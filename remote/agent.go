@@ -1,0 +1,410 @@
+package remote
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// agentLink is the Client's long-lived session to `nbship agent` on the
+// host, and the socket it listens on.
+type agentLink struct {
+	sock  string
+	sess  *ssh.Session
+	stdin io.WriteCloser // the agent's lifeline: closed, the agent ends
+	tail  *tailBuffer    // its stderr
+	done  chan struct{}  // closed when the session ended
+}
+
+// agentStartWait bounds how long the agent may take to say where it
+// listens (the login shell runs first).
+const agentStartWait = 60 * time.Second
+
+// UseAgent starts `BIN agent` on the host in one session that lives as
+// long as the Client, and from then on runs every command Start and Run
+// get through it: each over a new channel to the agent's unix socket
+// (direct-streamlocal@openssh.com), so the host's login shell is not
+// started again (see docs/design.md, "One session per host"). bin is the
+// host's nbship, as InstallNbship returned it.
+//
+// Where that cannot work (the host's sshd refuses streamlocal forwarding,
+// or that nbship has no agent), UseAgent writes one line saying so to
+// Config.Log and returns nil: commands then run in sessions of their own,
+// as without it. It fails only when ctx is done or the connection is
+// gone.
+func (c *Client) UseAgent(ctx context.Context, bin string) error {
+	_, err := c.agentSession(ctx, "exec "+QuoteArgs([]string{bin, "agent"}), bin, nil)
+	return err
+}
+
+// agentSession starts command in a new session and makes it the agent
+// (see UseAgent). With upload, command first reads upload's bytes from its
+// stdin, puts them in place and prints "nbship-uploaded" before it execs
+// the agent: the session's stdin goes on as the agent's lifeline. If that
+// part fails, the session's end is returned as uploadErr.
+func (c *Client) agentSession(ctx context.Context, command, bin string, upload io.Reader) (uploadErr, err error) {
+	c.mu.Lock()
+	has := c.agent != nil
+	c.mu.Unlock()
+	if has && upload == nil {
+		return nil, nil
+	}
+	fallback := func(why string, err error) error {
+		if cerr := c.connErr(); cerr != nil {
+			return cerr
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("ssh: %s: starting the nbship agent: %w", c.name, ctx.Err())
+		}
+		if err != nil {
+			why += ": " + err.Error()
+		}
+		fmt.Fprintf(c.log, "ssh: %s: %s; running each step in a session of its own (the login shell starts for each)\n", c.name, why)
+		return nil
+	}
+
+	sess, err := c.newSession(ctx)
+	if err != nil {
+		if upload != nil {
+			return err, nil
+		}
+		return nil, fallback("no session for the nbship agent", err)
+	}
+	a := &agentLink{sess: sess, tail: &tailBuffer{max: 4096}, done: make(chan struct{})}
+	sess.Stderr = a.tail
+	stdout, err := sess.StdoutPipe()
+	if err == nil {
+		a.stdin, err = sess.StdinPipe()
+	}
+	if err == nil {
+		err = sess.Start(command)
+	}
+	if err != nil {
+		sess.Close()
+		if upload != nil {
+			return fmt.Errorf("ssh: %s: %w", c.name, err), nil
+		}
+		return nil, fallback("could not start the nbship agent", err)
+	}
+	var waitErr error
+	go func() {
+		waitErr = sess.Wait()
+		close(a.done)
+	}()
+	if upload != nil {
+		go io.Copy(a.stdin, upload) // then stdin stays open: the lifeline
+	}
+	stopAgent := func() {
+		a.stdin.Close()
+		sess.Close()
+	}
+
+	// The socket line; whatever the login shell printed before it is
+	// skipped.
+	found := make(chan string, 1)
+	uploaded := make(chan struct{})
+	go func() {
+		br := bufio.NewReader(io.LimitReader(stdout, agentMaxLines))
+		for {
+			line, err := br.ReadString('\n')
+			line = strings.TrimRight(line, "\n")
+			if line == "nbship-uploaded" && err == nil && upload != nil {
+				close(uploaded)
+				continue
+			}
+			if p, ok := strings.CutPrefix(line, agentLinePfx); ok && err == nil {
+				found <- p
+				io.Copy(io.Discard, stdout)
+				return
+			}
+			if err != nil {
+				close(found)
+				io.Copy(io.Discard, stdout)
+				return
+			}
+		}
+	}()
+	timer := time.NewTimer(agentStartWait)
+	defer timer.Stop()
+	select {
+	case p, ok := <-found:
+		if !ok {
+			<-a.done
+			stopAgent()
+			if upload != nil {
+				select {
+				case <-uploaded:
+				default:
+					return c.sessionError(command, waitErr, a.tail.String()), nil
+				}
+			}
+			return nil, fallback(fmt.Sprintf("%s agent did not start", Quote(bin)), errorLine(a.tail.String()))
+		}
+		a.sock = p
+	case <-timer.C:
+		stopAgent()
+		if upload != nil {
+			return fmt.Errorf("ssh: %s: no answer within %v", c.name, agentStartWait), nil
+		}
+		return nil, fallback(fmt.Sprintf("%s agent did not say where it listens within %v", Quote(bin), agentStartWait), nil)
+	case <-ctx.Done():
+		stopAgent()
+		if upload != nil {
+			return fmt.Errorf("ssh: %s: %w", c.name, ctx.Err()), nil
+		}
+		return nil, fallback("", nil)
+	}
+
+	// One empty connection proves that sshd forwards to the socket.
+	conn, err := c.ssh.DialContext(ctx, "unix", a.sock)
+	if err != nil {
+		stopAgent()
+		var oce *ssh.OpenChannelError
+		if errors.As(err, &oce) {
+			// OpenSSH says "open failed" whatever the reason.
+			return nil, fallback("the host's sshd refuses connections to unix sockets (AllowStreamLocalForwarding no or DisableForwarding yes in its sshd_config?)", err)
+		}
+		return nil, fallback("could not reach the nbship agent's socket", err)
+	}
+	conn.Close()
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.agent != nil {
+		stopAgent()
+		return nil, nil
+	}
+	c.agent = a
+	go c.beat(a)
+	return nil, nil
+}
+
+// beat keeps the agent's lifeline alive (see agentBeat).
+func (c *Client) beat(a *agentLink) {
+	t := time.NewTicker(agentBeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.done:
+			return
+		case <-c.done:
+			return
+		case <-t.C:
+			if _, err := a.stdin.Write([]byte{'\n'}); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// sessionError is why a session that ran command ended badly.
+func (c *Client) sessionError(command string, err error, stderr string) error {
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return &ExitError{Host: c.name, Command: command, Status: ee.ExitStatus(), Signal: ee.Signal(), Stderr: stderr}
+	}
+	if cerr := c.connErr(); cerr != nil {
+		return cerr
+	}
+	if err == nil {
+		err = errors.New("ended without a word")
+	}
+	return fmt.Errorf("ssh: %s: %s: %w", c.name, shortCommand(command), err)
+}
+
+func errorLine(s string) error {
+	if l := lastLine(s); l != "" {
+		return errors.New(l)
+	}
+	return nil
+}
+
+// agentLink returns the agent commands go through, or nil.
+func (c *Client) agentLink() *agentLink {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.agent
+}
+
+// UsesAgent reports whether commands run through the host's nbship agent.
+func (c *Client) UsesAgent() bool { return c.agentLink() != nil }
+
+// startAgent is Start through the agent: one channel per command, no shell.
+func (c *Client) startAgent(ctx context.Context, cmd Cmd, a *agentLink) (*Process, error) {
+	command := QuoteArgs(cmd.Args)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("ssh: %s: %w", c.name, err)
+	}
+	conn, err := c.ssh.DialContext(ctx, "unix", a.sock)
+	if err != nil {
+		if cerr := c.connErr(); cerr != nil {
+			return nil, cerr
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("ssh: %s: %w", c.name, ctx.Err())
+		}
+		select {
+		case <-a.done:
+			msg := fmt.Sprintf("ssh: %s: the nbship agent on the host ended", c.name)
+			if l := lastLine(a.tail.String()); l != "" {
+				msg += ": " + l
+			}
+			return nil, fmt.Errorf("%s (starting %s): %w", msg, shortCommand(command), err)
+		default:
+		}
+		return nil, fmt.Errorf("ssh: %s: starting %s through the nbship agent: %w", c.name, shortCommand(command), err)
+	}
+	req, err := json.Marshal(agentRequest{V: agentVersion, Argv: cmd.Args, Env: cmd.Env, Stdin: cmd.Stdin != nil || cmd.Pipes})
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("ssh: %s: %w", c.name, err)
+	}
+	fw := &frameWriter{w: conn}
+	p := &Process{
+		c:       c,
+		conn:    conn,
+		fw:      fw,
+		command: command,
+		stderr:  &drainWriter{w: cmd.Stderr},
+		tail:    &tailBuffer{max: 4096},
+		done:    make(chan struct{}),
+	}
+	p.stdin = &agentStdin{fw: fw}
+	if cmd.Pipes {
+		p.Stdin = p.stdin
+	}
+	var out io.Writer
+	if cmd.Pipes && cmd.Stdout == nil {
+		pr, pw := io.Pipe()
+		p.Stdout, p.outPipe, out = pr, pw, pw
+	} else {
+		p.stdout = &drainWriter{w: cmd.Stdout}
+		out = p.stdout
+	}
+	if !c.track(p) {
+		conn.Close()
+		return nil, c.connErr()
+	}
+	if _, err := conn.Write(append(req, '\n')); err != nil {
+		c.untrack(p)
+		conn.Close()
+		if cerr := c.connErr(); cerr != nil {
+			return nil, cerr
+		}
+		return nil, fmt.Errorf("ssh: %s: starting %s: %w", c.name, shortCommand(command), err)
+	}
+	if cmd.Stdin != nil {
+		go p.copyStdin(cmd.Stdin)
+	}
+	p.stopCtx = context.AfterFunc(ctx, func() { p.stop(ctx.Err()) })
+	go p.readAgent(out, io.MultiWriter(p.tail, p.stderr))
+	return p, nil
+}
+
+// readAgent reads the command's output frames and its exit status.
+func (p *Process) readAgent(stdout, stderr io.Writer) {
+	br := bufio.NewReaderSize(p.conn, 64<<10)
+	buf := make([]byte, 32<<10)
+	status, rerr := -1, error(nil)
+	for status < 0 {
+		typ, b, err := readFrame(br, buf)
+		if err != nil {
+			rerr = err
+			break
+		}
+		buf = b[:cap(b)]
+		switch typ {
+		case frameStdout:
+			stdout.Write(b)
+		case frameStderr:
+			stderr.Write(b)
+		case frameExit:
+			if len(b) != 4 {
+				rerr = fmt.Errorf("agent: exit frame of %d bytes", len(b))
+				break
+			}
+			status = int(int32(binary.BigEndian.Uint32(b)))
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	p.stopCtx()
+	p.c.untrack(p)
+	p.conn.Close()
+	if p.outPipe != nil {
+		if rerr != nil {
+			p.outPipe.CloseWithError(rerr)
+		} else {
+			p.outPipe.Close()
+		}
+	}
+	p.mu.Lock()
+	stopped := p.stopped
+	p.mu.Unlock()
+	p.finish(p.agentResult(status, rerr, stopped))
+}
+
+func (p *Process) agentResult(status int, err, stopped error) error {
+	switch {
+	case stopped != nil && (err != nil || status != 0):
+		return fmt.Errorf("ssh: %s: %s: stopped: %w", p.c.name, shortCommand(p.command), stopped)
+	case err != nil:
+		select {
+		case <-p.c.done:
+		case <-time.After(time.Second):
+		}
+		if cerr := p.c.connErr(); cerr != nil {
+			return fmt.Errorf("%w (while running %s)", cerr, shortCommand(p.command))
+		}
+		return fmt.Errorf("ssh: %s: %s: the connection to the nbship agent ended: %w", p.c.name, shortCommand(p.command), err)
+	case status != 0:
+		return &ExitError{Host: p.c.name, Command: p.command, Status: status, Stderr: p.tail.String()}
+	}
+	for _, w := range []struct {
+		name string
+		d    *drainWriter
+	}{{"stdout", p.stdout}, {"stderr", p.stderr}} {
+		if w.d != nil && w.d.err != nil {
+			return fmt.Errorf("ssh: %s: %s: writing its %s: %w", p.c.name, shortCommand(p.command), w.name, w.d.err)
+		}
+	}
+	return nil
+}
+
+// agentStdin sends the command's stdin as frames; Close sends its EOF.
+type agentStdin struct {
+	fw     *frameWriter
+	mu     sync.Mutex
+	closed bool
+}
+
+func (s *agentStdin) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return 0, io.ErrClosedPipe
+	}
+	return streamWriter{s.fw, frameStdin}.Write(b)
+}
+
+func (s *agentStdin) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	return s.fw.frame(frameStdinEOF, nil)
+}
