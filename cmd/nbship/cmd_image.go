@@ -179,6 +179,23 @@ func imageOpenSlot(e *env, f *imageFlags, p image.Profile) (*image.Slot, error) 
 	return s, nil
 }
 
+// slotHere parses args (no positional ones), then runs the subcommand on
+// the PXE host when that is where it acts (done), or else opens the slot
+// here.
+func (f *imageFlags) slotHere(ctx context.Context, e *env, fs *pflag.FlagSet, args []string) (s *image.Slot, done bool, err error) {
+	if err := parseFlags(fs, args); err != nil {
+		return nil, false, err
+	}
+	if err := imageArgs(fs, f.sub, 0); err != nil {
+		return nil, false, err
+	}
+	if done, err := f.onHost(ctx, e, fs); done || err != nil {
+		return nil, true, err
+	}
+	s, err = f.slot(e)
+	return s, false, err
+}
+
 // keepSlot resolves --keep (the flag, else keepGenerations from the
 // config; at least 1), then runs the subcommand on the PXE host when that
 // is where it acts (done), or else opens the slot here.
@@ -350,17 +367,8 @@ func imageRollback(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "image rollback", "--instance NAME [--to GENERATION] [--pxe-dir DIR | --config FILE] [--json]")
 	f := addImageFlags(fs, "image rollback", true, true)
 	to := fs.String("to", "", "the `GENERATION` to serve, by name or counter (default: the one before the current)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := imageArgs(fs, "image rollback", 0); err != nil {
-		return err
-	}
-	if done, err := f.onHost(ctx, e, fs); done || err != nil {
-		return err
-	}
-	s, err := f.slot(e)
-	if err != nil {
+	s, done, err := f.slotHere(ctx, e, fs, args)
+	if done || err != nil {
 		return err
 	}
 	g, err := s.Rollback(ctx, *to)
@@ -460,17 +468,8 @@ func imageURL(ctx context.Context, e *env, args []string) error {
 func imageBoot(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "image boot", "--instance NAME [--pxe-dir DIR | --config FILE] [--json]")
 	f := addImageFlags(fs, "image boot", true, true)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := imageArgs(fs, "image boot", 0); err != nil {
-		return err
-	}
-	if done, err := f.onHost(ctx, e, fs); done || err != nil {
-		return err
-	}
-	s, err := f.slot(e)
-	if err != nil {
+	s, done, err := f.slotHere(ctx, e, fs, args)
+	if done || err != nil {
 		return err
 	}
 	b, err := s.Boot()

@@ -83,17 +83,9 @@ type Recv struct {
 
 // Args is the command line after nbship's path.
 func (r Recv) Args() ([]string, error) {
-	a := []string{"recv"}
-	switch {
-	case r.Stdio:
-		a = append(a, "--stdio")
-	case r.Listen != "":
-		a = append(a, "--listen", r.Listen)
-		if r.AcceptTimeout > 0 {
-			a = append(a, "--accept-timeout", r.AcceptTimeout.String())
-		}
-	default:
-		return nil, errors.New("protocol: recv needs Listen or Stdio")
+	a, err := meet("recv", r.Stdio, "--listen", r.Listen, "--accept-timeout", r.AcceptTimeout)
+	if err != nil {
+		return nil, err
 	}
 	n := 0
 	if r.Dest != "" {
@@ -155,17 +147,9 @@ type Relay struct {
 
 // Args is the command line after nbship's path.
 func (r Relay) Args() ([]string, error) {
-	a := []string{"relay"}
-	switch {
-	case r.Stdio:
-		a = append(a, "--stdio")
-	case r.Connect != "":
-		a = append(a, "--connect", r.Connect)
-		if r.DialTimeout > 0 {
-			a = append(a, "--dial-timeout", r.DialTimeout.String())
-		}
-	default:
-		return nil, errors.New("protocol: relay needs Connect or Stdio")
+	a, err := meet("relay", r.Stdio, "--connect", r.Connect, "--dial-timeout", r.DialTimeout)
+	if err != nil {
+		return nil, err
 	}
 	if r.Store && r.StoreFiles {
 		return nil, errors.New("protocol: relay takes at most one of Store and StoreFiles")
@@ -196,6 +180,24 @@ func (r Relay) Args() ([]string, error) {
 		return nil, errors.New("protocol: relay has no path to send")
 	}
 	return append(append(a, "--"), r.Paths...), nil
+}
+
+// meet starts an end's command line with how it meets the other end:
+// over its stdin and stdout, or at addr (--listen or --connect) within
+// timeout.
+func meet(end string, stdio bool, addrFlag, addr, timeoutFlag string, timeout time.Duration) ([]string, error) {
+	a := []string{end}
+	switch {
+	case stdio:
+		return append(a, "--stdio"), nil
+	case addr == "":
+		return nil, fmt.Errorf("protocol: %s needs %s or --stdio", end, addrFlag)
+	}
+	a = append(a, addrFlag, addr)
+	if timeout > 0 {
+		a = append(a, timeoutFlag, timeout.String())
+	}
+	return a, nil
 }
 
 // StdinPaths is what the relay reads on stdin after the pin line: the

@@ -1,0 +1,70 @@
+package protocol
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestArgs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args func() ([]string, error)
+		want string // the command line, or "error: ..." (a part of it)
+	}{
+		{"recv publish", Recv{Listen: ":61616", AcceptTimeout: 35 * time.Second, Publish: "/srv/netboot", Instance: "c2.large.arm", Keep: 3, KeepPartial: true, Idle: time.Minute}.Args,
+			"recv --listen :61616 --accept-timeout 35s --pxe-dir /srv/netboot --instance c2.large.arm --keep 3 --keep-partial --idle-timeout 1m0s --peer-pin - --json --stdin-lifeline"},
+		{"recv store over stdio", Recv{Stdio: true, Listen: ":1", Store: true, Substitute: true}.Args,
+			"recv --stdio --store --substitute --peer-pin - --json --stdin-lifeline"},
+		{"recv dest", Recv{Listen: ":0", Dest: "/d", Replace: true}.Args,
+			"recv --listen :0 --dest /d --replace --peer-pin - --json --stdin-lifeline"},
+		{"recv two targets", Recv{Listen: ":0", Dest: "/d", Store: true}.Args, "error: exactly one of Dest, Publish and Store"},
+		{"recv nowhere", Recv{Store: true}.Args, "error: recv needs --listen or --stdio"},
+		{"relay files", Relay{Connect: "pxe:61616", DialTimeout: 5 * time.Second, Paths: []string{"/nix/store/x-netboot", "-odd"}, Level: "auto"}.Args,
+			"relay --connect pxe:61616 --dial-timeout 5s --level auto --peer-pin - --json --stdin-lifeline -- /nix/store/x-netboot -odd"},
+		{"relay store signs", Relay{Stdio: true, Store: true, SignKey: "/etc/nix/key.sec", Paths: []string{"/nix/store/x"}}.Args,
+			"relay --stdio --store --sign-key /etc/nix/key.sec --peer-pin - --json --stdin-lifeline"},
+		{"relay store files", Relay{Connect: "h:1", StoreFiles: true, FollowAnySymlink: true}.Args,
+			"relay --connect h:1 --store-files --follow-any-symlink --peer-pin - --json --stdin-lifeline"},
+		{"relay both kinds", Relay{Connect: "h:1", Store: true, StoreFiles: true}.Args, "error: at most one of Store and StoreFiles"},
+		{"relay nothing", Relay{Connect: "h:1"}.Args, "error: no path to send"},
+	} {
+		a, err := tc.args()
+		got := strings.Join(a, " ")
+		if err != nil {
+			got = "error: " + err.Error()
+		}
+		if w, ok := strings.CutPrefix(tc.want, "error: "); ok {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: Args() = %q, want an error with %q", tc.name, got, w)
+			}
+			continue
+		}
+		if got != tc.want {
+			t.Errorf("%s: Args() = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	r := Relay{Store: true, Paths: []string{"/nix/store/a"}}
+	if p := r.StdinPaths(); len(p) != 1 {
+		t.Errorf("StdinPaths of a store relay = %v, want its paths", p)
+	}
+	if p := (Relay{Paths: []string{"/x"}}).StdinPaths(); p != nil {
+		t.Errorf("StdinPaths of a file relay = %v, want nil", p)
+	}
+}
+
+func TestLines(t *testing.T) {
+	pin := "SHA256:" + strings.Repeat("A", 43)
+	if l := FingerprintLine(pin); !IsFingerprint(l) || ParseFingerprint(l) != pin || ParseFingerprint(pin) != pin {
+		t.Errorf("fingerprint line %q does not round-trip", l)
+	}
+	if a, err := ParseListening(ListeningLine("[::]:61616")); err != nil || a != "[::]:61616" {
+		t.Errorf("ParseListening = %q, %v", a, err)
+	}
+	if _, err := ParseListening("connected x"); err == nil {
+		t.Errorf("ParseListening took a connected line")
+	}
+	if !IsConnected(ConnectedLine("10.0.0.1:61616")) || IsConnected("listening x") {
+		t.Errorf("IsConnected is wrong")
+	}
+}
