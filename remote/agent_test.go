@@ -323,7 +323,7 @@ func TestAgentKilledController(t *testing.T) {
 func TestAgentControllerProcess(t *testing.T) {
 	v := os.Getenv("NBSHIP_TEST_CONTROLLER")
 	if v == "" {
-		t.Skip("run by TestAgentKilledController")
+		return // not a test of its own: TestAgentKilledController runs it (a skip would fail CI)
 	}
 	f := strings.Split(v, "\x1f")
 	addr, dir, m := f[0], f[1], f[2]
