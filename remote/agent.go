@@ -290,22 +290,13 @@ func (c *Client) startAgent(ctx context.Context, cmd Cmd, a *agentLink) (*Proces
 		p.stdout = &drainWriter{w: cmd.Stdout}
 		out = p.stdout
 	}
-	if !c.track(p) {
-		conn.Close()
-		return nil, c.connErr()
+	start := func() error {
+		_, err := conn.Write(append(req, '\n'))
+		return err
 	}
-	if _, err := conn.Write(append(req, '\n')); err != nil {
-		c.untrack(p)
-		conn.Close()
-		if cerr := c.connErr(); cerr != nil {
-			return nil, cerr
-		}
-		return nil, fmt.Errorf("ssh: %s: starting %s: %w", c.name, shortCommand(command), err)
+	if err := c.launch(ctx, p, conn, cmd, command, start); err != nil {
+		return nil, err
 	}
-	if cmd.Stdin != nil {
-		go p.copyStdin(cmd.Stdin)
-	}
-	p.stopCtx = context.AfterFunc(ctx, func() { p.stop(ctx.Err()) })
 	go p.readAgent(out, io.MultiWriter(p.tail, p.stderr))
 	return p, nil
 }

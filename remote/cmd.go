@@ -213,26 +213,35 @@ func (c *Client) Start(ctx context.Context, cmd Cmd) (*Process, error) {
 	if cmd.Pipes {
 		p.Stdin = p.stdin
 	}
-	// Tracked before it starts, so that a concurrent Client.Close either
-	// refuses it here or stops it.
-	if !c.track(p) {
-		sess.Close()
-		return nil, c.connErr()
+	if err := c.launch(ctx, p, sess, cmd, command, func() error { return sess.Start(script) }); err != nil {
+		return nil, err
 	}
-	if err := sess.Start(script); err != nil {
+	go p.wait()
+	return p, nil
+}
+
+// launch starts p (through start) over ch, a session or an agent
+// connection: tracked before it starts, so that a concurrent Client.Close
+// either refuses it here or stops it; ch is closed if it does not start.
+// Then cmd's stdin is copied in, and ctx's end stops it.
+func (c *Client) launch(ctx context.Context, p *Process, ch io.Closer, cmd Cmd, command string, start func() error) error {
+	if !c.track(p) {
+		ch.Close()
+		return c.connErr()
+	}
+	if err := start(); err != nil {
 		c.untrack(p)
-		sess.Close()
+		ch.Close()
 		if cerr := c.connErr(); cerr != nil {
-			return nil, cerr
+			return cerr
 		}
-		return nil, fmt.Errorf("ssh: %s: starting %s: %w", c.name, shortCommand(command), err)
+		return fmt.Errorf("ssh: %s: starting %s: %w", c.name, shortCommand(command), err)
 	}
 	if cmd.Stdin != nil {
 		go p.copyStdin(cmd.Stdin)
 	}
 	p.stopCtx = context.AfterFunc(ctx, func() { p.stop(ctx.Err()) })
-	go p.wait()
-	return p, nil
+	return nil
 }
 
 // newSession opens a session, giving up when ctx is done. The keepalive
