@@ -102,6 +102,21 @@ func addBuilderFlags(fs *pflag.FlagSet, providerHelp string) *builderFlags {
 	return b
 }
 
+// parse parses args (no positional ones), checks --provider (empty allowed
+// where all providers are meant) and reads --config.
+func (b *builderFlags) parse(fs *pflag.FlagSet, args []string, sub string, all bool) (*config.Config, error) {
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
+		return nil, err
+	}
+	if err := checkProvider(sub, b.provider, all); err != nil {
+		return nil, err
+	}
+	return b.loadConfig()
+}
+
 func (b *builderFlags) loadConfig() (*config.Config, error) {
 	if b.config == "" {
 		return &config.Config{}, nil
@@ -439,16 +454,7 @@ func money(v float64, currency string) string {
 func buildersList(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "builders list", "[--provider hetzner|packet] [flags]")
 	bf := addBuilderFlags(fs, "hetzner or packet (default: every configured one)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
-		return err
-	}
-	if err := checkProvider("builders list", bf.provider, true); err != nil {
-		return err
-	}
-	cfg, err := bf.loadConfig()
+	cfg, err := bf.parse(fs, args, "builders list", true)
 	if err != nil {
 		return err
 	}
@@ -597,16 +603,7 @@ func buildersPrices(ctx context.Context, e *env, args []string) error {
 	var q provider.PriceQuery
 	fs.StringVar(&q.Type, "type", "", "only this server type or plan")
 	fs.StringVar(&q.Location, "location", "", "only this location or metro")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
-		return err
-	}
-	if err := checkProvider("builders prices", bf.provider, false); err != nil {
-		return err
-	}
-	cfg, err := bf.loadConfig()
+	cfg, err := bf.parse(fs, args, "builders prices", false)
 	if err != nil {
 		return err
 	}
