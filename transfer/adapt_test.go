@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbship/nbship/internal/tcpinfo"
+	"github.com/nbship/nbship/internal/testbin"
 	"github.com/nbship/nbship/nixstore"
 )
 
@@ -481,21 +482,9 @@ func TestAdaptNARsStoredOnAFastLink(t *testing.T) {
 // from SIOCOUTQ) a big NAR goes stored when the compressor is slower than
 // the link.
 func TestAdaptNARsStoredOverLoopbackTCP(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, s := testbin.TCPPair(t)
 	data := readFile(t, wordyFile(t, adaptFile))
-	st := shipStore(t, data, zstd.SpeedBestCompression, tcpLink{c.(*net.TCPConn)}, s)
+	st := shipStore(t, data, zstd.SpeedBestCompression, tcpLink{c}, s)
 	if lo := int64(adaptFile - leadIn - probeSize); st.Stored < lo {
 		t.Fatalf("stored %d of %d bytes over loopback; want all of the big NAR but the compressed lead-in and probe (%d)", st.Stored, st.Bytes, lo)
 	}

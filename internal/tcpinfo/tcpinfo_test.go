@@ -6,27 +6,9 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
-)
 
-// tcpPair is a connected pair of loopback TCP sockets.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
+	"github.com/nbship/nbship/internal/testbin"
+)
 
 // waitFor polls c's TCP_INFO until cond holds, for at most 5 s.
 func waitFor(t *testing.T, c *net.TCPConn, what string, cond func(Info) bool) Info {
@@ -54,7 +36,7 @@ func waitFor(t *testing.T, c *net.TCPConn, what string, cond func(Info) bool) In
 // one is not either, or is faster: small writes flag the rate only while
 // nothing faster was seen.)
 func TestReadLoopback(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := testbin.TCPPair(t)
 	go io.Copy(io.Discard, io.LimitReader(s, 3*100))
 	for range 3 {
 		if _, err := c.Write(make([]byte, 100)); err != nil {
