@@ -377,7 +377,9 @@ func (a *adapter) sendNAR(out *frames, r *fileReader, size int64) error {
 // each.
 func (a *adapter) send(out *frames, r *fileReader, size int64, nar bool) error {
 	for first := true; size > 0; first = false {
-		if (a.slow || nar && first) && a.levelPays(size) {
+		// A NAR in a stored stretch skips the level probe: a link faster
+		// than the compressor is not six times slower than it.
+		if (a.slow || nar && first && !(a.raw && a.left > 0)) && a.levelPays(size) {
 			n, err := a.probeLevel(out, r)
 			if err != nil {
 				return err
