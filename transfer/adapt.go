@@ -6,29 +6,48 @@ package transfer
 // (two hosts on a 10 Gbit LAN, or veths on one machine) the compressor is
 // the bottleneck, and a kernel sent as it is arrives sooner than the same
 // kernel compressed. Which case holds is not known in advance and can
-// change, so big compressible files are sent in stretches, and before a
-// stretch both ways are timed on the live connection: the compressor on a
-// small probe, and a probe sent stored from its first byte until the
-// peer's TCP has acknowledged its last (the socket's send queue, which the
-// channel reports). Stored sends the stretch only when it got through in
-// under half the compressor's time for as many bytes; otherwise zstd does.
-// NARs are always compressed.
+// change, so big compressible files and a closure's NARs are sent in
+// stretches, and before a stretch both ways are timed on the live
+// connection: the compressor on a small probe, and then the link. Stored
+// sends the stretch only when the link carries bytes at least twice as
+// fast as the compressor takes them in; otherwise zstd does. A NAR too
+// small to probe goes the way of the stretch it falls in, and compressed
+// once that stretch is used up.
+//
+// The link's rate comes from the kernel where the channel runs over TCP
+// (TCP_INFO, tunnel.Conn.LinkInfo): the delivery rate of the peer's
+// acknowledgements, and whether the socket holds bytes the window has not
+// let out (the link is behind even compressed data). The compressed probe
+// is compressed into memory and timed there, so nothing waits for the
+// socket's queue to drain: each such wait cost a round trip plus refilling
+// the pipe, most of a second per probe on a 100 ms link. Only when the
+// kernel's rate says neither (the link has not been seen carrying enough)
+// is a probe sent stored, from its first byte until the peer's TCP
+// acknowledged its last (the socket's send queue, which the channel
+// reports, bounded by the compressor's time). Without TCP_INFO (a kernel
+// before 4.9) both probes wait for the queue as they did; over a
+// connection that is not a socket (--stdio) everything compressible is
+// compressed.
 //
 // The other way round, a link much slower than the compressor leaves the
 // CPU idle while the link is full: there zstd's better level, with a
 // window big enough for binaries that repeat each other, sends a quarter
-// fewer bytes of a closure in the same link time. Once per transfer (files
-// or NARs, when no level was asked for), big compressible data is timed
-// through the default level and the link's rate taken from how fast the
-// queue that probe left drains; the rest of the transfer goes at the
-// better level once the link needs more than harderCost times the time
-// the source and the compressor took for the same bytes, and for as long
-// as the link stays the bottleneck: every harderCheck bytes the socket's
-// queue is looked at, and when it was found empty at most of the last
-// harderSamples looks, the compressor (or the CPU it shares) has become
-// what the transfer waits for, and the rest goes at the default level. A file is probed so only after a
-// stored probe found the link slower than the compressor (a fast link,
-// where the netboot files go stored, pays nothing for it); a NAR at once.
+// fewer bytes of a closure in the same link time. When no level was asked
+// for, big compressible data is timed through the default level, and the
+// rest of the transfer goes at the better level once the link carries
+// less than 1/harderCost of what the compressor makes. With TCP_INFO, the
+// link's rate is the kernel's, looked at every harderCheck bytes, and the
+// verdict needs two looks some round trips apart that agree (a new
+// connection's slow start delivers far less than the link can, and a
+// verdict taken then moved 100 ms links to the better level wrongly).
+// Without it, the rate is how fast the queue the probe left drains. At the
+// better level, every harderCheck bytes the socket's queue is looked at,
+// and when it was found empty at most of the last harderSamples looks, the
+// compressor (or the CPU it shares) has become what the transfer waits
+// for, and the rest goes at the default level. A file is probed so only
+// after a stored probe found the link slower than the compressor (a fast
+// link, where the netboot files go stored, pays nothing for it); a NAR at
+// once.
 
 import (
 	"fmt"
@@ -36,12 +55,27 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/nbship/nbship/internal/tcpinfo"
 )
 
 // unackedConn is a connection that can tell how many written bytes the
 // peer has not yet acknowledged (tunnel.Conn over TCP).
 type unackedConn interface {
 	Unacked() (int, bool)
+}
+
+// linkConn is a connection that can tell what the kernel knows about its
+// link (tunnel.Conn over TCP).
+type linkConn interface {
+	LinkInfo() (tcpinfo.Info, bool)
+}
+
+// holder is the stream's chunkWriter: it can gather what is written in
+// memory while the compressor is timed.
+type holder interface {
+	hold()
+	release() error
 }
 
 const (
@@ -86,6 +120,15 @@ const (
 	// harderCheck bytes, and judged over harderSamples looks.
 	harderCheck   = 4 << 20
 	harderSamples = 8
+
+	// With TCP_INFO, a verdict of "slow" stands when a look at least
+	// steadyRTTs round trips after the first finds the link's rate grown
+	// by at most steadyGrowth.
+	steadyRTTs   = 4
+	steadyGrowth = 1.25
+	// warmedUp is how many acknowledged bytes take a connection past its
+	// first round trips, on links of up to a few MB in flight.
+	warmedUp = 4 << 20
 )
 
 // stretch is how many bytes go the chosen way before the next probe (a
@@ -95,8 +138,11 @@ var stretch int64 = 32 << 20
 // adapter makes the choice for one transfer.
 type adapter struct {
 	unacked func() (int, bool) // nil: the link cannot be observed; always compress
-	raw     bool               // the current choice
-	left    int64              // bytes to send the current way before the next probe
+	// info reads the kernel's view of the link (nil: none; the probes
+	// time the queue's drain instead).
+	info func() (tcpinfo.Info, bool)
+	raw  bool  // the current choice
+	left int64 // bytes to send the current way before the next probe
 	// sent counts the stream's bytes written to the connection.
 	sent func() int64
 	// leveled: the level is settled (asked for, unobservable, or moved to
@@ -115,6 +161,12 @@ type adapter struct {
 	// looks and empty count the queue's looks at the better level, and
 	// how many found it empty.
 	looks, empty int
+	// cout is the compressor's output at the default level, stream bytes
+	// a second, as the last level probe timed it (with info; 0: not
+	// yet). seen is the link's rate at the first of the looks that found
+	// it too slow for cout, at seenAt (0: the last look did not).
+	cout, seen float64
+	seenAt     time.Time
 }
 
 // newAdapter makes the adapter for a transfer over conn; auto lets it
@@ -125,6 +177,11 @@ func newAdapter(conn any, auto bool, sent func() int64) *adapter {
 		if _, ok := u.Unacked(); ok {
 			a.unacked = u.Unacked
 			a.leveled = !auto
+		}
+	}
+	if l, ok := conn.(linkConn); ok && a.unacked != nil {
+		if _, ok := l.LinkInfo(); ok {
+			a.info = l.LinkInfo
 		}
 	}
 	return a
@@ -150,6 +207,10 @@ func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 		// no rate to measure this time.
 		return r.n - n0, err
 	}
+	if a.info != nil {
+		a.cout = float64(produced) / written.Seconds()
+		return r.n - n0, a.judge(out)
+	}
 	queued, ok := a.unacked()
 	if !ok || queued < levelQueue || produced <= 0 {
 		return r.n - n0, nil
@@ -166,15 +227,19 @@ func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 	return r.n - n0, out.setLevel(zstd.SpeedBetterCompression, harderWindow)
 }
 
-// timedCompressed waits up to first for the queue of earlier data to
-// drain, then sends leadIn bytes of r compressed, not timed (the encoder's
-// first blocks cost it several times what later ones do: its tables and
-// window are being allocated and touched), and size more, timed up to the
-// flush that hands them all to the connection. It returns that time (0:
-// the queue did not drain, nothing was sent) and how many stream bytes
-// the timed part made.
+// timedCompressed sends leadIn bytes of r compressed, not timed (the
+// encoder's first blocks cost it several times what later ones do: its
+// tables and window are being allocated and touched), and size more, timed
+// up to the flush that hands them all on. It returns that time (0: nothing
+// was sent) and how many stream bytes the timed part made. With the
+// kernel's view of the link the timed part is gathered in memory and
+// written after; without, it first waits up to first for the queue of
+// earlier data to drain (not draining: 0), so that the link does not hold
+// the compressor up.
 func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duration, size int64) (time.Duration, int64, error) {
-	if !a.drain(first) {
+	h, held := out.cw.(holder)
+	held = held && a.info != nil
+	if !held && !a.drain(first) {
 		return 0, 0, nil
 	}
 	w, err := out.compressed()
@@ -184,6 +249,14 @@ func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duratio
 	if err := r.send(w, leadIn); err != nil {
 		return 0, 0, err
 	}
+	if held {
+		// The encoder's output of the lead-in goes out before the hold
+		// (its goroutines write it).
+		if err := out.flush(); err != nil {
+			return 0, 0, err
+		}
+		h.hold()
+	}
 	t0, c0 := time.Now(), a.sent()
 	if err := r.send(w, size); err != nil {
 		return 0, 0, err
@@ -191,24 +264,64 @@ func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duratio
 	if err := out.flush(); err != nil {
 		return 0, 0, err
 	}
-	return max(time.Since(t0), 1), a.sent() - c0, nil
+	d := max(time.Since(t0), 1)
+	if held {
+		if err := h.release(); err != nil {
+			return 0, 0, err
+		}
+	}
+	return d, a.sent() - c0, nil
 }
 
-// piece is how much of size to send before the next look at the queue.
+// piece is how much of size to send before the next look at the link.
 func (a *adapter) piece(size int64) int64 {
-	if a.harder {
+	if a.harder || a.judging() {
 		return min(size, harderCheck)
 	}
 	return size
 }
 
-// look checks, at the better level, whether the link is still what the
+// judging: the level is not settled, and the link's rate is looked at
+// after every piece (with the kernel's view, once the compressor's is
+// known).
+func (a *adapter) judging() bool {
+	return a.info != nil && !a.leveled && a.cout > 0
+}
+
+// judge compares the link's rate, as the kernel measured it, with the
+// compressor's output at the default level, and settles on the better
+// level when the link carries less than 1/harderCost of it at two looks
+// steadyRTTs round trips or more apart, the rate grown by at most
+// steadyGrowth between them. A rate the sender held down (app-limited)
+// says the link keeps up.
+func (a *adapter) judge(out *frames) error {
+	if !a.judging() {
+		return nil
+	}
+	info, ok := a.info()
+	if !ok || info.AppLimited || info.Rate <= 0 || info.Rate*harderCost >= a.cout {
+		a.seen = 0
+		return nil
+	}
+	switch {
+	case a.seen == 0 || info.Rate > a.seen*steadyGrowth:
+		a.seen, a.seenAt = info.Rate, time.Now()
+		return nil
+	case time.Since(a.seenAt) < steadyRTTs*max(info.MinRTT, time.Millisecond):
+		return nil
+	}
+	a.harder, a.leveled = true, true
+	return out.setLevel(zstd.SpeedBetterCompression, harderWindow)
+}
+
+// look checks, while the level is not settled, whether it should be
+// (judge), and at the better level, whether the link is still what the
 // transfer waits for: a queue that the link emptied before the compressor
 // refilled it says it is not. After harderSamples looks, mostly at an
 // empty queue, the stream goes back to the default level for good.
 func (a *adapter) look(out *frames) error {
 	if !a.harder {
-		return nil
+		return a.judge(out)
 	}
 	if n, ok := a.unacked(); !ok || n <= drainLow {
 		a.empty++
@@ -244,12 +357,29 @@ func (a *adapter) drain(limit time.Duration) bool {
 	}
 }
 
-// sendFile sends size bytes from r, a compressible file, into out: the way
-// the last probe chose, probing again every stretch while enough of the
-// file is left for a probe to pay.
+// sendFile sends size bytes from r, a compressible file, into out (send).
 func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
-	for size > 0 {
-		if a.slow && a.levelPays(size) {
+	return a.send(out, r, size, false)
+}
+
+// sendNAR sends size bytes of r, a NAR, into out (send): its level probed
+// first while it is not settled.
+func (a *adapter) sendNAR(out *frames, r *fileReader, size int64) error {
+	return a.send(out, r, size, true)
+}
+
+// send sends size bytes of r into out: the way the last probe chose while
+// its stretch lasts, probing again when it has run out and enough of r is
+// left for a probe to pay (compressed, when not enough is), the level
+// probed while it is not settled (at the start of a NAR, and for a file
+// after a stored probe found the link slow), and at the better level or
+// while the level is being judged in pieces with a look at the link after
+// each.
+func (a *adapter) send(out *frames, r *fileReader, size int64, nar bool) error {
+	for first := true; size > 0; first = false {
+		// A NAR in a stored stretch skips the level probe: a link faster
+		// than the compressor is not six times slower than it.
+		if (a.slow || nar && first && !(a.raw && a.left > 0)) && a.levelPays(size) {
 			n, err := a.probeLevel(out, r)
 			if err != nil {
 				return err
@@ -257,7 +387,7 @@ func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 			size -= n
 			continue
 		}
-		if !a.harder && a.left <= 0 && size >= 2*(leadIn+probeSize+rawProbe) {
+		if a.unacked != nil && !a.harder && a.left <= 0 && size >= 2*(leadIn+probeSize+rawProbe) {
 			n, err := a.probe(out, r)
 			if err != nil {
 				return err
@@ -269,7 +399,7 @@ func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 		if a.left > 0 {
 			k = min(k, a.left)
 		}
-		w, err := out.way(a.raw)
+		w, err := out.way(a.raw && a.left > 0)
 		if err != nil {
 			return err
 		}
@@ -278,34 +408,6 @@ func (a *adapter) sendFile(out *frames, r *fileReader, size int64) error {
 		}
 		size -= k
 		a.left -= k
-		if err := a.look(out); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// sendNAR sends size bytes of r, a NAR, into out: always compressed, the
-// level probed first while it is not settled, and at the better level in
-// pieces with a look at the queue after each.
-func (a *adapter) sendNAR(out *frames, r *fileReader, size int64) error {
-	if a.levelPays(size) {
-		n, err := a.probeLevel(out, r)
-		if err != nil {
-			return err
-		}
-		size -= n
-	}
-	for size > 0 {
-		k := a.piece(size)
-		w, err := out.compressed()
-		if err != nil {
-			return err
-		}
-		if err := r.send(w, k); err != nil {
-			return err
-		}
-		size -= k
 		if err := a.look(out); err != nil {
 			return err
 		}
@@ -324,9 +426,27 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	if err != nil || written == 0 {
 		return r.n - n0, err
 	}
-	// Waiting longer for the link than the compressor took means the link
-	// is the bottleneck even for compressed bytes: stored would be slower.
-	if !a.drain(written) {
+	if a.info != nil {
+		// Stored pays when the link carries storedMargin times what the
+		// compressor takes in. A rate the kernel has seen the link carry
+		// says so without a stored probe; bytes the window has not let
+		// out, on a connection past its first round trips (whose small
+		// window holds bytes back on any link), say the link is behind
+		// even compressed data.
+		need := storedMargin * float64(probeSize) / written.Seconds()
+		info, ok := a.info()
+		switch {
+		case ok && info.Rate >= need:
+			a.raw = true
+			return r.n - n0, nil
+		case ok && info.NotSent > 0 && !info.AppLimited && info.Acked >= warmedUp:
+			a.slow = true
+			return r.n - n0, nil
+		}
+	} else if !a.drain(written) {
+		// Waiting longer for the link than the compressor took means
+		// the link is the bottleneck even for compressed bytes: stored
+		// would be slower.
 		a.slow = true
 		return r.n - n0, nil
 	}

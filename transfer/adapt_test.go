@@ -17,7 +17,10 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
 
+	"github.com/nbship/nbship/internal/tcpinfo"
+	"github.com/nbship/nbship/internal/testbin"
 	"github.com/nbship/nbship/nixstore"
 )
 
@@ -286,6 +289,13 @@ func TestAdaptStoreLevel(t *testing.T) {
 	}{
 		{"slow", "better", slowLink},
 		{"fast", "default", func(c io.ReadWriteCloser) io.ReadWriteCloser { return &shapedConn{ReadWriteCloser: c, limit: 8 << 20} }},
+		// The same with the link's rate from the kernel.
+		{"slow, TCP_INFO", "better", func(c io.ReadWriteCloser) io.ReadWriteCloser {
+			return &linkedConn{shapedConn: slowLink(c).(*shapedConn)}
+		}},
+		{"fast, TCP_INFO", "default", func(c io.ReadWriteCloser) io.ReadWriteCloser {
+			return &linkedConn{shapedConn: &shapedConn{ReadWriteCloser: c, limit: 8 << 20}}
+		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			src := threeLevels()
@@ -361,5 +371,181 @@ func TestAdaptHarderLevelBacksOff(t *testing.T) {
 	}
 	if out.moves != 2 || out.level != zstd.SpeedDefault || ad.harder {
 		t.Fatalf("%d level changes, ending at %v (harder %v); want to better and back to default", out.moves, out.level, ad.harder)
+	}
+}
+
+// linkedConn is a shapedConn that also reports its link as the kernel's
+// TCP_INFO would: the link's rate once bytes have waited for it (the
+// rate of an unshaped link is far beyond any compressor's), and bytes the
+// link has not taken yet as not sent.
+type linkedConn struct {
+	*shapedConn
+	written atomic.Int64
+}
+
+func (l *linkedConn) Write(p []byte) (int, error) {
+	n, err := l.shapedConn.Write(p)
+	l.written.Add(int64(n))
+	return n, err
+}
+
+func (l *linkedConn) LinkInfo() (tcpinfo.Info, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	q := l.drained()
+	info := tcpinfo.Info{Rate: l.rate, MinRTT: time.Millisecond, NotSent: int(q), Acked: l.written.Load() - int64(q)}
+	if l.rate == 0 {
+		info.Rate, info.AppLimited = 10e9, true
+	}
+	return info, true
+}
+
+// narClosure is the three-level test closure with a path whose NAR is
+// data, and the collected Source of it.
+func narClosure(t *testing.T, data []byte) (*fakeStore, *Source) {
+	t.Helper()
+	src := threeLevels()
+	src.add(bigName, string(data), []string{leafName}, "")
+	src.paths[topName].refs = append(src.paths[topName].refs, bigName)
+	s, err := CollectStore(context.Background(), src, []string{nixstore.Dir + "/" + topName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, s
+}
+
+// shipStore sends the closure of narClosure over a (the sending end, b
+// the receiving one) and checks that every path arrived whole.
+func shipStore(t *testing.T, data []byte, level zstd.EncoderLevel, a, b io.ReadWriteCloser) *Stats {
+	t.Helper()
+	src, s := narClosure(t, data)
+	dst := newFakeStore()
+	ctx := context.Background()
+	sink := NewStoreSink(dst)
+	sent, _, serr, rerr := pipeTrip(s, sink, level, a, b, ReceiveOptions{Commit: func() (string, error) { return "", sink.Confirm(ctx) }})
+	if cerr := sink.Close(); rerr == nil {
+		rerr = cerr
+	}
+	if serr != nil || rerr != nil {
+		t.Fatalf("Send = %v, Receive = %v", serr, rerr)
+	}
+	for name, p := range src.paths {
+		if q := dst.paths[name]; q == nil || !bytes.Equal(q.nar, p.nar) {
+			t.Errorf("%s did not arrive whole", name)
+		}
+	}
+	return sent
+}
+
+// A closure's NARs get the files' choice: on a link faster than the
+// compressor a big NAR goes stored but for its compressed lead-in and
+// probe, on a slow one compressed, whether the link's rate comes from the
+// queue's drain or from the kernel.
+func TestAdaptNARsStoredOnAFastLink(t *testing.T) {
+	data := make([]byte, adaptFile)
+	copy(data, readFile(t, wordyFile(t, adaptFile)))
+	for _, c := range []struct {
+		name string
+		rate float64
+		info bool
+	}{{"fast", 0, false}, {"fast, TCP_INFO", 0, true}, {"slow", 2 << 20, false}, {"slow, TCP_INFO", 2 << 20, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			a, b := net.Pipe()
+			var conn io.ReadWriteCloser = &shapedConn{ReadWriteCloser: a, rate: c.rate, limit: 256 << 10}
+			if c.info {
+				conn = &linkedConn{shapedConn: conn.(*shapedConn)}
+			}
+			// The slowest level when fast: the compressed probe takes
+			// many times what the link does, whatever else the machine
+			// is doing.
+			level := zstd.SpeedBestCompression
+			if c.rate != 0 {
+				level = zstd.SpeedDefault
+			}
+			st := shipStore(t, data, level, conn, b)
+			if c.rate == 0 {
+				// The NAR's header and trailer, a few hundred bytes,
+				// go with it.
+				if lo := int64(adaptFile - leadIn - probeSize); st.Stored < lo || st.Stored > lo+1<<10 {
+					t.Fatalf("stored %d of %d bytes; want all of the big NAR but the compressed lead-in and probe (%d)", st.Stored, st.Bytes, lo)
+				}
+				return
+			}
+			if st.Stored > rawProbe+1<<10 || st.Compressed > st.Bytes/4 {
+				t.Fatalf("stored %d, %d bytes on the wire for %d over a 2 MB/s link; want compressed, at most one probe stored (%d)", st.Stored, st.Compressed, st.Bytes, rawProbe)
+			}
+		})
+	}
+}
+
+// Over a real loopback TCP connection (the rate from TCP_INFO, the queue
+// from SIOCOUTQ) a big NAR goes stored when the compressor is slower than
+// the link.
+func TestAdaptNARsStoredOverLoopbackTCP(t *testing.T) {
+	c, s := testbin.TCPPair(t)
+	data := readFile(t, wordyFile(t, adaptFile))
+	st := shipStore(t, data, zstd.SpeedBestCompression, tcpLink{c}, s)
+	if lo := int64(adaptFile - leadIn - probeSize); st.Stored < lo {
+		t.Fatalf("stored %d of %d bytes over loopback; want all of the big NAR but the compressed lead-in and probe (%d)", st.Stored, st.Bytes, lo)
+	}
+}
+
+// tcpLink is a TCP connection that reports its link as tunnel.Conn does.
+type tcpLink struct{ *net.TCPConn }
+
+func (c tcpLink) LinkInfo() (tcpinfo.Info, bool) { return tcpinfo.Read(c.TCPConn) }
+
+func (c tcpLink) Unacked() (int, bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil || ierr != nil {
+		return 0, false
+	}
+	return n, true
+}
+
+func readFile(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// With the kernel's rate the better level waits for the rate to settle: a
+// connection in slow start, its rate doubling every few round trips, is
+// not judged slow however low the rate; the same rate seen again some
+// round trips later is.
+func TestAdaptJudgeWaitsOutSlowStart(t *testing.T) {
+	var now tcpinfo.Info
+	ad := &adapter{info: func() (tcpinfo.Info, bool) { return now, true }, cout: 60e6}
+	out := &frames{cw: io.Discard, level: zstd.SpeedDefault}
+	look := func(rate float64, appLimited bool) {
+		time.Sleep(5 * time.Millisecond) // more than steadyRTTs round trips of 1 ms
+		now = tcpinfo.Info{Rate: rate, AppLimited: appLimited, MinRTT: time.Millisecond}
+		if err := ad.judge(out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range []float64{0.5e6, 1e6, 2e6, 4e6} {
+		if look(r, false); ad.harder {
+			t.Fatalf("better level at a rate of %.0f B/s, doubling since the last look", r)
+		}
+	}
+	// The sender, not the link, held the sample down: no verdict, and
+	// the next low rate starts over.
+	look(4e6, true)
+	look(4e6, false)
+	if ad.harder {
+		t.Fatal("better level right after an app-limited look")
+	}
+	look(4.5e6, false)
+	if !ad.harder || out.level != zstd.SpeedBetterCompression {
+		t.Fatalf("level %v after a link 13 times slower than the compressor at two looks in a row; want better", out.level)
 	}
 }

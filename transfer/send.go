@@ -439,8 +439,8 @@ type Stats struct {
 	Bytes      int64 `json:"bytes"`        // raw bytes of the files sent
 	Compressed int64 `json:"compressed_bytes"`
 	// Stored is how many of Bytes went as they are, not compressed: files
-	// zstd would not shrink, and stretches of others that reached the
-	// receiver sooner that way on this link.
+	// zstd would not shrink, and stretches of other files and of NARs
+	// that reached the receiver sooner that way on this link.
 	Stored int64 `json:"stored_bytes"`
 	// Level is the zstd level the stream ended at (auto starts at the
 	// default and may move to better).

@@ -255,6 +255,33 @@ func (e *PeerError) Error() string { return "transfer: the other end stopped: " 
 type chunkWriter struct {
 	w     io.Writer
 	count func(int)
+	// holding: the messages are gathered in held (payload bytes: heldN)
+	// until release, not written: the adapter times the compressor
+	// without the link's pace in it.
+	holding bool
+	held    []byte
+	heldN   int
+}
+
+// hold gathers the messages written from now on in memory.
+func (c *chunkWriter) hold() { c.holding = true }
+
+// release writes what hold gathered, in one write, and writes through
+// again.
+func (c *chunkWriter) release() error {
+	c.holding = false
+	if len(c.held) == 0 {
+		return nil
+	}
+	_, err := c.w.Write(c.held)
+	if err == nil && c.count != nil {
+		c.count(c.heldN)
+	}
+	c.held, c.heldN = c.held[:0], 0
+	if err != nil {
+		return writeErr{err}
+	}
+	return nil
 }
 
 // vectorWriter writes several buffers as one write (tunnel.Conn: one batch
@@ -273,6 +300,13 @@ func (c *chunkWriter) Write(p []byte) (int, error) {
 		var hdr [5]byte
 		hdr[0] = msgData
 		binary.BigEndian.PutUint32(hdr[1:], uint32(k))
+		if c.holding {
+			c.held = append(append(c.held, hdr[:]...), p[:k]...)
+			c.heldN += k
+			n += k
+			p = p[k:]
+			continue
+		}
 		if vw, ok := c.w.(vectorWriter); ok {
 			if _, err := vw.Writev(hdr[:], p[:k]); err != nil {
 				return n, err

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbship/nbship/internal/tcpinfo"
 )
 
 // PinPrefix starts every pin, as in OpenSSH's key fingerprints.
@@ -329,6 +331,18 @@ func (c *Conn) Unacked() (n int, ok bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// LinkInfo is what the kernel knows about the link under the channel
+// (TCP_INFO): the rate the peer's acknowledgements come at, and whether
+// the sender or the link held it down. ok is false when the channel does
+// not run over a TCP socket (an SSH session's stdio).
+func (c *Conn) LinkInfo() (info tcpinfo.Info, ok bool) {
+	sc, isSys := c.Meter.Conn.(syscall.Conn)
+	if !isSys {
+		return tcpinfo.Info{}, false
+	}
+	return tcpinfo.Read(sc)
 }
 
 // ClientOver and ServerOver run the handshake over an existing connection

@@ -440,7 +440,7 @@ func TestUnackedFollowsTheSendQueue(t *testing.T) {
 }
 
 // Over a connection that is not a socket (an SSH session's stdio) nothing
-// can be learnt about the link.
+// can be learnt about the link: neither its queue nor TCP_INFO.
 func TestUnackedNotOverStdio(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
@@ -448,5 +448,36 @@ func TestUnackedNotOverStdio(t *testing.T) {
 	c := &Conn{Meter: Meter(NewStdioConn(a, a, a))}
 	if n, ok := c.Unacked(); ok {
 		t.Fatalf("Unacked over stdio = %d, true; want false", n)
+	}
+	if info, ok := c.LinkInfo(); ok {
+		t.Fatalf("LinkInfo over stdio = %+v, true; want false", info)
+	}
+}
+
+// LinkInfo reads the TCP socket under the channel: what crossed it is
+// acknowledged, at a rate (over stdio: TestUnackedNotOverStdio).
+func TestLinkInfo(t *testing.T) {
+	cli, srv := pair(t)
+	const total = 1 << 20
+	go io.CopyN(io.Discard, srv, total)
+	if _, err := cli.Write(make([]byte, total)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		info, ok := cli.LinkInfo()
+		if !ok {
+			t.Fatal("LinkInfo not available on a TCP channel")
+		}
+		if info.Acked >= total {
+			if info.Rate <= 0 || info.MinRTT <= 0 {
+				t.Fatalf("LinkInfo after %d bytes acknowledged = %+v; want a rate and a round trip", info.Acked, info)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the peer read %d bytes, yet LinkInfo says %+v", total, info)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
