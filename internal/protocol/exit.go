@@ -77,6 +77,9 @@ func Refused(by string, err error) *RefusedError {
 // refusal (ExitRefused) or a pin mismatch (ExitPin) at either end; 0 for
 // any other error.
 func ExitCode(err error) int {
+	if code, _ := Explain(err); code == ExitRefused || code == ExitPin {
+		return code
+	}
 	var re *RefusedError
 	if errors.As(err, &re) {
 		return ExitRefused
@@ -106,4 +109,35 @@ func refusalReason(stderr string) string {
 		}
 	}
 	return line
+}
+
+// Error is an error that asks for a specific exit status (Code, 0 for
+// none), a hint line telling the user what to do (Hint), or both. The
+// ends return it; the command prints Err, then the hint, and exits Code.
+type Error struct {
+	Code int
+	Err  error
+	Hint string
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Explain is the exit status and the hint that err asks for: the
+// outermost Error in its chain that gives each; 0 and "" for none.
+func Explain(err error) (code int, hint string) {
+	for err != nil && (code == 0 || hint == "") {
+		var e *Error
+		if !errors.As(err, &e) {
+			break
+		}
+		if code == 0 {
+			code = e.Code
+		}
+		if hint == "" {
+			hint = e.Hint
+		}
+		err = e.Err
+	}
+	return code, hint
 }

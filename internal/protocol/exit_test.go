@@ -53,3 +53,27 @@ func TestRefusalReason(t *testing.T) {
 		}
 	}
 }
+
+func TestExplain(t *testing.T) {
+	usage := &Error{Code: ExitUsage, Err: errors.New("recv: bad flag")}
+	for _, tc := range []struct {
+		name string
+		err  error
+		code int
+		hint string
+	}{
+		{"plain", errors.New("x"), 0, ""},
+		{"code", usage, ExitUsage, ""},
+		{"hint on a code", &Error{Err: usage, Hint: "do this"}, ExitUsage, "do this"},
+		{"wrapped", fmt.Errorf("ship: %w", &Error{Code: ExitRefused, Err: &Error{Err: errors.New("y"), Hint: "inner"}}), ExitRefused, "inner"},
+		{"outermost wins", &Error{Code: ExitPin, Hint: "outer", Err: &Error{Code: ExitRefused, Hint: "inner", Err: errors.New("z")}}, ExitPin, "outer"},
+	} {
+		code, hint := Explain(tc.err)
+		if code != tc.code || hint != tc.hint {
+			t.Errorf("Explain(%s) = %d, %q; want %d, %q", tc.name, code, hint, tc.code, tc.hint)
+		}
+	}
+	if got := ExitCode(fmt.Errorf("x: %w", &Error{Code: ExitRefused, Err: errors.New("r")})); got != ExitRefused {
+		t.Errorf("ExitCode of a refusal Error = %d, want %d", got, ExitRefused)
+	}
+}
