@@ -268,7 +268,7 @@ func printBuild(e *env, asJSON bool, b protocol.Build) error {
 	}
 	fmt.Fprintf(e.stdout, "published %s (%s path)\n", b.Published, b.Path)
 	if b.Path != "local" {
-		printSummary(e.stderr, false, "shipped", b.Stream)
+		printSummary(e.stderr, false, "shipped", b.Stream, false)
 	}
 	fmt.Fprintf(e.stderr, "nbship: %s done in %.1fs\n", b.Instance, b.TotalSeconds)
 	return nil

@@ -56,10 +56,10 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	verb := "received"
 	if *store {
-		printStoreSummary(ef.out(), ef.json, "imported", *s)
-	} else {
-		printSummary(ef.out(), ef.json, "received", *s)
+		verb = "imported"
 	}
+	printSummary(ef.out(), ef.json, verb, *s, *store)
 	return nil
 }

@@ -47,10 +47,6 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *store {
-		printStoreSummary(ef.out(), ef.json, "sent", *s)
-	} else {
-		printSummary(ef.out(), ef.json, "sent", *s)
-	}
+	printSummary(ef.out(), ef.json, "sent", *s, *store)
 	return nil
 }

@@ -71,24 +71,19 @@ func isTerminal(f any) bool {
 	return ok && term.IsTerminal(int(osf.Fd()))
 }
 
-// printSummary writes s as JSON (asJSON) or as one human line, to w.
-func printSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream) {
+// printSummary writes s as JSON (asJSON) or as one human line, to w;
+// paths: s counts store paths (and their NARs), not files.
+func printSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream, paths bool) {
 	if asJSON {
 		printJSON(w, s)
 		return
 	}
-	fmt.Fprintf(w, "%s %d files (%d sent, %d already there), %s raw, %s on the wire (ratio %.2f) in %.2fs, %.1f MB/s\n",
-		verb, s.Files, s.FilesSent, s.Reused, transfer.HumanBytes(s.Bytes), transfer.HumanBytes(s.WireBytes), s.Ratio, s.Seconds, s.MBps)
-}
-
-// printStoreSummary is printSummary for store paths.
-func printStoreSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream) {
-	if asJSON {
-		printJSON(w, s)
-		return
+	what, raw := "files", "raw"
+	if paths {
+		what, raw = "store paths", "of NARs"
 	}
-	fmt.Fprintf(w, "%s %d store paths (%d sent, %d already there), %s of NARs, %s on the wire (ratio %.2f) in %.2fs, %.1f MB/s\n",
-		verb, s.Files, s.FilesSent, s.Reused, transfer.HumanBytes(s.Bytes), transfer.HumanBytes(s.WireBytes), s.Ratio, s.Seconds, s.MBps)
+	fmt.Fprintf(w, "%s %d %s (%d sent, %d already there), %s %s, %s on the wire (ratio %.2f) in %.2fs, %.1f MB/s\n",
+		verb, s.Files, what, s.FilesSent, s.Reused, transfer.HumanBytes(s.Bytes), raw, transfer.HumanBytes(s.WireBytes), s.Ratio, s.Seconds, s.MBps)
 }
 
 // endMemoryLimit is the soft memory limit of recv and relay. Both stream:
