@@ -212,6 +212,18 @@ func (w *watchdog) explain(err error) error {
 	return err
 }
 
+// sayRefused prints, for the controller (an end started with Lifeline),
+// the protocol's Refusal line when err is a refusal: before the error
+// itself, which the command prints.
+func (c *Channel) sayRefused(err error) {
+	if code, _ := protocol.Explain(err); !c.Lifeline || code != protocol.ExitRefused {
+		return
+	}
+	var pe *transfer.PeerRefusedError
+	r := protocol.Refusal{Peer: errors.As(err, &pe), Reason: protocol.Reason(err)}
+	fmt.Fprintln(c.Stderr, r.Line())
+}
+
 // Refusal gives err the exit status that tells the controller not to
 // retry: what was sent was refused (ExitRefused), or a certificate did
 // not match (ExitPin).

@@ -255,3 +255,29 @@ func TestRefusal(t *testing.T) {
 		}
 	}
 }
+
+// An end the controller started says why it refused in the protocol's
+// line; a refusal it repeats from the receiver says so.
+func TestSayRefused(t *testing.T) {
+	manifest := fmt.Errorf("recv: %w", &transfer.ManifestError{Name: "x", Msg: "bad name"})
+	peer := fmt.Errorf("relay: %w", &transfer.PeerRefusedError{Reason: "transfer: refused stream: bad"})
+	for _, tc := range []struct {
+		name     string
+		lifeline bool
+		err      error
+		want     string
+	}{
+		{"receiver", true, Refusal(manifest), protocol.Refusal{Reason: `refused entry "x": bad name`}.Line() + "\n"},
+		{"relay repeating it", true, Refusal(peer), protocol.Refusal{Peer: true, Reason: "bad"}.Line() + "\n"},
+		{"started by hand", false, Refusal(manifest), ""},
+		{"not a refusal", true, errors.New("recv: link gone"), ""},
+		{"a pin", true, Refusal(fmt.Errorf("relay: %w", &tunnel.PinError{Want: somePin})), ""},
+	} {
+		var stderr bytes.Buffer
+		c := &Channel{Stderr: &stderr, Lifeline: tc.lifeline}
+		c.sayRefused(tc.err)
+		if stderr.String() != tc.want {
+			t.Errorf("%s: stderr %q, want %q", tc.name, stderr.String(), tc.want)
+		}
+	}
+}

@@ -51,7 +51,8 @@ type target interface {
 // accepts the pinned relay, and receives one stream into o.Target. The
 // summary is the transfer's figures; an error that must not be retried
 // is a protocol.Error with its exit status.
-func Receive(ctx context.Context, o ReceiveOptions) (*protocol.Stream, error) {
+func Receive(ctx context.Context, o ReceiveOptions) (_ *protocol.Stream, err error) {
+	defer func() { o.sayRefused(err) }()
 	if err := o.checkMeet("recv", "--listen", o.Listen); err != nil {
 		return nil, err
 	}

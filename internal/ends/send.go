@@ -66,7 +66,8 @@ func (StorePaths) isSource() {}
 // connected line), and sends o.Source. The summary is the transfer's
 // figures; an error that must not be retried is a protocol.Error with its
 // exit status (ExitDialFailed: the receiver was never reached).
-func Send(ctx context.Context, o SendOptions) (*protocol.Stream, error) {
+func Send(ctx context.Context, o SendOptions) (_ *protocol.Stream, err error) {
+	defer func() { o.sayRefused(err) }()
 	if err := o.checkMeet("relay", "--connect", o.Connect); err != nil {
 		return nil, err
 	}

@@ -65,12 +65,19 @@ func (e *RefusedError) Error() string {
 }
 
 // Refused turns an end's exit with ExitRefused into a RefusedError by the
-// receiving host by; nil for any other error.
-func Refused(by string, err error) *RefusedError {
-	if status, stderr, ok := Status(err); ok && status == ExitRefused {
-		return &RefusedError{By: by, Reason: refusalReason(stderr)}
+// receiving host by, for the Refusal line r the end printed (nil if it
+// printed none); nil for any other error.
+func Refused(by string, err error, r *Refusal) *RefusedError {
+	status, stderr, ok := Status(err)
+	if !ok || status != ExitRefused {
+		return nil
 	}
-	return nil
+	if r != nil {
+		return &RefusedError{By: by, Reason: r.Reason}
+	}
+	// An end that said nothing in the protocol's words: its last line.
+	stderr = strings.TrimSpace(stderr)
+	return &RefusedError{By: by, Reason: stderr[strings.LastIndexByte(stderr, '\n')+1:]}
 }
 
 // ExitCode is the exit status a failed run passes on from its ends: a
@@ -90,19 +97,14 @@ func ExitCode(err error) int {
 	return 0
 }
 
-// refusalReason is the line of an end's stderr that says what it refused,
-// without the "nbship: " and the layers' prefixes.
-func refusalReason(stderr string) string {
-	var line string
-	for _, l := range strings.Split(stderr, "\n") {
-		l = strings.TrimSpace(l)
-		if l != "" && !strings.HasPrefix(l, "nbship: hint:") {
-			line = l
-		}
-	}
+// Reason is what a refusal err says was wrong, without the layers'
+// prefixes ("recv: ", "transfer: ", the relay's "the receiver refused the
+// stream: "): the Reason of the end's Refusal line.
+func Reason(err error) string {
+	line := err.Error()
 	for again := true; again; {
 		again = false
-		for _, p := range []string{"nbship: ", "recv: ", "relay: ", "transfer: ", "the receiver refused the stream: ", "refused stream: "} {
+		for _, p := range []string{"recv: ", "relay: ", "transfer: ", "the receiver refused the stream: ", "refused stream: "} {
 			if l, ok := strings.CutPrefix(line, p); ok {
 				line, again = l, true
 			}

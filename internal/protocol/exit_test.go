@@ -42,14 +42,41 @@ func TestRetryableAndExitCode(t *testing.T) {
 	}
 }
 
-func TestRefusalReason(t *testing.T) {
-	for _, tc := range []struct{ stderr, want string }{
-		{"nbship: recv: transfer: refused stream: a: SHA-256 x does not match the announced y\n", "a: SHA-256 x does not match the announced y"},
-		{"progress\nnbship: relay: transfer: the receiver refused the stream: transfer: refused stream: bad\n", "bad"},
-		{"nbship: recv: image: /x/Image is an x86_64 bzImage\nnbship: hint: nothing was published\n", "image: /x/Image is an x86_64 bzImage"},
+func TestReason(t *testing.T) {
+	for _, tc := range []struct{ err, want string }{
+		{"recv: transfer: refused stream: a: SHA-256 x does not match the announced y", "a: SHA-256 x does not match the announced y"},
+		{"relay: transfer: the receiver refused the stream: transfer: refused stream: bad", "bad"},
+		{"recv: image: /x/Image is an x86_64 bzImage", "image: /x/Image is an x86_64 bzImage"},
+		{`relay: transfer: refused entry "leak": symlink to /etc`, `refused entry "leak": symlink to /etc`},
 	} {
-		if got := refusalReason(tc.stderr); got != tc.want {
-			t.Errorf("refusalReason(%q) = %q, want %q", tc.stderr, got, tc.want)
+		if got := Reason(errors.New(tc.err)); got != tc.want {
+			t.Errorf("Reason(%q) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestRefused(t *testing.T) {
+	exit := func(status int) error {
+		return &remote.ExitError{Host: "pxe", Command: "nbship recv", Status: status, Stderr: "progress\nnbship: recv: the prose\n"}
+	}
+	said := &Refusal{Reason: "the reason"}
+	for _, tc := range []struct {
+		name string
+		err  error
+		r    *Refusal
+		want string // "" for nil
+	}{
+		{"its line", exit(ExitRefused), said, "the reason"},
+		{"no line", exit(ExitRefused), nil, "nbship: recv: the prose"},
+		{"not refused", exit(1), said, ""},
+		{"no exit", errors.New("link"), said, ""},
+	} {
+		re := Refused("pxe", tc.err, tc.r)
+		switch {
+		case tc.want == "" && re != nil:
+			t.Errorf("Refused(%s) = %v, want nil", tc.name, re)
+		case tc.want != "" && (re == nil || re.Reason != tc.want || re.By != "pxe"):
+			t.Errorf("Refused(%s) = %v, want pxe refusing %q", tc.name, re, tc.want)
 		}
 	}
 }
