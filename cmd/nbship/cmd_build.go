@@ -13,6 +13,7 @@ import (
 	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/config"
 	"github.com/nbship/nbship/internal/controller"
+	"github.com/nbship/nbship/internal/ends"
 	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/remote"
 	"github.com/nbship/nbship/transfer"
@@ -55,7 +56,7 @@ func cmdBuild(ctx context.Context, e *env, system string, args []string) error {
 		dialTimeout = fs.Duration("dial-timeout", 5*time.Second, "how long the build host tries the direct path before auto falls back to SSH")
 		level = fs.String("level", "auto", "zstd `LEVEL`: auto (better on a link much slower than the compressor), fastest, default or better")
 		retries = fs.Int("retries", 2, "run the transfer again this many times when an end or the link fails; a retry sends only what has not arrived")
-		idle = fs.Duration("idle-timeout", defaultIdle, "the ends give up when nothing crosses the channel for this `DURATION`")
+		idle = fs.Duration("idle-timeout", ends.DefaultIdle, "the ends give up when nothing crosses the channel for this `DURATION`")
 	}
 	var sf sshFlags
 	sf.add(fs)
@@ -136,7 +137,7 @@ func cmdBuild(ctx context.Context, e *env, system string, args []string) error {
 		if err != nil {
 			return err
 		}
-		b.TotalSeconds = round(time.Since(start).Seconds(), 2)
+		b.TotalSeconds = protocol.Round(time.Since(start).Seconds(), 2)
 		return printBuild(e, *asJSON, b)
 	}
 
@@ -165,7 +166,7 @@ func cmdBuild(ctx context.Context, e *env, system string, args []string) error {
 	if b.Stream, err = shippedStream(res); err != nil {
 		return err
 	}
-	b.TotalSeconds = round(time.Since(start).Seconds(), 2)
+	b.TotalSeconds = protocol.Round(time.Since(start).Seconds(), 2)
 	return printBuild(e, *asJSON, b)
 }
 
@@ -267,7 +268,7 @@ func printBuild(e *env, asJSON bool, b protocol.Build) error {
 	}
 	fmt.Fprintf(e.stdout, "published %s (%s path)\n", b.Published, b.Path)
 	if b.Path != "local" {
-		printSummary(e.stderr, false, "shipped", b.Stream)
+		printSummary(e.stderr, false, "shipped", b.Stream, false)
 	}
 	fmt.Fprintf(e.stderr, "nbship: %s done in %.1fs\n", b.Instance, b.TotalSeconds)
 	return nil

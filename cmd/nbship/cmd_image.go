@@ -23,6 +23,7 @@ import (
 
 	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/config"
+	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/remote"
 )
 
@@ -557,7 +558,7 @@ func imagePublish(ctx context.Context, e *env, args []string) error {
 		if cur, _ := s.Current(); cur != "" {
 			serves = cur
 		}
-		return withHint(refusal(ve), "nothing was published: %s still serves %s", s.Path(), serves)
+		return withHint(withCode(protocol.ExitRefused, ve), "nothing was published: %s still serves %s", s.Path(), serves)
 	}
 	if err != nil {
 		return err
@@ -566,10 +567,10 @@ func imagePublish(ctx context.Context, e *env, args []string) error {
 	res := imagePublished{
 		Instance: s.Profile().Name, Generation: g.Name, Previous: before, Published: s.Path(),
 		Files: st.Files, FilesSent: st.Copied, Reused: st.Linked, Bytes: st.Bytes, TotalBytes: st.Total,
-		Seconds: round(time.Since(start).Seconds(), 3),
+		Seconds: protocol.Round(time.Since(start).Seconds(), 3),
 	}
 	if res.Seconds > 0 {
-		res.MBps = round(float64(res.Bytes)/1e6/res.Seconds, 1)
+		res.MBps = protocol.Round(float64(res.Bytes)/1e6/res.Seconds, 1)
 	}
 	if f.json {
 		return printJSON(e.stdout, res)
@@ -701,9 +702,9 @@ func runOnHost(ctx context.Context, host *remote.Client, bin string, args []stri
 	}
 	msg, hint := h.failure()
 	if msg == "" {
-		return &exitError{code: ee.Status, err: fmt.Errorf("%s: nbship %s exited with status %d", host.Name(), strings.Join(args[:min(2, len(args))], " "), ee.Status)}
+		return withCode(ee.Status, fmt.Errorf("%s: nbship %s exited with status %d", host.Name(), strings.Join(args[:min(2, len(args))], " "), ee.Status))
 	}
-	err = &exitError{code: ee.Status, err: fmt.Errorf("%s: %s", host.Name(), msg)}
+	err = withCode(ee.Status, fmt.Errorf("%s: %s", host.Name(), msg))
 	if hint != "" {
 		return withHint(err, "%s", hint)
 	}

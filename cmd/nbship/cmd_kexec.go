@@ -163,7 +163,7 @@ func kexecHost(ctx context.Context, e *env, o kexecOptions, target *remote.Clien
 	res, err := kexec.Run(ctx, target, bins[1], plan, ko)
 	var he *kexec.HostError
 	if errors.As(err, &he) {
-		return res, &exitError{code: he.Status, err: err}
+		return res, withCode(he.Status, err)
 	}
 	return res, err
 }
@@ -179,7 +179,7 @@ func cmdKexecEnd(ctx context.Context, e *env, args []string) error {
 	err := kexec.End(ctx, kexec.EndOptions{Stdin: e.stdin, Stdout: e.stdout, Stderr: e.stderr, Host: kexec.RealHost()})
 	var re *kexec.RefusedError
 	if errors.As(err, &re) {
-		return &exitError{code: kexec.ExitRefused, err: err}
+		return withCode(kexec.ExitRefused, err)
 	}
 	return err
 }

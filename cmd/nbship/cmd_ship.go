@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strconv"
@@ -77,9 +74,9 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	var paths []string
 	var err error
 	if fs.NArg() == 0 || fs.NArg() == 1 && fs.Arg(0) == "-" {
-		paths, err = readStorePaths(e.stdin, "standard input", false)
+		paths, err = nixstore.ReadPaths(e.stdin, "standard input", false)
 	} else {
-		paths, err = storePathArgs(fs.Args())
+		paths, err = nixstore.CheckPaths(fs.Args())
 	}
 	if err != nil {
 		return usageError("ship: %v", err)
@@ -197,7 +194,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		PathsSubstituted: rs.Substituted, SubstitutedBytes: rs.SubstitutedBytes,
 		Bytes: s.Bytes, Compressed: s.Compressed, WireBytes: s.WireBytes,
 		Seconds: s.Seconds, MBps: s.MBps, Path: res.Path,
-		TotalSeconds: round(time.Since(start).Seconds(), 2),
+		TotalSeconds: protocol.Round(time.Since(start).Seconds(), 2),
 	}
 	if !*store {
 		// The stream counted files; the paths all went.
@@ -293,69 +290,4 @@ func installEnds(ctx context.Context, sf *sshFlags, ends []controller.End) error
 		ends[i].Bin = bins[k]
 	}
 	return nil
-}
-
-// maxPathLine bounds one line of store paths.
-const maxPathLine = 4096
-
-// readStorePaths reads store paths, one per line, from r: to EOF, or with
-// stopAtEmpty to the first empty line (what follows is not read, beyond
-// r's own buffering). Blank lines are skipped otherwise; duplicates are
-// dropped. A line that is not a store path is an error naming its number.
-func readStorePaths(r io.Reader, what string, stopAtEmpty bool) ([]string, error) {
-	br, ok := r.(*bufio.Reader)
-	if !ok {
-		br = bufio.NewReader(r)
-	}
-	var paths []string
-	seen := map[string]bool{}
-	for n := 1; ; n++ {
-		line, err := br.ReadString('\n')
-		if len(line) > maxPathLine {
-			return nil, fmt.Errorf("%s line %d is longer than %d bytes; it is not a store path", what, n, maxPathLine)
-		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("reading %s: %w", what, err)
-		}
-		if p := strings.TrimSpace(line); p != "" {
-			if _, perr := nixstore.Base(p); perr != nil {
-				return nil, fmt.Errorf("%s line %d: %q is not a store path (%s/HASH-NAME): %v", what, n, p, nixstore.Dir, perr)
-			}
-			if !seen[p] {
-				seen[p] = true
-				paths = append(paths, p)
-			}
-		} else if stopAtEmpty && err == nil {
-			return paths, nil
-		}
-		if err != nil {
-			return paths, nil
-		}
-	}
-}
-
-// storePathArgs checks store paths given as arguments.
-func storePathArgs(args []string) ([]string, error) {
-	var paths []string
-	seen := map[string]bool{}
-	for _, a := range args {
-		if _, err := nixstore.Base(a); err != nil {
-			return nil, fmt.Errorf("%q is not a store path (%s/HASH-NAME): %v", a, nixstore.Dir, err)
-		}
-		if !seen[a] {
-			seen[a] = true
-			paths = append(paths, a)
-		}
-	}
-	return paths, nil
-}
-
-// printStoreSummary is printSummary for store paths.
-func printStoreSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream) {
-	if asJSON {
-		printJSON(w, s)
-		return
-	}
-	fmt.Fprintf(w, "%s %d store paths (%d sent, %d already there), %s of NARs, %s on the wire (ratio %.2f) in %.2fs, %.1f MB/s\n",
-		verb, s.Files, s.FilesSent, s.Reused, transfer.HumanBytes(s.Bytes), transfer.HumanBytes(s.WireBytes), s.Ratio, s.Seconds, s.MBps)
 }

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbship/nbship/internal/ends"
 	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/testbin"
 	"github.com/nbship/nbship/nixstore"
@@ -201,7 +202,7 @@ func peakRSS(pid int, stop <-chan struct{}) <-chan rssPeaks {
 	go func() {
 		var peak rssPeaks
 		for {
-			peak.self = max(peak.self, vmHWM(pid))
+			peak.self = max(peak.self, ends.PeakRSS(pid))
 			// A child belongs to the thread that started it.
 			tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 			for _, f := range tasks {
@@ -209,7 +210,7 @@ func peakRSS(pid int, stop <-chan struct{}) <-chan rssPeaks {
 				for _, c := range strings.Fields(string(b)) {
 					var cpid int
 					fmt.Sscan(c, &cpid)
-					peak.child = max(peak.child, vmHWM(cpid))
+					peak.child = max(peak.child, ends.PeakRSS(cpid))
 				}
 			}
 			select {

@@ -51,30 +51,25 @@ type env struct {
 	getenv func(string) string
 }
 
-// hintError is an error with a second line telling the user what to do.
-type hintError struct {
-	err  error
-	hint string
-}
+// Errors that ask for an exit status or a hint line are protocol.Errors,
+// the ends' as well as the commands'.
 
-func (e *hintError) Error() string { return e.err.Error() }
-func (e *hintError) Unwrap() error { return e.err }
-
+// withHint gives err a second line telling the user what to do.
 func withHint(err error, format string, a ...any) error {
-	return &hintError{err: err, hint: fmt.Sprintf(format, a...)}
+	h := fmt.Sprintf(format, a...)
+	if pe, ok := err.(*protocol.Error); ok && pe.Hint == "" {
+		return &protocol.Error{Code: pe.Code, Err: pe.Err, Hint: h}
+	}
+	return &protocol.Error{Err: err, Hint: h}
 }
 
-// exitError carries a specific exit status (2 for usage errors).
-type exitError struct {
-	code int
-	err  error
+// withCode gives err the exit status code.
+func withCode(code int, err error) error {
+	return &protocol.Error{Code: code, Err: err}
 }
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
 
 func usageError(format string, a ...any) error {
-	return &exitError{code: 2, err: fmt.Errorf(format, a...)}
+	return withCode(protocol.ExitUsage, fmt.Errorf(format, a...))
 }
 
 func main() { os.Exit(mainCode()) }
@@ -105,13 +100,12 @@ func report(w io.Writer, err error) int {
 		return 0
 	}
 	fmt.Fprintf(w, "nbship: %v\n", err)
-	var h *hintError
-	if errors.As(err, &h) && h.hint != "" {
-		fmt.Fprintf(w, "nbship: hint: %s\n", h.hint)
+	code, hint := protocol.Explain(err)
+	if hint != "" {
+		fmt.Fprintf(w, "nbship: hint: %s\n", hint)
 	}
-	var x *exitError
-	if errors.As(err, &x) {
-		return x.code
+	if code != 0 {
+		return code
 	}
 	if errors.Is(err, context.Canceled) {
 		return 130

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -467,8 +468,11 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 	wg.Wait()
 	// A refusal is the receiver's word, whichever end reports it: the
 	// receiver exits ExitRefused, and so does the relay it told.
-	for _, err := range []error{rerr, serr} {
-		if re := protocol.Refused(recv.name, err); re != nil {
+	for _, e := range []struct {
+		err error
+		end *end
+	}{{rerr, recv}, {serr, relay}} {
+		if re := protocol.Refused(recv.name, e.err, e.end.stderr.refusal()); re != nil {
 			return nil, re
 		}
 	}
@@ -540,18 +544,16 @@ func (s *Ship) overSSH(ctx context.Context) (*Result, error) {
 }
 
 // captureWriter passes stderr through and keeps the last JSON line (the
-// --json summary of an end whose stdout is the channel).
+// --json summary of an end whose stdout is the channel) and the end's
+// protocol.Refusal line, which it does not pass on.
 type captureWriter struct {
-	w      io.WriteCloser
-	mu     sync.Mutex
-	buf    []byte
-	last   json.RawMessage
-	silent bool // lines are dropped, not passed on
+	w       io.WriteCloser
+	mu      sync.Mutex
+	buf     []byte
+	last    json.RawMessage
+	refused *protocol.Refusal
+	silent  bool // lines are dropped, not passed on
 }
-
-// refusalEcho is how an end reports that the other refused the stream
-// (transfer.PeerRefusedError).
-const refusalEcho = "transfer: the receiver refused the stream: "
 
 // silence drops whatever the end writes from now on.
 func (c *captureWriter) silence() {
@@ -565,28 +567,37 @@ func (c *captureWriter) Write(b []byte) (int, error) {
 	c.buf = append(c.buf, b...)
 	var pass []byte
 	for {
-		i := strings.IndexByte(string(c.buf), '\n')
+		i := bytes.IndexByte(c.buf, '\n')
 		if i < 0 {
 			break
 		}
 		l := c.buf[:i+1]
-		switch {
-		case len(l) > 1 && l[0] == '{' && json.Valid(l[:i]):
+		if len(l) > 1 && l[0] == '{' && json.Valid(l[:i]) {
 			c.last = append(json.RawMessage(nil), l[:i]...)
-		case strings.Contains(string(l), refusalEcho):
-			// An end repeating the other's refusal, which that end
-			// printed itself: one line is enough.
-		default:
+		} else if r, ok := protocol.ParseRefusal(string(l[:i])); ok {
+			c.refused = &r
+			if r.Peer {
+				// What follows repeats the other end's refusal, which
+				// that end says itself: once is enough.
+				c.silent = true
+			}
+		} else if !c.silent {
 			pass = append(pass, l...)
 		}
 		c.buf = c.buf[i+1:]
 	}
-	silent := c.silent
 	c.mu.Unlock()
-	if len(pass) > 0 && !silent {
+	if len(pass) > 0 {
 		c.w.Write(pass)
 	}
 	return len(b), nil
+}
+
+// refusal is the end's Refusal line, if it printed one.
+func (c *captureWriter) refusal() *protocol.Refusal {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.refused
 }
 
 func (c *captureWriter) json() json.RawMessage {

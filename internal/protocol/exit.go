@@ -65,18 +65,28 @@ func (e *RefusedError) Error() string {
 }
 
 // Refused turns an end's exit with ExitRefused into a RefusedError by the
-// receiving host by; nil for any other error.
-func Refused(by string, err error) *RefusedError {
-	if status, stderr, ok := Status(err); ok && status == ExitRefused {
-		return &RefusedError{By: by, Reason: refusalReason(stderr)}
+// receiving host by, for the Refusal line r the end printed (nil if it
+// printed none); nil for any other error.
+func Refused(by string, err error, r *Refusal) *RefusedError {
+	status, stderr, ok := Status(err)
+	if !ok || status != ExitRefused {
+		return nil
 	}
-	return nil
+	if r != nil {
+		return &RefusedError{By: by, Reason: r.Reason}
+	}
+	// An end that said nothing in the protocol's words: its last line.
+	stderr = strings.TrimSpace(stderr)
+	return &RefusedError{By: by, Reason: stderr[strings.LastIndexByte(stderr, '\n')+1:]}
 }
 
 // ExitCode is the exit status a failed run passes on from its ends: a
 // refusal (ExitRefused) or a pin mismatch (ExitPin) at either end; 0 for
 // any other error.
 func ExitCode(err error) int {
+	if code, _ := Explain(err); code == ExitRefused || code == ExitPin {
+		return code
+	}
 	var re *RefusedError
 	if errors.As(err, &re) {
 		return ExitRefused
@@ -87,23 +97,49 @@ func ExitCode(err error) int {
 	return 0
 }
 
-// refusalReason is the line of an end's stderr that says what it refused,
-// without the "nbship: " and the layers' prefixes.
-func refusalReason(stderr string) string {
-	var line string
-	for _, l := range strings.Split(stderr, "\n") {
-		l = strings.TrimSpace(l)
-		if l != "" && !strings.HasPrefix(l, "nbship: hint:") {
-			line = l
-		}
-	}
+// Reason is what a refusal err says was wrong, without the layers'
+// prefixes ("recv: ", "transfer: ", the relay's "the receiver refused the
+// stream: "): the Reason of the end's Refusal line.
+func Reason(err error) string {
+	line := err.Error()
 	for again := true; again; {
 		again = false
-		for _, p := range []string{"nbship: ", "recv: ", "relay: ", "transfer: ", "the receiver refused the stream: ", "refused stream: "} {
+		for _, p := range []string{"recv: ", "relay: ", "transfer: ", "the receiver refused the stream: ", "refused stream: "} {
 			if l, ok := strings.CutPrefix(line, p); ok {
 				line, again = l, true
 			}
 		}
 	}
 	return line
+}
+
+// Error is an error that asks for a specific exit status (Code, 0 for
+// none), a hint line telling the user what to do (Hint), or both. The
+// ends return it; the command prints Err, then the hint, and exits Code.
+type Error struct {
+	Code int
+	Err  error
+	Hint string
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Explain is the exit status and the hint that err asks for: the
+// outermost Error in its chain that gives each; 0 and "" for none.
+func Explain(err error) (code int, hint string) {
+	for err != nil && (code == 0 || hint == "") {
+		var e *Error
+		if !errors.As(err, &e) {
+			break
+		}
+		if code == 0 {
+			code = e.Code
+		}
+		if hint == "" {
+			hint = e.Hint
+		}
+		err = e.Err
+	}
+	return code, hint
 }

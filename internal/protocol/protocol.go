@@ -2,8 +2,9 @@
 // say to each other around the stream: the ends' command lines (Recv,
 // Relay), the lines they print on stdout before the stream (their pin,
 // where the receiver listens, that the relay connected), their exit
-// statuses, and their --json summaries, which the controller, the tests
-// and the bench read.
+// statuses, the Refusal line on stderr that says what a refusal (exit 65)
+// was, and their --json summaries, which the controller, the tests and
+// the bench read.
 //
 // An end is started with --stdin-lifeline and --peer-pin -: its first
 // stdin line is the other end's fingerprint line, and when its stdin
@@ -55,6 +56,53 @@ func ConnectedLine(addr string) string { return connectedPrefix + addr }
 
 // IsConnected reports whether line is a connected line.
 func IsConnected(line string) bool { return strings.HasPrefix(line, connectedPrefix) }
+
+// Refusal is the line an end started by the controller prints on stderr
+// when it exits ExitRefused, before its error: what was refused, in a
+// form the controller reads without parsing the error's prose. Peer is a
+// relay repeating the receiver's refusal: the lines after it say again
+// what the receiver said, and are not the operator's to read twice.
+type Refusal struct {
+	Peer   bool
+	Reason string
+}
+
+const refusalPrefix = "refusal "
+
+// Line is r as one line: refusal self|peer "REASON" (Go-quoted, so that
+// no reason a peer sent can start a line of its own).
+func (r Refusal) Line() string {
+	who := "self "
+	if r.Peer {
+		who = "peer "
+	}
+	return refusalPrefix + who + strconv.Quote(r.Reason)
+}
+
+// ParseRefusal reads a Refusal line; ok is false for any other line.
+func ParseRefusal(line string) (r Refusal, ok bool) {
+	rest, ok := strings.CutPrefix(line, refusalPrefix)
+	if !ok {
+		return Refusal{}, false
+	}
+	switch {
+	case strings.HasPrefix(rest, "self "):
+	case strings.HasPrefix(rest, "peer "):
+		r.Peer = true
+	default:
+		return Refusal{}, false
+	}
+	q := rest[len("self "):]
+	if !strings.HasPrefix(q, `"`) {
+		return Refusal{}, false
+	}
+	reason, err := strconv.Unquote(q)
+	if err != nil {
+		return Refusal{}, false
+	}
+	r.Reason = reason
+	return r, true
+}
 
 // Recv is the receiving end's command line: where it takes the channel
 // from, and where it puts what arrives (exactly one of Dest, Publish and

@@ -68,3 +68,58 @@ func TestLines(t *testing.T) {
 		t.Errorf("IsConnected is wrong")
 	}
 }
+
+var refusalLines = []struct {
+	line string
+	r    Refusal
+	ok   bool
+}{
+	{`refusal self "image: /x/Image is an x86_64 bzImage"`, Refusal{Reason: "image: /x/Image is an x86_64 bzImage"}, true},
+	{`refusal peer "bad"`, Refusal{Peer: true, Reason: "bad"}, true},
+	{`refusal self "two\nlines"`, Refusal{Reason: "two\nlines"}, true},
+	{`refusal self ""`, Refusal{}, true},
+	{`refusal self "unterminated`, Refusal{}, false},
+	{"refusal self `raw`", Refusal{}, false},
+	{`refusal self "a" trailing`, Refusal{}, false},
+	{`refusal someone "x"`, Refusal{}, false},
+	{`nbship: recv: refusal self "x"`, Refusal{}, false},
+	{"fingerprint SHA256:x", Refusal{}, false},
+}
+
+func TestParseRefusal(t *testing.T) {
+	for _, tc := range refusalLines {
+		r, ok := ParseRefusal(tc.line)
+		if ok != tc.ok || r != tc.r {
+			t.Errorf("ParseRefusal(%q) = %+v, %v; want %+v, %v", tc.line, r, ok, tc.r, tc.ok)
+		}
+		if ok && r.Line() != tc.line {
+			t.Errorf("ParseRefusal(%q).Line() = %q", tc.line, r.Line())
+		}
+	}
+}
+
+// The controller reads refusal lines from the ends' stderr, where a
+// reason may come from what the other end sent: a line it parses is one
+// Line writes, and a Line is always one line.
+func FuzzParseRefusal(f *testing.F) {
+	for _, tc := range refusalLines {
+		f.Add(tc.line)
+		f.Add(tc.r.Reason)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, peer := range []bool{false, true} {
+			l := Refusal{Peer: peer, Reason: s}.Line()
+			if strings.ContainsAny(l, "\n\r") {
+				t.Fatalf("Line of %q spans lines: %q", s, l)
+			}
+			if r, ok := ParseRefusal(l); !ok || r.Peer != peer || r.Reason != s {
+				t.Fatalf("ParseRefusal(%q) = %+v, %v; want back %q", l, r, ok, s)
+			}
+		}
+		if r, ok := ParseRefusal(s); ok {
+			if again, ok := ParseRefusal(r.Line()); !ok || again != r {
+				t.Fatalf("ParseRefusal(%q) = %+v, which does not survive Line", s, r)
+			}
+		}
+	})
+}

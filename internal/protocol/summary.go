@@ -64,3 +64,12 @@ type Ship struct {
 	Published        string  `json:"published,omitempty"`
 	TotalSeconds     float64 `json:"total_seconds"` // everything, as the command timed it
 }
+
+// Round rounds f to digits after the point, as the summaries' figures are.
+func Round(f float64, digits int) float64 {
+	p := 1.0
+	for range digits {
+		p *= 10
+	}
+	return float64(int64(f*p+0.5)) / p
+}
