@@ -70,7 +70,7 @@ func TestQuoteLocalShells(t *testing.T) {
 func TestQuoteRemote(t *testing.T) {
 	t.Parallel()
 	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	c := h.dial(s.Addr)
 	dir := t.TempDir()
 	args := hostile(dir)
 	want := []byte(strings.Join(args, "\x00") + "\x00")

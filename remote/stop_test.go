@@ -96,7 +96,7 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			s, h := rigPair(t)
-			c := h.dial(s.addr)
+			c := h.dial(s.Addr)
 			m := fmt.Sprintf("%09d", rand.IntN(1e9))
 			t.Cleanup(func() { killMatching(t, m) }) // if the test failed
 			ctx, cancel := context.WithCancel(context.Background())
@@ -133,7 +133,7 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 func TestCommandsEndNormally(t *testing.T) {
 	t.Parallel()
 	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	c := h.dial(s.Addr)
 	m := fmt.Sprintf("%09d", rand.IntN(1e9))
 	for i := range 5 {
 		err := c.Run(context.Background(), Cmd{Args: []string{"sh", "-c", "exit $1", m, fmt.Sprint(i)}})
@@ -149,7 +149,7 @@ func TestCommandsEndNormally(t *testing.T) {
 func TestStdinStreamed(t *testing.T) {
 	t.Parallel()
 	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	c := h.dial(s.Addr)
 	data := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
 	var out strings.Builder
 	err := c.Run(context.Background(), Cmd{Args: []string{"sha256sum"}, Stdin: strings.NewReader(data), Stdout: &out})

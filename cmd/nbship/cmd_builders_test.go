@@ -66,7 +66,7 @@ func TestBuildersCreateHetzner(t *testing.T) {
 	sshd := hetznertest.StartSSHD(t)
 	f := hetznertest.New(t, hzToken)
 	f.SetAddress("127.0.0.1")
-	vars := map[string]string{"HOME": sshd.Home}
+	vars := map[string]string{"HOME": sshd.Client}
 	base := []string{"builders", "create", "--provider", "hetzner", "--type", "cax21", "--location", "fsn1", "--name", "arm-builder", "--ssh-port", strconv.Itoa(sshd.Port)}
 
 	// Without --yes and a terminal: refused before anything is sent.
@@ -77,7 +77,7 @@ func TestBuildersCreateHetzner(t *testing.T) {
 	}
 
 	// --dry-run: the plan, nothing sent, no token needed.
-	r = runBuilders(t, f, map[string]string{"HOME": sshd.Home, "HCLOUD_TOKEN": ""}, nil, append(base, "--dry-run", "--instance", "c2.large.arm")...)
+	r = runBuilders(t, f, map[string]string{"HOME": sshd.Client, "HCLOUD_TOKEN": ""}, nil, append(base, "--dry-run", "--instance", "c2.large.arm")...)
 	r.check(t, "create --dry-run", 0, []string{`"server_type":"cax21"`, `"nbship":"builder"`, `"rescue":"linux64"`, "kexec the published image of c2.large.arm"}, []string{"hetzner: dry run: nothing sent"})
 	if len(f.Calls()) != 0 {
 		t.Errorf("a dry run sent %v", f.Paths())
@@ -99,7 +99,7 @@ func TestBuildersCreateHetzner(t *testing.T) {
 	if booted != "c2.large.arm Linux" {
 		t.Errorf("boot step ran with %q, want the instance and a working connection", booted)
 	}
-	kh, _ := os.ReadFile(filepath.Join(sshd.Home, ".ssh", "known_hosts"))
+	kh, _ := os.ReadFile(filepath.Join(sshd.Client, ".ssh", "known_hosts"))
 	if string(kh) != knownhosts.Line([]string{sshd.Addr}, sshd.HostKey)+"\n" {
 		t.Errorf("known_hosts = %q, want the server's key recorded", kh)
 	}
