@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nbship/nbship/internal/tail"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -21,7 +22,7 @@ type agentLink struct {
 	sock  string
 	sess  *ssh.Session
 	stdin io.WriteCloser // the agent's lifeline: closed, the agent ends
-	tail  *tailBuffer    // its stderr
+	tail  *tail.Buffer   // its stderr
 	done  chan struct{}  // closed when the session ended
 }
 
@@ -79,7 +80,7 @@ func (c *Client) agentSession(ctx context.Context, command, bin string, upload i
 		}
 		return nil, fallback("no session for the nbship agent", err)
 	}
-	a := &agentLink{sess: sess, tail: &tailBuffer{max: 4096}, done: make(chan struct{})}
+	a := &agentLink{sess: sess, tail: &tail.Buffer{}, done: make(chan struct{})}
 	sess.Stderr = a.tail
 	stdout, err := sess.StdoutPipe()
 	if err == nil {
@@ -222,7 +223,7 @@ func (c *Client) sessionError(command string, err error, stderr string) error {
 }
 
 func errorLine(s string) error {
-	if l := lastLine(s); l != "" {
+	if l := tail.Reason(s); l != "" {
 		return errors.New(l)
 	}
 	return nil
@@ -255,7 +256,7 @@ func (c *Client) startAgent(ctx context.Context, cmd Cmd, a *agentLink) (*Proces
 		select {
 		case <-a.done:
 			msg := fmt.Sprintf("ssh: %s: the nbship agent on the host ended", c.name)
-			if l := lastLine(a.tail.String()); l != "" {
+			if l := tail.Reason(a.tail.String()); l != "" {
 				msg += ": " + l
 			}
 			return nil, fmt.Errorf("%s (starting %s): %w", msg, shortCommand(command), err)
@@ -275,7 +276,7 @@ func (c *Client) startAgent(ctx context.Context, cmd Cmd, a *agentLink) (*Proces
 		fw:      fw,
 		command: command,
 		stderr:  &drainWriter{w: cmd.Stderr},
-		tail:    &tailBuffer{max: 4096},
+		tail:    &tail.Buffer{},
 		done:    make(chan struct{}),
 	}
 	p.stdin = &agentStdin{fw: fw}

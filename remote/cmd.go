@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nbship/nbship/internal/tail"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -81,7 +82,7 @@ func (e *ExitError) Error() string {
 	} else {
 		msg = fmt.Sprintf("%s: %s exited with status %d", where, shortCommand(e.Command), e.Status)
 	}
-	if l := lastLine(e.Stderr); l != "" {
+	if l := tail.Reason(e.Stderr); l != "" {
 		msg += ": " + l
 	}
 	return msg
@@ -94,20 +95,6 @@ func shortCommand(s string) string {
 		s = strings.ToValidUTF8(s[:max], "") + " ..."
 	}
 	return strconv.Quote(s)
-}
-
-// lastLine returns the last non-empty line of s, shortened.
-func lastLine(s string) string {
-	s = strings.TrimRight(s, " \t\r\n")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	s = strings.TrimSpace(s)
-	const max = 300
-	if len(s) > max {
-		s = strings.ToValidUTF8(s[:max], "") + " ..."
-	}
-	return s
 }
 
 // Process is a command started with Client.Start.
@@ -124,7 +111,7 @@ type Process struct {
 	stdin   io.WriteCloser // the session's stdin, whoever writes it
 	stdout  *drainWriter
 	stderr  *drainWriter
-	tail    *tailBuffer
+	tail    *tail.Buffer
 	stopCtx func() bool
 	watched bool       // runs under watchScript
 	pid     *pidFilter // not watched: learns the login shell's pid from stderr
@@ -182,7 +169,7 @@ func (c *Client) Start(ctx context.Context, cmd Cmd) (*Process, error) {
 		session: sess,
 		command: command,
 		stderr:  &drainWriter{w: cmd.Stderr},
-		tail:    &tailBuffer{max: 4096},
+		tail:    &tail.Buffer{},
 		done:    make(chan struct{}),
 	}
 	if cmd.Pipes && cmd.Stdout == nil {
@@ -489,27 +476,4 @@ func (d *drainWriter) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, b...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(b), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
 const (
@@ -230,9 +232,9 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 				msgs = append(msgs, l)
 			}
 		}
-		msg := lastLine(strings.Join(msgs, "; "))
+		msg := tail.Reason(strings.Join(msgs, "; "))
 		if msg == "" {
-			msg = lastLine(stderr.String())
+			msg = tail.Reason(stderr.String())
 		}
 		if msg == "" {
 			msg = err.Error()
