@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nbship/nbship/internal/rig"
+	"github.com/nbship/nbship/internal/tail"
 )
 
 var netbootFiles = []string{"Image", "initrd", "netboot.ipxe"}
@@ -111,7 +112,7 @@ func TestAarch64DirectPathFailsCleanly(t *testing.T) {
 	if err == nil {
 		t.Fatalf("--path direct succeeded with the direct link down:\n%s", stderr)
 	}
-	last := lastLine(stderr)
+	last := tail.LastLine(stderr)
 	if !strings.Contains(last, "could not reach the receiver at 10.77.3.2:61616") {
 		t.Errorf("last line = %q, want it to say the build host could not reach the receiver", last)
 	}
@@ -207,14 +208,6 @@ func TestNothingSecretOnArgv(t *testing.T) {
 	}
 }
 
-func lastLine(s string) string {
-	s = strings.TrimRight(s, "\n")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		return s[i+1:]
-	}
-	return s
-}
-
 // An image the receiver refuses (an x86 kernel for an arm slot) is refused
 // once: the run exits 65 with the PXE host's reason, and is not retried.
 func TestAarch64RefusedImageIsNotRetried(t *testing.T) {
@@ -239,7 +232,7 @@ func TestAarch64RefusedImageIsNotRetried(t *testing.T) {
 		t.Errorf("a refused image was sent again:\n%s", stderr)
 	}
 	const want = "Image is an x86_64 bzImage, but slot c2.large.arm needs an aarch64 Image"
-	if last := lastLine(stderr); !strings.HasPrefix(last, "nbship: ship: netboot@pxe refused what it was sent: ") || !strings.Contains(last, want) {
+	if last := tail.LastLine(stderr); !strings.HasPrefix(last, "nbship: ship: netboot@pxe refused what it was sent: ") || !strings.Contains(last, want) {
 		t.Errorf("last line = %q, want the PXE host's refusal naming the file and both architectures", last)
 	}
 	noNbshipLeft(t, s.r, rig.Build, rig.PXE)

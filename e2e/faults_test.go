@@ -9,12 +9,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nbship/nbship/internal/rig"
+	"github.com/nbship/nbship/internal/testbin"
 )
 
 // freshImage makes the setup build an arm64 image whose Image and initrd
@@ -49,25 +49,8 @@ derivation {
 type started struct {
 	cmd    *exec.Cmd
 	stdout bytes.Buffer
-	stderr lockedBuf
+	stderr testbin.Buffer
 	done   chan error
-}
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func (s *setup) start(t *testing.T, ctx context.Context, args ...string) *started {

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbship/nbship/internal/rig"
+	"github.com/nbship/nbship/internal/tail"
 	"github.com/nbship/nbship/internal/testbin"
 )
 
@@ -377,7 +378,7 @@ func TestImageConcurrentPublishes(t *testing.T) {
 	}
 	type run struct {
 		cmd    *exec.Cmd
-		stderr lockedBuffer
+		stderr testbin.Buffer
 		script string
 	}
 	runs := make([]*run, 2)
@@ -488,7 +489,7 @@ func TestImageRollbackAndGCOverHost(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Errorf("rollback --to 9: %v, want exit 1", err)
 	}
-	if last := lastLine(stderr); !strings.HasPrefix(last, "nbship: pxe: image: slot "+inst+` has no generation "9"`) {
+	if last := tail.LastLine(stderr); !strings.HasPrefix(last, "nbship: pxe: image: slot "+inst+` has no generation "9"`) {
 		t.Errorf("rollback --to 9: last line %q, want the host's refusal", last)
 	}
 	_, stderr, err = s.run(t, ctx, append([]string{"image", "gc", "--bogus"}, host...)...)
@@ -539,22 +540,4 @@ func TestImageRollbackAndGCOverHost(t *testing.T) {
 		t.Errorf("after rolling forward nginx does not serve the newest script")
 	}
 	noNbshipLeft(t, s.r, rig.PXE)
-}
-
-// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

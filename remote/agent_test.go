@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbship/nbship/internal/testbin"
 	"github.com/nbship/nbship/internal/testsshd"
 )
 
@@ -521,7 +522,7 @@ func TestLifeline(t *testing.T) {
 
 	r, w := io.Pipe()
 	lost := make(chan struct{})
-	var log syncBuffer
+	var log testbin.Buffer
 	go watchLifeline(r, &log, lost)
 	for range 10 { // 1 s of beats, three times the timeout
 		w.Write([]byte{'\n'})

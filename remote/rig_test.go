@@ -1,7 +1,6 @@
 package remote
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -67,14 +66,14 @@ type home struct {
 	dir  string
 	ssh  string // dir/.ssh
 	key  ssh.Signer
-	log  *syncBuffer
+	log  *testbin.Buffer
 	conf []string
 }
 
 func newHome(t *testing.T) *home {
 	t.Helper()
 	dir := t.TempDir()
-	h := &home{t: t, dir: dir, ssh: filepath.Join(dir, ".ssh"), log: &syncBuffer{}}
+	h := &home{t: t, dir: dir, ssh: filepath.Join(dir, ".ssh"), log: &testbin.Buffer{}}
 	_, h.key = testsshd.WriteKey(t, filepath.Join(h.ssh, "id_ed25519"), "")
 	return h
 }
@@ -134,23 +133,6 @@ func (h *home) dialConfig(dest string, cfg Config) *Client {
 	}
 	h.t.Cleanup(func() { c.Close() })
 	return c
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // proxy is a TCP forwarder in front of an sshd that counts connections
