@@ -270,15 +270,8 @@ func (c *Client) startAgent(ctx context.Context, cmd Cmd, a *agentLink) (*Proces
 		return nil, fmt.Errorf("ssh: %s: %w", c.name, err)
 	}
 	fw := &frameWriter{w: conn}
-	p := &Process{
-		c:       c,
-		conn:    conn,
-		fw:      fw,
-		command: command,
-		stderr:  &drainWriter{w: cmd.Stderr},
-		tail:    &tail.Buffer{},
-		done:    make(chan struct{}),
-	}
+	p := c.newProcess(command, cmd)
+	p.conn, p.fw = conn, fw
 	p.stdin = &agentStdin{fw: fw}
 	if cmd.Pipes {
 		p.Stdin = p.stdin
@@ -349,28 +342,16 @@ func (p *Process) readAgent(stdout, stderr io.Writer) {
 func (p *Process) agentResult(status int, err, stopped error) error {
 	switch {
 	case stopped != nil && (err != nil || status != 0):
-		return fmt.Errorf("ssh: %s: %s: stopped: %w", p.c.name, shortCommand(p.command), stopped)
+		return p.errorf("stopped: %w", stopped)
 	case err != nil:
-		select {
-		case <-p.c.done:
-		case <-time.After(time.Second):
+		if lost := p.lost(); lost != nil {
+			return lost
 		}
-		if cerr := p.c.connErr(); cerr != nil {
-			return fmt.Errorf("%w (while running %s)", cerr, shortCommand(p.command))
-		}
-		return fmt.Errorf("ssh: %s: %s: the connection to the nbship agent ended: %w", p.c.name, shortCommand(p.command), err)
+		return p.errorf("the connection to the nbship agent ended: %w", err)
 	case status != 0:
 		return &ExitError{Host: p.c.name, Command: p.command, Status: status, Stderr: p.tail.String()}
 	}
-	for _, w := range []struct {
-		name string
-		d    *drainWriter
-	}{{"stdout", p.stdout}, {"stderr", p.stderr}} {
-		if w.d != nil && w.d.err != nil {
-			return fmt.Errorf("ssh: %s: %s: writing its %s: %w", p.c.name, shortCommand(p.command), w.name, w.d.err)
-		}
-	}
-	return nil
+	return p.drained()
 }
 
 // agentStdin sends the command's stdin as frames; Close sends its EOF.
