@@ -12,8 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nbship/nbship/internal/tail"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
 // agentLink is the Client's long-lived session to `nbship agent` on the

@@ -191,60 +191,52 @@ func TestAgentCommands(t *testing.T) {
 // agent nor its socket directory.
 func TestAgentNoProcessLeftBehind(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name      string
-		script    string // %[1]s is the marker
-		pipes     bool
-		stop      func(c *Client, p *Process, cancel context.CancelFunc)
-		wantErr   func(error) bool
-		within    time.Duration
-		agentGone bool // the agent ends too
-	}{{
+	tests := []stopCase{{
 		name:    "ctx cancel",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
-		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
+		script:  twoSleeps,
+		stop:    stopCancel,
+		wantErr: wantCanceled,
 		within:  4 * time.Second,
 	}, {
 		name:    "Process.Close",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { p.Close() },
-		wantErr: func(err error) bool { return err != nil },
+		script:  twoSleeps,
+		stop:    stopProcessClose,
+		wantErr: wantAnyErr,
 		within:  4 * time.Second,
 	}, {
 		name:    "TERM ignored",
-		script:  "trap '' TERM; sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
-		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
+		script:  "trap '' TERM; " + twoSleeps,
+		stop:    stopCancel,
+		wantErr: wantCanceled,
 		within:  10 * time.Second,
 	}, {
 		name:    "pipes, ctx cancel",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
+		script:  twoSleeps,
 		pipes:   true,
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
-		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
+		stop:    stopCancel,
+		wantErr: wantCanceled,
 		within:  4 * time.Second,
 	}, {
 		name:      "Client.Close",
-		script:    "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:      func(c *Client, p *Process, cancel context.CancelFunc) { c.Close() },
-		wantErr:   func(err error) bool { return err != nil },
+		script:    twoSleeps,
+		stop:      stopClientClose,
+		wantErr:   wantAnyErr,
 		within:    4 * time.Second,
 		agentGone: true,
 	}, {
 		// No SSH goodbye: sshd just sees the TCP connection end.
 		name:      "TCP cut",
-		script:    "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:      func(c *Client, p *Process, cancel context.CancelFunc) { c.conn.Close() },
-		wantErr:   func(err error) bool { return err != nil && strings.Contains(err.Error(), "connection lost") },
+		script:    twoSleeps,
+		stop:      stopCut,
+		wantErr:   wantLost,
 		within:    4 * time.Second,
 		agentGone: true,
 	}, {
 		name:      "pipes, TCP cut",
-		script:    "trap '' TERM; sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
+		script:    "trap '' TERM; " + twoSleeps,
 		pipes:     true,
-		stop:      func(c *Client, p *Process, cancel context.CancelFunc) { c.conn.Close() },
-		wantErr:   func(err error) bool { return err != nil },
+		stop:      stopCut,
+		wantErr:   wantAnyErr,
 		within:    10 * time.Second,
 		agentGone: true,
 	}}
@@ -254,30 +246,7 @@ func TestAgentNoProcessLeftBehind(t *testing.T) {
 			s, h := rigPair(t)
 			c := agentClient(t, s, h)
 			sock := c.agentLink().sock
-			m := fmt.Sprintf("%09d", rand.IntN(1e9))
-			t.Cleanup(func() { killMatching(t, m) })
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			p, err := c.Start(ctx, Cmd{Args: []string{"sh", "-c", fmt.Sprintf(tt.script, m)}, Pipes: tt.pipes})
-			if err != nil {
-				t.Fatalf("Start = %v", err)
-			}
-			if tt.pipes {
-				go io.Copy(io.Discard, p.Stdout)
-			}
-			waitRunning(t, "1000."+m)
-			tt.stop(c, p, cancel)
-			waited := make(chan error, 1)
-			go func() { waited <- p.Wait() }()
-			select {
-			case err := <-waited:
-				if !tt.wantErr(err) {
-					t.Errorf("Wait() = %v, want the error for %s", err, tt.name)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatalf("Wait() still blocked 10s after %s", tt.name)
-			}
-			waitGone(t, m, tt.within)
+			tt.run(t, c)
 			if tt.agentGone {
 				waitNoAgent(t, s, sock, 10*time.Second)
 			} else if len(agentPIDs(t, s)) != 1 {

@@ -10,9 +10,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nbship/nbship/internal/testsshd"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 // startAgent serves keys as ssh-agent does, on a unix socket.

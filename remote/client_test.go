@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbship/nbship/internal/testsshd"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 func TestRunOutput(t *testing.T) {

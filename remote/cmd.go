@@ -12,8 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nbship/nbship/internal/tail"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
 // Cmd is a command to run on a host. Args is the argv, quoted element by

@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbship/nbship/internal/testsshd"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 // sshKeygen runs ssh-keygen and fails the test if it fails.

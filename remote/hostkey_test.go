@@ -16,9 +16,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nbship/nbship/internal/testsshd"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 func randomHostKey(t *testing.T) ssh.PublicKey {

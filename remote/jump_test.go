@@ -9,8 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nbship/nbship/internal/testsshd"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 func TestProxyJump(t *testing.T) {
