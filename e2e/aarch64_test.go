@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"fmt"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -214,16 +213,7 @@ func TestAarch64RefusedImageIsNotRetried(t *testing.T) {
 	const inst = "c2.large.arm"
 	s := newSetup(t, inst)
 	ctx := mustCtx(t, 5*time.Minute)
-	s.useNix(t, inst, fmt.Sprintf(`derivation {
-  name = "netboot-wrong-kernel";
-  system = "aarch64-linux";
-  builder = "/bin/sh";
-  salt = %q;
-  kernel = builtins.path { path = %s; name = "debian-12-amd64-bzImage"; };
-  initrd = builtins.path { path = %s; name = "debian-12-arm64-initrd"; };
-  args = [ "-c" "/bin/mkdir $out && /bin/cp $kernel $out/Image && /bin/cp $initrd $out/initrd && printf '#!ipxe\\nkernel Image initrd=initrd\\ninitrd initrd\\nboot\\n' > $out/netboot.ipxe" ];
-}
-`, s.salt, debianAmd64+"linux", debianArm64+"initrd.gz"))
+	s.useNix(t, inst, wrongKernelNix(s.salt, "aarch64-linux", "Image", debianAmd64, debianArm64))
 	_, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config, "--retries", "2")
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 65 {
 		t.Fatalf("aarch64 with an x86 kernel: %v, want exit 65 (refused)\n%s", err, stderr)
