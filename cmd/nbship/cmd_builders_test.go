@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -30,26 +29,11 @@ func init() {
 // the environment and checks that no token shows up in its output.
 func runBuilders(t *testing.T, f *hetznertest.Fake, vars map[string]string, stdin io.Reader, args ...string) pkResult {
 	t.Helper()
-	all := map[string]string{"HCLOUD_TOKEN": hzToken, "HOME": t.TempDir()}
+	base := map[string]string{"HCLOUD_TOKEN": hzToken, "HOME": t.TempDir()}
 	if f != nil {
-		all["HCLOUD_ENDPOINT"] = f.APIURL()
+		base["HCLOUD_ENDPOINT"] = f.APIURL()
 	}
-	for k, v := range vars {
-		all[k] = v
-	}
-	if stdin == nil {
-		stdin = strings.NewReader("yes\n")
-	}
-	var out, errb bytes.Buffer
-	e := &env{stdin: stdin, stdout: &out, stderr: &errb, getenv: func(k string) string { return all[k] }}
-	code := report(&errb, run(context.Background(), e, args))
-	r := pkResult{stdout: out.String(), stderr: errb.String(), code: code}
-	for _, secret := range []string{hzToken, pkToken, all["HCLOUD_TOKEN"]} {
-		if secret != "" && (strings.Contains(r.stdout, secret) || strings.Contains(r.stderr, secret)) {
-			t.Errorf("nbship %s printed a token:\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.stdout, r.stderr)
-		}
-	}
-	return r
+	return runSecret(t, base, vars, stdin, "HCLOUD_TOKEN", []string{hzToken, pkToken}, args...)
 }
 
 func posts(f *hetznertest.Fake) int {

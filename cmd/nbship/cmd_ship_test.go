@@ -168,7 +168,7 @@ func addClosure(t *testing.T, s *testStore, bigSize int) closure {
 	return c
 }
 
-// startEnv is start with an environment.
+// startEnv starts bin with env (nil: this process's) and args.
 func startEnv(t *testing.T, env []string, bin string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(bin, args...)

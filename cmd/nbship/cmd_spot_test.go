@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -55,13 +56,20 @@ func pkServer(t *testing.T) *spottest.Server {
 // that the token shows up in none of its output.
 func runPacket(t *testing.T, srv *spottest.Server, vars map[string]string, stdin io.Reader, args ...string) pkResult {
 	t.Helper()
-	all := map[string]string{"PACKET_AUTH_TOKEN": pkToken, "PACKET_PROJECT_ID": pkProject}
+	base := map[string]string{"PACKET_AUTH_TOKEN": pkToken, "PACKET_PROJECT_ID": pkProject}
 	if srv != nil {
-		all["PACKET_API_URL"] = srv.APIURL()
+		base["PACKET_API_URL"] = srv.APIURL()
 	}
-	for k, v := range vars {
-		all[k] = v
-	}
+	return runSecret(t, base, vars, stdin, "PACKET_AUTH_TOKEN", []string{pkToken}, args...)
+}
+
+// runSecret runs nbship in this process with the environment base and
+// vars over it, and stdin (nil: "yes\n"). It fails t if the output shows
+// one of the secrets or the value of the variable secretVar.
+func runSecret(t *testing.T, base, vars map[string]string, stdin io.Reader, secretVar string, secrets []string, args ...string) pkResult {
+	t.Helper()
+	all := maps.Clone(base)
+	maps.Copy(all, vars)
 	if stdin == nil {
 		stdin = strings.NewReader("yes\n")
 	}
@@ -69,9 +77,9 @@ func runPacket(t *testing.T, srv *spottest.Server, vars map[string]string, stdin
 	e := &env{stdin: stdin, stdout: &out, stderr: &errb, getenv: func(k string) string { return all[k] }}
 	code := report(&errb, run(context.Background(), e, args))
 	r := pkResult{stdout: out.String(), stderr: errb.String(), code: code}
-	for _, secret := range []string{pkToken, all["PACKET_AUTH_TOKEN"]} {
+	for _, secret := range append(secrets, all[secretVar]) {
 		if secret != "" && (strings.Contains(r.stdout, secret) || strings.Contains(r.stderr, secret)) {
-			t.Errorf("nbship %s printed the token:\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.stdout, r.stderr)
+			t.Errorf("nbship %s printed a secret:\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.stdout, r.stderr)
 		}
 	}
 	return r
