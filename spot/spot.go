@@ -88,18 +88,12 @@ func New(opts Options) (*Client, error) {
 		token:     token,
 		projectID: strings.TrimSpace(opts.ProjectID),
 		baseURL:   base,
-		tries:     1 + DefaultRetries,
+		tries:     cloudapi.Tries(opts.Retries, DefaultRetries),
 		perTry:    opts.Timeout,
 		backoff:   opts.Backoff,
 		maxWait:   opts.MaxWait,
 		userAgent: opts.UserAgent,
 		sleep:     sleepCtx,
-	}
-	switch {
-	case opts.Retries < 0:
-		c.tries = 1
-	case opts.Retries > 0:
-		c.tries = 1 + opts.Retries
 	}
 	if c.backoff <= 0 {
 		c.backoff = DefaultBackoff
@@ -110,13 +104,7 @@ func New(opts Options) (*Client, error) {
 	if c.perTry <= 0 {
 		c.perTry = DefaultTimeout
 	}
-	if opts.HTTPClient != nil {
-		c.hc = *opts.HTTPClient
-	}
-	c.base = c.hc.Transport
-	if c.base == nil {
-		c.base = http.DefaultTransport
-	}
+	c.hc, c.base = cloudapi.HTTPClient(opts.HTTPClient)
 	return c, nil
 }
 

@@ -1,7 +1,8 @@
 // Package cloudapi holds what nbship's clients of cloud APIs (Packet
 // through packngo, Hetzner Cloud through hcloud-go) do alike: an API
 // message made to fit one line with the token removed, the Retry-After
-// header, and a sleep that a context ends.
+// header, a sleep that a context ends, and the reading of the retry and
+// HTTP client options.
 package cloudapi
 
 import (
@@ -76,4 +77,29 @@ func Sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Tries is how many times a request is sent for a Retries option: 1+def
+// for 0, once for a negative one, else 1+retries.
+func Tries(retries, def int) int {
+	switch {
+	case retries < 0:
+		return 1
+	case retries > 0:
+		return 1 + retries
+	}
+	return 1 + def
+}
+
+// HTTPClient is a copy of hc (nil: a zero Client) and the transport under
+// it (http.DefaultTransport where it has none), for a client to wrap.
+func HTTPClient(hc *http.Client) (http.Client, http.RoundTripper) {
+	var c http.Client
+	if hc != nil {
+		c = *hc
+	}
+	if c.Transport == nil {
+		return c, http.DefaultTransport
+	}
+	return c, c.Transport
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nbship/nbship/internal/cloudapi"
 	"github.com/nbship/nbship/provider"
 )
 
@@ -85,24 +86,12 @@ func New(opts Options) (*Client, error) {
 		}
 		endpoint = opts.Endpoint
 	}
-	tr := &transport{tries: 1 + DefaultRetries, maxWait: opts.MaxWait, sleep: sleepCtx}
-	switch {
-	case opts.Retries < 0:
-		tr.tries = 1
-	case opts.Retries > 0:
-		tr.tries = 1 + opts.Retries
-	}
+	tr := &transport{tries: cloudapi.Tries(opts.Retries, DefaultRetries), maxWait: opts.MaxWait, sleep: sleepCtx}
 	if tr.maxWait <= 0 {
 		tr.maxWait = DefaultMaxWait
 	}
-	hc := http.Client{}
-	if opts.HTTPClient != nil {
-		hc = *opts.HTTPClient
-	}
-	tr.base = hc.Transport
-	if tr.base == nil {
-		tr.base = http.DefaultTransport
-	}
+	var hc http.Client
+	hc, tr.base = cloudapi.HTTPClient(opts.HTTPClient)
 	hc.Transport = tr
 	poll := opts.PollInterval
 	if poll <= 0 {
