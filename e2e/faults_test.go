@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -84,34 +85,39 @@ func (st *started) wait(t *testing.T, limit time.Duration) error {
 // staging directory of instance: the transfer is under way.
 func midStream(t *testing.T, r *rig.Rig, instance string, st *started) {
 	t.Helper()
+	waitStaging(t, r, instance, st, "the transfer under way", func(dir string) bool {
+		var n int64
+		filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				n += fi.Size()
+			}
+			return nil
+		})
+		return n > 1<<20
+	})
+}
+
+// waitStaging waits until seen is true of a staging directory of instance
+// on pxe, failing t when nbship ends first or after three minutes; what
+// names what is awaited, for the failure.
+func waitStaging(t *testing.T, r *rig.Rig, instance string, st *started, what string, seen func(dir string) bool) {
+	t.Helper()
 	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-st.done:
 			st.done <- err
-			t.Fatalf("nbship ended (%v) before the transfer was seen:\n%s", err, st.stderr.String())
+			t.Fatalf("nbship ended (%v) before %s:\n%s", err, what, st.stderr.String())
 		default:
 		}
-		ents, _ := os.ReadDir(gens)
-		for _, e := range ents {
-			if !strings.HasPrefix(e.Name(), ".staging-") {
-				continue
-			}
-			var n int64
-			filepath.Walk(filepath.Join(gens, e.Name()), func(_ string, fi os.FileInfo, err error) error {
-				if err == nil && fi.Mode().IsRegular() {
-					n += fi.Size()
-				}
-				return nil
-			})
-			if n > 1<<20 {
-				return
-			}
+		dirs, _ := filepath.Glob(filepath.Join(gens, ".staging-*"))
+		if slices.ContainsFunc(dirs, seen) {
+			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("never saw the transfer under way:\n%s", st.stderr.String())
+	t.Fatalf("never saw %s:\n%s", what, st.stderr.String())
 }
 
 // nbshipPID finds the remote end (relay or recv) on host.
@@ -415,22 +421,10 @@ func TestFaultBuildHostOfAnotherArchitecture(t *testing.T) {
 // complete and verified).
 func stagedFile(t *testing.T, r *rig.Rig, instance, name string, st *started) {
 	t.Helper()
-	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
-	deadline := time.Now().Add(3 * time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-st.done:
-			st.done <- err
-			t.Fatalf("nbship ended (%v) before %s arrived:\n%s", err, name, st.stderr.String())
-		default:
-		}
-		m, _ := filepath.Glob(filepath.Join(gens, ".staging-*", name))
-		if len(m) > 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("%s never arrived:\n%s", name, st.stderr.String())
+	waitStaging(t, r, instance, st, name+" arrive", func(dir string) bool {
+		_, err := os.Lstat(filepath.Join(dir, name))
+		return err == nil
+	})
 }
 
 func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {
