@@ -202,18 +202,9 @@ func (c *Client) Create(ctx context.Context, r *CreateRequest) (*Request, error)
 	if err != nil {
 		return nil, err
 	}
-	var out Request
-	err = c.call(ctx, func(a api) error {
-		s, _, err := a.requests.Create(r.body(), pid)
-		if err == nil {
-			out = requestFrom(s)
-		}
-		return err
+	return c.oneRequest(ctx, func(a api) (*packngo.SpotMarketRequest, *packngo.Response, error) {
+		return a.requests.Create(r.body(), pid)
 	})
-	if err != nil {
-		return nil, err
-	}
-	return &out, nil
 }
 
 // Requests lists the project's spot market requests by ID.
@@ -242,9 +233,17 @@ func (c *Client) Request(ctx context.Context, id string) (*Request, error) {
 	if err := checkUUID("spot request", id); err != nil {
 		return nil, err
 	}
+	return c.oneRequest(ctx, func(a api) (*packngo.SpotMarketRequest, *packngo.Response, error) {
+		return a.requests.Get(id, &packngo.GetOptions{Includes: requestIncludes})
+	})
+}
+
+// oneRequest makes the API call do (with the retries of call) and returns
+// the spot market request it answered with.
+func (c *Client) oneRequest(ctx context.Context, do func(api) (*packngo.SpotMarketRequest, *packngo.Response, error)) (*Request, error) {
 	var out Request
 	err := c.call(ctx, func(a api) error {
-		s, _, err := a.requests.Get(id, &packngo.GetOptions{Includes: requestIncludes})
+		s, _, err := do(a)
 		if err == nil {
 			out = requestFrom(s)
 		}
