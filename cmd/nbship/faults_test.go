@@ -62,8 +62,7 @@ func flipProxy(t *testing.T, target string, skip int64) (addr string, flipped *a
 
 func TestByteFlippedInFlightIsRefused(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), randomBytes(t, 4<<20), 0o644)
+	src := oneFileDir(t, "Image", randomBytes(t, 4<<20))
 	parent := t.TempDir()
 	dest := filepath.Join(parent, "out")
 	r, rfp, addr := startRecv(t, bin, "--dest", dest, "--accept-timeout", "10s")
@@ -89,8 +88,7 @@ func TestByteFlippedInFlightIsRefused(t *testing.T) {
 
 func TestThirdPartyFirstDoesNotLockOutTheRelay(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), []byte("the real kernel"), 0o644)
+	src := oneFileDir(t, "Image", []byte("the real kernel"))
 	parent := t.TempDir()
 	dest := filepath.Join(parent, "out")
 	r, rfp, addr := startRecv(t, bin, "--dest", dest, "--accept-timeout", "20s")
@@ -139,8 +137,7 @@ func TestThirdPartyFirstDoesNotLockOutTheRelay(t *testing.T) {
 // by side with it.
 func TestIdleConnectionsDoNotLockOutTheRelay(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), []byte("the real kernel"), 0o644)
+	src := oneFileDir(t, "Image", []byte("the real kernel"))
 	parent := t.TempDir()
 	dest := filepath.Join(parent, "out")
 	r, rfp, addr := startRecv(t, bin, "--dest", dest, "--accept-timeout", "60s")
@@ -169,8 +166,7 @@ func TestIdleConnectionsDoNotLockOutTheRelay(t *testing.T) {
 // the error of the connection it closed to stop.
 func TestIdleTimeoutSaysSo(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "big"), randomBytes(t, 64<<20), 0o644)
+	src := oneFileDir(t, "big", randomBytes(t, 64<<20))
 	parent := t.TempDir()
 	r, rfp, addr := startRecv(t, bin, "--dest", filepath.Join(parent, "out"), "--idle-timeout", "2s")
 	s, sfp := startRelay(t, bin, addr, "--level", "better", src)

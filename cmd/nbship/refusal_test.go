@@ -31,8 +31,7 @@ import (
 func wrongPin(t *testing.T, liar string) (r, s *proc, rpin, spin, wrong string) {
 	t.Helper()
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), []byte("kernel"), 0o644)
+	src := oneFileDir(t, "Image", []byte("kernel"))
 	parent := t.TempDir()
 	r = start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", filepath.Join(parent, "out"), "--peer-pin", "-", "--accept-timeout", "3s")
 	rfp := r.line(t)
@@ -227,8 +226,7 @@ func exitCode(err error) int {
 }
 
 func TestRecvRefusesNonEmptyDestUnlessReplace(t *testing.T) {
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), []byte("new kernel"), 0o644)
+	src := oneFileDir(t, "Image", []byte("new kernel"))
 	dest := filepath.Join(t.TempDir(), "slot")
 	writeFile(t, filepath.Join(dest, "Image"), []byte("old kernel"), 0o644)
 	writeFile(t, filepath.Join(dest, "stale"), []byte("old"), 0o644)
