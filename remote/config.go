@@ -224,6 +224,10 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 		// An ssh without -G (not OpenSSH, or older than 6.8).
 		return s.builtin(host, cliUser, cliPort)
 	}
+	if err != nil && ctx.Err() != nil {
+		// Cancelled or out of time while ssh -G ran: say so, not "killed".
+		return nil, fmt.Errorf("ssh: %s: ssh -G %s: %w", host, host, ctx.Err())
+	}
 	if err != nil {
 		// ssh names the bad line first, then says it is terminating.
 		var msgs []string
