@@ -442,8 +442,7 @@ func FuzzAgentFrames(f *testing.F) {
 // sessions (two login shells) in all: finding, then uploading and serving.
 func TestInstallStartsAgent(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.Addr)
+	s, h, c := rigClient(t)
 	ctx := context.Background()
 	self := testBinary(t)
 	before := s.LogCount("Starting session")

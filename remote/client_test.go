@@ -16,8 +16,7 @@ import (
 
 func TestRunOutput(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.Addr)
+	s, _, c := rigClient(t)
 	ctx := context.Background()
 
 	out, err := c.Output(ctx, "echo", "hello", "world")
@@ -51,8 +50,7 @@ func TestRunOutput(t *testing.T) {
 
 func TestExitError(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.Addr)
+	s, _, c := rigClient(t)
 	ctx := context.Background()
 
 	tests := []struct {
@@ -203,8 +201,7 @@ func TestDialTimeoutAndCancel(t *testing.T) {
 
 func TestClientClosed(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.Addr)
+	s, _, c := rigClient(t)
 	if err := c.Close(); err != nil {
 		t.Fatalf("Close() = %v", err)
 	}

@@ -49,9 +49,7 @@ func dialThenTouch(t *testing.T, h *home, dest string, cfg Config, file string) 
 
 func TestUnknownHostRefused(t *testing.T) {
 	t.Parallel()
-	s := testsshd.Start(t, testsshd.Options{})
-	h := newHome(t)
-	s.Authorize(h.key.PublicKey())
+	s, h := loginPair(t)
 	// known_hosts has other hosts, but not this one.
 	h.appendFile(filepath.Join(h.ssh, "known_hosts"), knownhosts.Line([]string{"other.example:2222"}, randomHostKey(t))+"\n")
 	file := filepath.Join(s.Dir, "ran")
@@ -84,9 +82,7 @@ func TestUnknownHostRefused(t *testing.T) {
 
 func TestChangedHostKeyRefused(t *testing.T) {
 	t.Parallel()
-	s := testsshd.Start(t, testsshd.Options{})
-	h := newHome(t)
-	s.Authorize(h.key.PublicKey())
+	s, h := loginPair(t)
 	kh := filepath.Join(h.ssh, "known_hosts")
 	h.appendFile(kh, "# comment\n"+knownhosts.Line([]string{"other.example"}, randomHostKey(t))+"\n")
 	h.appendFile(kh, knownhosts.Line([]string{s.Addr}, randomHostKey(t))+"\n")
@@ -117,9 +113,7 @@ func TestChangedHostKeyRefused(t *testing.T) {
 
 func TestRevokedHostKeyRefused(t *testing.T) {
 	t.Parallel()
-	s := testsshd.Start(t, testsshd.Options{})
-	h := newHome(t)
-	s.Authorize(h.key.PublicKey())
+	s, h := loginPair(t)
 	h.trust(s)
 	h.appendFile(filepath.Join(h.ssh, "known_hosts"), "@revoked * "+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.HostKey)))+"\n")
 	_, err := Dial(context.Background(), s.Addr, h.config())
@@ -131,9 +125,7 @@ func TestRevokedHostKeyRefused(t *testing.T) {
 
 func TestAcceptNew(t *testing.T) {
 	t.Parallel()
-	s := testsshd.Start(t, testsshd.Options{})
-	h := newHome(t)
-	s.Authorize(h.key.PublicKey())
+	s, h := loginPair(t)
 	// No ~/.ssh at all: AcceptNew makes it, 0700, and known_hosts, 0600.
 	dir := t.TempDir()
 	kh := filepath.Join(dir, "new", "known_hosts")

@@ -81,10 +81,25 @@ func newHome(t *testing.T) *home {
 // rigPair is an sshd that trusts h's key and an h that knows its host key.
 func rigPair(t *testing.T) (*sshd, *home) {
 	t.Helper()
+	s, h := loginPair(t)
+	h.trust(s)
+	return s, h
+}
+
+// rigClient is rigPair and a Client of h connected to s.
+func rigClient(t *testing.T) (*sshd, *home, *Client) {
+	t.Helper()
+	s, h := rigPair(t)
+	return s, h, h.dial(s.Addr)
+}
+
+// loginPair is an sshd that trusts h's key and an h that does not know its
+// host key yet.
+func loginPair(t *testing.T) (*sshd, *home) {
+	t.Helper()
 	s := testsshd.Start(t, testsshd.Options{})
 	h := newHome(t)
 	s.Authorize(h.key.PublicKey())
-	h.trust(s)
 	return s, h
 }
 

@@ -97,8 +97,7 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 // when the command ends by itself, and passes the status on.
 func TestCommandsEndNormally(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.Addr)
+	_, _, c := rigClient(t)
 	m := fmt.Sprintf("%09d", rand.IntN(1e9))
 	for i := range 5 {
 		err := c.Run(context.Background(), Cmd{Args: []string{"sh", "-c", "exit $1", m, fmt.Sprint(i)}})
@@ -113,8 +112,7 @@ func TestCommandsEndNormally(t *testing.T) {
 // TestStdinStreamed feeds data to a command and reads it back.
 func TestStdinStreamed(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.Addr)
+	_, _, c := rigClient(t)
 	data := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
 	var out strings.Builder
 	err := c.Run(context.Background(), Cmd{Args: []string{"sha256sum"}, Stdin: strings.NewReader(data), Stdout: &out})
