@@ -30,21 +30,12 @@ func startAgent(t *testing.T, keys ...any) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				agent.ServeAgent(kr, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { l.Close(); <-done })
+	serveConns(t, l, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			agent.ServeAgent(kr, c)
+		}()
+	})
 	return sock
 }
 

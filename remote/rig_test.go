@@ -352,6 +352,26 @@ func silentServer(t *testing.T) string {
 	}
 	var mu sync.Mutex
 	var conns []net.Conn
+	// Registered first, so it runs after serveConns' cleanup has ended the
+	// loop: no connection comes after it.
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	serveConns(t, l, func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	})
+	return l.Addr().String()
+}
+
+// serveConns hands each connection l accepts to handle, until l is closed
+// when the test ends; that cleanup waits for the loop to end.
+func serveConns(t *testing.T, l net.Listener, handle func(net.Conn)) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -360,21 +380,13 @@ func silentServer(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
+			handle(c)
 		}
 	}()
 	t.Cleanup(func() {
 		l.Close()
 		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
 	})
-	return l.Addr().String()
 }
 
 func sha256hex(b []byte) string {
