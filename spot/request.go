@@ -202,9 +202,9 @@ func (c *Client) Create(ctx context.Context, r *CreateRequest) (*Request, error)
 	if err != nil {
 		return nil, err
 	}
-	return c.oneRequest(ctx, func(a api) (*packngo.SpotMarketRequest, *packngo.Response, error) {
+	return one(ctx, c, func(a api) (*packngo.SpotMarketRequest, *packngo.Response, error) {
 		return a.requests.Create(r.body(), pid)
-	})
+	}, requestFrom)
 }
 
 // Requests lists the project's spot market requests by ID.
@@ -233,26 +233,9 @@ func (c *Client) Request(ctx context.Context, id string) (*Request, error) {
 	if err := checkUUID("spot request", id); err != nil {
 		return nil, err
 	}
-	return c.oneRequest(ctx, func(a api) (*packngo.SpotMarketRequest, *packngo.Response, error) {
+	return one(ctx, c, func(a api) (*packngo.SpotMarketRequest, *packngo.Response, error) {
 		return a.requests.Get(id, &packngo.GetOptions{Includes: requestIncludes})
-	})
-}
-
-// oneRequest makes the API call do (with the retries of call) and returns
-// the spot market request it answered with.
-func (c *Client) oneRequest(ctx context.Context, do func(api) (*packngo.SpotMarketRequest, *packngo.Response, error)) (*Request, error) {
-	var out Request
-	err := c.call(ctx, func(a api) error {
-		s, _, err := do(a)
-		if err == nil {
-			out = requestFrom(s)
-		}
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &out, nil
+	}, requestFrom)
 }
 
 // Cancel deletes the spot market request; with force the API also

@@ -157,6 +157,23 @@ type api struct {
 	devices  devicesAPI
 }
 
+// one makes the API call do, with the retries of call, and converts the
+// object it answers with (requestFrom, deviceFrom).
+func one[S, T any](ctx context.Context, c *Client, do func(api) (*S, *packngo.Response, error), from func(*S) T) (*T, error) {
+	var out T
+	err := c.call(ctx, func(a api) error {
+		s, _, err := do(a)
+		if err == nil {
+			out = from(s)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // call runs f against a packngo client whose requests carry ctx and go
 // through the retry, and turns packngo's errors into this package's.
 func (c *Client) call(ctx context.Context, f func(api) error) error {
