@@ -72,13 +72,9 @@ type Client struct {
 
 // New checks opts and returns a Client. It makes no request.
 func New(opts Options) (*Client, error) {
-	token := strings.TrimSpace(opts.Token)
-	if token == "" {
-		return nil, errors.New("packet: no API token")
-	}
-	if strings.ContainsFunc(token, func(r rune) bool { return r < 0x21 || r == 0x7f }) {
-		// Said without the token: it must not reach any output.
-		return nil, errors.New("packet: the API token contains spaces or control characters")
+	token, err := cloudapi.Token("packet", opts.Token)
+	if err != nil {
+		return nil, err
 	}
 	base, err := NormalizeURL(opts.APIURL)
 	if err != nil {

@@ -1,8 +1,8 @@
 // Package cloudapi holds what nbship's clients of cloud APIs (Packet
 // through packngo, Hetzner Cloud through hcloud-go) do alike: an API
 // message made to fit one line with the token removed, the Retry-After
-// header, a sleep that a context ends, and the reading of the retry and
-// HTTP client options.
+// header, a sleep that a context ends, and the reading of the token, retry
+// and HTTP client options.
 package cloudapi
 
 import (
@@ -14,6 +14,21 @@ import (
 	"time"
 	"unicode"
 )
+
+// Token is the API token given (surrounding space removed), or an error
+// prefixed with api ("packet") when there is none or it holds spaces or
+// control characters. The error never shows the token: it must reach no
+// output.
+func Token(api, given string) (string, error) {
+	token := strings.TrimSpace(given)
+	if token == "" {
+		return "", errors.New(api + ": no API token")
+	}
+	if strings.ContainsFunc(token, func(r rune) bool { return r < 0x21 || r == 0x7f }) {
+		return "", errors.New(api + ": the API token contains spaces or control characters")
+	}
+	return token, nil
+}
 
 // Redact removes secret from s ("" removes nothing).
 func Redact(s, secret string) string {

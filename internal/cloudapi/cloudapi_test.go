@@ -80,3 +80,18 @@ func TestHTTPClient(t *testing.T) {
 		t.Errorf("HTTPClient changed the caller's Client")
 	}
 }
+
+func TestToken(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{" tok-1\n", "tok-1", ""},
+		{"", "", "packet: no API token"},
+		{" \t", "", "packet: no API token"},
+		{"tok en", "", "packet: the API token contains spaces or control characters"},
+		{"tok\x7f", "", "packet: the API token contains spaces or control characters"},
+	} {
+		got, err := Token("packet", tc.in)
+		if got != tc.want || (err == nil) != (tc.err == "") || err != nil && err.Error() != tc.err {
+			t.Errorf("Token(%q) = %q, %v, want %q, %q", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}

@@ -71,12 +71,9 @@ var _ provider.Provider = (*Client)(nil)
 
 // New checks opts and returns a Client. It makes no request.
 func New(opts Options) (*Client, error) {
-	token := strings.TrimSpace(opts.Token)
-	if token == "" {
-		return nil, errors.New("hetzner: no API token")
-	}
-	if strings.ContainsFunc(token, func(r rune) bool { return r < 0x21 || r == 0x7f }) {
-		return nil, errors.New("hetzner: the API token contains spaces or control characters")
+	token, err := cloudapi.Token("hetzner", opts.Token)
+	if err != nil {
+		return nil, err
 	}
 	endpoint := hcloud.Endpoint
 	if opts.Endpoint != "" {
