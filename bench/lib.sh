@@ -1,5 +1,6 @@
 # shellcheck shell=bash disable=SC2034
-# lib.sh — shared by bench/run.sh and bench/contender.sh (sourced, not run).
+# lib.sh — shared by bench/run.sh, bench/sessions.sh and bench/contender.sh
+# (sourced, not run).
 #
 # Everything the bench touches on the rig lives under $BENCH_WORK
 # ($RIG_DIR/bench, removed by `rig.sh down`); what is kept goes to
@@ -21,6 +22,18 @@ die() {
 }
 
 rig() { bash "$BENCH_TOP/rig/rig.sh" "$@"; }
+
+# rig_lock takes the rig's lock (fd 9) for the rest of the script, and tells
+# rig.sh that its caller holds it.
+rig_lock() {
+	mkdir -p /run/lock
+	exec 9>>/run/lock/nbship-rig.lock
+	if ! flock -n 9; then
+		note "waiting for the rig lock (someone is using the rig)"
+		flock 9
+	fi
+	export NBSHIP_RIG_LOCKED=1
+}
 
 # on HOST CMD... runs CMD in HOST's namespaces as root (no SSH), in the
 # current directory, like `rig.sh exec` (on op with HOME=RIG_OP_HOME) but

@@ -42,13 +42,7 @@ doc=BENCHMARKS.md
 
 # The rig's lock for the whole run: tests elsewhere on this machine wait, and
 # neither tear the rig down under us nor are torn down by us.
-mkdir -p /run/lock
-exec 9>>/run/lock/nbship-rig.lock
-if ! flock -n 9; then
-	note "waiting for the rig lock (someone is using the rig)"
-	flock 9
-fi
-export NBSHIP_RIG_LOCKED=1
+rig_lock
 
 # The previous results stay until this run has the rig; then everything but
 # the Go benchmarks' output (bench/gobench.sh writes that) is replaced.

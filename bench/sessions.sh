@@ -27,13 +27,7 @@ out=$top/bench/results/sessions
 command -v hyperfine >/dev/null || die "hyperfine not found (scripts/deps.sh installs it)"
 command -v jq >/dev/null || die "jq not found (scripts/deps.sh installs it)"
 
-mkdir -p /run/lock
-exec 9>>/run/lock/nbship-rig.lock
-if ! flock -n 9; then
-	note "waiting for the rig lock (someone is using the rig)"
-	flock 9
-fi
-export NBSHIP_RIG_LOCKED=1
+rig_lock
 
 netboot_shell=$(getent passwd netboot | cut -d: -f7 || true)
 cleanup() {

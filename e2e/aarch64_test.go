@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"fmt"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nbship/nbship/internal/rig"
+	"github.com/nbship/nbship/internal/tail"
 )
 
 var netbootFiles = []string{"Image", "initrd", "netboot.ipxe"}
@@ -111,7 +111,7 @@ func TestAarch64DirectPathFailsCleanly(t *testing.T) {
 	if err == nil {
 		t.Fatalf("--path direct succeeded with the direct link down:\n%s", stderr)
 	}
-	last := lastLine(stderr)
+	last := tail.LastLine(stderr)
 	if !strings.Contains(last, "could not reach the receiver at 10.77.3.2:61616") {
 		t.Errorf("last line = %q, want it to say the build host could not reach the receiver", last)
 	}
@@ -207,30 +207,13 @@ func TestNothingSecretOnArgv(t *testing.T) {
 	}
 }
 
-func lastLine(s string) string {
-	s = strings.TrimRight(s, "\n")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		return s[i+1:]
-	}
-	return s
-}
-
 // An image the receiver refuses (an x86 kernel for an arm slot) is refused
 // once: the run exits 65 with the PXE host's reason, and is not retried.
 func TestAarch64RefusedImageIsNotRetried(t *testing.T) {
 	const inst = "c2.large.arm"
 	s := newSetup(t, inst)
 	ctx := mustCtx(t, 5*time.Minute)
-	s.useNix(t, inst, fmt.Sprintf(`derivation {
-  name = "netboot-wrong-kernel";
-  system = "aarch64-linux";
-  builder = "/bin/sh";
-  salt = %q;
-  kernel = builtins.path { path = %s; name = "debian-12-amd64-bzImage"; };
-  initrd = builtins.path { path = %s; name = "debian-12-arm64-initrd"; };
-  args = [ "-c" "/bin/mkdir $out && /bin/cp $kernel $out/Image && /bin/cp $initrd $out/initrd && printf '#!ipxe\\nkernel Image initrd=initrd\\ninitrd initrd\\nboot\\n' > $out/netboot.ipxe" ];
-}
-`, s.salt, debianAmd64+"linux", debianArm64+"initrd.gz"))
+	s.useNix(t, inst, wrongKernelNix(s.salt, "aarch64-linux", "Image", debianAmd64, debianArm64))
 	_, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config, "--retries", "2")
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 65 {
 		t.Fatalf("aarch64 with an x86 kernel: %v, want exit 65 (refused)\n%s", err, stderr)
@@ -239,7 +222,7 @@ func TestAarch64RefusedImageIsNotRetried(t *testing.T) {
 		t.Errorf("a refused image was sent again:\n%s", stderr)
 	}
 	const want = "Image is an x86_64 bzImage, but slot c2.large.arm needs an aarch64 Image"
-	if last := lastLine(stderr); !strings.HasPrefix(last, "nbship: ship: netboot@pxe refused what it was sent: ") || !strings.Contains(last, want) {
+	if last := tail.LastLine(stderr); !strings.HasPrefix(last, "nbship: ship: netboot@pxe refused what it was sent: ") || !strings.Contains(last, want) {
 		t.Errorf("last line = %q, want the PXE host's refusal naming the file and both architectures", last)
 	}
 	noNbshipLeft(t, s.r, rig.Build, rig.PXE)

@@ -124,11 +124,11 @@ func TestBootPublishedImage(t *testing.T) {
 		select {
 		case err := <-exited:
 			exited <- err
-			t.Fatalf("qemu exited (%v) before %s\n%s\nconsole:\n%s", err, steps[next].what, qout.String(), tail(out, 3000))
+			t.Fatalf("qemu exited (%v) before %s\n%s\nconsole:\n%s", err, steps[next].what, qout.String(), consoleEnd(out, 3000))
 		case <-time.After(500 * time.Millisecond):
 		}
 		if time.Since(start) > bootTimeout {
-			t.Fatalf("no sign of %s within %v; console:\n%s", steps[next].what, bootTimeout, tail(out, 3000))
+			t.Fatalf("no sign of %s within %v; console:\n%s", steps[next].what, bootTimeout, consoleEnd(out, 3000))
 		}
 	}
 	stopQEMU()
@@ -173,7 +173,7 @@ func readFrom(t *testing.T, path string, offset int64) string {
 	return string(b[offset:])
 }
 
-func tail(s string, n int) string {
+func consoleEnd(s string, n int) string {
 	if len(s) > n {
 		s = s[len(s)-n:]
 	}

@@ -7,14 +7,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nbship/nbship/internal/rig"
+	"github.com/nbship/nbship/internal/testbin"
 )
 
 // freshImage makes the setup build an arm64 image whose Image and initrd
@@ -49,25 +50,8 @@ derivation {
 type started struct {
 	cmd    *exec.Cmd
 	stdout bytes.Buffer
-	stderr lockedBuf
+	stderr testbin.Buffer
 	done   chan error
-}
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func (s *setup) start(t *testing.T, ctx context.Context, args ...string) *started {
@@ -101,34 +85,39 @@ func (st *started) wait(t *testing.T, limit time.Duration) error {
 // staging directory of instance: the transfer is under way.
 func midStream(t *testing.T, r *rig.Rig, instance string, st *started) {
 	t.Helper()
+	waitStaging(t, r, instance, st, "the transfer under way", func(dir string) bool {
+		var n int64
+		filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				n += fi.Size()
+			}
+			return nil
+		})
+		return n > 1<<20
+	})
+}
+
+// waitStaging waits until seen is true of a staging directory of instance
+// on pxe, failing t when nbship ends first or after three minutes; what
+// names what is awaited, for the failure.
+func waitStaging(t *testing.T, r *rig.Rig, instance string, st *started, what string, seen func(dir string) bool) {
+	t.Helper()
 	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-st.done:
 			st.done <- err
-			t.Fatalf("nbship ended (%v) before the transfer was seen:\n%s", err, st.stderr.String())
+			t.Fatalf("nbship ended (%v) before %s:\n%s", err, what, st.stderr.String())
 		default:
 		}
-		ents, _ := os.ReadDir(gens)
-		for _, e := range ents {
-			if !strings.HasPrefix(e.Name(), ".staging-") {
-				continue
-			}
-			var n int64
-			filepath.Walk(filepath.Join(gens, e.Name()), func(_ string, fi os.FileInfo, err error) error {
-				if err == nil && fi.Mode().IsRegular() {
-					n += fi.Size()
-				}
-				return nil
-			})
-			if n > 1<<20 {
-				return
-			}
+		dirs, _ := filepath.Glob(filepath.Join(gens, ".staging-*"))
+		if slices.ContainsFunc(dirs, seen) {
+			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("never saw the transfer under way:\n%s", st.stderr.String())
+	t.Fatalf("never saw %s:\n%s", what, st.stderr.String())
 }
 
 // nbshipPID finds the remote end (relay or recv) on host.
@@ -160,6 +149,35 @@ func publishedBefore(t *testing.T, ctx context.Context, instance string) (s *set
 	}
 	got := s.served(t, ctx, instance, "netboot.ipxe", "Image")
 	return s, got["netboot.ipxe"], got["Image"]
+}
+
+// publishedThenFresh publishes a first c2.large.arm image (s, and what
+// the slot serves), and makes a second setup whose image is new.
+func publishedThenFresh(t *testing.T, ctx context.Context) (s, s2 *setup, ipxe, image []byte) {
+	t.Helper()
+	s, ipxe, image = publishedBefore(t, ctx, "c2.large.arm")
+	s2 = newSetup(t, "c2.large.arm")
+	s2.freshImage(t, "c2.large.arm")
+	return s, s2, ipxe, image
+}
+
+// startMidStream starts nbship with args and waits until its transfer
+// into the c2.large.arm slot is under way.
+func (s *setup) startMidStream(t *testing.T, ctx context.Context, args ...string) *started {
+	t.Helper()
+	st := s.start(t, ctx, args...)
+	midStream(t, s.r, "c2.large.arm", st)
+	return st
+}
+
+// leftAsBefore checks what a failed run over publishedThenFresh must
+// leave: the slot serving the first image, no nbship on the hosts and no
+// staging directory.
+func leftAsBefore(t *testing.T, ctx context.Context, s *setup, ipxe, image []byte) {
+	t.Helper()
+	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
+	noStaging(t, s.r)
 }
 
 // unchanged checks that the slot still serves what it did before.
@@ -204,30 +222,22 @@ func TestFaultEndKilledMidStream(t *testing.T) {
 	} {
 		t.Run(tc.role, func(t *testing.T) {
 			ctx := mustCtx(t, 6*time.Minute)
-			s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
-			s2 := newSetup(t, "c2.large.arm")
-			s2.freshImage(t, "c2.large.arm")
-			st := s2.start(t, ctx, "aarch64", "--config", s2.config, "--retries", "0")
-			midStream(t, s.r, "c2.large.arm", st)
+			s, s2, ipxe, image := publishedThenFresh(t, ctx)
+			st := s2.startMidStream(t, ctx, "aarch64", "--config", s2.config, "--retries", "0")
 			syscall.Kill(nbshipPID(t, s.r, tc.host, tc.role), syscall.SIGKILL)
 			if err := st.wait(t, 2*time.Minute); err == nil {
 				t.Fatalf("nbship succeeded with its %s killed:\n%s", tc.role, st.stderr.String())
 			}
 			oneLine(t, st.stderr.String(), tc.names)
-			unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
-			noNbshipLeft(t, s.r, rig.Build, rig.PXE)
-			noStaging(t, s.r)
+			leftAsBefore(t, ctx, s, ipxe, image)
 		})
 	}
 }
 
 func TestFaultOperatorInterrupted(t *testing.T) {
 	ctx := mustCtx(t, 6*time.Minute)
-	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
-	s2 := newSetup(t, "c2.large.arm")
-	s2.freshImage(t, "c2.large.arm")
-	st := s2.start(t, ctx, "aarch64", "--config", s2.config)
-	midStream(t, s.r, "c2.large.arm", st)
+	s, s2, ipxe, image := publishedThenFresh(t, ctx)
+	st := s2.startMidStream(t, ctx, "aarch64", "--config", s2.config)
 	st.cmd.Process.Signal(os.Interrupt)
 	stopped := time.Now()
 	err := st.wait(t, time.Minute)
@@ -238,17 +248,13 @@ func TestFaultOperatorInterrupted(t *testing.T) {
 	if d := time.Since(stopped); d > 10*time.Second {
 		t.Errorf("remote ends took %v to stop after Ctrl-C, want a few seconds", d)
 	}
-	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
-	noStaging(t, s.r)
+	leftAsBefore(t, ctx, s, ipxe, image)
 }
 
 func TestFaultDirectLinkDroppedMidStream(t *testing.T) {
 	ctx := mustCtx(t, 6*time.Minute)
-	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
-	s2 := newSetup(t, "c2.large.arm")
-	s2.freshImage(t, "c2.large.arm")
-	st := s2.start(t, ctx, "aarch64", "--config", s2.config, "--path", "direct")
-	midStream(t, s.r, "c2.large.arm", st)
+	s, s2, ipxe, image := publishedThenFresh(t, ctx)
+	st := s2.startMidStream(t, ctx, "aarch64", "--config", s2.config, "--path", "direct")
 	if err := s.r.Link("build-pxe", false); err != nil {
 		t.Fatal(err)
 	}
@@ -258,9 +264,7 @@ func TestFaultDirectLinkDroppedMidStream(t *testing.T) {
 		t.Fatalf("nbship succeeded over a dropped link:\n%s", st.stderr.String())
 	}
 	s.r.Link("build-pxe", true)
-	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
-	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
-	noStaging(t, s.r)
+	leftAsBefore(t, ctx, s, ipxe, image)
 }
 
 func TestFaultChangedBuildHostKeyRefused(t *testing.T) {
@@ -370,11 +374,7 @@ func TestFaultBuildHostWithoutNix(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(nonix, "uname"), []byte(uname), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := s.r.Run(ctx, rig.Build, "mount", "--bind", nonix, "/usr/bin"); err != nil {
-		t.Fatalf("hiding Nix on the builder: %v %s", err, out)
-	}
-	// Lazily: processes of the run may still have files open under it.
-	t.Cleanup(func() { s.r.Run(context.Background(), rig.Build, "umount", "-l", "/usr/bin") })
+	bindOnBuild(t, ctx, s.r, nonix, "/usr/bin")
 	_, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config)
 	if err == nil {
 		t.Fatalf("nbship succeeded on a build host without Nix:\n%s", stderr)
@@ -387,15 +387,23 @@ func TestFaultBuildHostWithoutNix(t *testing.T) {
 	}
 }
 
+// bindOnBuild bind-mounts src over dst on the build host until the test
+// ends.
+func bindOnBuild(t *testing.T, ctx context.Context, r *rig.Rig, src, dst string) {
+	t.Helper()
+	if out, err := r.Run(ctx, rig.Build, "mount", "--bind", src, dst); err != nil {
+		t.Fatalf("bind-mounting %s over the build host's %s: %v %s", src, dst, err, out)
+	}
+	// Lazily: processes of the run may still have files open under it.
+	t.Cleanup(func() { r.Run(context.Background(), rig.Build, "umount", "-l", dst) })
+}
+
 func TestFaultBuildHostOfAnotherArchitecture(t *testing.T) {
 	s := newSetup(t, "c2.large.arm")
 	ctx := mustCtx(t, 2*time.Minute)
 	fake := filepath.Join(s.dir, "uname")
 	os.WriteFile(fake, []byte("#!/bin/sh\ncase \"$1\" in -m) echo riscv64;; *) echo Linux;; esac\n"), 0o755)
-	if out, err := s.r.Run(ctx, rig.Build, "mount", "--bind", fake, "/usr/bin/uname"); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	t.Cleanup(func() { s.r.Run(context.Background(), rig.Build, "umount", "-l", "/usr/bin/uname") })
+	bindOnBuild(t, ctx, s.r, fake, "/usr/bin/uname")
 	_, stderr, err := s.run(t, ctx, "aarch64", "--config", s.config)
 	if err == nil {
 		t.Fatalf("nbship went on with a riscv64 build host:\n%s", stderr)
@@ -413,22 +421,10 @@ func TestFaultBuildHostOfAnotherArchitecture(t *testing.T) {
 // complete and verified).
 func stagedFile(t *testing.T, r *rig.Rig, instance, name string, st *started) {
 	t.Helper()
-	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
-	deadline := time.Now().Add(3 * time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-st.done:
-			st.done <- err
-			t.Fatalf("nbship ended (%v) before %s arrived:\n%s", err, name, st.stderr.String())
-		default:
-		}
-		m, _ := filepath.Glob(filepath.Join(gens, ".staging-*", name))
-		if len(m) > 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("%s never arrived:\n%s", name, st.stderr.String())
+	waitStaging(t, r, instance, st, name+" arrive", func(dir string) bool {
+		_, err := os.Lstat(filepath.Join(dir, name))
+		return err == nil
+	})
 }
 
 func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {
@@ -507,9 +503,7 @@ func s2run(ctx context.Context, s *setup, name string, args ...string) (string, 
 
 func TestFaultSSHPathLinkDroppedMidStream(t *testing.T) {
 	ctx := mustCtx(t, 6*time.Minute)
-	s, ipxe, image := publishedBefore(t, ctx, "c2.large.arm")
-	s2 := newSetup(t, "c2.large.arm")
-	s2.freshImage(t, "c2.large.arm")
+	s, s2, ipxe, image := publishedThenFresh(t, ctx)
 	// The operator's SSH notices a dead host after three missed keepalives:
 	// 5 s apart here (ServerAliveInterval) to keep the test short.
 	sshConfig := filepath.Join(s2.dir, "ssh_config")
@@ -518,8 +512,7 @@ func TestFaultSSHPathLinkDroppedMidStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(sshConfig, append([]byte("Host *\n\tServerAliveInterval 5\n\n"), base...), 0o644)
-	st := s2.start(t, ctx, "aarch64", "--config", s2.config, "--ssh-config", sshConfig, "--path", "ssh", "--retries", "0", "--idle-timeout", "10s")
-	midStream(t, s.r, "c2.large.arm", st)
+	st := s2.startMidStream(t, ctx, "aarch64", "--config", s2.config, "--ssh-config", sshConfig, "--path", "ssh", "--retries", "0", "--idle-timeout", "10s")
 	// The operator loses the PXE host: its SSH connection and the channel
 	// it carries die without a word.
 	if err := s.r.Link("op-pxe", false); err != nil {
@@ -535,8 +528,7 @@ func TestFaultSSHPathLinkDroppedMidStream(t *testing.T) {
 	if err := s.r.Link("op-pxe", true); err != nil {
 		t.Fatal(err)
 	}
-	unchanged(t, ctx, s, "c2.large.arm", ipxe, image)
-	noStaging(t, s.r)
+	leftAsBefore(t, ctx, s, ipxe, image)
 }
 
 // noNbshipLeftWithin is noNbshipLeft with a longer wait, for ends that

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbship/nbship/internal/rig"
+	"github.com/nbship/nbship/internal/tail"
 	"github.com/nbship/nbship/internal/testbin"
 )
 
@@ -33,6 +34,22 @@ const (
 	debianArm64 = "/usr/lib/debian-installer/images/12/arm64/text/debian-installer/arm64/"
 )
 
+// wrongKernelNix is a Nix expression for an image of system whose kernel,
+// named file, is the one in Debian's kernelDir, of the other architecture;
+// its initrd is the one in initrdDir.
+func wrongKernelNix(salt, system, file, kernelDir, initrdDir string) string {
+	return fmt.Sprintf(`derivation {
+  name = "netboot-wrong-kernel";
+  system = %[2]q;
+  builder = "/bin/sh";
+  salt = %[1]q;
+  kernel = builtins.path { path = %[4]s; name = "debian-12-kernel"; };
+  initrd = builtins.path { path = %[5]s; name = "debian-12-initrd"; };
+  args = [ "-c" "/bin/mkdir $out && /bin/cp $kernel $out/%[3]s && /bin/cp $initrd $out/initrd && printf '#!ipxe\\nkernel %[3]s initrd=initrd\\ninitrd initrd\\nboot\\n' > $out/netboot.ipxe" ];
+}
+`, salt, system, file, kernelDir+"linux", initrdDir+"initrd.gz")
+}
+
 // pxeImages is a directory on the PXE host that its user (netboot) can
 // read, holding image directories for the tests and a copy of nbship
 // netboot can run.
@@ -40,6 +57,16 @@ type pxeImages struct {
 	r   *rig.Rig
 	dir string
 	bin string
+}
+
+// newImageSetup is a setup for inst with an empty slot, a context ending
+// after limit and a place for images on the PXE host.
+func newImageSetup(t *testing.T, inst string, limit time.Duration) (*setup, context.Context, *pxeImages) {
+	t.Helper()
+	s := newSetup(t, inst)
+	ctx := mustCtx(t, limit)
+	s.resetSlot(t, ctx, inst)
+	return s, ctx, newPXEImages(t, s.r)
 }
 
 func newPXEImages(t *testing.T, r *rig.Rig) *pxeImages {
@@ -272,10 +299,7 @@ func TestHammerHelper(t *testing.T) {
 // one generation's script, never a 404, an empty or a mixed file.
 func TestImageSwitchIsAtomicForHTTP(t *testing.T) {
 	const inst = "c2.medium.x86"
-	s := newSetup(t, inst)
-	ctx := mustCtx(t, 4*time.Minute)
-	s.resetSlot(t, ctx, inst)
-	p := newPXEImages(t, s.r)
+	s, ctx, p := newImageSetup(t, inst, 4*time.Minute)
 	scripts := map[string]int{} // content -> generation (0: the first)
 	var dirs []string
 	for i := 0; i <= 10; i++ {
@@ -360,10 +384,7 @@ func TestImageSwitchIsAtomicForHTTP(t *testing.T) {
 // test holds the slot's lock while both start, so both must wait for it.
 func TestImageConcurrentPublishes(t *testing.T) {
 	const inst = "m1.xlarge.x86"
-	s := newSetup(t, inst)
-	ctx := mustCtx(t, 3*time.Minute)
-	s.resetSlot(t, ctx, inst)
-	p := newPXEImages(t, s.r)
+	s, ctx, p := newImageSetup(t, inst, 3*time.Minute)
 	p.publish(t, ctx, inst, p.image(t, "first", "amd64", "bzImage", ipxeScript("bzImage", "first")))
 	before := generations(t, s.r, inst)
 
@@ -377,7 +398,7 @@ func TestImageConcurrentPublishes(t *testing.T) {
 	}
 	type run struct {
 		cmd    *exec.Cmd
-		stderr lockedBuffer
+		stderr testbin.Buffer
 		script string
 	}
 	runs := make([]*run, 2)
@@ -441,10 +462,7 @@ func TestImageConcurrentPublishes(t *testing.T) {
 // config's pxeHost), seen through nginx.
 func TestImageRollbackAndGCOverHost(t *testing.T) {
 	const inst = "c2.medium.x86"
-	s := newSetup(t, inst)
-	ctx := mustCtx(t, 3*time.Minute)
-	s.resetSlot(t, ctx, inst)
-	p := newPXEImages(t, s.r)
+	s, ctx, p := newImageSetup(t, inst, 3*time.Minute)
 	var scripts []string
 	for i := range 5 {
 		sc := ipxeScript("bzImage", fmt.Sprintf("rollback %d %s", i, s.salt))
@@ -488,7 +506,7 @@ func TestImageRollbackAndGCOverHost(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Errorf("rollback --to 9: %v, want exit 1", err)
 	}
-	if last := lastLine(stderr); !strings.HasPrefix(last, "nbship: pxe: image: slot "+inst+` has no generation "9"`) {
+	if last := tail.LastLine(stderr); !strings.HasPrefix(last, "nbship: pxe: image: slot "+inst+` has no generation "9"`) {
 		t.Errorf("rollback --to 9: last line %q, want the host's refusal", last)
 	}
 	_, stderr, err = s.run(t, ctx, append([]string{"image", "gc", "--bogus"}, host...)...)
@@ -539,22 +557,4 @@ func TestImageRollbackAndGCOverHost(t *testing.T) {
 		t.Errorf("after rolling forward nginx does not serve the newest script")
 	}
 	noNbshipLeft(t, s.r, rig.PXE)
-}
-
-// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

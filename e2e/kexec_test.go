@@ -270,11 +270,11 @@ func (v *vm) waitConsole(t *testing.T, re *regexp.Regexp, offset int) {
 		select {
 		case err := <-v.exited:
 			v.exited <- err
-			t.Fatalf("qemu exited (%v) before the console showed %s:\n%s", err, re, tail(out, 3000))
+			t.Fatalf("qemu exited (%v) before the console showed %s:\n%s", err, re, consoleEnd(out, 3000))
 		case <-time.After(500 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the console did not show %s within %v:\n%s", re, bootTimeout, tail(out, 3000))
+			t.Fatalf("the console did not show %s within %v:\n%s", re, bootTimeout, consoleEnd(out, 3000))
 		}
 	}
 }

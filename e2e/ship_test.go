@@ -17,6 +17,7 @@ import (
 
 	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/internal/rig"
+	"github.com/nbship/nbship/internal/tail"
 	"github.com/nbship/nbship/internal/testbin"
 )
 
@@ -274,7 +275,7 @@ func TestShipStoreFlippedByte(t *testing.T) {
 	if err == nil {
 		t.Fatalf("a corrupted NAR was imported: %s\n%s", stdout, stderr)
 	}
-	if last := lastLine(stderr); !strings.Contains(last, s.mid) {
+	if last := tail.LastLine(stderr); !strings.Contains(last, s.mid) {
 		t.Errorf("last line = %q, want it to name %s", last, s.mid)
 	}
 	if !strings.Contains(stderr, "SHA-256") {
@@ -299,7 +300,7 @@ func TestShipReceiverWithoutNixStore(t *testing.T) {
 	if err == nil {
 		t.Fatalf("ship to a receiver without nix-store succeeded:\n%s", stderr)
 	}
-	if last := lastLine(stderr); !strings.Contains(last, "local has no nix-store on its PATH") {
+	if last := tail.LastLine(stderr); !strings.Contains(last, "local has no nix-store on its PATH") {
 		t.Errorf("last line = %q, want it to say the receiver has no nix-store", last)
 	}
 	for _, step := range []string{"fingerprint", "connected", "shipping", "relay:"} {
@@ -319,7 +320,7 @@ func TestShipInvalidStorePathOnStdin(t *testing.T) {
 	if err == nil {
 		t.Fatalf("ship accepted %q", stdin)
 	}
-	if last := lastLine(stderr); !strings.Contains(last, `standard input line 3: "./result" is not a store path`) {
+	if last := tail.LastLine(stderr); !strings.Contains(last, `standard input line 3: "./result" is not a store path`) {
 		t.Errorf("last line = %q, want it to name line 3 and what is wrong", last)
 	}
 	if strings.Contains(stderr, "ssh:") || strings.Contains(stderr, "shipping") {

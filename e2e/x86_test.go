@@ -103,16 +103,7 @@ func TestX86_64WrongKernelRefused(t *testing.T) {
 	before := s.served(t, ctx, inst, x86Files...)
 	gens := generations(t, s.r, inst)
 
-	s.useNix(t, inst, fmt.Sprintf(`derivation {
-  name = "netboot-wrong-kernel";
-  system = "x86_64-linux";
-  builder = "/bin/sh";
-  salt = %q;
-  kernel = builtins.path { path = %s; name = "debian-12-arm64-Image"; };
-  initrd = builtins.path { path = %s; name = "debian-12-amd64-initrd"; };
-  args = [ "-c" "/bin/mkdir $out && /bin/cp $kernel $out/bzImage && /bin/cp $initrd $out/initrd && printf '#!ipxe\\nkernel bzImage initrd=initrd\\ninitrd initrd\\nboot\\n' > $out/netboot.ipxe" ];
-}
-`, s.salt, debianArm64+"linux", debianAmd64+"initrd.gz"))
+	s.useNix(t, inst, wrongKernelNix(s.salt, "x86_64-linux", "bzImage", debianArm64, debianAmd64))
 	_, stderr, err := s.run(t, ctx, "x86_64", "--config", s.config)
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 65 {
 		t.Fatalf("x86_64 with an arm64 kernel: %v, want exit 65 (refused)\n%s", err, stderr)

@@ -128,6 +128,25 @@ func (s *Slot) recoverLocked() error {
 	return nil
 }
 
+// lockAdopted takes the slot's lock, removes what an interrupted run left
+// (recoverLocked) and makes a slot nbship did not publish into a
+// generation (adoptLocked), as Publish and Rollback begin. On an error the
+// lock is released.
+func (s *Slot) lockAdopted(ctx context.Context) (unlock func(), err error) {
+	unlock, err = s.Lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err = s.recoverLocked(); err == nil {
+		err = s.adoptLocked(ctx)
+	}
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	return unlock, nil
+}
+
 // adoptLocked makes a slot nbship did not publish into a generation.
 func (s *Slot) adoptLocked(ctx context.Context) error {
 	st, target, err := s.state()

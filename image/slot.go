@@ -315,17 +315,11 @@ func (s *Slot) Publish(ctx context.Context, staged string, keep int) (Generation
 	if err != nil {
 		return Generation{}, err
 	}
-	unlock, err := s.Lock(ctx)
+	unlock, err := s.lockAdopted(ctx)
 	if err != nil {
 		return Generation{}, err
 	}
 	defer unlock()
-	if err := s.recoverLocked(); err != nil {
-		return Generation{}, err
-	}
-	if err := s.adoptLocked(ctx); err != nil {
-		return Generation{}, err
-	}
 	prev, err := s.Current()
 	if err != nil {
 		return Generation{}, err
@@ -500,17 +494,11 @@ func (s *Slot) List() ([]Generation, error) {
 // current), after verifying it against the slot's profile. to may also be
 // the generation's counter alone ("2" for 000002-…).
 func (s *Slot) Rollback(ctx context.Context, to string) (Generation, error) {
-	unlock, err := s.Lock(ctx)
+	unlock, err := s.lockAdopted(ctx)
 	if err != nil {
 		return Generation{}, err
 	}
 	defer unlock()
-	if err := s.recoverLocked(); err != nil {
-		return Generation{}, err
-	}
-	if err := s.adoptLocked(ctx); err != nil {
-		return Generation{}, err
-	}
 	gens, err := s.List()
 	if err != nil {
 		return Generation{}, err

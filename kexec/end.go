@@ -15,11 +15,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nbship/nbship/image"
+	"github.com/nbship/nbship/internal/tail"
 )
 
 // Event is one line the end writes on its standard output for the
@@ -174,7 +174,7 @@ func End(ctx context.Context, o EndOptions) error {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		return fmt.Errorf("kexec: kexec -l %s: %v: %s", p.Kernel.Name, err, lastLine(lerr.String()))
+		return fmt.Errorf("kexec: kexec -l %s: %v: %s", p.Kernel.Name, err, tail.Reason(lerr.String()))
 	}
 	// kexec holds its copy in kernel memory now.
 	os.RemoveAll(dir)
@@ -231,7 +231,7 @@ func execute(kexecPath, how string) error {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("kexec: %s: %v: %s", how, err, lastLine(out.String()))
+		return fmt.Errorf("kexec: %s: %v: %s", how, err, tail.Reason(out.String()))
 	}
 	return nil
 }
@@ -280,17 +280,6 @@ func readLine(r *bufio.Reader, max int) ([]byte, error) {
 		}
 		return nil, err
 	}
-}
-
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	if len(s) > 300 {
-		s = s[:300] + " ..."
-	}
-	return s
 }
 
 // unreachableError is a URL the host could not get the file from at all

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
 // agentLink is the Client's long-lived session to `nbship agent` on the
@@ -21,7 +23,7 @@ type agentLink struct {
 	sock  string
 	sess  *ssh.Session
 	stdin io.WriteCloser // the agent's lifeline: closed, the agent ends
-	tail  *tailBuffer    // its stderr
+	tail  *tail.Buffer   // its stderr
 	done  chan struct{}  // closed when the session ended
 }
 
@@ -79,7 +81,7 @@ func (c *Client) agentSession(ctx context.Context, command, bin string, upload i
 		}
 		return nil, fallback("no session for the nbship agent", err)
 	}
-	a := &agentLink{sess: sess, tail: &tailBuffer{max: 4096}, done: make(chan struct{})}
+	a := &agentLink{sess: sess, tail: &tail.Buffer{}, done: make(chan struct{})}
 	sess.Stderr = a.tail
 	stdout, err := sess.StdoutPipe()
 	if err == nil {
@@ -222,7 +224,7 @@ func (c *Client) sessionError(command string, err error, stderr string) error {
 }
 
 func errorLine(s string) error {
-	if l := lastLine(s); l != "" {
+	if l := tail.Reason(s); l != "" {
 		return errors.New(l)
 	}
 	return nil
@@ -255,7 +257,7 @@ func (c *Client) startAgent(ctx context.Context, cmd Cmd, a *agentLink) (*Proces
 		select {
 		case <-a.done:
 			msg := fmt.Sprintf("ssh: %s: the nbship agent on the host ended", c.name)
-			if l := lastLine(a.tail.String()); l != "" {
+			if l := tail.Reason(a.tail.String()); l != "" {
 				msg += ": " + l
 			}
 			return nil, fmt.Errorf("%s (starting %s): %w", msg, shortCommand(command), err)
@@ -269,15 +271,8 @@ func (c *Client) startAgent(ctx context.Context, cmd Cmd, a *agentLink) (*Proces
 		return nil, fmt.Errorf("ssh: %s: %w", c.name, err)
 	}
 	fw := &frameWriter{w: conn}
-	p := &Process{
-		c:       c,
-		conn:    conn,
-		fw:      fw,
-		command: command,
-		stderr:  &drainWriter{w: cmd.Stderr},
-		tail:    &tailBuffer{max: 4096},
-		done:    make(chan struct{}),
-	}
+	p := c.newProcess(command, cmd)
+	p.conn, p.fw = conn, fw
 	p.stdin = &agentStdin{fw: fw}
 	if cmd.Pipes {
 		p.Stdin = p.stdin
@@ -348,28 +343,16 @@ func (p *Process) readAgent(stdout, stderr io.Writer) {
 func (p *Process) agentResult(status int, err, stopped error) error {
 	switch {
 	case stopped != nil && (err != nil || status != 0):
-		return fmt.Errorf("ssh: %s: %s: stopped: %w", p.c.name, shortCommand(p.command), stopped)
+		return p.errorf("stopped: %w", stopped)
 	case err != nil:
-		select {
-		case <-p.c.done:
-		case <-time.After(time.Second):
+		if lost := p.lost(); lost != nil {
+			return lost
 		}
-		if cerr := p.c.connErr(); cerr != nil {
-			return fmt.Errorf("%w (while running %s)", cerr, shortCommand(p.command))
-		}
-		return fmt.Errorf("ssh: %s: %s: the connection to the nbship agent ended: %w", p.c.name, shortCommand(p.command), err)
+		return p.errorf("the connection to the nbship agent ended: %w", err)
 	case status != 0:
 		return &ExitError{Host: p.c.name, Command: p.command, Status: status, Stderr: p.tail.String()}
 	}
-	for _, w := range []struct {
-		name string
-		d    *drainWriter
-	}{{"stdout", p.stdout}, {"stderr", p.stderr}} {
-		if w.d != nil && w.d.err != nil {
-			return fmt.Errorf("ssh: %s: %s: writing its %s: %w", p.c.name, shortCommand(p.command), w.name, w.d.err)
-		}
-	}
-	return nil
+	return p.drained()
 }
 
 // agentStdin sends the command's stdin as frames; Close sends its EOF.

@@ -17,6 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nbship/nbship/internal/testbin"
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 // The agent tests run the test binary itself as the host's nbship: sshd
@@ -34,7 +37,7 @@ func testBinary(t *testing.T) string {
 // agentClient dials s and starts the agent on it.
 func agentClient(t *testing.T, s *sshd, h *home) *Client {
 	t.Helper()
-	c := h.dial(s.addr)
+	c := h.dial(s.Addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := c.UseAgent(ctx, testBinary(t)); err != nil {
@@ -54,7 +57,7 @@ func agentPIDs(t *testing.T, s *sshd) []string {
 	for _, p := range pgrep(t, testBinary(t)+" agent") {
 		pid, _, _ := strings.Cut(p, " ")
 		env, err := os.ReadFile(filepath.Join("/proc", pid, "environ"))
-		if err == nil && bytes.Contains(env, []byte("\x00HOME="+s.home+"\x00")) || bytes.HasPrefix(env, []byte("HOME="+s.home+"\x00")) {
+		if err == nil && bytes.Contains(env, []byte("\x00HOME="+s.Home+"\x00")) || bytes.HasPrefix(env, []byte("HOME="+s.Home+"\x00")) {
 			pids = append(pids, pid)
 		}
 	}
@@ -86,10 +89,10 @@ func waitNoAgent(t *testing.T, s *sshd, sock string, d time.Duration) {
 func TestAgentCommands(t *testing.T) {
 	t.Parallel()
 	s, h := rigPair(t)
-	plain := h.dial(s.addr)
+	plain := h.dial(s.Addr)
 	c := agentClient(t, s, h)
 	ctx := context.Background()
-	sessions := s.logCount("Starting session")
+	sessions := s.LogCount("Starting session")
 	noExec := filepath.Join(t.TempDir(), "not-executable")
 	if err := os.WriteFile(noExec, []byte("echo ran\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -132,8 +135,8 @@ func TestAgentCommands(t *testing.T) {
 			case tt.wantStatus != 0 && !errors.As(err, &ee):
 				t.Errorf("Run = %v, want an *ExitError", err)
 			case tt.wantStatus != 0:
-				if ee.Status != tt.wantStatus || ee.Host != s.addr || ee.Command != QuoteArgs(tt.cmd.Args) {
-					t.Errorf("ExitError = %+v, want status %d on %s for %q", ee, tt.wantStatus, s.addr, QuoteArgs(tt.cmd.Args))
+				if ee.Status != tt.wantStatus || ee.Host != s.Addr || ee.Command != QuoteArgs(tt.cmd.Args) {
+					t.Errorf("ExitError = %+v, want status %d on %s for %q", ee, tt.wantStatus, s.Addr, QuoteArgs(tt.cmd.Args))
 				}
 				if !strings.Contains(ee.Stderr, tt.wantTail) || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Errorf("Run = %q (stderr %q), want %q in it and %q in stderr", err, ee.Stderr, tt.wantErr, tt.wantTail)
@@ -177,7 +180,7 @@ func TestAgentCommands(t *testing.T) {
 			want++
 		}
 	}
-	if n := s.logCount("Starting session") - sessions; n != want {
+	if n := s.LogCount("Starting session") - sessions; n != want {
 		t.Errorf("%d sessions opened, want %d (none for the commands through the agent)", n, want)
 	}
 }
@@ -188,60 +191,52 @@ func TestAgentCommands(t *testing.T) {
 // agent nor its socket directory.
 func TestAgentNoProcessLeftBehind(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name      string
-		script    string // %[1]s is the marker
-		pipes     bool
-		stop      func(c *Client, p *Process, cancel context.CancelFunc)
-		wantErr   func(error) bool
-		within    time.Duration
-		agentGone bool // the agent ends too
-	}{{
+	tests := []stopCase{{
 		name:    "ctx cancel",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
-		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
+		script:  twoSleeps,
+		stop:    stopCancel,
+		wantErr: wantCanceled,
 		within:  4 * time.Second,
 	}, {
 		name:    "Process.Close",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { p.Close() },
-		wantErr: func(err error) bool { return err != nil },
+		script:  twoSleeps,
+		stop:    stopProcessClose,
+		wantErr: wantAnyErr,
 		within:  4 * time.Second,
 	}, {
 		name:    "TERM ignored",
-		script:  "trap '' TERM; sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
-		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
+		script:  "trap '' TERM; " + twoSleeps,
+		stop:    stopCancel,
+		wantErr: wantCanceled,
 		within:  10 * time.Second,
 	}, {
 		name:    "pipes, ctx cancel",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
+		script:  twoSleeps,
 		pipes:   true,
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
-		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
+		stop:    stopCancel,
+		wantErr: wantCanceled,
 		within:  4 * time.Second,
 	}, {
 		name:      "Client.Close",
-		script:    "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:      func(c *Client, p *Process, cancel context.CancelFunc) { c.Close() },
-		wantErr:   func(err error) bool { return err != nil },
+		script:    twoSleeps,
+		stop:      stopClientClose,
+		wantErr:   wantAnyErr,
 		within:    4 * time.Second,
 		agentGone: true,
 	}, {
 		// No SSH goodbye: sshd just sees the TCP connection end.
 		name:      "TCP cut",
-		script:    "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:      func(c *Client, p *Process, cancel context.CancelFunc) { c.conn.Close() },
-		wantErr:   func(err error) bool { return err != nil && strings.Contains(err.Error(), "connection lost") },
+		script:    twoSleeps,
+		stop:      stopCut,
+		wantErr:   wantLost,
 		within:    4 * time.Second,
 		agentGone: true,
 	}, {
 		name:      "pipes, TCP cut",
-		script:    "trap '' TERM; sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
+		script:    "trap '' TERM; " + twoSleeps,
 		pipes:     true,
-		stop:      func(c *Client, p *Process, cancel context.CancelFunc) { c.conn.Close() },
-		wantErr:   func(err error) bool { return err != nil },
+		stop:      stopCut,
+		wantErr:   wantAnyErr,
 		within:    10 * time.Second,
 		agentGone: true,
 	}}
@@ -251,30 +246,7 @@ func TestAgentNoProcessLeftBehind(t *testing.T) {
 			s, h := rigPair(t)
 			c := agentClient(t, s, h)
 			sock := c.agentLink().sock
-			m := fmt.Sprintf("%09d", rand.IntN(1e9))
-			t.Cleanup(func() { killMatching(t, m) })
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			p, err := c.Start(ctx, Cmd{Args: []string{"sh", "-c", fmt.Sprintf(tt.script, m)}, Pipes: tt.pipes})
-			if err != nil {
-				t.Fatalf("Start = %v", err)
-			}
-			if tt.pipes {
-				go io.Copy(io.Discard, p.Stdout)
-			}
-			waitRunning(t, "1000."+m)
-			tt.stop(c, p, cancel)
-			waited := make(chan error, 1)
-			go func() { waited <- p.Wait() }()
-			select {
-			case err := <-waited:
-				if !tt.wantErr(err) {
-					t.Errorf("Wait() = %v, want the error for %s", err, tt.name)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatalf("Wait() still blocked 10s after %s", tt.name)
-			}
-			waitGone(t, m, tt.within)
+			tt.run(t, c)
 			if tt.agentGone {
 				waitNoAgent(t, s, sock, 10*time.Second)
 			} else if len(agentPIDs(t, s)) != 1 {
@@ -293,7 +265,7 @@ func TestAgentKilledController(t *testing.T) {
 	m := fmt.Sprintf("%09d", rand.IntN(1e9))
 	t.Cleanup(func() { killMatching(t, m) })
 	cmd := exec.Command(testBinary(t), "-test.run=^TestAgentControllerProcess$")
-	cmd.Env = append(os.Environ(), "NBSHIP_TEST_CONTROLLER="+strings.Join([]string{s.addr, h.dir, m}, "\x1f"))
+	cmd.Env = append(os.Environ(), "NBSHIP_TEST_CONTROLLER="+strings.Join([]string{s.Addr, h.dir, m}, "\x1f"))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -372,11 +344,11 @@ func TestAgentFallback(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			s := startSSHD(t, sshdOptions{extra: tt.extra})
+			s := testsshd.Start(t, testsshd.Options{Extra: tt.extra})
 			h := newHome(t)
-			s.authorize(h.key.PublicKey())
+			s.Authorize(h.key.PublicKey())
 			h.trust(s)
-			c := h.dial(s.addr)
+			c := h.dial(s.Addr)
 			ctx := context.Background()
 			if err := c.UseAgent(ctx, tt.bin(t)); err != nil {
 				t.Fatalf("UseAgent = %v, want nil (a fallback)", err)
@@ -385,7 +357,7 @@ func TestAgentFallback(t *testing.T) {
 				t.Fatal("UsesAgent() = true, want false")
 			}
 			log := h.log.String()
-			if strings.Count(log, "\n") != 1 || !strings.Contains(log, tt.wantLog) || !strings.Contains(log, "session of its own") || !strings.HasPrefix(log, "ssh: "+s.addr+": ") {
+			if strings.Count(log, "\n") != 1 || !strings.Contains(log, tt.wantLog) || !strings.Contains(log, "session of its own") || !strings.HasPrefix(log, "ssh: "+s.Addr+": ") {
 				t.Errorf("log = %q, want one line about %q", log, tt.wantLog)
 			}
 			out, err := c.Output(ctx, "echo", "still works")
@@ -470,11 +442,10 @@ func FuzzAgentFrames(f *testing.F) {
 // sessions (two login shells) in all: finding, then uploading and serving.
 func TestInstallStartsAgent(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	s, h, c := rigClient(t)
 	ctx := context.Background()
 	self := testBinary(t)
-	before := s.logCount("Starting session")
+	before := s.LogCount("Starting session")
 	bin, err := c.InstallNbship(ctx, InstallOptions{Version: "dev", Binary: func(string) (string, error) { return self, nil }, Agent: true})
 	if err != nil {
 		t.Fatalf("InstallNbship = %v", err)
@@ -488,7 +459,7 @@ func TestInstallStartsAgent(t *testing.T) {
 	if out, err := c.Output(ctx, "sh", "-c", "echo ok"); string(out) != "ok\n" || err != nil {
 		t.Errorf("Output through the agent = %q, %v", out, err)
 	}
-	if n := s.logCount("Starting session") - before; n != 2 {
+	if n := s.LogCount("Starting session") - before; n != 2 {
 		t.Errorf("%d sessions for an upload and a command, want 2", n)
 	}
 	if !strings.Contains(h.log.String(), "uploaded nbship") {
@@ -498,9 +469,9 @@ func TestInstallStartsAgent(t *testing.T) {
 	// An uploaded nbship that has no agent: installed all the same, and
 	// the fallback says so.
 	h2 := newHome(t)
-	s.authorize(h2.key.PublicKey())
+	s.Authorize(h2.key.PublicKey())
 	h2.trust(s)
-	c2 := h2.dial(s.addr)
+	c2 := h2.dial(s.Addr)
 	old := filepath.Join(t.TempDir(), "nbship")
 	writeScript(t, old, `echo "nbship: unknown command \"$1\"" >&2; exit 2`)
 	bin, err = c2.InstallNbship(ctx, InstallOptions{Version: "dev", Binary: func(string) (string, error) { return old, nil }, Agent: true})
@@ -519,7 +490,7 @@ func TestLifeline(t *testing.T) {
 
 	r, w := io.Pipe()
 	lost := make(chan struct{})
-	var log syncBuffer
+	var log testbin.Buffer
 	go watchLifeline(r, &log, lost)
 	for range 10 { // 1 s of beats, three times the timeout
 		w.Write([]byte{'\n'})

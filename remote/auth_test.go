@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 // startAgent serves keys as ssh-agent does, on a unix socket.
@@ -28,33 +30,24 @@ func startAgent(t *testing.T, keys ...any) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				agent.ServeAgent(kr, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { l.Close(); <-done })
+	serveConns(t, l, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			agent.ServeAgent(kr, c)
+		}()
+	})
 	return sock
 }
 
 func TestSSHConfigAlias(t *testing.T) {
 	t.Parallel()
-	s := startSSHD(t, sshdOptions{})
+	s := testsshd.Start(t, testsshd.Options{})
 	h := newHome(t)
 	h.trust(s)
 	// Only the key the alias names is authorized, and it lives where no
 	// default would find it.
-	_, key := writeKey(t, filepath.Join(h.dir, "keys", "builder"), "")
-	s.authorize(key.PublicKey())
+	_, key := testsshd.WriteKey(t, filepath.Join(h.dir, "keys", "builder"), "")
+	s.Authorize(key.PublicKey())
 	h.sshConfig(
 		// Absolute: ssh -G takes a relative one under the home of the
 		// password database, not this test's $HOME.
@@ -65,7 +58,7 @@ func TestSSHConfigAlias(t *testing.T) {
 	h.appendFile(filepath.Join(h.ssh, "conf.d", "builder.conf"), strings.Join([]string{
 		"Host builder",
 		"  HostName 127.0.0.1",
-		"  Port " + strconv.Itoa(s.port),
+		"  Port " + strconv.Itoa(s.Port),
 		"  User root",
 		"  IdentityFile %d/keys/%n",
 	}, "\n")+"\n")
@@ -77,10 +70,10 @@ func TestSSHConfigAlias(t *testing.T) {
 	if c.Name() != "builder" {
 		t.Errorf("Name() = %q, want builder", c.Name())
 	}
-	if n := s.logCount("Accepted publickey for root from 127.0.0.1 port"); n != 1 {
+	if n := s.LogCount("Accepted publickey for root from 127.0.0.1 port"); n != 1 {
 		t.Errorf("logins = %d, want 1", n)
 	}
-	if !strings.Contains(readFile(t, s.logFile), ssh.FingerprintSHA256(key.PublicKey())) {
+	if !strings.Contains(readFile(t, s.Log), ssh.FingerprintSHA256(key.PublicKey())) {
 		t.Error("sshd did not log the alias's key")
 	}
 
@@ -93,15 +86,15 @@ func TestSSHConfigAlias(t *testing.T) {
 
 func TestIdentities(t *testing.T) {
 	t.Parallel()
-	s := startSSHD(t, sshdOptions{})
+	s := testsshd.Start(t, testsshd.Options{})
 	h := newHome(t) // its default id_ed25519 is NOT authorized here
 	h.trust(s)
-	authorizedPriv, authorized := writeKey(t, filepath.Join(h.ssh, "agentkey"), "secret")
-	s.authorize(authorized.PublicKey())
-	_, stranger := writeKey(t, filepath.Join(h.ssh, "stranger"), "")
+	authorizedPriv, authorized := testsshd.WriteKey(t, filepath.Join(h.ssh, "agentkey"), "secret")
+	s.Authorize(authorized.PublicKey())
+	_, stranger := testsshd.WriteKey(t, filepath.Join(h.ssh, "stranger"), "")
 	_ = stranger
 	sock := startAgent(t, authorizedPriv)
-	port := strconv.Itoa(s.port)
+	port := strconv.Itoa(s.Port)
 	h.sshConfig(
 		"Host agent", "  HostName 127.0.0.1", "  Port "+port, "  IdentityAgent "+sock,
 		// Names a key the host does not accept: the agent's key must not
@@ -149,13 +142,13 @@ func TestIdentities(t *testing.T) {
 
 func TestAgentFromEnvironment(t *testing.T) {
 	// Not parallel: it sets SSH_AUTH_SOCK.
-	s := startSSHD(t, sshdOptions{})
+	s := testsshd.Start(t, testsshd.Options{})
 	h := newHome(t)
 	h.trust(s)
-	priv, signer := writeKey(t, filepath.Join(t.TempDir(), "k"), "")
-	s.authorize(signer.PublicKey())
+	priv, signer := testsshd.WriteKey(t, filepath.Join(t.TempDir(), "k"), "")
+	s.Authorize(signer.PublicKey())
 	t.Setenv("SSH_AUTH_SOCK", startAgent(t, priv))
-	c := h.dial(s.addr)
+	c := h.dial(s.Addr)
 	if _, err := c.Output(context.Background(), "true"); err != nil {
 		t.Fatalf("Output(true) with the agent of SSH_AUTH_SOCK = %v", err)
 	}

@@ -10,12 +10,13 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 func TestRunOutput(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	s, _, c := rigClient(t)
 	ctx := context.Background()
 
 	out, err := c.Output(ctx, "echo", "hello", "world")
@@ -42,15 +43,14 @@ func TestRunOutput(t *testing.T) {
 
 	// The remote environment is sshd's, with HOME set by the rig.
 	out, err = c.Output(ctx, "sh", "-c", `echo "$HOME"`)
-	if err != nil || strings.TrimSpace(string(out)) != s.home {
-		t.Errorf("Output(echo $HOME) = %q, %v, want %q", out, err, s.home)
+	if err != nil || strings.TrimSpace(string(out)) != s.Home {
+		t.Errorf("Output(echo $HOME) = %q, %v, want %q", out, err, s.Home)
 	}
 }
 
 func TestExitError(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	s, _, c := rigClient(t)
 	ctx := context.Background()
 
 	tests := []struct {
@@ -69,10 +69,10 @@ func TestExitError(t *testing.T) {
 			t.Errorf("Output(%q) = %v, want *ExitError", tt.args, err)
 			continue
 		}
-		if ee.Status != tt.status || ee.Host != s.addr || ee.Command != QuoteArgs(tt.args) {
-			t.Errorf("Output(%q) = %+v, want status %d host %s command %s", tt.args, ee, tt.status, s.addr, QuoteArgs(tt.args))
+		if ee.Status != tt.status || ee.Host != s.Addr || ee.Command != QuoteArgs(tt.args) {
+			t.Errorf("Output(%q) = %+v, want status %d host %s command %s", tt.args, ee, tt.status, s.Addr, QuoteArgs(tt.args))
 		}
-		want := "ssh: " + s.addr + ": " + strconv.Quote(QuoteArgs(tt.args)) + " exited with status " + strconv.Itoa(tt.status)
+		want := "ssh: " + s.Addr + ": " + strconv.Quote(QuoteArgs(tt.args)) + " exited with status " + strconv.Itoa(tt.status)
 		if !strings.HasPrefix(err.Error(), want) {
 			t.Errorf("Output(%q) error = %q, want prefix %q", tt.args, err, want)
 		}
@@ -99,10 +99,10 @@ func TestExitError(t *testing.T) {
 func TestConnectionReused(t *testing.T) {
 	t.Parallel()
 	s, h := rigPair(t)
-	p := startProxy(t, s.addr)
+	p := startProxy(t, s.Addr)
 	// The proxy's address must be known too.
 	h.sshConfig("Host reuse", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(p.port()), "  HostKeyAlias reuse-target")
-	h.appendFile(h.ssh+"/known_hosts", knownhosts.Line([]string{"reuse-target"}, s.hostKey)+"\n")
+	h.appendFile(h.ssh+"/known_hosts", knownhosts.Line([]string{"reuse-target"}, s.HostKey)+"\n")
 	c := h.dial("reuse")
 	ctx := context.Background()
 	for i := range 3 {
@@ -123,7 +123,7 @@ func TestConnectionReused(t *testing.T) {
 	if n := p.count(); n != 1 {
 		t.Errorf("TCP connections = %d, want 1", n)
 	}
-	if n := s.logCount("Accepted publickey"); n != 1 {
+	if n := s.LogCount("Accepted publickey"); n != 1 {
 		t.Errorf("sshd accepted %d logins, want 1", n)
 	}
 }
@@ -131,8 +131,8 @@ func TestConnectionReused(t *testing.T) {
 func TestKeepAliveDetectsDeadConnection(t *testing.T) {
 	t.Parallel()
 	s, h := rigPair(t)
-	p := startProxy(t, s.addr)
-	h.sshConfig("Host frozen", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(p.port()), "  HostKeyAlias ["+"127.0.0.1]:"+strconv.Itoa(s.port))
+	p := startProxy(t, s.Addr)
+	h.sshConfig("Host frozen", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(p.port()), "  HostKeyAlias ["+"127.0.0.1]:"+strconv.Itoa(s.Port))
 	cfg := h.config()
 	cfg.KeepAlive = 500 * time.Millisecond
 	c := h.dialConfig("frozen", cfg)
@@ -172,7 +172,7 @@ func TestKeepAliveDetectsDeadConnection(t *testing.T) {
 
 func TestDialTimeoutAndCancel(t *testing.T) {
 	t.Parallel()
-	needRig(t)
+	testsshd.Need(t)
 	// A server that accepts and then says nothing.
 	l := silentServer(t)
 	h := newHome(t)
@@ -201,8 +201,7 @@ func TestDialTimeoutAndCancel(t *testing.T) {
 
 func TestClientClosed(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	s, _, c := rigClient(t)
 	if err := c.Close(); err != nil {
 		t.Fatalf("Close() = %v", err)
 	}
@@ -212,8 +211,8 @@ func TestClientClosed(t *testing.T) {
 	if _, err := c.Output(context.Background(), "true"); err == nil {
 		t.Fatal("Output after Close = nil error")
 	}
-	if c.Name() != s.addr {
-		t.Errorf("Name() = %q, want %q", c.Name(), s.addr)
+	if c.Name() != s.Addr {
+		t.Errorf("Name() = %q, want %q", c.Name(), s.Addr)
 	}
 }
 
@@ -221,7 +220,7 @@ func TestHomeFromEnv(t *testing.T) {
 	// Not parallel: it sets $HOME.
 	s, h := rigPair(t)
 	t.Setenv("HOME", h.dir)
-	c, err := Dial(context.Background(), s.addr, Config{})
+	c, err := Dial(context.Background(), s.Addr, Config{})
 	if err != nil {
 		t.Fatalf("Dial with $HOME = %v", err)
 	}
@@ -233,11 +232,11 @@ func TestHomeFromEnv(t *testing.T) {
 
 func TestMaxSessions(t *testing.T) {
 	t.Parallel()
-	s := startSSHD(t, sshdOptions{extra: []string{"MaxSessions 2"}})
+	s := testsshd.Start(t, testsshd.Options{Extra: []string{"MaxSessions 2"}})
 	h := newHome(t)
-	s.authorize(h.key.PublicKey())
+	s.Authorize(h.key.PublicKey())
 	h.trust(s)
-	c := h.dial(s.addr)
+	c := h.dial(s.Addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for range 2 {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
 // Cmd is a command to run on a host. Args is the argv, quoted element by
@@ -81,7 +83,7 @@ func (e *ExitError) Error() string {
 	} else {
 		msg = fmt.Sprintf("%s: %s exited with status %d", where, shortCommand(e.Command), e.Status)
 	}
-	if l := lastLine(e.Stderr); l != "" {
+	if l := tail.Reason(e.Stderr); l != "" {
 		msg += ": " + l
 	}
 	return msg
@@ -94,20 +96,6 @@ func shortCommand(s string) string {
 		s = strings.ToValidUTF8(s[:max], "") + " ..."
 	}
 	return strconv.Quote(s)
-}
-
-// lastLine returns the last non-empty line of s, shortened.
-func lastLine(s string) string {
-	s = strings.TrimRight(s, " \t\r\n")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	s = strings.TrimSpace(s)
-	const max = 300
-	if len(s) > max {
-		s = strings.ToValidUTF8(s[:max], "") + " ..."
-	}
-	return s
 }
 
 // Process is a command started with Client.Start.
@@ -124,7 +112,7 @@ type Process struct {
 	stdin   io.WriteCloser // the session's stdin, whoever writes it
 	stdout  *drainWriter
 	stderr  *drainWriter
-	tail    *tailBuffer
+	tail    *tail.Buffer
 	stopCtx func() bool
 	watched bool       // runs under watchScript
 	pid     *pidFilter // not watched: learns the login shell's pid from stderr
@@ -177,14 +165,8 @@ func (c *Client) Start(ctx context.Context, cmd Cmd) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Process{
-		c:       c,
-		session: sess,
-		command: command,
-		stderr:  &drainWriter{w: cmd.Stderr},
-		tail:    &tailBuffer{max: 4096},
-		done:    make(chan struct{}),
-	}
+	p := c.newProcess(command, cmd)
+	p.session = sess
 	if cmd.Pipes && cmd.Stdout == nil {
 		if p.Stdout, err = sess.StdoutPipe(); err != nil {
 			sess.Close()
@@ -356,8 +338,7 @@ func (p *Process) stop(reason error) {
 		}()
 		time.AfterFunc(stopWait, func() {
 			p.conn.Close()
-			p.finish(fmt.Errorf("ssh: %s: %s: stopped, but the host did not confirm its end: %w",
-				p.c.name, shortCommand(p.command), reason))
+			p.finish(p.errorf("stopped, but the host did not confirm its end: %w", reason))
 		})
 		return
 	}
@@ -370,8 +351,7 @@ func (p *Process) stop(reason error) {
 	// The host confirms the end once the command is gone. If it never
 	// does (a command that ignores TERM and EOF), do not wait forever.
 	time.AfterFunc(stopWait, func() {
-		p.finish(fmt.Errorf("ssh: %s: %s: stopped, but the host did not confirm its end: %w",
-			p.c.name, shortCommand(p.command), reason))
+		p.finish(p.errorf("stopped, but the host did not confirm its end: %w", reason))
 	})
 }
 
@@ -407,6 +387,18 @@ func (p *Process) wait() {
 	p.finish(p.result(err, stopped))
 }
 
+// newProcess is the part of a Process that is the same over a session
+// and over the agent.
+func (c *Client) newProcess(command string, cmd Cmd) *Process {
+	return &Process{
+		c:       c,
+		command: command,
+		stderr:  &drainWriter{w: cmd.Stderr},
+		tail:    &tail.Buffer{},
+		done:    make(chan struct{}),
+	}
+}
+
 // finish records the result of the command; the first one counts.
 func (p *Process) finish(err error) {
 	p.mu.Lock()
@@ -424,7 +416,7 @@ func (p *Process) result(err, stopped error) error {
 	var ee *ssh.ExitError
 	switch {
 	case stopped != nil && err != nil:
-		return fmt.Errorf("ssh: %s: %s: stopped: %w", p.c.name, shortCommand(p.command), stopped)
+		return p.errorf("stopped: %w", stopped)
 	case errors.As(err, &ee):
 		return &ExitError{
 			Host:    p.c.name,
@@ -434,23 +426,43 @@ func (p *Process) result(err, stopped error) error {
 			Stderr:  p.tail.String(),
 		}
 	case err != nil:
-		// A session ends without an exit status mostly because the
-		// connection went away; give the Client a moment to notice.
-		select {
-		case <-p.c.done:
-		case <-time.After(time.Second):
+		if lost := p.lost(); lost != nil {
+			return lost
 		}
-		if cerr := p.c.connErr(); cerr != nil {
-			return fmt.Errorf("%w (while running %s)", cerr, shortCommand(p.command))
-		}
-		return fmt.Errorf("ssh: %s: %s: %w", p.c.name, shortCommand(p.command), err)
+		return p.errorf("%w", err)
 	}
+	return p.drained()
+}
+
+// errorf is an error about the command: "ssh: HOST: COMMAND: " and the
+// message.
+func (p *Process) errorf(format string, args ...any) error {
+	return fmt.Errorf("ssh: %s: %s: "+format, append([]any{p.c.name, shortCommand(p.command)}, args...)...)
+}
+
+// lost is the connection's error when the command ended without an exit
+// status because the connection went away, or nil. Such an end mostly
+// comes first, so the Client is given a moment to notice.
+func (p *Process) lost() error {
+	select {
+	case <-p.c.done:
+	case <-time.After(time.Second):
+	}
+	if cerr := p.c.connErr(); cerr != nil {
+		return fmt.Errorf("%w (while running %s)", cerr, shortCommand(p.command))
+	}
+	return nil
+}
+
+// drained is the error of writing the command's stdout or stderr to the
+// caller's writers, or nil.
+func (p *Process) drained() error {
 	for _, w := range []struct {
 		name string
 		d    *drainWriter
 	}{{"stdout", p.stdout}, {"stderr", p.stderr}} {
 		if w.d != nil && w.d.err != nil {
-			return fmt.Errorf("ssh: %s: %s: writing its %s: %w", p.c.name, shortCommand(p.command), w.name, w.d.err)
+			return p.errorf("writing its %s: %w", w.name, w.d.err)
 		}
 	}
 	return nil
@@ -489,27 +501,4 @@ func (d *drainWriter) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, b...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(b), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }

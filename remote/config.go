@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nbship/nbship/internal/tail"
 )
 
 const (
@@ -222,6 +224,10 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 		// An ssh without -G (not OpenSSH, or older than 6.8).
 		return s.builtin(host, cliUser, cliPort)
 	}
+	if err != nil && ctx.Err() != nil {
+		// Cancelled or out of time while ssh -G ran: say so, not "killed".
+		return nil, fmt.Errorf("ssh: %s: ssh -G %s: %w", host, host, ctx.Err())
+	}
 	if err != nil {
 		// ssh names the bad line first, then says it is terminating.
 		var msgs []string
@@ -230,9 +236,9 @@ func (s *settings) sshG(host, cliUser string, cliPort int) (*resolved, error) {
 				msgs = append(msgs, l)
 			}
 		}
-		msg := lastLine(strings.Join(msgs, "; "))
+		msg := tail.Reason(strings.Join(msgs, "; "))
 		if msg == "" {
-			msg = lastLine(stderr.String())
+			msg = tail.Reason(stderr.String())
 		}
 		if msg == "" {
 			msg = err.Error()

@@ -1,6 +1,8 @@
 package remote
 
 import (
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -275,5 +277,25 @@ func TestSSHWithoutDashG(t *testing.T) {
 	s.sshBin = fake
 	if got, err := s.resolve("a"); err != nil || got.hostname != "a.example" {
 		t.Errorf("resolve(a) with an ssh without -G = %+v, %v, want hostname a.example", got, err)
+	}
+}
+
+// TestSSHGCancelled: a Dial cancelled while ssh -G runs says it was
+// cancelled (errors.Is context.Canceled), not that ssh was killed.
+func TestSSHGCancelled(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "ssh")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\nexec sleep 10\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s, err := loadSettings(Config{Home: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sshBin = fake
+	ctx, cancel := context.WithCancel(context.Background())
+	s.ctx = ctx
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := s.resolve("a"); !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "ssh -G a") {
+		t.Errorf("resolve(a) cancelled during ssh -G = %v, want context.Canceled naming ssh -G", err)
 	}
 }

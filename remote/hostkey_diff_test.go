@@ -16,6 +16,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 // sshKeygen runs ssh-keygen and fails the test if it fails.
@@ -48,7 +50,7 @@ func readPub(t *testing.T, file string) ssh.PublicKey {
 	return k
 }
 
-// hostCert returns a prepare function for startSSHD that signs the host
+// hostCert returns a Prepare function for testsshd.Start that signs the host
 // key with ca (ssh-keygen -s) for principals, valid for validity
 // (ssh-keygen -V; "" = always), and has sshd present the certificate.
 func hostCert(t *testing.T, ca, principals, validity string) func(string) []string {
@@ -73,7 +75,7 @@ func authorizedLine(k ssh.PublicKey) string {
 func TestHostKeysAgreeWithOpenSSH(t *testing.T) {
 	t.Parallel()
 	sshBin := needTool(t, "ssh")
-	needRig(t)
+	testsshd.Need(t)
 	dir := t.TempDir()
 	ca1File, ca1 := newCA(t, dir, "ca1")
 	_, ca2 := newCA(t, dir, "ca2")
@@ -83,18 +85,18 @@ func TestHostKeysAgreeWithOpenSSH(t *testing.T) {
 	ecFile := filepath.Join(dir, "host_ecdsa")
 	sshKeygen(t, "-q", "-t", "ecdsa", "-N", "", "-f", ecFile)
 	ecKey := readPub(t, ecFile+".pub")
-	a := startSSHD(t, sshdOptions{
-		extra:   []string{"HostKey " + ecFile},
-		prepare: hostCert(t, ca1File, "127.0.0.1,certalias", ""),
+	a := testsshd.Start(t, testsshd.Options{
+		Extra:   []string{"HostKey " + ecFile},
+		Prepare: hostCert(t, ca1File, "127.0.0.1,certalias", ""),
 	})
 	// b: a certificate by ca1 for another name; c: an expired one; d: none.
-	b := startSSHD(t, sshdOptions{prepare: hostCert(t, ca1File, "other.example", "")})
-	c := startSSHD(t, sshdOptions{prepare: hostCert(t, ca1File, "127.0.0.1", "20200101:20200102")})
-	d := startSSHD(t, sshdOptions{})
+	b := testsshd.Start(t, testsshd.Options{Prepare: hostCert(t, ca1File, "other.example", "")})
+	c := testsshd.Start(t, testsshd.Options{Prepare: hostCert(t, ca1File, "127.0.0.1", "20200101:20200102")})
+	d := testsshd.Start(t, testsshd.Options{})
 
 	h := newHome(t)
 	for _, s := range []*sshd{a, b, c, d} {
-		s.authorize(h.key.PublicKey())
+		s.Authorize(h.key.PublicKey())
 	}
 	otherEd := authorizedLine(randomHostKey(t))
 	ecPriv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -107,8 +109,8 @@ func TestHostKeysAgreeWithOpenSSH(t *testing.T) {
 	}
 	otherEc := authorizedLine(otherEcKey)
 
-	name := func(s *sshd) string { return "[127.0.0.1]:" + strconv.Itoa(s.port) }
-	ed := func(s *sshd) string { return authorizedLine(s.hostKey) }
+	name := func(s *sshd) string { return "[127.0.0.1]:" + strconv.Itoa(s.Port) }
+	ed := func(s *sshd) string { return authorizedLine(s.HostKey) }
 
 	tests := []struct {
 		name      string
@@ -120,7 +122,7 @@ func TestHostKeysAgreeWithOpenSSH(t *testing.T) {
 		kind      string // nbship's refusal: unknown, changed, revoked, revoked-ca, cert
 	}{
 		{name: "plain [host]:port", srv: a, kh: []string{name(a) + " " + ed(a)}, connect: true},
-		{name: "unbracketed host:port never matches", srv: a, kh: []string{"127.0.0.1:" + strconv.Itoa(a.port) + " " + ed(a)}, kind: "unknown"},
+		{name: "unbracketed host:port never matches", srv: a, kh: []string{"127.0.0.1:" + strconv.Itoa(a.Port) + " " + ed(a)}, kind: "unknown"},
 		{name: "host without the port", srv: d, kh: []string{"127.0.0.1 " + ed(d)}, connect: true},
 		{name: "host without the port, changed", srv: d, kh: []string{"127.0.0.1 " + otherEd}, kind: "unknown"},
 		{name: "the host's own key as a CA", srv: d, kh: []string{"@cert-authority * " + ed(d)}, kind: "unknown"},
@@ -131,7 +133,7 @@ func TestHostKeysAgreeWithOpenSSH(t *testing.T) {
 		{name: "another CA, plain key known", srv: a, kh: []string{"@cert-authority * " + authorizedLine(ca2), name(a) + " " + ed(a)}, connect: true},
 		{name: "wildcard *", srv: a, kh: []string{"* " + ed(a)}, connect: true},
 		{name: "wildcard [host]:*", srv: a, kh: []string{"[127.0.0.1]:* " + ed(a)}, connect: true},
-		{name: "wildcard ?", srv: a, kh: []string{"[127.0.0.?]:" + strconv.Itoa(a.port) + " " + ed(a)}, connect: true},
+		{name: "wildcard ?", srv: a, kh: []string{"[127.0.0.?]:" + strconv.Itoa(a.Port) + " " + ed(a)}, connect: true},
 		// The name without the port is looked up too, and matches.
 		{name: "negated [host]:*", srv: a, kh: []string{"![127.0.0.1]:*,* " + ed(a)}, connect: true},
 		{name: "negated both", srv: a, kh: []string{"!127.0.0.1,![127.0.0.1]:*,* " + ed(a)}, kind: "unknown"},
@@ -171,7 +173,7 @@ func TestHostKeysAgreeWithOpenSSH(t *testing.T) {
 			lines := append([]string{
 				"Host target",
 				"  HostName 127.0.0.1",
-				"  Port " + strconv.Itoa(tt.srv.port),
+				"  Port " + strconv.Itoa(tt.srv.Port),
 				"  User root",
 				"  IdentityFile " + filepath.Join(h.ssh, "id_ed25519"),
 				"  IdentitiesOnly yes",

@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 func randomHostKey(t *testing.T) ssh.PublicKey {
@@ -47,27 +49,25 @@ func dialThenTouch(t *testing.T, h *home, dest string, cfg Config, file string) 
 
 func TestUnknownHostRefused(t *testing.T) {
 	t.Parallel()
-	s := startSSHD(t, sshdOptions{})
-	h := newHome(t)
-	s.authorize(h.key.PublicKey())
+	s, h := loginPair(t)
 	// known_hosts has other hosts, but not this one.
 	h.appendFile(filepath.Join(h.ssh, "known_hosts"), knownhosts.Line([]string{"other.example:2222"}, randomHostKey(t))+"\n")
-	file := filepath.Join(s.dir, "ran")
+	file := filepath.Join(s.Dir, "ran")
 
-	err := dialThenTouch(t, h, s.addr, h.config(), file)
+	err := dialThenTouch(t, h, s.Addr, h.config(), file)
 	var hk *HostKeyError
 	if !errors.As(err, &hk) {
 		t.Fatalf("Dial(unknown host) = %v, want *HostKeyError", err)
 	}
-	fp := ssh.FingerprintSHA256(s.hostKey)
+	fp := ssh.FingerprintSHA256(s.HostKey)
 	want := HostKeyError{
-		Host: s.addr, Addr: "[127.0.0.1]:" + strconv.Itoa(s.port), Fingerprint: fp,
+		Host: s.Addr, Addr: "[127.0.0.1]:" + strconv.Itoa(s.Port), Fingerprint: fp,
 		KeyType: "ssh-ed25519", File: filepath.Join(h.ssh, "known_hosts"),
 	}
 	if *hk != want {
 		t.Errorf("Dial(unknown host) = %+v, want %+v", *hk, want)
 	}
-	for _, sub := range []string{s.addr, fp, "ssh-keyscan", "--accept-new"} {
+	for _, sub := range []string{s.Addr, fp, "ssh-keyscan", "--accept-new"} {
 		if !strings.Contains(err.Error(), sub) {
 			t.Errorf("Dial(unknown host) error %q does not mention %q", err, sub)
 		}
@@ -75,28 +75,26 @@ func TestUnknownHostRefused(t *testing.T) {
 	if _, err := os.Stat(file); err == nil {
 		t.Error("a command ran on a host with an unknown key")
 	}
-	if n := s.logCount("Accepted publickey"); n != 0 {
+	if n := s.LogCount("Accepted publickey"); n != 0 {
 		t.Errorf("sshd accepted %d logins from a client that should have stopped at the host key", n)
 	}
 }
 
 func TestChangedHostKeyRefused(t *testing.T) {
 	t.Parallel()
-	s := startSSHD(t, sshdOptions{})
-	h := newHome(t)
-	s.authorize(h.key.PublicKey())
+	s, h := loginPair(t)
 	kh := filepath.Join(h.ssh, "known_hosts")
 	h.appendFile(kh, "# comment\n"+knownhosts.Line([]string{"other.example"}, randomHostKey(t))+"\n")
-	h.appendFile(kh, knownhosts.Line([]string{s.addr}, randomHostKey(t))+"\n")
+	h.appendFile(kh, knownhosts.Line([]string{s.Addr}, randomHostKey(t))+"\n")
 	before, _ := os.ReadFile(kh)
-	file := filepath.Join(s.dir, "ran")
+	file := filepath.Join(s.Dir, "ran")
 
 	for _, acceptNew := range []bool{false, true} {
 		cfg := h.config()
 		cfg.AcceptNew = acceptNew
-		err := dialThenTouch(t, h, s.addr, cfg, file)
+		err := dialThenTouch(t, h, s.Addr, cfg, file)
 		var hk *HostKeyError
-		if !errors.As(err, &hk) || !hk.Changed || hk.Line != 3 || hk.File != kh || hk.Fingerprint != ssh.FingerprintSHA256(s.hostKey) {
+		if !errors.As(err, &hk) || !hk.Changed || hk.Line != 3 || hk.File != kh || hk.Fingerprint != ssh.FingerprintSHA256(s.HostKey) {
 			t.Fatalf("Dial(changed key, AcceptNew=%v) = %#v, want a changed-key error for line 3 of %s", acceptNew, err, kh)
 		}
 		for _, sub := range []string{"CHANGED", "man-in-the-middle", "remove line 3 of " + kh, hk.Fingerprint} {
@@ -115,12 +113,10 @@ func TestChangedHostKeyRefused(t *testing.T) {
 
 func TestRevokedHostKeyRefused(t *testing.T) {
 	t.Parallel()
-	s := startSSHD(t, sshdOptions{})
-	h := newHome(t)
-	s.authorize(h.key.PublicKey())
+	s, h := loginPair(t)
 	h.trust(s)
-	h.appendFile(filepath.Join(h.ssh, "known_hosts"), "@revoked * "+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.hostKey)))+"\n")
-	_, err := Dial(context.Background(), s.addr, h.config())
+	h.appendFile(filepath.Join(h.ssh, "known_hosts"), "@revoked * "+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.HostKey)))+"\n")
+	_, err := Dial(context.Background(), s.Addr, h.config())
 	var hk *HostKeyError
 	if !errors.As(err, &hk) || !hk.Revoked || hk.Line != 2 {
 		t.Fatalf("Dial(revoked key) = %v, want a revoked-key error for line 2", err)
@@ -129,16 +125,14 @@ func TestRevokedHostKeyRefused(t *testing.T) {
 
 func TestAcceptNew(t *testing.T) {
 	t.Parallel()
-	s := startSSHD(t, sshdOptions{})
-	h := newHome(t)
-	s.authorize(h.key.PublicKey())
+	s, h := loginPair(t)
 	// No ~/.ssh at all: AcceptNew makes it, 0700, and known_hosts, 0600.
 	dir := t.TempDir()
 	kh := filepath.Join(dir, "new", "known_hosts")
 	cfg := h.config()
 	cfg.KnownHosts = []string{kh}
 	cfg.AcceptNew = true
-	c := h.dialConfig(s.addr, cfg)
+	c := h.dialConfig(s.Addr, cfg)
 	if _, err := c.Output(context.Background(), "true"); err != nil {
 		t.Fatalf("Output(true) = %v", err)
 	}
@@ -146,7 +140,7 @@ func TestAcceptNew(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := knownhosts.Line([]string{s.addr}, s.hostKey) + "\n"; string(b) != want {
+	if want := knownhosts.Line([]string{s.Addr}, s.HostKey) + "\n"; string(b) != want {
 		t.Errorf("known_hosts = %q, want %q", b, want)
 	}
 	for path, mode := range map[string]os.FileMode{kh: 0o600, filepath.Dir(kh): 0o700 | os.ModeDir} {
@@ -154,13 +148,13 @@ func TestAcceptNew(t *testing.T) {
 			t.Errorf("mode of %s = %v, want %v", path, st.Mode(), mode)
 		}
 	}
-	if log := h.log.String(); strings.Count(log, "\n") != 1 || !strings.Contains(log, ssh.FingerprintSHA256(s.hostKey)) {
+	if log := h.log.String(); strings.Count(log, "\n") != 1 || !strings.Contains(log, ssh.FingerprintSHA256(s.HostKey)) {
 		t.Errorf("log = %q, want one line with the fingerprint", log)
 	}
 
 	// Now it is known: no AcceptNew needed, nothing more added.
 	cfg.AcceptNew = false
-	h.dialConfig(s.addr, cfg)
+	h.dialConfig(s.Addr, cfg)
 	if b2, _ := os.ReadFile(kh); string(b2) != string(b) {
 		t.Errorf("known_hosts after second Dial = %q, want %q", b2, b)
 	}
@@ -199,8 +193,8 @@ func TestKnownHostsForms(t *testing.T) {
 		keys[typ] = k
 		extra = append(extra, "HostKey "+f)
 	}
-	s := startSSHD(t, sshdOptions{extra: extra})
-	keys["ed25519"] = s.hostKey
+	s := testsshd.Start(t, testsshd.Options{Extra: extra})
+	keys["ed25519"] = s.HostKey
 
 	for typ, key := range keys {
 		for _, hashed := range []bool{false, true} {
@@ -210,8 +204,8 @@ func TestKnownHostsForms(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				h := newHome(t)
-				s.authorize(h.key.PublicKey())
-				host := knownhosts.Normalize(s.addr)
+				s.Authorize(h.key.PublicKey())
+				host := knownhosts.Normalize(s.Addr)
 				if hashed {
 					host = knownhosts.HashHostname(host)
 				}
@@ -221,7 +215,7 @@ func TestKnownHostsForms(t *testing.T) {
 				}
 				h.appendFile(kh, host+" "+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))+"\n")
 				h.sshConfig("Host *", "  UserKnownHostsFile ~/elsewhere/hosts")
-				c := h.dial(s.addr)
+				c := h.dial(s.Addr)
 				if _, err := c.Output(context.Background(), "true"); err != nil {
 					t.Fatalf("Output(true) = %v", err)
 				}

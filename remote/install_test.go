@@ -10,15 +10,17 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 // fakeBinSSHD runs an sshd whose commands find dir first on their PATH.
 func fakeBinSSHD(t *testing.T) (*sshd, *home, string) {
 	t.Helper()
 	bin := t.TempDir()
-	s := startSSHD(t, sshdOptions{env: []string{"PATH=" + bin + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}})
+	s := testsshd.Start(t, testsshd.Options{Env: []string{"PATH=" + bin + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}})
 	h := newHome(t)
-	s.authorize(h.key.PublicKey())
+	s.Authorize(h.key.PublicKey())
 	h.trust(s)
 	return s, h, bin
 }
@@ -33,7 +35,7 @@ func writeScript(t *testing.T, path, body string) {
 func TestArch(t *testing.T) {
 	t.Parallel()
 	s, h, bin := fakeBinSSHD(t)
-	c := h.dial(s.addr)
+	c := h.dial(s.Addr)
 	ctx := context.Background()
 
 	// This machine, with the real uname.
@@ -56,7 +58,7 @@ func TestArch(t *testing.T) {
 	} {
 		writeScript(t, filepath.Join(bin, "uname"), "echo "+tt.machine)
 		got, err := c.Arch(ctx)
-		if got != tt.want || (tt.wantErr == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tt.wantErr) || err != nil && !strings.Contains(err.Error(), s.addr) {
+		if got != tt.want || (tt.wantErr == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tt.wantErr) || err != nil && !strings.Contains(err.Error(), s.Addr) {
 			t.Errorf("Arch() with uname -m %s = %q, %v, want %q, %q", tt.machine, got, err, tt.want, tt.wantErr)
 		}
 	}
@@ -65,7 +67,7 @@ func TestArch(t *testing.T) {
 func TestInstallNbship(t *testing.T) {
 	t.Parallel()
 	s, h, bin := fakeBinSSHD(t)
-	c := h.dial(s.addr)
+	c := h.dial(s.Addr)
 	ctx := context.Background()
 
 	// The "binary" is a script, so the host can run it; 100 KiB of
@@ -78,7 +80,7 @@ func TestInstallNbship(t *testing.T) {
 		asked = append(asked, goarch)
 		return local, nil
 	}
-	wantPath := filepath.Join(s.home, ".cache", "nbship", "dev-"+sha256hex(content)[:16], "nbship")
+	wantPath := filepath.Join(s.Home, ".cache", "nbship", "dev-"+sha256hex(content)[:16], "nbship")
 	logLines := func() int { return strings.Count(h.log.String(), "uploaded nbship") }
 
 	check := func(what string, wantUploads int) {
@@ -122,11 +124,11 @@ func TestInstallNbship(t *testing.T) {
 		t.Errorf("Binary called with %q, want [amd64 arm64]", asked)
 	}
 	first := inode()
-	sessions := s.logCount("Starting session")
+	sessions := s.LogCount("Starting session")
 	if _, err := c.InstallNbship(ctx, InstallOptions{Version: "dev", Binary: binary}); err != nil {
 		t.Fatal(err)
 	}
-	if n := s.logCount("Starting session") - sessions; n != 1 {
+	if n := s.LogCount("Starting session") - sessions; n != 1 {
 		t.Errorf("InstallNbship with a cached copy opened %d sessions, want 1 (one login shell)", n)
 	}
 	check("reuse", 1)
@@ -154,7 +156,7 @@ func TestInstallNbship(t *testing.T) {
 	writeScript(t, onPath, `[ "$1" = --version ] && echo "nbship dev"`)
 	check("dev on PATH", 2)
 	got, err := c.InstallNbship(ctx, InstallOptions{Version: "1.2.4", Binary: binary})
-	if want := filepath.Join(s.home, ".cache", "nbship", "1.2.4-"+sha256hex(content)[:16], "nbship"); got != want || err != nil {
+	if want := filepath.Join(s.Home, ".cache", "nbship", "1.2.4-"+sha256hex(content)[:16], "nbship"); got != want || err != nil {
 		t.Errorf("InstallNbship(1.2.4, 1.2.3 on PATH) = %q, %v, want %q", got, err, want)
 	}
 
@@ -173,7 +175,7 @@ func TestInstallNbship(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "upload corrupted") {
 		t.Errorf("InstallNbship(damaged upload) = %v, want a corrupted-upload error", err)
 	}
-	dir := filepath.Join(s.home, ".cache", "nbship", "2.0-"+sha256hex(content)[:16])
+	dir := filepath.Join(s.Home, ".cache", "nbship", "2.0-"+sha256hex(content)[:16])
 	if left, _ := os.ReadDir(dir); len(left) != 0 {
 		t.Errorf("files left in %s after a failed upload: %v", dir, left)
 	}

@@ -10,31 +10,33 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 func TestProxyJump(t *testing.T) {
 	t.Parallel()
 	// debug1 makes sshd log the target of each forwarded connection.
-	j1 := startSSHD(t, sshdOptions{extra: []string{"LogLevel DEBUG1"}})
-	j2 := startSSHD(t, sshdOptions{extra: []string{"LogLevel DEBUG1"}})
-	dst := startSSHD(t, sshdOptions{})
+	j1 := testsshd.Start(t, testsshd.Options{Extra: []string{"LogLevel DEBUG1"}})
+	j2 := testsshd.Start(t, testsshd.Options{Extra: []string{"LogLevel DEBUG1"}})
+	dst := testsshd.Start(t, testsshd.Options{})
 	h := newHome(t)
 	for _, s := range []*sshd{j1, j2, dst} {
-		s.authorize(h.key.PublicKey())
+		s.Authorize(h.key.PublicKey())
 		h.trust(s)
 	}
 	h.sshConfig(
-		"Host j1", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(j1.port),
-		"Host j2", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(j2.port),
-		"Host one", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.port), "  ProxyJump j1",
-		"Host two", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.port), "  ProxyJump j1,root@j2",
+		"Host j1", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(j1.Port),
+		"Host j2", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(j2.Port),
+		"Host one", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.Port), "  ProxyJump j1",
+		"Host two", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.Port), "  ProxyJump j1,root@j2",
 		// The first hop's own ProxyJump is followed: j2 via j1.
-		"Host j2viaj1", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(j2.port), "  ProxyJump j1",
-		"Host nested", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.port), "  ProxyJump j2viaj1",
+		"Host j2viaj1", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(j2.Port), "  ProxyJump j1",
+		"Host nested", "  HostName 127.0.0.1", "  Port "+strconv.Itoa(dst.Port), "  ProxyJump j2viaj1",
 		"Host loop", "  ProxyJump loop2", "Host loop2", "  ProxyJump loop",
 	)
 	forwarded := func(s *sshd, to *sshd) int {
-		return s.logCount("target 127.0.0.1 port " + strconv.Itoa(to.port))
+		return s.LogCount("target 127.0.0.1 port " + strconv.Itoa(to.Port))
 	}
 	for _, tt := range []struct {
 		dest           string
@@ -76,7 +78,7 @@ func TestProxyJump(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j2Line := knownhosts.Line([]string{j2.addr}, j2.hostKey) + "\n"
+	j2Line := knownhosts.Line([]string{j2.Addr}, j2.HostKey) + "\n"
 	if err := os.WriteFile(kh, []byte(strings.Replace(string(b), j2Line, "", 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}

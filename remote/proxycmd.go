@@ -159,7 +159,7 @@ func (c *proxyConn) failure(ctx context.Context, err error) error {
 		}
 	}
 	msg := fmt.Sprintf("ssh: %s: ProxyCommand %q %s", c.host, c.command, how)
-	if l := lastLine(c.stderr.Last()); l != "" {
+	if l := tail.Reason(c.stderr.Last()); l != "" {
 		msg += ": " + l
 	}
 	return errors.New(msg)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 // TestProxyCommandAgreesWithOpenSSH runs OpenSSH's ssh and nbship through
@@ -20,11 +22,11 @@ func TestProxyCommandAgreesWithOpenSSH(t *testing.T) {
 	t.Parallel()
 	sshBin := needTool(t, "ssh")
 	needTool(t, "nc")
-	dst := startSSHD(t, sshdOptions{})
-	jump := startSSHD(t, sshdOptions{})
+	dst := testsshd.Start(t, testsshd.Options{})
+	jump := testsshd.Start(t, testsshd.Options{})
 	h := newHome(t)
 	for _, s := range []*sshd{dst, jump} {
-		s.authorize(h.key.PublicKey())
+		s.Authorize(h.key.PublicKey())
 		h.trust(s)
 	}
 	mark := marker(t)
@@ -39,7 +41,7 @@ func TestProxyCommandAgreesWithOpenSSH(t *testing.T) {
 		t.Fatal(err)
 	}
 	config := filepath.Join(dir, "config")
-	port := strconv.Itoa(dst.port)
+	port := strconv.Itoa(dst.Port)
 	lines := []string{
 		"Host viapc",
 		"  HostName 127.0.0.1", "  Port " + port,
@@ -48,9 +50,9 @@ func TestProxyCommandAgreesWithOpenSSH(t *testing.T) {
 		"  HostName 127.0.0.1", "  Port " + port,
 		"  ProxyCommand " + sshBin + " -F " + config + " -W %h:%p jumphost",
 		"Host jumphost",
-		"  HostName 127.0.0.1", "  Port " + strconv.Itoa(jump.port),
+		"  HostName 127.0.0.1", "  Port " + strconv.Itoa(jump.Port),
 		"Host jumphostpc",
-		"  HostName 127.0.0.1", "  Port " + strconv.Itoa(jump.port),
+		"  HostName 127.0.0.1", "  Port " + strconv.Itoa(jump.Port),
 		"  ProxyCommand " + proxy + " %h %p",
 		"Host chained",
 		"  HostName 127.0.0.1", "  Port " + port,
@@ -61,7 +63,7 @@ func TestProxyCommandAgreesWithOpenSSH(t *testing.T) {
 		"  HostName 127.0.0.1", "  Port " + port,
 		"  ProxyJump jumphost,failing",
 		"Host failing",
-		"  HostName 127.0.0.1", "  Port " + strconv.Itoa(jump.port),
+		"  HostName 127.0.0.1", "  Port " + strconv.Itoa(jump.Port),
 		"  ProxyCommand sh -c 'echo no route to bastion.example >&2; exit 3'",
 		"Host missing",
 		"  ProxyCommand /nonexistent/proxy-" + mark + " %h",

@@ -69,8 +69,7 @@ func TestQuoteLocalShells(t *testing.T) {
 
 func TestQuoteRemote(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	_, _, c := rigClient(t)
 	dir := t.TempDir()
 	args := hostile(dir)
 	want := []byte(strings.Join(args, "\x00") + "\x00")

@@ -1,13 +1,10 @@
 package remote
 
 import (
-	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -25,14 +22,13 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/nbship/nbship/internal/testbin"
+	"github.com/nbship/nbship/internal/testsshd"
 )
 
 // The tests run a real OpenSSH sshd on 127.0.0.1 with its own host key,
 // authorized keys and config, and log in as root. Without root or sshd
 // they skip, unless NBSHIP_REQUIRE_RIG=1 (CI) turns the skip into a
 // failure.
-
-const sshdPath = "/usr/sbin/sshd"
 
 func TestMain(m *testing.M) {
 	if len(os.Args) == 2 && os.Args[1] == "agent" {
@@ -52,22 +48,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func needRig(t *testing.T) {
-	t.Helper()
-	reason := ""
-	switch {
-	case os.Geteuid() != 0:
-		reason = "the sshd tests log in as root and must run as root"
-	default:
-		if _, err := os.Stat(sshdPath); err != nil {
-			reason = "no OpenSSH server: " + err.Error() + " (apt-get install openssh-server)"
-		}
-	}
-	if reason != "" {
-		testbin.Missing(t, "%s", reason)
-	}
-}
-
 func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
@@ -78,198 +58,7 @@ func needTool(t *testing.T, name string) string {
 }
 
 // sshd is one running OpenSSH server.
-type sshd struct {
-	t        *testing.T
-	dir      string
-	addr     string // 127.0.0.1:port
-	port     int
-	hostKey  ssh.PublicKey
-	authKeys string
-	logFile  string
-	home     string // $HOME of commands run through it
-}
-
-type sshdOptions struct {
-	extra []string // more sshd_config lines
-	env   []string // NAME=value for the commands' environment
-	// prepare, if set, is called with the host key's file before sshd
-	// starts and returns more sshd_config lines (a HostCertificate).
-	prepare func(hostKeyFile string) []string
-}
-
-func startSSHD(t *testing.T, o sshdOptions) *sshd {
-	t.Helper()
-	needRig(t)
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	s := &sshd{
-		t:        t,
-		dir:      dir,
-		authKeys: filepath.Join(dir, "authorized_keys"),
-		logFile:  filepath.Join(dir, "sshd.log"),
-		home:     filepath.Join(dir, "home"),
-	}
-	if err := os.Mkdir(s.home, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(s.authKeys, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	hostKeyFile := filepath.Join(dir, "ssh_host_ed25519_key")
-	_, signer := writeKey(t, hostKeyFile, "")
-	s.hostKey = signer.PublicKey()
-	if o.prepare != nil {
-		o.extra = append(append([]string(nil), o.extra...), o.prepare(hostKeyFile)...)
-	}
-
-	for attempt := 0; ; attempt++ {
-		s.port = freePort(t)
-		s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
-		conf := filepath.Join(dir, "sshd_config")
-		// sshd takes the first value of a keyword: extra lines go first.
-		lines := append(append([]string(nil), o.extra...),
-			"ListenAddress "+s.addr,
-			"HostKey "+hostKeyFile,
-			"PidFile none",
-			"UsePAM no",
-			"StrictModes no",
-			"AuthorizedKeysFile "+s.authKeys,
-			"PermitRootLogin prohibit-password",
-			"PasswordAuthentication no",
-			"KbdInteractiveAuthentication no",
-			"UseDNS no",
-			"LogLevel VERBOSE",
-			"MaxStartups 100",
-			// Commands must not touch the real /root.
-			"SetEnv "+strings.Join(append([]string{"HOME=" + s.home}, o.env...), " "),
-		)
-		if err := os.WriteFile(conf, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(s.logFile, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		logf, err := os.OpenFile(s.logFile, os.O_WRONLY|os.O_APPEND, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(sshdPath, "-D", "-e", "-f", conf)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		// A group of its own, so that cleanup also ends the per-connection
-		// sshd processes.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			logf.Close()
-			t.Fatalf("starting sshd: %v", err)
-		}
-		logf.Close()
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		ready := s.waitLog("Server listening on", exited, 10*time.Second)
-		if ready {
-			pgid := cmd.Process.Pid
-			t.Cleanup(func() {
-				syscall.Kill(-pgid, syscall.SIGKILL)
-				<-exited
-				if t.Failed() {
-					b, _ := os.ReadFile(s.logFile)
-					t.Logf("sshd log:\n%s", b)
-				}
-			})
-			return s
-		}
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-exited
-		b, _ := os.ReadFile(s.logFile)
-		if attempt < 3 && bytes.Contains(b, []byte("Address already in use")) {
-			continue
-		}
-		t.Fatalf("sshd did not start:\n%s", b)
-	}
-}
-
-// waitLog waits until the sshd log contains s.
-func (s *sshd) waitLog(want string, exited <-chan struct{}, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		b, _ := os.ReadFile(s.logFile)
-		if bytes.Contains(b, []byte(want)) {
-			return true
-		}
-		select {
-		case <-exited:
-			return false
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return false
-}
-
-// logCount counts the log lines containing sub.
-func (s *sshd) logCount(sub string) int {
-	b, err := os.ReadFile(s.logFile)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	return bytes.Count(b, []byte(sub))
-}
-
-func (s *sshd) authorize(pub ssh.PublicKey) {
-	s.t.Helper()
-	f, err := os.OpenFile(s.authKeys, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Write(ssh.MarshalAuthorizedKey(pub)); err != nil {
-		s.t.Fatal(err)
-	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// writeKey makes an ed25519 key and writes it (encrypted with passphrase
-// if not empty) and its .pub.
-func writeKey(t *testing.T, path, passphrase string) (ed25519.PrivateKey, ssh.Signer) {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var block *pem.Block
-	if passphrase == "" {
-		block, err = ssh.MarshalPrivateKey(priv, "test")
-	} else {
-		block, err = ssh.MarshalPrivateKeyWithPassphrase(priv, "test", []byte(passphrase))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path+".pub", ssh.MarshalAuthorizedKey(signer.PublicKey()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return priv, signer
-}
+type sshd = testsshd.Server
 
 // home is a client-side home directory with ~/.ssh.
 type home struct {
@@ -277,31 +66,46 @@ type home struct {
 	dir  string
 	ssh  string // dir/.ssh
 	key  ssh.Signer
-	log  *syncBuffer
+	log  *testbin.Buffer
 	conf []string
 }
 
 func newHome(t *testing.T) *home {
 	t.Helper()
 	dir := t.TempDir()
-	h := &home{t: t, dir: dir, ssh: filepath.Join(dir, ".ssh"), log: &syncBuffer{}}
-	_, h.key = writeKey(t, filepath.Join(h.ssh, "id_ed25519"), "")
+	h := &home{t: t, dir: dir, ssh: filepath.Join(dir, ".ssh"), log: &testbin.Buffer{}}
+	_, h.key = testsshd.WriteKey(t, filepath.Join(h.ssh, "id_ed25519"), "")
 	return h
 }
 
 // rigPair is an sshd that trusts h's key and an h that knows its host key.
 func rigPair(t *testing.T) (*sshd, *home) {
 	t.Helper()
-	s := startSSHD(t, sshdOptions{})
-	h := newHome(t)
-	s.authorize(h.key.PublicKey())
+	s, h := loginPair(t)
 	h.trust(s)
+	return s, h
+}
+
+// rigClient is rigPair and a Client of h connected to s.
+func rigClient(t *testing.T) (*sshd, *home, *Client) {
+	t.Helper()
+	s, h := rigPair(t)
+	return s, h, h.dial(s.Addr)
+}
+
+// loginPair is an sshd that trusts h's key and an h that does not know its
+// host key yet.
+func loginPair(t *testing.T) (*sshd, *home) {
+	t.Helper()
+	s := testsshd.Start(t, testsshd.Options{})
+	h := newHome(t)
+	s.Authorize(h.key.PublicKey())
 	return s, h
 }
 
 func (h *home) trust(s *sshd) {
 	h.t.Helper()
-	h.appendFile(filepath.Join(h.ssh, "known_hosts"), knownhosts.Line([]string{s.addr}, s.hostKey)+"\n")
+	h.appendFile(filepath.Join(h.ssh, "known_hosts"), knownhosts.Line([]string{s.Addr}, s.HostKey)+"\n")
 }
 
 func (h *home) appendFile(path, text string) {
@@ -344,23 +148,6 @@ func (h *home) dialConfig(dest string, cfg Config) *Client {
 	}
 	h.t.Cleanup(func() { c.Close() })
 	return c
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // proxy is a TCP forwarder in front of an sshd that counts connections
@@ -565,6 +352,26 @@ func silentServer(t *testing.T) string {
 	}
 	var mu sync.Mutex
 	var conns []net.Conn
+	// Registered first, so it runs after serveConns' cleanup has ended the
+	// loop: no connection comes after it.
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	serveConns(t, l, func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	})
+	return l.Addr().String()
+}
+
+// serveConns hands each connection l accepts to handle, until l is closed
+// when the test ends; that cleanup waits for the loop to end.
+func serveConns(t *testing.T, l net.Listener, handle func(net.Conn)) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -573,21 +380,13 @@ func silentServer(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
+			handle(c)
 		}
 	}()
 	t.Cleanup(func() {
 		l.Close()
 		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
 	})
-	return l.Addr().String()
 }
 
 func sha256hex(b []byte) string {

@@ -17,46 +17,38 @@ import (
 // marker is left on the host.
 func TestNoRemoteProcessLeftBehind(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name    string
-		script  string // %[1]s is the marker
-		pipes   bool
-		stop    func(c *Client, p *Process, cancel context.CancelFunc)
-		wantErr func(error) bool
-		within  time.Duration
-		linger  bool // TERM is ignored: still there right after Wait
-	}{{
+	tests := []stopCase{{
 		name:    "ctx cancel",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
-		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
+		script:  twoSleeps,
+		stop:    stopCancel,
+		wantErr: wantCanceled,
 		within:  4 * time.Second,
 	}, {
 		name:    "Client.Close",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { c.Close() },
-		wantErr: func(err error) bool { return err != nil },
+		script:  twoSleeps,
+		stop:    stopClientClose,
+		wantErr: wantAnyErr,
 		within:  4 * time.Second,
 	}, {
 		name:    "Process.Close",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { p.Close() },
-		wantErr: func(err error) bool { return err != nil },
+		script:  twoSleeps,
+		stop:    stopProcessClose,
+		wantErr: wantAnyErr,
 		within:  4 * time.Second,
 	}, {
 		// The TCP connection closes under the client: no SSH close, no
 		// signal; sshd just sees the connection end.
 		name:    "TCP cut",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { c.conn.Close() },
-		wantErr: func(err error) bool { return err != nil && strings.Contains(err.Error(), "connection lost") },
+		script:  twoSleeps,
+		stop:    stopCut,
+		wantErr: wantLost,
 		within:  4 * time.Second,
 	}, {
 		// A command that ignores TERM gets KILL after the grace period.
 		name:    "TERM ignored",
-		script:  "trap '' TERM; sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
-		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
+		script:  "trap '' TERM; " + twoSleeps,
+		stop:    stopCancel,
+		wantErr: wantCanceled,
 		within:  10 * time.Second,
 		linger:  true,
 	}, {
@@ -64,66 +56,39 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 		// watcher; sshd's delivery of the TERM signal request ends a
 		// command that would not end on EOF by itself.
 		name:    "pipes, signal",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
+		script:  twoSleeps,
 		pipes:   true,
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { cancel() },
-		wantErr: func(err error) bool { return errors.Is(err, context.Canceled) },
+		stop:    stopCancel,
+		wantErr: wantCanceled,
 		within:  4 * time.Second,
 	}, {
 		name:    "pipes, Client.Close",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
+		script:  twoSleeps,
 		pipes:   true,
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { c.Close() },
-		wantErr: func(err error) bool { return err != nil },
+		stop:    stopClientClose,
+		wantErr: wantAnyErr,
 		within:  4 * time.Second,
 	}, {
 		name:    "pipes, Process.Close",
-		script:  "sleep 1000.%[1]s & sleep 1001.%[1]s; wait",
+		script:  twoSleeps,
 		pipes:   true,
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { p.Close() },
-		wantErr: func(err error) bool { return err != nil },
+		stop:    stopProcessClose,
+		wantErr: wantAnyErr,
 		within:  4 * time.Second,
 	}, {
 		// With pipes and the connection cut, the command ends on stdin EOF.
 		name:    "pipes, TCP cut",
 		script:  "cat; echo 1000.%[1]s >/dev/null",
 		pipes:   true,
-		stop:    func(c *Client, p *Process, cancel context.CancelFunc) { c.conn.Close() },
-		wantErr: func(err error) bool { return err != nil },
+		stop:    stopCut,
+		wantErr: wantAnyErr,
 		within:  4 * time.Second,
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			s, h := rigPair(t)
-			c := h.dial(s.addr)
-			m := fmt.Sprintf("%09d", rand.IntN(1e9))
-			t.Cleanup(func() { killMatching(t, m) }) // if the test failed
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			p, err := c.Start(ctx, Cmd{Args: []string{"sh", "-c", fmt.Sprintf(tt.script, m)}, Pipes: tt.pipes})
-			if err != nil {
-				t.Fatalf("Start = %v", err)
-			}
-			if tt.pipes {
-				go io.Copy(io.Discard, p.Stdout)
-			}
-			waitRunning(t, "1000."+m)
-			tt.stop(c, p, cancel)
-			waited := make(chan error, 1)
-			go func() { waited <- p.Wait() }()
-			select {
-			case err := <-waited:
-				if !tt.wantErr(err) {
-					t.Errorf("Wait() = %v, want the error for %s", err, tt.name)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatalf("Wait() still blocked 10s after %s", tt.name)
-			}
-			if tt.linger && len(pgrep(t, "1000."+m)) == 0 {
-				t.Errorf("the command ignoring TERM ended at once; want it killed after the grace period")
-			}
-			waitGone(t, m, tt.within)
+			tt.run(t, h.dial(s.Addr))
 		})
 	}
 }
@@ -132,8 +97,7 @@ func TestNoRemoteProcessLeftBehind(t *testing.T) {
 // when the command ends by itself, and passes the status on.
 func TestCommandsEndNormally(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	_, _, c := rigClient(t)
 	m := fmt.Sprintf("%09d", rand.IntN(1e9))
 	for i := range 5 {
 		err := c.Run(context.Background(), Cmd{Args: []string{"sh", "-c", "exit $1", m, fmt.Sprint(i)}})
@@ -148,8 +112,7 @@ func TestCommandsEndNormally(t *testing.T) {
 // TestStdinStreamed feeds data to a command and reads it back.
 func TestStdinStreamed(t *testing.T) {
 	t.Parallel()
-	s, h := rigPair(t)
-	c := h.dial(s.addr)
+	_, _, c := rigClient(t)
 	data := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
 	var out strings.Builder
 	err := c.Run(context.Background(), Cmd{Args: []string{"sha256sum"}, Stdin: strings.NewReader(data), Stdout: &out})
@@ -187,3 +150,62 @@ func TestStdinStreamed(t *testing.T) {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("disk on fire") }
+
+// stopCase is one way a controller stops a running command.
+type stopCase struct {
+	name      string
+	script    string // %[1]s is the marker
+	pipes     bool
+	stop      func(c *Client, p *Process, cancel context.CancelFunc)
+	wantErr   func(error) bool
+	within    time.Duration
+	linger    bool // TERM is ignored: still there right after Wait
+	agentGone bool // through the agent: the agent ends too
+}
+
+// The scripts and stops the cases share.
+const twoSleeps = "sleep 1000.%[1]s & sleep 1001.%[1]s; wait"
+
+var (
+	stopCancel       = func(c *Client, p *Process, cancel context.CancelFunc) { cancel() }
+	stopClientClose  = func(c *Client, p *Process, cancel context.CancelFunc) { c.Close() }
+	stopProcessClose = func(c *Client, p *Process, cancel context.CancelFunc) { p.Close() }
+	stopCut          = func(c *Client, p *Process, cancel context.CancelFunc) { c.conn.Close() }
+	wantCanceled     = func(err error) bool { return errors.Is(err, context.Canceled) }
+	wantAnyErr       = func(err error) bool { return err != nil }
+	wantLost         = func(err error) bool { return err != nil && strings.Contains(err.Error(), "connection lost") }
+)
+
+// run starts tt.script on c with a marker unique to the test, stops it as
+// tt says, and checks Wait's error and that nothing with the marker is
+// left on the host within tt.within.
+func (tt stopCase) run(t *testing.T, c *Client) {
+	t.Helper()
+	m := fmt.Sprintf("%09d", rand.IntN(1e9))
+	t.Cleanup(func() { killMatching(t, m) }) // if the test failed
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, err := c.Start(ctx, Cmd{Args: []string{"sh", "-c", fmt.Sprintf(tt.script, m)}, Pipes: tt.pipes})
+	if err != nil {
+		t.Fatalf("Start = %v", err)
+	}
+	if tt.pipes {
+		go io.Copy(io.Discard, p.Stdout)
+	}
+	waitRunning(t, "1000."+m)
+	tt.stop(c, p, cancel)
+	waited := make(chan error, 1)
+	go func() { waited <- p.Wait() }()
+	select {
+	case err := <-waited:
+		if !tt.wantErr(err) {
+			t.Errorf("Wait() = %v, want the error for %s", err, tt.name)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Wait() still blocked 10s after %s", tt.name)
+	}
+	if tt.linger && len(pgrep(t, "1000."+m)) == 0 {
+		t.Errorf("the command ignoring TERM ended at once; want it killed after the grace period")
+	}
+	waitGone(t, m, tt.within)
+}

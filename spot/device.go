@@ -116,18 +116,9 @@ func (c *Client) Device(ctx context.Context, id string) (*Device, error) {
 	if err := checkUUID("device", id); err != nil {
 		return nil, err
 	}
-	var out Device
-	err := c.call(ctx, func(a api) error {
-		d, _, err := a.devices.Get(id, &packngo.GetOptions{Includes: []string{"plan", "metro"}})
-		if err == nil {
-			out = deviceFrom(d)
-		}
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return one(ctx, c, func(a api) (*packngo.Device, *packngo.Response, error) {
+		return a.devices.Get(id, &packngo.GetOptions{Includes: []string{"plan", "metro"}})
+	}, deviceFrom)
 }
 
 // Reboot asks the API to reboot the device.
@@ -187,16 +178,11 @@ func (c *Client) editTags(ctx context.Context, id, tag string, edit func([]strin
 	if tags == nil {
 		return cur, false, nil
 	}
-	var out Device
-	err = c.call(ctx, func(a api) error {
-		d, _, err := a.devices.Update(id, &packngo.DeviceUpdateRequest{Tags: &tags})
-		if err == nil {
-			out = deviceFrom(d)
-		}
-		return err
-	})
+	out, err := one(ctx, c, func(a api) (*packngo.Device, *packngo.Response, error) {
+		return a.devices.Update(id, &packngo.DeviceUpdateRequest{Tags: &tags})
+	}, deviceFrom)
 	if err != nil {
 		return nil, false, fmt.Errorf("%w (tags were %q)", err, cur.Tags)
 	}
-	return &out, true, nil
+	return out, true, nil
 }

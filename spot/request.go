@@ -202,18 +202,9 @@ func (c *Client) Create(ctx context.Context, r *CreateRequest) (*Request, error)
 	if err != nil {
 		return nil, err
 	}
-	var out Request
-	err = c.call(ctx, func(a api) error {
-		s, _, err := a.requests.Create(r.body(), pid)
-		if err == nil {
-			out = requestFrom(s)
-		}
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return one(ctx, c, func(a api) (*packngo.SpotMarketRequest, *packngo.Response, error) {
+		return a.requests.Create(r.body(), pid)
+	}, requestFrom)
 }
 
 // Requests lists the project's spot market requests by ID.
@@ -242,18 +233,9 @@ func (c *Client) Request(ctx context.Context, id string) (*Request, error) {
 	if err := checkUUID("spot request", id); err != nil {
 		return nil, err
 	}
-	var out Request
-	err := c.call(ctx, func(a api) error {
-		s, _, err := a.requests.Get(id, &packngo.GetOptions{Includes: requestIncludes})
-		if err == nil {
-			out = requestFrom(s)
-		}
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return one(ctx, c, func(a api) (*packngo.SpotMarketRequest, *packngo.Response, error) {
+		return a.requests.Get(id, &packngo.GetOptions{Includes: requestIncludes})
+	}, requestFrom)
 }
 
 // Cancel deletes the spot market request; with force the API also

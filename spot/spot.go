@@ -72,13 +72,9 @@ type Client struct {
 
 // New checks opts and returns a Client. It makes no request.
 func New(opts Options) (*Client, error) {
-	token := strings.TrimSpace(opts.Token)
-	if token == "" {
-		return nil, errors.New("packet: no API token")
-	}
-	if strings.ContainsFunc(token, func(r rune) bool { return r < 0x21 || r == 0x7f }) {
-		// Said without the token: it must not reach any output.
-		return nil, errors.New("packet: the API token contains spaces or control characters")
+	token, err := cloudapi.Token("packet", opts.Token)
+	if err != nil {
+		return nil, err
 	}
 	base, err := NormalizeURL(opts.APIURL)
 	if err != nil {
@@ -88,18 +84,12 @@ func New(opts Options) (*Client, error) {
 		token:     token,
 		projectID: strings.TrimSpace(opts.ProjectID),
 		baseURL:   base,
-		tries:     1 + DefaultRetries,
+		tries:     cloudapi.Tries(opts.Retries, DefaultRetries),
 		perTry:    opts.Timeout,
 		backoff:   opts.Backoff,
 		maxWait:   opts.MaxWait,
 		userAgent: opts.UserAgent,
 		sleep:     sleepCtx,
-	}
-	switch {
-	case opts.Retries < 0:
-		c.tries = 1
-	case opts.Retries > 0:
-		c.tries = 1 + opts.Retries
 	}
 	if c.backoff <= 0 {
 		c.backoff = DefaultBackoff
@@ -110,13 +100,7 @@ func New(opts Options) (*Client, error) {
 	if c.perTry <= 0 {
 		c.perTry = DefaultTimeout
 	}
-	if opts.HTTPClient != nil {
-		c.hc = *opts.HTTPClient
-	}
-	c.base = c.hc.Transport
-	if c.base == nil {
-		c.base = http.DefaultTransport
-	}
+	c.hc, c.base = cloudapi.HTTPClient(opts.HTTPClient)
 	return c, nil
 }
 
@@ -167,6 +151,23 @@ type api struct {
 	requests requestsAPI
 	prices   pricesAPI
 	devices  devicesAPI
+}
+
+// one makes the API call do, with the retries of call, and converts the
+// object it answers with (requestFrom, deviceFrom).
+func one[S, T any](ctx context.Context, c *Client, do func(api) (*S, *packngo.Response, error), from func(*S) T) (*T, error) {
+	var out T
+	err := c.call(ctx, func(a api) error {
+		s, _, err := do(a)
+		if err == nil {
+			out = from(s)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // call runs f against a packngo client whose requests carry ctx and go

@@ -304,21 +304,7 @@ func TestCreateSendsBody(t *testing.T) {
 	if len(calls) != 1 || calls[0].Method != "POST" || calls[0].Path != "projects/"+testProject+"/spot-market-requests" {
 		t.Fatalf("calls = %+v, want one POST projects/ID/spot-market-requests", calls)
 	}
-	var body struct {
-		Min    int     `json:"devices_min"`
-		Max    int     `json:"devices_max"`
-		Metro  string  `json:"metro"`
-		MaxBid float64 `json:"max_bid_price"`
-		P      struct {
-			OS        string   `json:"operating_system"`
-			Plan      string   `json:"plan"`
-			IPXE      string   `json:"ipxe_script_url"`
-			AlwaysPXE bool     `json:"always_pxe"`
-			Tags      []string `json:"tags"`
-			Hostname  string   `json:"hostname"`
-			Billing   string   `json:"billing_cycle"`
-		} `json:"instance_parameters"`
-	}
+	var body spottest.CreateBody
 	if err := json.Unmarshal(calls[0].Body, &body); err != nil {
 		t.Fatal(err)
 	}

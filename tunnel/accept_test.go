@@ -11,6 +11,21 @@ import (
 	"time"
 )
 
+// acceptSetup is what the Accept tests begin with: the server's and its
+// pinned client's identities, a loopback listener and a context of 20 s,
+// both ending with the test.
+func acceptSetup(t *testing.T) (srv, cli *Identity, ln net.Listener, ctx context.Context) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ident(t), ident(t), ln, ctx
+}
+
 // setLimits sets the handshake limits for one test.
 func setLimits(t *testing.T, timeout time.Duration, pending, perHost int) {
 	t.Helper()
@@ -52,15 +67,8 @@ func acceptAsync(t *testing.T, ctx context.Context, ln net.Listener, srv *Identi
 // whole handshake timeout, which here is longer than the test's deadline.
 func TestAcceptGetsThroughAHostileCrowd(t *testing.T) {
 	setLimits(t, time.Minute, 64, 8)
-	srv, cli := ident(t), ident(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	srv, cli, ln, ctx := acceptSetup(t)
 	addr := ln.Addr().String()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
 	var mu sync.Mutex
 	var refusals []string
 	mismatches := make(chan struct{}, 8)
@@ -152,13 +160,8 @@ func TestAcceptGetsThroughAHostileCrowd(t *testing.T) {
 // A silent connection is dropped after HandshakeTimeout and reported.
 func TestAcceptTimesOutASilentHandshake(t *testing.T) {
 	setLimits(t, 200*time.Millisecond, 64, 8)
-	srv, cli := ident(t), ident(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	srv, cli, ln, ctx := acceptSetup(t)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	refused := make(chan error, 4)
 	res := acceptAsync(t, ctx, ln, srv, cli.Pin(), func(err error) { refused <- err })
@@ -186,15 +189,8 @@ func isTimeout(err error) bool {
 // from one address does not close another address's connections.
 func TestAcceptCapsPendingPerHost(t *testing.T) {
 	setLimits(t, time.Minute, 6, 2)
-	srv, cli := ident(t), ident(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	srv, cli, ln, ctx := acceptSetup(t)
 	addr := ln.Addr().String()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
 	res := acceptAsync(t, ctx, ln, srv, cli.Pin(), nil)
 
 	other := dialFrom(t, "127.0.0.9", addr)

@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -382,12 +383,7 @@ func (r *report) dataLine() string {
 }
 
 func (r *report) firstSummary(dataset string) *summary {
-	names := make([]string, 0, len(r.scenarios))
-	for n := range r.scenarios {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(r.scenarios)) {
 		s := r.scenarios[n]
 		if s.dataset != dataset || strings.HasSuffix(s.contender, "-noop") {
 			continue

@@ -67,8 +67,7 @@ func TestAarch64ConfigErrors(t *testing.T) {
 
 func TestRelayExitsDialFailedWhenNobodyListens(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "f"), []byte("x"), 0o644)
+	src := oneFileDir(t, "f", []byte("x"))
 	// Port 1 on loopback: connection refused at once, every time.
 	p := start(t, bin, "relay", "--connect", "127.0.0.1:1", "--dial-timeout", "500ms", "--peer-pin", "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU", src)
 	p.line(t) // fingerprint

@@ -30,19 +30,13 @@ import (
 )
 
 func init() {
-	register(command{name: "builders", summary: "transient builders on Hetzner Cloud or Packet: create, list, delete, prices", run: cmdBuilders})
-}
-
-var builderSubs = []subcommand{
-	{"create", "make a builder (costs money until deleted)", buildersCreate},
-	{"list", "list the builders nbship made, on every configured provider", buildersList},
-	{"get", "show one builder", buildersGet},
-	{"delete", "delete builders (they stop costing money)", buildersDelete},
-	{"prices", "what each server type costs per location", buildersPrices},
-}
-
-func cmdBuilders(ctx context.Context, e *env, args []string) error {
-	return dispatch(ctx, e, "builders", builderSubs, args, "")
+	registerGroup("builders", "transient builders on Hetzner Cloud or Packet: create, list, delete, prices", "",
+		subcommand{"create", "make a builder (costs money until deleted)", buildersCreate},
+		subcommand{"list", "list the builders nbship made, on every configured provider", buildersList},
+		subcommand{"get", "show one builder", buildersGet},
+		subcommand{"delete", "delete builders (they stop costing money)", buildersDelete},
+		subcommand{"prices", "what each server type costs per location", buildersPrices},
+	)
 }
 
 // bootSetup is what booting a new builder needs besides the machine:
@@ -105,10 +99,7 @@ func addBuilderFlags(fs *pflag.FlagSet, providerHelp string) *builderFlags {
 // parse parses args (no positional ones), checks --provider (empty allowed
 // where all providers are meant) and reads --config.
 func (b *builderFlags) parse(fs *pflag.FlagSet, args []string, sub string, all bool) (*config.Config, error) {
-	if err := parseFlags(fs, args); err != nil {
-		return nil, err
-	}
-	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
+	if _, err := parseArgs(fs, args, 0, "no arguments"); err != nil {
 		return nil, err
 	}
 	if err := checkProvider(sub, b.provider, all); err != nil {
@@ -166,6 +157,19 @@ func hetznerClient(e *env, cfg *config.Config, apiURL string) (*hetzner.Client, 
 		PollInterval: hetznerPoll,
 		Application:  "nbship/" + version.Version,
 	})
+}
+
+// openProvider checks --provider (required), reads --config and opens
+// that provider.
+func (b *builderFlags) openProvider(e *env, sub string) (provider.Provider, error) {
+	if err := checkProvider(sub, b.provider, false); err != nil {
+		return nil, err
+	}
+	cfg, err := b.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	return b.open(e, cfg, b.provider)
 }
 
 // open makes the named provider's client.
@@ -266,10 +270,7 @@ func buildersCreate(ctx context.Context, e *env, args []string) error {
 	dryRun := fs.Bool("dry-run", false, "print what would be done and send nothing")
 	var sf sshFlags
 	sf.add(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
+	if _, err := parseArgs(fs, args, 0, "no arguments"); err != nil {
 		return err
 	}
 	if err := checkProvider("builders create", bf.provider, false); err != nil {
@@ -518,21 +519,11 @@ func dash(s string) string {
 func buildersGet(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "builders get", "--provider hetzner|packet ID [flags]")
 	bf := addBuilderFlags(fs, "hetzner or packet (required)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	pos, err := packetArgs(fs, 1, "the builder's ID")
+	pos, err := parseArgs(fs, args, 1, "the builder's ID")
 	if err != nil {
 		return err
 	}
-	if err := checkProvider("builders get", bf.provider, false); err != nil {
-		return err
-	}
-	cfg, err := bf.loadConfig()
-	if err != nil {
-		return err
-	}
-	p, err := bf.open(e, cfg, bf.provider)
+	p, err := bf.openProvider(e, "builders get")
 	if err != nil {
 		return err
 	}
@@ -566,14 +557,7 @@ func buildersDelete(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() == 0 {
 		return usageError("builders delete: want the IDs of the builders to delete ('nbship builders list' shows them)")
 	}
-	if err := checkProvider("builders delete", bf.provider, false); err != nil {
-		return err
-	}
-	cfg, err := bf.loadConfig()
-	if err != nil {
-		return err
-	}
-	p, err := bf.open(e, cfg, bf.provider)
+	p, err := bf.openProvider(e, "builders delete")
 	if err != nil {
 		return err
 	}
@@ -603,11 +587,10 @@ func buildersPrices(ctx context.Context, e *env, args []string) error {
 	var q provider.PriceQuery
 	fs.StringVar(&q.Type, "type", "", "only this server type or plan")
 	fs.StringVar(&q.Location, "location", "", "only this location or metro")
-	cfg, err := bf.parse(fs, args, "builders prices", false)
-	if err != nil {
+	if _, err := parseArgs(fs, args, 0, "no arguments"); err != nil {
 		return err
 	}
-	p, err := bf.open(e, cfg, bf.provider)
+	p, err := bf.openProvider(e, "builders prices")
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -30,26 +29,11 @@ func init() {
 // the environment and checks that no token shows up in its output.
 func runBuilders(t *testing.T, f *hetznertest.Fake, vars map[string]string, stdin io.Reader, args ...string) pkResult {
 	t.Helper()
-	all := map[string]string{"HCLOUD_TOKEN": hzToken, "HOME": t.TempDir()}
+	base := map[string]string{"HCLOUD_TOKEN": hzToken, "HOME": t.TempDir()}
 	if f != nil {
-		all["HCLOUD_ENDPOINT"] = f.APIURL()
+		base["HCLOUD_ENDPOINT"] = f.APIURL()
 	}
-	for k, v := range vars {
-		all[k] = v
-	}
-	if stdin == nil {
-		stdin = strings.NewReader("yes\n")
-	}
-	var out, errb bytes.Buffer
-	e := &env{stdin: stdin, stdout: &out, stderr: &errb, getenv: func(k string) string { return all[k] }}
-	code := report(&errb, run(context.Background(), e, args))
-	r := pkResult{stdout: out.String(), stderr: errb.String(), code: code}
-	for _, secret := range []string{hzToken, pkToken, all["HCLOUD_TOKEN"]} {
-		if secret != "" && (strings.Contains(r.stdout, secret) || strings.Contains(r.stderr, secret)) {
-			t.Errorf("nbship %s printed a token:\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.stdout, r.stderr)
-		}
-	}
-	return r
+	return runSecret(t, base, vars, stdin, "HCLOUD_TOKEN", []string{hzToken, pkToken}, args...)
 }
 
 func posts(f *hetznertest.Fake) int {
@@ -66,7 +50,7 @@ func TestBuildersCreateHetzner(t *testing.T) {
 	sshd := hetznertest.StartSSHD(t)
 	f := hetznertest.New(t, hzToken)
 	f.SetAddress("127.0.0.1")
-	vars := map[string]string{"HOME": sshd.Home}
+	vars := map[string]string{"HOME": sshd.Client}
 	base := []string{"builders", "create", "--provider", "hetzner", "--type", "cax21", "--location", "fsn1", "--name", "arm-builder", "--ssh-port", strconv.Itoa(sshd.Port)}
 
 	// Without --yes and a terminal: refused before anything is sent.
@@ -77,7 +61,7 @@ func TestBuildersCreateHetzner(t *testing.T) {
 	}
 
 	// --dry-run: the plan, nothing sent, no token needed.
-	r = runBuilders(t, f, map[string]string{"HOME": sshd.Home, "HCLOUD_TOKEN": ""}, nil, append(base, "--dry-run", "--instance", "c2.large.arm")...)
+	r = runBuilders(t, f, map[string]string{"HOME": sshd.Client, "HCLOUD_TOKEN": ""}, nil, append(base, "--dry-run", "--instance", "c2.large.arm")...)
 	r.check(t, "create --dry-run", 0, []string{`"server_type":"cax21"`, `"nbship":"builder"`, `"rescue":"linux64"`, "kexec the published image of c2.large.arm"}, []string{"hetzner: dry run: nothing sent"})
 	if len(f.Calls()) != 0 {
 		t.Errorf("a dry run sent %v", f.Paths())
@@ -99,7 +83,7 @@ func TestBuildersCreateHetzner(t *testing.T) {
 	if booted != "c2.large.arm Linux" {
 		t.Errorf("boot step ran with %q, want the instance and a working connection", booted)
 	}
-	kh, _ := os.ReadFile(filepath.Join(sshd.Home, ".ssh", "known_hosts"))
+	kh, _ := os.ReadFile(filepath.Join(sshd.Client, ".ssh", "known_hosts"))
 	if string(kh) != knownhosts.Line([]string{sshd.Addr}, sshd.HostKey)+"\n" {
 		t.Errorf("known_hosts = %q, want the server's key recorded", kh)
 	}

@@ -17,18 +17,12 @@ import (
 )
 
 func init() {
-	register(command{name: "device", summary: "list, reboot, drain and restore Packet devices", run: cmdDevice})
-}
-
-var deviceSubs = []subcommand{
-	{"list", "list the project's devices", deviceList},
-	{"reboot", "reboot a device (--wait HOST: until SSH is back)", deviceReboot},
-	{"drain", "tag a device skip-hydra so the machines file leaves it out", deviceDrain},
-	{"restore", "remove the skip-hydra tag again", deviceRestore},
-}
-
-func cmdDevice(ctx context.Context, e *env, args []string) error {
-	return dispatch(ctx, e, "device", deviceSubs, args, "")
+	registerGroup("device", "list, reboot, drain and restore Packet devices", "",
+		subcommand{"list", "list the project's devices", deviceList},
+		subcommand{"reboot", "reboot a device (--wait HOST: until SSH is back)", deviceReboot},
+		subcommand{"drain", "tag a device skip-hydra so the machines file leaves it out", deviceDrain},
+		subcommand{"restore", "remove the skip-hydra tag again", deviceRestore},
+	)
 }
 
 // deviceProbeInterval is the pause between SSH probes of --wait; the tests
@@ -39,13 +33,7 @@ func deviceList(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "device list", "[--tag T] [flags]")
 	pf := addPacketFlags(fs)
 	tag := fs.String("tag", "", "only devices with this tag")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
-		return err
-	}
-	c, _, err := pf.setup(e)
+	_, c, err := pf.parse(e, fs, args, 0, "no arguments")
 	if err != nil {
 		return err
 	}
@@ -91,10 +79,7 @@ func deviceReboot(ctx context.Context, e *env, args []string) error {
 	pf := addPacketFlags(fs)
 	wait := fs.String("wait", "", "after the reboot, wait until SSH on `HOST[:PORT]` (port 22 by default) goes down and comes back")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long --wait waits in all")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	pos, err := packetArgs(fs, 1, "the device ID")
+	pos, err := parseArgs(fs, args, 1, "the device ID")
 	if err != nil {
 		return err
 	}
@@ -180,10 +165,7 @@ func deviceTag(ctx context.Context, e *env, args []string, drain bool) error {
 	fs := newFlagSet(e, name, synopsis)
 	pf := addPacketFlags(fs)
 	tag := fs.String("skip-tag", spot.DrainTag, "the tag that keeps a device out of the machines file")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	pos, err := packetArgs(fs, 1, "the device ID")
+	pos, err := parseArgs(fs, args, 1, "the device ID")
 	if err != nil {
 		return err
 	}

@@ -28,22 +28,17 @@ import (
 )
 
 func init() {
-	register(command{name: "image", summary: "list, verify, roll back and collect netboot generations on the PXE host", run: cmdImage})
-}
-
-var imageSubs = []subcommand{
-	{"list", "list the generations of every slot, or of --instance", imageList},
-	{"verify", "check an image directory, generation or slot against its instance type", imageVerify},
-	{"publish", "publish an image directory (a build output) as the slot's new generation", imagePublish},
-	{"rollback", "serve the previous generation again, or the one named by --to", imageRollback},
-	{"gc", "remove generations beyond the newest --keep (never the current one)", imageGC},
-	{"url", "print the netboot.ipxe URL a booting instance fetches", imageURL},
-	{"boot", "print what a machine booting the slot loads: kernel, initrds, their SHA-256, the kernel's arguments", imageBoot},
-}
-
-func cmdImage(ctx context.Context, e *env, args []string) error {
-	return dispatch(ctx, e, "image", imageSubs, args,
-		"They act on the pxeDir of this host (--pxe-dir DIR), or of the PXE host over SSH\n(--host HOST; with --config FILE, pxeHost and pxeDir from it unless --local).\n")
+	registerGroup("image", "list, verify, roll back and collect netboot generations on the PXE host",
+		"They act on the pxeDir of this host (--pxe-dir DIR), or of the PXE host over SSH\n"+
+			"(--host HOST; with --config FILE, pxeHost and pxeDir from it unless --local).\n",
+		subcommand{"list", "list the generations of every slot, or of --instance", imageList},
+		subcommand{"verify", "check an image directory, generation or slot against its instance type", imageVerify},
+		subcommand{"publish", "publish an image directory (a build output) as the slot's new generation", imagePublish},
+		subcommand{"rollback", "serve the previous generation again, or the one named by --to", imageRollback},
+		subcommand{"gc", "remove generations beyond the newest --keep (never the current one)", imageGC},
+		subcommand{"url", "print the netboot.ipxe URL a booting instance fetches", imageURL},
+		subcommand{"boot", "print what a machine booting the slot loads: kernel, initrds, their SHA-256, the kernel's arguments", imageBoot},
+	)
 }
 
 // imageFlags are the flags the image subcommands share.
@@ -184,17 +179,20 @@ func imageOpenSlot(e *env, f *imageFlags, p image.Profile) (*image.Slot, error) 
 // the PXE host when that is where it acts (done), or else opens the slot
 // here.
 func (f *imageFlags) slotHere(ctx context.Context, e *env, fs *pflag.FlagSet, args []string) (s *image.Slot, done bool, err error) {
-	if err := parseFlags(fs, args); err != nil {
-		return nil, false, err
-	}
-	if err := imageArgs(fs, f.sub, 0); err != nil {
-		return nil, false, err
-	}
-	if done, err := f.onHost(ctx, e, fs); done || err != nil {
-		return nil, true, err
+	if done, err := f.parseOnHost(ctx, e, fs, args, 0); done || err != nil {
+		return nil, done, err
 	}
 	s, err = f.slot(e)
 	return s, false, err
+}
+
+// parseOnHost parses args (at most max positional ones), then runs the
+// subcommand on the PXE host when that is where it acts (done).
+func (f *imageFlags) parseOnHost(ctx context.Context, e *env, fs *pflag.FlagSet, args []string, max int) (done bool, err error) {
+	if err := f.parse(fs, args, max); err != nil {
+		return false, err
+	}
+	return f.onHost(ctx, e, fs)
 }
 
 // keepSlot resolves --keep (the flag, else keepGenerations from the
@@ -218,9 +216,13 @@ func (f *imageFlags) keepSlot(ctx context.Context, e *env, fs *pflag.FlagSet, ke
 	return s, false, err
 }
 
-func imageArgs(fs *pflag.FlagSet, sub string, max int) error {
+// parse parses args, allowing at most max positional ones.
+func (f *imageFlags) parse(fs *pflag.FlagSet, args []string, max int) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
 	if fs.NArg() > max {
-		return usageError("%s: unexpected argument %q", sub, fs.Arg(max))
+		return usageError("%s: unexpected argument %q", f.sub, fs.Arg(max))
 	}
 	return nil
 }
@@ -234,13 +236,7 @@ type imageRow struct {
 func imageList(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "image list", "[--instance NAME] [--pxe-dir DIR | --config FILE] [--json]")
 	f := addImageFlags(fs, "image list", true, true)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := imageArgs(fs, "image list", 0); err != nil {
-		return err
-	}
-	if done, err := f.onHost(ctx, e, fs); done || err != nil {
+	if done, err := f.parseOnHost(ctx, e, fs, args, 0); done || err != nil {
 		return err
 	}
 	pxe, err := f.pxe()
@@ -309,13 +305,7 @@ func imageList(ctx context.Context, e *env, args []string) error {
 func imageVerify(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "image verify", "[DIR | GENERATION] --instance NAME [--pxe-dir DIR | --config FILE] [--json]")
 	f := addImageFlags(fs, "image verify", true, true)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := imageArgs(fs, "image verify", 1); err != nil {
-		return err
-	}
-	if done, err := f.onHost(ctx, e, fs); done || err != nil {
+	if done, err := f.parseOnHost(ctx, e, fs, args, 1); done || err != nil {
 		return err
 	}
 	p, err := f.profile()
@@ -399,10 +389,7 @@ func imageGC(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "image gc", "--instance NAME [--keep N] [--pxe-dir DIR | --config FILE] [--json]")
 	f := addImageFlags(fs, "image gc", true, true)
 	keep := fs.Int("keep", 0, "generations to keep, newest first; the current one is kept too (default: keepGenerations from --config, else 3)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := imageArgs(fs, "image gc", 0); err != nil {
+	if err := f.parse(fs, args, 0); err != nil {
 		return err
 	}
 	s, done, err := f.keepSlot(ctx, e, fs, keep)
@@ -436,10 +423,7 @@ func imageURL(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "image url", "--base-url URL --instance NAME [--config FILE] [--json]")
 	f := addImageFlags(fs, "image url", false, true)
 	base := fs.String("base-url", "", "`URL` where pxeDir is served over HTTP (default: baseURL from --config)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := imageArgs(fs, "image url", 0); err != nil {
+	if err := f.parse(fs, args, 0); err != nil {
 		return err
 	}
 	p, err := f.profile()
@@ -523,10 +507,7 @@ func imagePublish(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "image publish", "--instance NAME [--system SYSTEM] [--keep N] [--pxe-dir DIR | --config FILE] [--host HOST] [--json] DIR")
 	f := addImageFlags(fs, "image publish", true, true)
 	keep := fs.Int("keep", 0, "generations to keep, newest first; the current one is kept too (default: keepGenerations from --config, else 3)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := imageArgs(fs, "image publish", 1); err != nil {
+	if err := f.parse(fs, args, 1); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

@@ -563,9 +563,9 @@ func TestImagePublishSaysWhatItReplacedUnderTheLock(t *testing.T) {
 		code int
 	}
 	results := make(chan result, 2)
-	var errs [2]*lockedBuffer
+	var errs [2]*testbin.Buffer
 	for i := range errs {
-		errs[i] = &lockedBuffer{}
+		errs[i] = &testbin.Buffer{}
 		src := imageStoreOutput(t, imageX86, fmt.Sprint("new", i), "k")
 		go func() {
 			var out bytes.Buffer

@@ -33,10 +33,7 @@ func cmdMachines(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&o.Port, "port", 22, "SSH port the host keys are read from")
 	fs.DurationVar(&o.Timeout, "timeout", 10*time.Second, "how long to wait for each host's key")
 	strict := fs.Bool("strict", false, "exit non-zero when a builder had to be left out")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
+	if _, err := parseArgs(fs, args, 0, "no arguments"); err != nil {
 		return err
 	}
 	if err := machinesCheck(&o); err != nil {

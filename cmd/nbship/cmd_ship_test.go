@@ -25,6 +25,7 @@ import (
 
 	"github.com/nbship/nbship/internal/ends"
 	"github.com/nbship/nbship/internal/protocol"
+	"github.com/nbship/nbship/internal/tail"
 	"github.com/nbship/nbship/internal/testbin"
 	"github.com/nbship/nbship/nixstore"
 )
@@ -168,7 +169,7 @@ func addClosure(t *testing.T, s *testStore, bigSize int) closure {
 	return c
 }
 
-// startEnv is start with an environment.
+// startEnv starts bin with env (nil: this process's) and args.
 func startEnv(t *testing.T, env []string, bin string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
@@ -181,7 +182,7 @@ func startEnv(t *testing.T, env []string, bin string, args ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, stdin: stdin, stdout: bufio.NewReader(out), stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	p := &proc{cmd: cmd, stdin: stdin, stdout: bufio.NewReader(out), stderr: &testbin.Buffer{}, done: make(chan error, 1)}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -381,7 +382,7 @@ func TestStoreLoopbackFlippedByte(t *testing.T) {
 	if recv.err == nil || relay.err == nil {
 		t.Fatalf("a corrupted NAR was accepted: recv %v, relay %v", recv.err, relay.err)
 	}
-	last := lastLine(recv.stderr)
+	last := tail.LastLine(recv.stderr)
 	if !strings.Contains(last, c.mid) || !strings.Contains(last, "SHA-256") {
 		t.Errorf("recv's error = %q, want it to name %s and the hash mismatch", last, c.mid)
 	}
@@ -558,14 +559,6 @@ func TestShipReceiverWithoutNix(t *testing.T) {
 	if strings.Contains(errb.String(), "fingerprint") || out.Len() != 0 {
 		t.Errorf("ends were started: stdout %q, stderr %q", out.String(), errb.String())
 	}
-}
-
-func lastLine(s string) string {
-	s = strings.TrimRight(s, "\n")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		return s[i+1:]
-	}
-	return s
 }
 
 // With a known port both ends start at once; when the receiver then

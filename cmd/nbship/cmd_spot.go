@@ -23,19 +23,13 @@ import (
 )
 
 func init() {
-	register(command{name: "spot", summary: "spot market requests and prices on Packet (Equinix Metal)", run: cmdSpot})
-}
-
-var spotSubs = []subcommand{
-	{"create", "ask the spot market for builders (costs money)", spotCreate},
-	{"list", "list the project's spot market requests", spotList},
-	{"get", "show one spot market request and its devices", spotGet},
-	{"cancel", "cancel a spot market request (--force: terminate its devices too)", spotCancel},
-	{"prices", "current spot prices per metro or facility", spotPrices},
-}
-
-func cmdSpot(ctx context.Context, e *env, args []string) error {
-	return dispatch(ctx, e, "spot", spotSubs, args, "")
+	registerGroup("spot", "spot market requests and prices on Packet (Equinix Metal)", "",
+		subcommand{"create", "ask the spot market for builders (costs money)", spotCreate},
+		subcommand{"list", "list the project's spot market requests", spotList},
+		subcommand{"get", "show one spot market request and its devices", spotGet},
+		subcommand{"cancel", "cancel a spot market request (--force: terminate its devices too)", spotCancel},
+		subcommand{"prices", "current spot prices per metro or facility", spotPrices},
+	)
 }
 
 // packetBackoff is the first wait between retries of a failed API request;
@@ -108,6 +102,20 @@ func (p *packetFlags) setup(e *env) (*spot.Client, *config.Config, error) {
 	return c, cfg, nil
 }
 
+// parse is parseArgs and setup, for the subcommands that check nothing
+// in between.
+func (p *packetFlags) parse(e *env, fs *pflag.FlagSet, args []string, n int, names string) ([]string, *spot.Client, error) {
+	pos, err := parseArgs(fs, args, n, names)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, _, err := p.setup(e)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pos, c, nil
+}
+
 // packetErr adds the hint that goes with an API error.
 func packetErr(err error) error {
 	var ae *spot.APIError
@@ -130,14 +138,6 @@ func packetErr(err error) error {
 	return err
 }
 
-// packetArgs checks the number of positional arguments.
-func packetArgs(fs *pflag.FlagSet, n int, names string) ([]string, error) {
-	if fs.NArg() != n {
-		return nil, usageError("%s: want %s, got %d arguments", fs.Name(), names, fs.NArg())
-	}
-	return fs.Args(), nil
-}
-
 func spotCreate(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "spot create", "--plan P (--metro M | --facility F...) --max-bid USD --max N --hostname H (--ipxe-url URL | --instance NAME [--base-url URL]) [flags]")
 	pf := addPacketFlags(fs)
@@ -157,10 +157,7 @@ func spotCreate(ctx context.Context, e *env, args []string) error {
 	userdata := fs.String("userdata", "", "`FILE` whose contents are the devices' userdata")
 	yes := fs.Bool("yes", false, "create without asking")
 	dryRun := fs.Bool("dry-run", false, "print the request body and send nothing")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
+	if _, err := parseArgs(fs, args, 0, "no arguments"); err != nil {
 		return err
 	}
 	cfg, err := pf.loadConfig()
@@ -315,13 +312,7 @@ func spotPrintQuote(w io.Writer, q *spot.Quote) {
 func spotList(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "spot list", "[flags]")
 	pf := addPacketFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
-		return err
-	}
-	c, _, err := pf.setup(e)
+	_, c, err := pf.parse(e, fs, args, 0, "no arguments")
 	if err != nil {
 		return err
 	}
@@ -350,14 +341,7 @@ func spotList(ctx context.Context, e *env, args []string) error {
 func spotGet(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "spot get", "ID [flags]")
 	pf := addPacketFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	pos, err := packetArgs(fs, 1, "the spot request ID")
-	if err != nil {
-		return err
-	}
-	c, _, err := pf.setup(e)
+	pos, c, err := pf.parse(e, fs, args, 1, "the spot request ID")
 	if err != nil {
 		return err
 	}
@@ -397,14 +381,7 @@ func spotCancel(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "spot cancel", "ID [--force] [flags]")
 	pf := addPacketFlags(fs)
 	force := fs.Bool("force", false, "also terminate the devices the request made")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	pos, err := packetArgs(fs, 1, "the spot request ID")
-	if err != nil {
-		return err
-	}
-	c, _, err := pf.setup(e)
+	pos, c, err := pf.parse(e, fs, args, 1, "the spot request ID")
 	if err != nil {
 		return err
 	}
@@ -427,10 +404,7 @@ func spotPrices(ctx context.Context, e *env, args []string) error {
 	pf := addPacketFlags(fs)
 	plan := fs.String("plan", "", "only this plan, like c2.large.arm")
 	by := fs.String("by", "metro", "prices per metro or per facility")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if _, err := packetArgs(fs, 0, "no arguments"); err != nil {
+	if _, err := parseArgs(fs, args, 0, "no arguments"); err != nil {
 		return err
 	}
 	if *by != "metro" && *by != "facility" {

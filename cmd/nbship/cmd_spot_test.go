@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -55,13 +56,20 @@ func pkServer(t *testing.T) *spottest.Server {
 // that the token shows up in none of its output.
 func runPacket(t *testing.T, srv *spottest.Server, vars map[string]string, stdin io.Reader, args ...string) pkResult {
 	t.Helper()
-	all := map[string]string{"PACKET_AUTH_TOKEN": pkToken, "PACKET_PROJECT_ID": pkProject}
+	base := map[string]string{"PACKET_AUTH_TOKEN": pkToken, "PACKET_PROJECT_ID": pkProject}
 	if srv != nil {
-		all["PACKET_API_URL"] = srv.APIURL()
+		base["PACKET_API_URL"] = srv.APIURL()
 	}
-	for k, v := range vars {
-		all[k] = v
-	}
+	return runSecret(t, base, vars, stdin, "PACKET_AUTH_TOKEN", []string{pkToken}, args...)
+}
+
+// runSecret runs nbship in this process with the environment base and
+// vars over it, and stdin (nil: "yes\n"). It fails t if the output shows
+// one of the secrets or the value of the variable secretVar.
+func runSecret(t *testing.T, base, vars map[string]string, stdin io.Reader, secretVar string, secrets []string, args ...string) pkResult {
+	t.Helper()
+	all := maps.Clone(base)
+	maps.Copy(all, vars)
 	if stdin == nil {
 		stdin = strings.NewReader("yes\n")
 	}
@@ -69,9 +77,9 @@ func runPacket(t *testing.T, srv *spottest.Server, vars map[string]string, stdin
 	e := &env{stdin: stdin, stdout: &out, stderr: &errb, getenv: func(k string) string { return all[k] }}
 	code := report(&errb, run(context.Background(), e, args))
 	r := pkResult{stdout: out.String(), stderr: errb.String(), code: code}
-	for _, secret := range []string{pkToken, all["PACKET_AUTH_TOKEN"]} {
+	for _, secret := range append(secrets, all[secretVar]) {
 		if secret != "" && (strings.Contains(r.stdout, secret) || strings.Contains(r.stderr, secret)) {
-			t.Errorf("nbship %s printed the token:\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.stdout, r.stderr)
+			t.Errorf("nbship %s printed a secret:\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.stdout, r.stderr)
 		}
 	}
 	return r
@@ -94,24 +102,6 @@ func (r pkResult) check(t *testing.T, args string, code int, stdout, stderr []st
 	}
 }
 
-// createBody is the part of a spot request body the tests look at.
-type createBody struct {
-	Min        int      `json:"devices_min"`
-	Max        int      `json:"devices_max"`
-	Metro      string   `json:"metro"`
-	Facilities []string `json:"facilities"`
-	MaxBid     float64  `json:"max_bid_price"`
-	P          struct {
-		OS        string   `json:"operating_system"`
-		Plan      string   `json:"plan"`
-		IPXE      string   `json:"ipxe_script_url"`
-		AlwaysPXE bool     `json:"always_pxe"`
-		Tags      []string `json:"tags"`
-		Hostname  string   `json:"hostname"`
-		UserData  string   `json:"userdata"`
-	} `json:"instance_parameters"`
-}
-
 func TestSpotCreate(t *testing.T) {
 	dir := t.TempDir()
 	cfgFile := filepath.Join(dir, "builders.conf")
@@ -130,14 +120,14 @@ func TestSpotCreate(t *testing.T) {
 		stderr    []string
 		wantPOST  bool
 		wantCalls int
-		check     func(t *testing.T, b createBody)
+		check     func(t *testing.T, b spottest.CreateBody)
 	}{
 		{
 			name: "yes creates", args: append(append(slices.Clone(base), ipxe...), "--metro", "da", "--always-pxe", "--userdata", userdata, "--yes"),
 			stdout:   []string{"spot request 5a7e0000-0000-4000-8000-000000000001 created: 1-3 × c2.large.arm in da, max bid $0.50/h each"},
 			stderr:   []string{"c2.large.arm spot price now: da $0.30/h", "worst case: 3 × $0.50 max bid = $1.50/h ($36.00/day); at the current price: $0.90/h"},
 			wantPOST: true, wantCalls: 2,
-			check: func(t *testing.T, b createBody) {
+			check: func(t *testing.T, b spottest.CreateBody) {
 				if b.Min != 1 || b.Max != 3 || b.Metro != "da" || b.Facilities != nil || b.MaxBid != 0.5 ||
 					b.P.OS != "custom_ipxe" || b.P.Plan != "c2.large.arm" || b.P.IPXE != ipxe[1] || !b.P.AlwaysPXE ||
 					!slices.Equal(b.P.Tags, []string{"hydra", "arm"}) || b.P.Hostname != "arm-builder" || b.P.UserData != "#!ipxe\necho hi\n" {
@@ -149,7 +139,7 @@ func TestSpotCreate(t *testing.T) {
 			name: "facilities and an instance", args: append(slices.Clone(base), "--facility", "dfw2", "--facility", "ewr1", "--instance", "c2.large.arm", "--base-url", "http://netboot.example/pxe/", "--yes"),
 			stderr:   []string{"dfw2 $0.35/h, ewr1 $0.20/h", "at the current price: $0.60/h"},
 			wantPOST: true, wantCalls: 2,
-			check: func(t *testing.T, b createBody) {
+			check: func(t *testing.T, b spottest.CreateBody) {
 				if b.Metro != "" || !slices.Equal(b.Facilities, []string{"dfw2", "ewr1"}) || b.P.IPXE != "http://netboot.example/pxe/hydra-c2.large.arm/netboot.ipxe" || b.P.AlwaysPXE {
 					t.Errorf("create body = %+v", b)
 				}
@@ -158,7 +148,7 @@ func TestSpotCreate(t *testing.T) {
 		{
 			name: "base URL from the config file", args: append(slices.Clone(base), "--metro", "da", "--instance", "c2.large.arm", "--config", cfgFile, "--yes"),
 			wantPOST: true, wantCalls: 2,
-			check: func(t *testing.T, b createBody) {
+			check: func(t *testing.T, b spottest.CreateBody) {
 				if b.P.IPXE != "http://netboot.example/boot/hydra-c2.large.arm/netboot.ipxe" {
 					t.Errorf("ipxe_script_url = %q, want it under the config's baseURL", b.P.IPXE)
 				}
@@ -214,7 +204,7 @@ func TestSpotCreate(t *testing.T) {
 				if post.Path != "projects/"+pkProject+"/spot-market-requests" || post.Token != pkToken {
 					t.Errorf("POST %s (token ok %v), want projects/%s/spot-market-requests with the token", post.Path, post.Token == pkToken, pkProject)
 				}
-				var b createBody
+				var b spottest.CreateBody
 				if err := json.Unmarshal(post.Body, &b); err != nil {
 					t.Fatal(err)
 				}
@@ -223,7 +213,7 @@ func TestSpotCreate(t *testing.T) {
 				}
 			}
 			if tt.name == "dry run" {
-				var b createBody
+				var b spottest.CreateBody
 				if err := json.Unmarshal([]byte(r.stdout), &b); err != nil || b.P.Plan != "c2.large.arm" {
 					t.Errorf("dry run stdout is not the body: %v\n%s", err, r.stdout)
 				}

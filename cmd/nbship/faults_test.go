@@ -62,17 +62,13 @@ func flipProxy(t *testing.T, target string, skip int64) (addr string, flipped *a
 
 func TestByteFlippedInFlightIsRefused(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), randomBytes(t, 4<<20), 0o644)
+	src := oneFileDir(t, "Image", randomBytes(t, 4<<20))
 	parent := t.TempDir()
 	dest := filepath.Join(parent, "out")
-	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-", "--accept-timeout", "10s")
-	rfp := r.line(t)
-	addr, _ := strings.CutPrefix(r.line(t), "listening ")
+	r, rfp, addr := startRecv(t, bin, "--dest", dest, "--accept-timeout", "10s")
 	// Well past the handshake, inside the data.
 	proxy, flipped := flipProxy(t, addr, 1<<20)
-	s := start(t, bin, "relay", "--connect", proxy, "--peer-pin", "-", src)
-	sfp := s.line(t)
+	s, sfp := startRelay(t, bin, proxy, src)
 	r.stdin.Write([]byte(sfp + "\n"))
 	s.stdin.Write([]byte(rfp + "\n"))
 	_, serr := s.wait(t)
@@ -92,15 +88,11 @@ func TestByteFlippedInFlightIsRefused(t *testing.T) {
 
 func TestThirdPartyFirstDoesNotLockOutTheRelay(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), []byte("the real kernel"), 0o644)
+	src := oneFileDir(t, "Image", []byte("the real kernel"))
 	parent := t.TempDir()
 	dest := filepath.Join(parent, "out")
-	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-", "--accept-timeout", "20s")
-	rfp := r.line(t)
-	addr, _ := strings.CutPrefix(r.line(t), "listening ")
-	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
-	sfp := s.line(t)
+	r, rfp, addr := startRecv(t, bin, "--dest", dest, "--accept-timeout", "20s")
+	s, sfp := startRelay(t, bin, addr, src)
 	r.stdin.Write([]byte(sfp + "\n"))
 
 	// Someone who learned the receiver's pin (it is not secret) connects
@@ -145,13 +137,10 @@ func TestThirdPartyFirstDoesNotLockOutTheRelay(t *testing.T) {
 // by side with it.
 func TestIdleConnectionsDoNotLockOutTheRelay(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), []byte("the real kernel"), 0o644)
+	src := oneFileDir(t, "Image", []byte("the real kernel"))
 	parent := t.TempDir()
 	dest := filepath.Join(parent, "out")
-	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-", "--accept-timeout", "60s")
-	rfp := r.line(t)
-	addr, _ := strings.CutPrefix(r.line(t), "listening ")
+	r, rfp, addr := startRecv(t, bin, "--dest", dest, "--accept-timeout", "60s")
 	for range 2 {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -159,8 +148,7 @@ func TestIdleConnectionsDoNotLockOutTheRelay(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
-	sfp := s.line(t)
+	s, sfp := startRelay(t, bin, addr, src)
 	r.stdin.Write([]byte(sfp + "\n"))
 	s.stdin.Write([]byte(rfp + "\n"))
 	_, serr := s.wait(t)
@@ -178,14 +166,10 @@ func TestIdleConnectionsDoNotLockOutTheRelay(t *testing.T) {
 // the error of the connection it closed to stop.
 func TestIdleTimeoutSaysSo(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "big"), randomBytes(t, 64<<20), 0o644)
+	src := oneFileDir(t, "big", randomBytes(t, 64<<20))
 	parent := t.TempDir()
-	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", filepath.Join(parent, "out"), "--peer-pin", "-", "--idle-timeout", "2s")
-	rfp := r.line(t)
-	addr, _ := strings.CutPrefix(r.line(t), "listening ")
-	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", "--level", "better", src)
-	sfp := s.line(t)
+	r, rfp, addr := startRecv(t, bin, "--dest", filepath.Join(parent, "out"), "--idle-timeout", "2s")
+	s, sfp := startRelay(t, bin, addr, "--level", "better", src)
 	r.stdin.Write([]byte(sfp + "\n"))
 	s.stdin.Write([]byte(rfp + "\n"))
 	if l := s.line(t); !strings.HasPrefix(l, "connected ") {

@@ -2,12 +2,10 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,47 +36,31 @@ type proc struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	stdout *bufio.Reader
-	stderr *lockedBuffer
+	stderr *testbin.Buffer
 	done   chan error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func start(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, stdin: stdin, stdout: bufio.NewReader(out), stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-	})
-	return p
+	return startEnv(t, nil, bin, args...)
+}
+
+// startRecv starts bin's recv on a free loopback port, its pin to come on
+// stdin, with args, and returns it, its fingerprint line and its address.
+func startRecv(t *testing.T, bin string, args ...string) (r *proc, fingerprint, addr string) {
+	t.Helper()
+	r = start(t, bin, append([]string{"recv", "--listen", "127.0.0.1:0", "--peer-pin", "-"}, args...)...)
+	fingerprint = r.line(t)
+	addr, _ = strings.CutPrefix(r.line(t), "listening ")
+	return r, fingerprint, addr
+}
+
+// startRelay starts bin's relay to addr, its pin to come on stdin, with
+// args, and returns it and its fingerprint line.
+func startRelay(t *testing.T, bin, addr string, args ...string) (s *proc, fingerprint string) {
+	t.Helper()
+	s = start(t, bin, append([]string{"relay", "--connect", addr, "--peer-pin", "-"}, args...)...)
+	return s, s.line(t)
 }
 
 // line reads one stdout line, failing the test after a timeout.

@@ -41,6 +41,15 @@ func loopback(t *testing.T, dest string, recvArgs, relayArgs []string, paths ...
 	return outcome{ro, r.stderr.String(), rerr}, outcome{so, s.stderr.String(), serr}
 }
 
+// oneFileDir is a new directory holding one file, name, with data (mode
+// 0644).
+func oneFileDir(t *testing.T, name string, data []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, name), data, 0o644)
+	return dir
+}
+
 func writeFile(t *testing.T, p string, data []byte, mode os.FileMode) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {

@@ -155,6 +155,15 @@ type subcommand struct {
 	run           func(ctx context.Context, e *env, args []string) error
 }
 
+// registerGroup registers a command made of subcommands (nbship image
+// list, …); footer, if any, goes in the group's usage before the pointer
+// to the flags.
+func registerGroup(name, summary, footer string, subs ...subcommand) {
+	register(command{name: name, summary: summary, run: func(ctx context.Context, e *env, args []string) error {
+		return dispatch(ctx, e, name, subs, args, footer)
+	}})
+}
+
 // dispatch runs the subcommand of group that args name; footer, if any,
 // goes in the group's usage before the pointer to the flags.
 func dispatch(ctx context.Context, e *env, group string, subs []subcommand, args []string, footer string) error {
@@ -268,4 +277,16 @@ func parseFlags(fs *pflag.FlagSet, args []string) error {
 		return usageError("%s: %v", strings.TrimPrefix(fs.Name(), "nbship "), err)
 	}
 	return nil
+}
+
+// parseArgs is parseFlags for a subcommand that takes n arguments; names
+// says which ("the device ID"), for the error.
+func parseArgs(fs *pflag.FlagSet, args []string, n int, names string) ([]string, error) {
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() != n {
+		return nil, usageError("%s: want %s, got %d arguments", fs.Name(), names, fs.NArg())
+	}
+	return fs.Args(), nil
 }

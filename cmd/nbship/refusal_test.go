@@ -31,8 +31,7 @@ import (
 func wrongPin(t *testing.T, liar string) (r, s *proc, rpin, spin, wrong string) {
 	t.Helper()
 	bin := nbshipBinary(t, "amd64")
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), []byte("kernel"), 0o644)
+	src := oneFileDir(t, "Image", []byte("kernel"))
 	parent := t.TempDir()
 	r = start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", filepath.Join(parent, "out"), "--peer-pin", "-", "--accept-timeout", "3s")
 	rfp := r.line(t)
@@ -227,8 +226,7 @@ func exitCode(err error) int {
 }
 
 func TestRecvRefusesNonEmptyDestUnlessReplace(t *testing.T) {
-	src := t.TempDir()
-	writeFile(t, filepath.Join(src, "Image"), []byte("new kernel"), 0o644)
+	src := oneFileDir(t, "Image", []byte("new kernel"))
 	dest := filepath.Join(t.TempDir(), "slot")
 	writeFile(t, filepath.Join(dest, "Image"), []byte("old kernel"), 0o644)
 	writeFile(t, filepath.Join(dest, "stale"), []byte("old"), 0o644)
@@ -255,39 +253,51 @@ func TestRecvRefusesNonEmptyDestUnlessReplace(t *testing.T) {
 	assertNoLeftovers(t, filepath.Dir(dest), "slot")
 }
 
+// relayToWatched starts bin's relay of path towards a listener that only
+// notes whether it is dialled, and gives the relay a receiver's pin. It
+// returns the relay and that note, to read once the relay has ended.
+func relayToWatched(t *testing.T, bin, path string) (s *proc, dialled func() bool) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan struct{}, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			ch <- struct{}{}
+			c.Close()
+		}
+	}()
+	s, _ = startRelay(t, bin, ln.Addr().String(), path)
+	s.stdin.Write([]byte("fingerprint " + tunnel.Fingerprint([]byte("the receiver")) + "\n"))
+	return s, func() bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+}
+
 // The relay hashes its files while the pins are exchanged; a path that is
 // not there still fails before it dials, with one line naming the path,
 // and the receiver never sees a connection.
 func TestRelayMissingPathFailsBeforeDialling(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	dialled := make(chan struct{}, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			dialled <- struct{}{}
-			c.Close()
-		}
-	}()
 	missing := filepath.Join(t.TempDir(), "no-such-Image")
-	s := start(t, bin, "relay", "--connect", ln.Addr().String(), "--peer-pin", "-", missing)
-	s.line(t) // its fingerprint
-	s.stdin.Write([]byte("fingerprint " + tunnel.Fingerprint([]byte("the receiver")) + "\n"))
-	_, err = s.wait(t)
-	if err == nil {
+	s, dialled := relayToWatched(t, bin, missing)
+	if _, err := s.wait(t); err == nil {
 		t.Fatal("relay of a missing path exited 0")
 	}
 	msg := strings.TrimSpace(s.stderr.String())
 	if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, missing) {
 		t.Errorf("relay stderr %q: want one line naming %s", msg, missing)
 	}
-	select {
-	case <-dialled:
+	if dialled() {
 		t.Error("the relay dialled the receiver although it had nothing to send")
-	default:
 	}
 }
 
@@ -305,11 +315,8 @@ func TestRefusedImageExitsRefusedOnBothEnds(t *testing.T) {
 	writeFile(t, filepath.Join(src, "initrd"), []byte("not an initrd either"), 0o644)
 	writeFile(t, filepath.Join(src, "netboot.ipxe"), []byte("#!ipxe\nkernel Image initrd=initrd\ninitrd initrd\nboot\n"), 0o644)
 	pxe := t.TempDir()
-	r := start(t, bin, "recv", "--listen", "127.0.0.1:0", "--publish", pxe, "--instance", "c2.large.arm", "--peer-pin", "-", "--accept-timeout", "20s")
-	rfp := r.line(t)
-	addr, _ := strings.CutPrefix(r.line(t), "listening ")
-	s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
-	sfp := s.line(t)
+	r, rfp, addr := startRecv(t, bin, "--publish", pxe, "--instance", "c2.large.arm", "--accept-timeout", "20s")
+	s, sfp := startRelay(t, bin, addr, src)
 	r.stdin.Write([]byte(sfp + "\n"))
 	s.stdin.Write([]byte(rfp + "\n"))
 	_, serr := s.wait(t)
@@ -362,21 +369,7 @@ func TestRelayRefusesSymlinkOutOfTheTree(t *testing.T) {
 	if err := os.Symlink(secret, leak); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	dialled := make(chan struct{}, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			dialled <- struct{}{}
-			c.Close()
-		}
-	}()
-	s := start(t, bin, "relay", "--connect", ln.Addr().String(), "--peer-pin", "-", src)
-	s.line(t) // its fingerprint
-	s.stdin.Write([]byte("fingerprint " + tunnel.Fingerprint([]byte("the receiver")) + "\n"))
+	s, dialled := relayToWatched(t, bin, src)
 	s.wait(t)
 	if code := s.cmd.ProcessState.ExitCode(); code != 65 {
 		t.Errorf("relay exit = %d, want 65 (refused: sending again would not help)", code)
@@ -386,10 +379,8 @@ func TestRelayRefusesSymlinkOutOfTheTree(t *testing.T) {
 		!strings.HasPrefix(lines[1], "nbship: hint: ") || !strings.Contains(lines[1], "--follow-any-symlink") {
 		t.Errorf("relay stderr = %q, want one line naming %s and %s, and a hint naming --follow-any-symlink", lines, leak, secret)
 	}
-	select {
-	case <-dialled:
+	if dialled() {
 		t.Error("the relay dialled the receiver although it refused what it was to send")
-	default:
 	}
 
 	dest := filepath.Join(t.TempDir(), "out")

@@ -1,7 +1,8 @@
 // Package cloudapi holds what nbship's clients of cloud APIs (Packet
 // through packngo, Hetzner Cloud through hcloud-go) do alike: an API
 // message made to fit one line with the token removed, the Retry-After
-// header, and a sleep that a context ends.
+// header, a sleep that a context ends, and the reading of the token, retry
+// and HTTP client options.
 package cloudapi
 
 import (
@@ -13,6 +14,21 @@ import (
 	"time"
 	"unicode"
 )
+
+// Token is the API token given (surrounding space removed), or an error
+// prefixed with api ("packet") when there is none or it holds spaces or
+// control characters. The error never shows the token: it must reach no
+// output.
+func Token(api, given string) (string, error) {
+	token := strings.TrimSpace(given)
+	if token == "" {
+		return "", errors.New(api + ": no API token")
+	}
+	if strings.ContainsFunc(token, func(r rune) bool { return r < 0x21 || r == 0x7f }) {
+		return "", errors.New(api + ": the API token contains spaces or control characters")
+	}
+	return token, nil
+}
 
 // Redact removes secret from s ("" removes nothing).
 func Redact(s, secret string) string {
@@ -76,4 +92,29 @@ func Sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Tries is how many times a request is sent for a Retries option: 1+def
+// for 0, once for a negative one, else 1+retries.
+func Tries(retries, def int) int {
+	switch {
+	case retries < 0:
+		return 1
+	case retries > 0:
+		return 1 + retries
+	}
+	return 1 + def
+}
+
+// HTTPClient is a copy of hc (nil: a zero Client) and the transport under
+// it (http.DefaultTransport where it has none), for a client to wrap.
+func HTTPClient(hc *http.Client) (http.Client, http.RoundTripper) {
+	var c http.Client
+	if hc != nil {
+		c = *hc
+	}
+	if c.Transport == nil {
+		return c, http.DefaultTransport
+	}
+	return c, c.Transport
 }

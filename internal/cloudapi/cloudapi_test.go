@@ -1,6 +1,7 @@
 package cloudapi
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -53,5 +54,44 @@ func TestMessage(t *testing.T) {
 	}
 	if got := Redact("a s3cret", ""); got != "a s3cret" {
 		t.Errorf("Redact with no secret = %q", got)
+	}
+}
+
+func TestTries(t *testing.T) {
+	for _, tc := range []struct{ retries, want int }{{0, 4}, {-1, 1}, {-5, 1}, {1, 2}, {7, 8}} {
+		if got := Tries(tc.retries, 3); got != tc.want {
+			t.Errorf("Tries(%d, 3) = %d, want %d", tc.retries, got, tc.want)
+		}
+	}
+}
+
+func TestHTTPClient(t *testing.T) {
+	if c, base := HTTPClient(nil); c.Transport != nil || c.Timeout != 0 || base != http.DefaultTransport {
+		t.Errorf("HTTPClient(nil) = %+v, %v, want a zero Client over http.DefaultTransport", c, base)
+	}
+	own := &http.Transport{}
+	in := &http.Client{Transport: own, Timeout: time.Second}
+	c, base := HTTPClient(in)
+	if c.Timeout != time.Second || base != own {
+		t.Errorf("HTTPClient(%+v) = %+v, %v, want a copy over its own transport", in, c, base)
+	}
+	c.Timeout = 0
+	if in.Timeout != time.Second {
+		t.Errorf("HTTPClient changed the caller's Client")
+	}
+}
+
+func TestToken(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{" tok-1\n", "tok-1", ""},
+		{"", "", "packet: no API token"},
+		{" \t", "", "packet: no API token"},
+		{"tok en", "", "packet: the API token contains spaces or control characters"},
+		{"tok\x7f", "", "packet: the API token contains spaces or control characters"},
+	} {
+		got, err := Token("packet", tc.in)
+		if got != tc.want || (err == nil) != (tc.err == "") || err != nil && err.Error() != tc.err {
+			t.Errorf("Token(%q) = %q, %v, want %q, %q", tc.in, got, err, tc.want, tc.err)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nbship/nbship/internal/tail"
 	"github.com/nbship/nbship/nixstore"
 	"github.com/nbship/nbship/remote"
 )
@@ -57,7 +58,7 @@ func localLines(ctx context.Context, name string, args ...string) ([]string, err
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("nix: %s %s: %v: %s", name, strings.Join(args, " "), err, lastLine(errb.String()))
+		return nil, fmt.Errorf("nix: %s %s: %v: %s", name, strings.Join(args, " "), err, tail.LastLine(errb.String()))
 	}
 	return lines(out.String()), nil
 }
@@ -72,14 +73,6 @@ func lines(s string) []string {
 		}
 	}
 	return ls
-}
-
-func lastLine(s string) string {
-	l := lines(s)
-	if len(l) == 0 {
-		return ""
-	}
-	return l[len(l)-1]
 }
 
 // Missing returns the paths (in their order) that are not valid in the
@@ -156,7 +149,7 @@ func PushClosure(ctx context.Context, host *remote.Client, path string, stderr i
 		return 0, noNix(host, ierr)
 	}
 	if eerr != nil {
-		return 0, fmt.Errorf("nix: nix-store --export: %v: %s", eerr, lastLine(errb.String()))
+		return 0, fmt.Errorf("nix: nix-store --export: %v: %s", eerr, tail.LastLine(errb.String()))
 	}
 	return len(missing), nil
 }
@@ -182,7 +175,7 @@ func Realise(ctx context.Context, host *remote.Client, drv, rootName string, job
 	if err != nil {
 		return "", noNix(host, err)
 	}
-	root := lastLine(out.String())
+	root := tail.LastLine(out.String())
 	if root == "" {
 		return "", fmt.Errorf("nix: %s: nix-store --realise %s printed no output path", host.Name(), drv)
 	}

@@ -399,7 +399,7 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 	}
 	if l, err := relay.line("connection"); err != nil {
 		if status, stderr, ok := protocol.Status(err); ok && status == protocol.ExitDialFailed {
-			return nil, &dialFailed{reason: lastLine(stderr)}
+			return nil, &dialFailed{reason: tail.LastLine(stderr)}
 		}
 		return nil, err
 	} else if !protocol.IsConnected(l) {

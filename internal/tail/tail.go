@@ -3,8 +3,6 @@
 package tail
 
 import (
-	"bufio"
-	"bytes"
 	"io"
 	"strings"
 	"sync"
@@ -47,14 +45,29 @@ func (t *Buffer) String() string {
 // Last returns the last non-empty line kept, without surrounding space
 // (the last line may be one still being written).
 func (t *Buffer) Last() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var last string
-	sc := bufio.NewScanner(bytes.NewReader(t.b))
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
-			last = l
-		}
+	return LastLine(t.String())
+}
+
+// LastLine returns the last non-empty line of s, without surrounding
+// space.
+func LastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
 	}
-	return last
+	return strings.TrimSpace(s)
+}
+
+// ReasonSize is how many bytes of a line Reason keeps.
+const ReasonSize = 300
+
+// Reason is the last non-empty line of s, cut to ReasonSize bytes (and
+// " ..."): a command's own words for why it failed, short enough for an
+// error message.
+func Reason(s string) string {
+	s = LastLine(s)
+	if len(s) > ReasonSize {
+		s = strings.ToValidUTF8(s[:ReasonSize], "") + " ..."
+	}
+	return s
 }

@@ -39,3 +39,23 @@ func TestBuffer(t *testing.T) {
 		}
 	}
 }
+
+func TestLastLineAndReason(t *testing.T) {
+	long := strings.Repeat("é", ReasonSize) // two bytes each: a cut falls inside one
+	for _, tc := range []struct {
+		in, last, reason string
+	}{
+		{"", "", ""},
+		{"\n \n", "", ""},
+		{"one", "one", "one"},
+		{"warning: x\r\n  error: y  \r\n\n", "error: y", "error: y"},
+		{"a\n" + long + "\n", long, strings.Repeat("é", ReasonSize/2) + " ..."},
+	} {
+		if got := LastLine(tc.in); got != tc.last {
+			t.Errorf("LastLine(%.40q) = %.40q, want %.40q", tc.in, got, tc.last)
+		}
+		if got := Reason(tc.in); got != tc.reason {
+			t.Errorf("Reason(%.40q) = %.40q, want %.40q", tc.in, got, tc.reason)
+		}
+	}
+}

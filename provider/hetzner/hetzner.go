@@ -26,6 +26,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nbship/nbship/internal/cloudapi"
 	"github.com/nbship/nbship/provider"
 )
 
@@ -70,12 +71,9 @@ var _ provider.Provider = (*Client)(nil)
 
 // New checks opts and returns a Client. It makes no request.
 func New(opts Options) (*Client, error) {
-	token := strings.TrimSpace(opts.Token)
-	if token == "" {
-		return nil, errors.New("hetzner: no API token")
-	}
-	if strings.ContainsFunc(token, func(r rune) bool { return r < 0x21 || r == 0x7f }) {
-		return nil, errors.New("hetzner: the API token contains spaces or control characters")
+	token, err := cloudapi.Token("hetzner", opts.Token)
+	if err != nil {
+		return nil, err
 	}
 	endpoint := hcloud.Endpoint
 	if opts.Endpoint != "" {
@@ -85,24 +83,12 @@ func New(opts Options) (*Client, error) {
 		}
 		endpoint = opts.Endpoint
 	}
-	tr := &transport{tries: 1 + DefaultRetries, maxWait: opts.MaxWait, sleep: sleepCtx}
-	switch {
-	case opts.Retries < 0:
-		tr.tries = 1
-	case opts.Retries > 0:
-		tr.tries = 1 + opts.Retries
-	}
+	tr := &transport{tries: cloudapi.Tries(opts.Retries, DefaultRetries), maxWait: opts.MaxWait, sleep: sleepCtx}
 	if tr.maxWait <= 0 {
 		tr.maxWait = DefaultMaxWait
 	}
-	hc := http.Client{}
-	if opts.HTTPClient != nil {
-		hc = *opts.HTTPClient
-	}
-	tr.base = hc.Transport
-	if tr.base == nil {
-		tr.base = http.DefaultTransport
-	}
+	var hc http.Client
+	hc, tr.base = cloudapi.HTTPClient(opts.HTTPClient)
 	hc.Transport = tr
 	poll := opts.PollInterval
 	if poll <= 0 {

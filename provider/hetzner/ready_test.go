@@ -42,7 +42,7 @@ func TestReadyTrustsOnFirstUse(t *testing.T) {
 	dest := "root@" + net.JoinHostPort(s.IPv4, strconv.Itoa(sshd.Port))
 	var log bytes.Buffer
 	var uname string
-	o := SSHOptions{Config: remote.Config{Home: sshd.Home}, Interval: 10 * time.Millisecond, Log: &log}
+	o := SSHOptions{Config: remote.Config{Home: sshd.Client}, Interval: 10 * time.Millisecond, Log: &log}
 	err = Ready(context.Background(), dest, o, func(ctx context.Context, rc *remote.Client) error {
 		out, err := rc.Output(ctx, "uname", "-s")
 		uname = strings.TrimSpace(string(out))
@@ -54,7 +54,7 @@ func TestReadyTrustsOnFirstUse(t *testing.T) {
 	if uname != "Linux" {
 		t.Errorf("boot ran uname -s = %q, want Linux", uname)
 	}
-	kh := filepath.Join(sshd.Home, ".ssh", "known_hosts")
+	kh := filepath.Join(sshd.Client, ".ssh", "known_hosts")
 	b, err := os.ReadFile(kh)
 	if err != nil {
 		t.Fatal(err)
@@ -82,13 +82,13 @@ func TestReadyTrustsOnFirstUse(t *testing.T) {
 func TestReadyRefusesChangedKey(t *testing.T) {
 	sshd := hetznertest.StartSSHD(t)
 	other, _, _, _, _ := ssh.ParseAuthorizedKey([]byte(operatorKey))
-	kh := filepath.Join(sshd.Home, ".ssh", "known_hosts")
+	kh := filepath.Join(sshd.Client, ".ssh", "known_hosts")
 	if err := os.WriteFile(kh, []byte(knownhosts.Line([]string{sshd.Addr}, other)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var log bytes.Buffer
 	booted := false
-	err := Ready(context.Background(), "root@"+sshd.Addr, SSHOptions{Config: remote.Config{Home: sshd.Home}, Interval: 10 * time.Millisecond, Timeout: time.Hour, Log: &log},
+	err := Ready(context.Background(), "root@"+sshd.Addr, SSHOptions{Config: remote.Config{Home: sshd.Client}, Interval: 10 * time.Millisecond, Timeout: time.Hour, Log: &log},
 		func(context.Context, *remote.Client) error { booted = true; return nil })
 	var hk *remote.HostKeyError
 	if !errors.As(err, &hk) || !hk.Changed || booted {
@@ -104,13 +104,13 @@ func TestReadyRefusesChangedKey(t *testing.T) {
 func TestReadyRefusedKey(t *testing.T) {
 	sshd := hetznertest.StartSSHD(t)
 	stranger := t.TempDir()
-	if err := os.CopyFS(stranger, os.DirFS(sshd.Home)); err != nil {
+	if err := os.CopyFS(stranger, os.DirFS(sshd.Client)); err != nil {
 		t.Fatal(err)
 	}
 	// Another key in the stranger's home.
 	other := hetznertest.StartSSHD(t)
 	for _, n := range []string{"id_ed25519", "id_ed25519.pub"} {
-		b, _ := os.ReadFile(filepath.Join(other.Home, ".ssh", n))
+		b, _ := os.ReadFile(filepath.Join(other.Client, ".ssh", n))
 		os.WriteFile(filepath.Join(stranger, ".ssh", n), b, 0o600)
 	}
 	err := Ready(context.Background(), "root@"+sshd.Addr, SSHOptions{Config: remote.Config{Home: stranger}, Interval: 10 * time.Millisecond, Timeout: time.Hour}, nil)

@@ -353,21 +353,28 @@ func (s *Server) project(w http.ResponseWriter, id string) bool {
 	return true
 }
 
+// CreateBody is the body of a request to create a spot market request, as
+// the API reads it (the fake, and tests that look at what was sent).
+type CreateBody struct {
+	Min        int      `json:"devices_min"`
+	Max        int      `json:"devices_max"`
+	Metro      string   `json:"metro"`
+	Facilities []string `json:"facilities"`
+	MaxBid     float64  `json:"max_bid_price"`
+	P          struct {
+		OS        string   `json:"operating_system"`
+		Plan      string   `json:"plan"`
+		IPXE      string   `json:"ipxe_script_url"`
+		AlwaysPXE bool     `json:"always_pxe"`
+		Tags      []string `json:"tags"`
+		Hostname  string   `json:"hostname"`
+		UserData  string   `json:"userdata"`
+		Billing   string   `json:"billing_cycle"`
+	} `json:"instance_parameters"`
+}
+
 func (s *Server) create(w http.ResponseWriter, body []byte) {
-	var in struct {
-		Min        int      `json:"devices_min"`
-		Max        int      `json:"devices_max"`
-		Metro      string   `json:"metro"`
-		Facilities []string `json:"facilities"`
-		MaxBid     float64  `json:"max_bid_price"`
-		Params     struct {
-			Hostname string   `json:"hostname"`
-			OS       string   `json:"operating_system"`
-			Plan     string   `json:"plan"`
-			IPXE     string   `json:"ipxe_script_url"`
-			Tags     []string `json:"tags"`
-		} `json:"instance_parameters"`
-	}
+	var in CreateBody
 	if err := json.Unmarshal(body, &in); err != nil {
 		writeJSON(w, 422, obj{"errors": []string{"malformed JSON: " + err.Error()}})
 		return
@@ -376,10 +383,10 @@ func (s *Server) create(w http.ResponseWriter, body []byte) {
 	if in.MaxBid <= 0 {
 		errs = append(errs, "max_bid_price must be greater than 0")
 	}
-	if in.Params.Plan == "" {
+	if in.P.Plan == "" {
 		errs = append(errs, "instance_parameters.plan is required")
 	}
-	if in.Params.OS == "custom_ipxe" && in.Params.IPXE == "" {
+	if in.P.OS == "custom_ipxe" && in.P.IPXE == "" {
 		errs = append(errs, "ipxe_script_url is required for custom_ipxe")
 	}
 	if len(errs) > 0 {
@@ -389,15 +396,15 @@ func (s *Server) create(w http.ResponseWriter, body []byte) {
 	s.nextID++
 	req := &Request{
 		ID:         fmt.Sprintf("5a7e0000-0000-4000-8000-%012d", s.nextID),
-		Plan:       in.Params.Plan,
+		Plan:       in.P.Plan,
 		Metro:      in.Metro,
 		Facilities: in.Facilities,
 		Min:        in.Min,
 		Max:        in.Max,
 		MaxBid:     in.MaxBid,
-		Hostname:   in.Params.Hostname,
-		IPXEURL:    in.Params.IPXE,
-		Tags:       in.Params.Tags,
+		Hostname:   in.P.Hostname,
+		IPXEURL:    in.P.IPXE,
+		Tags:       in.P.Tags,
 	}
 	s.requests[req.ID] = req
 	writeJSON(w, http.StatusCreated, s.requestJSON(req))

@@ -1,7 +1,6 @@
 # Test stand-in for a NixOS netboot image of instance type m2.xlarge.x86
-# (x86_64-linux). No nixpkgs is available here, so this is a plain derivation
-# that assembles Debian's amd64 installer kernel and initrd into the same shape
-# NixOS's netboot output has: bzImage, initrd, netboot.ipxe.
+# (x86_64-linux): Debian's amd64 installer kernel and initrd as bzImage, initrd
+# and netboot.ipxe (netboot.nix builds it).
 #
 #   instance  the instance type it stands for (the other x86 files import
 #          this one with their own name).
@@ -14,39 +13,12 @@
 # the kernel talks on ttyS0 (QEMU's serial) as well as ttyS1 (Packet's SOS
 # console for x86 machines, and /dev/console as the last console=). Keep that
 # order: with console=ttyS1 first, Debian's kernel resets the QEMU machine right
-# after "Probing EDD" and never prints a line. The builder is the host's /bin/sh (needs
-# `sandbox = false`); PATH is unset in Nix builds, hence absolute /bin paths.
+# after "Probing EDD" and never prints a line.
 { salt ? "", links ? false, instance ? "m2.xlarge.x86" }:
-let
-  dir = /usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64;
-  kernel = builtins.path { path = dir + "/linux"; name = "debian-12-amd64-bzImage"; };
-  initrd = builtins.path { path = dir + "/initrd.gz"; name = "debian-12-amd64-initrd"; };
-in
-derivation {
-  name = "netboot-${instance}";
+import ./netboot.nix {
+  inherit instance salt links;
   system = "x86_64-linux";
-  builder = "/bin/sh";
-  inherit kernel initrd salt;
-  link = if links then "1" else "";
-  ipxe = ''
-    #!ipxe
-    # ${instance} netboot image (nbship test data); salt: ${salt}
-    # Use the cmdline variable to allow the user to specify custom kernel params
-    # when chainloading this script from other iPXE scripts like netboot.xyz
-    kernel bzImage init=/sbin/init initrd=initrd console=ttyS0,115200n8 console=ttyS1,115200n8 ''${cmdline}
-    initrd initrd
-    boot
-  '';
-  args = [ "-c" ''
-    set -e
-    /bin/mkdir "$out"
-    if [ -n "$link" ]; then
-      /bin/ln -s "$kernel" "$out/bzImage"
-      /bin/ln -s "$initrd" "$out/initrd"
-    else
-      /bin/cp "$kernel" "$out/bzImage"
-      /bin/cp "$initrd" "$out/initrd"
-    fi
-    printf '%s' "$ipxe" > "$out/netboot.ipxe"
-  '' ];
+  debArch = "amd64";
+  kernel = "bzImage";
+  console = "console=ttyS0,115200n8 console=ttyS1,115200n8";
 }

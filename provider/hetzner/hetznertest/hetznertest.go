@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -383,12 +384,7 @@ func (f *Fake) route(w http.ResponseWriter, r *http.Request, path string, body [
 		writeJSON(w, http.StatusOK, schema.ActionGetResponse{Action: a.Action})
 	case r.Method == http.MethodGet && path == "/ssh_keys":
 		var out schema.SSHKeyListResponse
-		ids := make([]int64, 0, len(f.keys))
-		for id := range f.keys {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-		for _, id := range ids {
+		for _, id := range slices.Sorted(maps.Keys(f.keys)) {
 			k := f.keys[id]
 			if fp := q.Get("fingerprint"); fp != "" && fp != k.Fingerprint {
 				continue
