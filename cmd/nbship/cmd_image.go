@@ -25,6 +25,7 @@ import (
 	"github.com/nbship/nbship/internal/config"
 	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/remote"
+	"github.com/nbship/nbship/transfer"
 )
 
 func init() {
@@ -297,7 +298,7 @@ func imageList(ctx context.Context, e *env, args []string) error {
 		if r.Current {
 			cur = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", r.Instance, r.Name, cur, r.Files, imageSize(r.Bytes), r.Time.UTC().Format(time.DateTime+"Z"))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", r.Instance, r.Name, cur, r.Files, transfer.HumanBytes(r.Bytes), r.Time.UTC().Format(time.DateTime+"Z"))
 	}
 	return tw.Flush()
 }
@@ -345,7 +346,7 @@ func imageVerify(ctx context.Context, e *env, args []string) error {
 			image.Summary
 		}{p.Name, sum})
 	}
-	_, err = fmt.Fprintf(e.stdout, "ok %s: %s %s, %s initrd, %d files, %s\n", dir, p.System, sum.Kernel, sum.Initrd, sum.Files, imageSize(sum.Bytes))
+	_, err = fmt.Fprintf(e.stdout, "ok %s: %s %s, %s initrd, %d files, %s\n", dir, p.System, sum.Kernel, sum.Initrd, sum.Files, transfer.HumanBytes(sum.Bytes))
 	return err
 }
 
@@ -472,19 +473,6 @@ func imageBoot(ctx context.Context, e *env, args []string) error {
 	return err
 }
 
-// imageSize is a byte count for people.
-func imageSize(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
 // imagePublished is what image publish reports (and nbship x86_64 reads).
 // The byte and file counts name the same things as a shipped image's:
 // files_sent are the files whose bytes were copied in, files_reused those
@@ -568,7 +556,7 @@ func imagePublish(ctx context.Context, e *env, args []string) error {
 // printPublished writes the figures of a publish as one line.
 func printPublished(w io.Writer, prefix string, r imagePublished) {
 	fmt.Fprintf(w, "%spublished %d files (%d copied, %d already there), %s copied of %s in %.2fs\n",
-		prefix, r.Files, r.FilesSent, r.Reused, imageSize(r.Bytes), imageSize(r.TotalBytes), r.Seconds)
+		prefix, r.Files, r.FilesSent, r.Reused, transfer.HumanBytes(r.Bytes), transfer.HumanBytes(r.TotalBytes), r.Seconds)
 }
 
 // imageLocalFlags are the flags that say where a subcommand runs or how to
