@@ -161,6 +161,12 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer sink.Close()
+	if t, ok := land.(*slotTarget); ok {
+		// Resume (issue 21): keep the file in progress for a retry, and
+		// continue the ones failed attempts kept.
+		dirs, _ := t.slot.LeftoverDirs()
+		sink.Resume(t.keepPartial, dirs)
+	}
 	cnt := new(transfer.Counters)
 	stop := progress(e, "recv", cnt, false)
 	st, err := transfer.Receive(ctx, conn, sink, transfer.ReceiveOptions{Progress: cnt, Commit: land.commit})

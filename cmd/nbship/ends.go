@@ -92,6 +92,7 @@ func newSummary(st *transfer.Stats, wire int64) protocol.Stream {
 		Compressed: st.Compressed, Stored: st.Stored, Level: st.Level, WireBytes: wire, Seconds: round(st.Seconds, 3), Published: st.Published,
 		PeakRSS: vmHWM(os.Getpid()),
 	}
+	s.Resumed = st.Resumed // resume (issue 21)
 	if st.Compressed > 0 {
 		s.Ratio = round(float64(st.Bytes)/float64(st.Compressed), 2)
 	}
