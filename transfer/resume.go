@@ -35,6 +35,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -240,6 +241,11 @@ func hashPrefix(f *os.File, n int64, buf []byte) (*kept, error) {
 	}
 	if !fi.Mode().IsRegular() || fi.Size() < n {
 		return nil, errors.New("not a regular file as long as its state says")
+	}
+	// A file with another name too (a hard link to a published file,
+	// say) is not truncated and appended to.
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink != 1 {
+		return nil, errors.New("not a file of its own")
 	}
 	h := sha256.New()
 	got, err := io.CopyBuffer(h, io.NewSectionReader(f, 0, n), buf)

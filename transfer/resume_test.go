@@ -199,6 +199,17 @@ func TestResumeTamperedSendsWhole(t *testing.T) {
 		{"state not JSON", func(t *testing.T, dir string, kept int64) {
 			os.WriteFile(filepath.Join(dir, partialState), []byte("\x00garbage"), 0o600)
 		}},
+		{"prefix has another name", func(t *testing.T, dir string, kept int64) {
+			other := filepath.Join(t.TempDir(), "published")
+			if err := os.Link(filepath.Join(dir, partialData), other); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if fi, err := os.Stat(other); err != nil || fi.Size() != kept {
+					t.Errorf("the other name's file was changed: %v, %v", fi, err)
+				}
+			})
+		}},
 		{"prefix is a symlink", func(t *testing.T, dir string, kept int64) {
 			p := filepath.Join(dir, partialData)
 			os.Rename(p, p+".real")
