@@ -436,21 +436,10 @@ func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {
 	s := newSetup(t, "c2.large.arm")
 	s.resetSlot(t, ctx, "c2.large.arm")
 	s.freshImage(t, "c2.large.arm")
-	st := s.start(t, ctx, "aarch64", "--config", s.config, "--json", "--retries", "1")
 	// Image is complete and verified once the receiver starts on initrd.
-	stagedFile(t, s.r, "c2.large.arm", "initrd", st)
-	if err := s.r.Link("build-pxe", false); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.r.Link("build-pxe", true) })
-	if err := st.wait(t, 3*time.Minute); err != nil {
-		t.Fatalf("nbship with one retry: %v\n%s", err, st.stderr.String())
-	}
-	stderr := st.stderr.String()
-	if !strings.Contains(stderr, "attempt 1 of 2 failed") {
-		t.Errorf("stderr does not report the failed first attempt:\n%s", stderr)
-	}
-	res := parseJSON[buildResult](t, st.stdout.String())
+	res := cutAndRetry(t, ctx, s, 3*time.Minute, func(st *started) {
+		stagedFile(t, s.r, "c2.large.arm", "initrd", st)
+	})
 	// The retry found the direct link down and went over SSH, and did not
 	// send Image again: the first attempt had verified it.
 	if res.Path != "ssh" || res.FilesSent != 2 {
@@ -464,6 +453,26 @@ func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {
 	}
 	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
 	noStaging(t, s.r)
+}
+
+// cutAndRetry runs nbship aarch64 with one retry (and args), drops the
+// build–pxe link once cut returns, and returns the summary of the run,
+// which must have succeeded on its second attempt within limit.
+func cutAndRetry(t *testing.T, ctx context.Context, s *setup, limit time.Duration, cut func(*started), args ...string) buildResult {
+	t.Helper()
+	st := s.start(t, ctx, append([]string{"aarch64", "--config", s.config, "--json", "--retries", "1"}, args...)...)
+	cut(st)
+	if err := s.r.Link("build-pxe", false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.r.Link("build-pxe", true) })
+	if err := st.wait(t, limit); err != nil {
+		t.Fatalf("nbship with one retry: %v\n%s", err, st.stderr.String())
+	}
+	if stderr := st.stderr.String(); !strings.Contains(stderr, "attempt 1 of 2 failed") {
+		t.Errorf("stderr does not report the failed first attempt:\n%s", stderr)
+	}
+	return parseJSON[buildResult](t, st.stdout.String())
 }
 
 func TestFaultTwoRunsForOneSlotAtOnce(t *testing.T) {
