@@ -222,6 +222,7 @@ func receiveFile(dec io.Reader, sink Sink, e *Entry, offered int64, buf []byte, 
 	}
 	var w io.WriteCloser
 	var h hash.Hash
+	cnt.Total.Add(-from) // not moved again
 	if from > 0 {
 		w, h, err = sink.(Resumer).ResumeEntry(e)
 	} else {

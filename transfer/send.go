@@ -700,6 +700,7 @@ func sendFile(out *frames, ad *adapter, src *Source, i int, of *offer, cnt *Coun
 	if err != nil {
 		return 0, err
 	}
+	cnt.Total.Add(-from) // not moved again
 	size := e.Size - from
 	r := &fileReader{f: f, path: p, size: e.Size, buf: buf, cnt: cnt}
 	if !stored && ad.unacked != nil && size >= adaptMin {
