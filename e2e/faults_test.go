@@ -23,11 +23,19 @@ import (
 // whole image crosses the channel.
 func (s *setup) freshImage(t *testing.T, instance string) {
 	t.Helper()
+	s.appendedImage(t, instance, "fresh", "/usr/bin/head -c 4194304 /dev/urandom >> $out/Image", fmt.Sprintf("echo %q >> $out/initrd", s.salt))
+}
+
+// appendedImage makes the setup build the instance's image with the shell
+// lines imageTail and initrdTail run after its Image and initrd are copied
+// (to append to them).
+func (s *setup) appendedImage(t *testing.T, instance, name, imageTail, initrdTail string) {
+	t.Helper()
 	src := filepath.Join(repoRoot(t), "testdata", "instances", instance+".nix")
 	nix := filepath.Join(s.dir, instance+".nix")
 	expr := fmt.Sprintf(`let base = import %s { salt = %q; }; in
 derivation {
-  name = "netboot-fresh-%s";
+  name = "netboot-%s-%s";
   system = base.system;
   builder = "/bin/sh";
   args = [ "-c" ''
@@ -35,11 +43,11 @@ derivation {
     /bin/cp ${base}/netboot.ipxe $out/netboot.ipxe
     /bin/cat ${base}/Image > $out/Image
     /bin/cat ${base}/initrd > $out/initrd
-    /usr/bin/head -c 4194304 /dev/urandom >> $out/Image
-    echo %q >> $out/initrd
+    %s
+    %s
   '' ];
 }
-`, src, s.salt, instance, s.salt)
+`, src, s.salt, name, instance, imageTail, initrdTail)
 	if err := os.WriteFile(nix, []byte(expr), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -101,34 +109,41 @@ func (st *started) wait(t *testing.T, limit time.Duration) error {
 // staging directory of instance: the transfer is under way.
 func midStream(t *testing.T, r *rig.Rig, instance string, st *started) {
 	t.Helper()
+	waitStaging(t, r, instance, st, "the transfer under way", func(dir string) bool {
+		var n int64
+		filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				n += fi.Size()
+			}
+			return nil
+		})
+		return n > 1<<20
+	})
+}
+
+// waitStaging waits until seen holds for a staging directory of instance
+// on pxe, polling often enough to catch a fast transfer near a point;
+// what names what it waits for.
+func waitStaging(t *testing.T, r *rig.Rig, instance string, st *started, what string, seen func(dir string) bool) {
+	t.Helper()
 	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-st.done:
 			st.done <- err
-			t.Fatalf("nbship ended (%v) before the transfer was seen:\n%s", err, st.stderr.String())
+			t.Fatalf("nbship ended (%v) before %s:\n%s", err, what, st.stderr.String())
 		default:
 		}
 		ents, _ := os.ReadDir(gens)
 		for _, e := range ents {
-			if !strings.HasPrefix(e.Name(), ".staging-") {
-				continue
-			}
-			var n int64
-			filepath.Walk(filepath.Join(gens, e.Name()), func(_ string, fi os.FileInfo, err error) error {
-				if err == nil && fi.Mode().IsRegular() {
-					n += fi.Size()
-				}
-				return nil
-			})
-			if n > 1<<20 {
+			if strings.HasPrefix(e.Name(), ".staging-") && seen(filepath.Join(gens, e.Name())) {
 				return
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
-	t.Fatalf("never saw the transfer under way:\n%s", st.stderr.String())
+	t.Fatalf("never saw %s:\n%s", what, st.stderr.String())
 }
 
 // nbshipPID finds the remote end (relay or recv) on host.
@@ -413,22 +428,7 @@ func TestFaultBuildHostOfAnotherArchitecture(t *testing.T) {
 // complete and verified).
 func stagedFile(t *testing.T, r *rig.Rig, instance, name string, st *started) {
 	t.Helper()
-	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
-	deadline := time.Now().Add(3 * time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-st.done:
-			st.done <- err
-			t.Fatalf("nbship ended (%v) before %s arrived:\n%s", err, name, st.stderr.String())
-		default:
-		}
-		m, _ := filepath.Glob(filepath.Join(gens, ".staging-*", name))
-		if len(m) > 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("%s never arrived:\n%s", name, st.stderr.String())
+	stagedGrown(t, r, instance, name, 0, st)
 }
 
 func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {

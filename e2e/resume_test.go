@@ -21,21 +21,7 @@ import (
 // random bytes appended (the format stays valid).
 func (s *setup) bigImage(t *testing.T, instance string, extra int64) {
 	t.Helper()
-	src := filepath.Join(repoRoot(t), "testdata", "instances", instance+".nix")
-	s.useNix(t, instance, fmt.Sprintf(`let base = import %s { salt = %q; }; in
-derivation {
-  name = "netboot-big-%s";
-  system = base.system;
-  builder = "/bin/sh";
-  args = [ "-c" ''
-    /bin/mkdir $out
-    /bin/cp ${base}/netboot.ipxe $out/netboot.ipxe
-    /bin/cp ${base}/Image $out/Image
-    /bin/cat ${base}/initrd > $out/initrd
-    /usr/bin/head -c %d /dev/urandom >> $out/initrd
-  '' ];
-}
-`, src, s.salt, instance, extra))
+	s.appendedImage(t, instance, "big", "", fmt.Sprintf("/usr/bin/head -c %d /dev/urandom >> $out/initrd", extra))
 }
 
 // nativeRemote puts the amd64 nbship where both rig hosts can run it, for
@@ -71,24 +57,10 @@ func nativeRemote(t *testing.T, r *rig.Rig) string {
 // named name of at least n bytes.
 func stagedGrown(t *testing.T, r *rig.Rig, instance, name string, n int64, st *started) {
 	t.Helper()
-	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
-	deadline := time.Now().Add(3 * time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-st.done:
-			st.done <- err
-			t.Fatalf("nbship ended (%v) before %s reached %d bytes:\n%s", err, name, n, st.stderr.String())
-		default:
-		}
-		m, _ := filepath.Glob(filepath.Join(gens, ".staging-*", name))
-		for _, p := range m {
-			if fi, err := os.Stat(p); err == nil && fi.Size() >= n {
-				return
-			}
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("%s never reached %d bytes:\n%s", name, n, st.stderr.String())
+	waitStaging(t, r, instance, st, fmt.Sprintf("%s with %d bytes", name, n), func(dir string) bool {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		return err == nil && fi.Size() >= n
+	})
 }
 
 func sha256File(t *testing.T, p string) string {
