@@ -255,8 +255,9 @@ func TestParseWantRefusesBadOffers(t *testing.T) {
 		{Name: "d", Type: TypeDir},
 		{Name: "a", Type: TypeFile, Size: 100},
 		{Name: "b", Type: TypeFile, Size: 100},
+		{Name: "/nix/store/x", Type: TypeNAR, Size: 100},
 	}}
-	bitmap := []byte{0b110}
+	bitmap := []byte{0b1110}
 	good := offer{index: 1, length: 50}
 	for _, tc := range []struct {
 		name   string
@@ -269,7 +270,8 @@ func TestParseWantRefusesBadOffers(t *testing.T) {
 		{"out of order", []offer{{index: 2, length: 1}, good}, false},
 		{"twice", []offer{good, good}, false},
 		{"a directory", []offer{{index: 0, length: 1}}, false},
-		{"past the entries", []offer{{index: 3, length: 1}}, false},
+		{"a NAR (not continued: no retry ships store paths)", []offer{{index: 3, length: 1}}, false},
+		{"past the entries", []offer{{index: 4, length: 1}}, false},
 		{"the whole file", []offer{{index: 1, length: 100}}, false},
 		{"empty", []offer{{index: 1, length: 0}}, false},
 		{"negative", []offer{{index: 1, length: -1}}, false},
@@ -279,7 +281,7 @@ func TestParseWantRefusesBadOffers(t *testing.T) {
 			t.Errorf("parseWant(%s) = %v, %v; want ok %v", tc.name, got, err, tc.ok)
 		}
 	}
-	if _, _, err := parseWant(appendOffers([]byte{0b010}, []offer{{index: 2, length: 1}}), m); err == nil {
+	if _, _, err := parseWant(appendOffers([]byte{0b1010}, []offer{{index: 2, length: 1}}), m); err == nil {
 		t.Errorf("parseWant accepted an offer of an entry not wanted")
 	}
 	if _, _, err := parseWant(append(bytes.Clone(bitmap), 1, 2, 3), m); err == nil {
