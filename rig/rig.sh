@@ -39,7 +39,11 @@
 # holds the lock from its first use of the rig until it exits). A script that
 # uses the rig for longer than one command (a demo) should hold it the same way,
 # or a test process may tear the rig down under it:
-#   flock /run/lock/nbship-rig.lock env NBSHIP_RIG_LOCKED=1 ./demo-steps.sh
+#   flock -o /run/lock/nbship-rig.lock env NBSHIP_RIG_LOCKED=1 ./demo-steps.sh
+# (-o: the script does not inherit the lock's descriptor. Without it, the
+# rig's daemons would, and would hold the lock for as long as they run, long
+# after the script ended; this script closes any it inherited, below, but
+# other long-lived children of the script would not.)
 #
 # Driving OpenSSH's own `ssh` (or nix-copy-closure, which runs it) as the
 # operator: ssh finds ~/.ssh through the password database (root -> /root), NOT
@@ -99,7 +103,15 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root"; }
 
 # lock takes the machine-wide rig lock unless the caller already holds it.
 # fd 9 must not leak into the daemons we start: each start closes it (9>&-).
+# A caller that holds the lock may have left its descriptor open in us (flock
+# FILE CMD, without -o): closing our copy keeps the daemons from inheriting
+# it, and the caller's own copy keeps the lock held.
 lock() {
+	local fd
+	for fd in /proc/$$/fd/*; do
+		fd=${fd##*/}
+		[ "$fd" -gt 2 ] && [ "$fd" != 9 ] && [ "$(readlink "/proc/$$/fd/$fd" 2>/dev/null)" = "$LOCK" ] && eval "exec $fd>&-"
+	done
 	[ "${NBSHIP_RIG_LOCKED:-}" = 1 ] && return 0
 	mkdir -p "${LOCK%/*}"
 	exec 9>>"$LOCK"
