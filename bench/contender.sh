@@ -8,7 +8,8 @@
 #   contender.sh describe SCENARIO  print the contender's commands
 #
 # SCENARIO is DATASET.LINK.CONTENDER, e.g. netboot.100mbit.seed. DATASET is
-# netboot, closure, many (1,000 small store paths) or big; LINK only names
+# netboot, closure, many (1,000 small store paths), big or resume (a netboot
+# image whose initrd has 2 GiB of random bytes appended); LINK only names
 # the shaping or delay (run.sh applies it).
 # CONTENDER:
 #   nbship             netboot: `nbship aarch64 --drv DRV` from the operator (the
@@ -18,6 +19,9 @@
 #                      (no SSH), pins exchanged through pipes, as scripts/demo.sh did
 #   nbship-store       closure: `nbship ship --store` from the operator
 #   nbship-store-noop  the same with the closure already in the PXE store
+#   nbship-resume      resume: `nbship aarch64 --drv DRV --retries 1` with the
+#                      build-pxe link dropped when 90% of the 2 GiB initrd has
+#                      arrived; the retry's summary says what it sent again
 #   seed               tar -hczf | openssl enc -aes-256-cbc -k PSK | nc  →  nc -l | openssl enc -d | tar xzf
 #   ssh-tar            ssh builder tar -hczf | ssh pxe tar xzf (through the operator)
 #   nix-copy           nix copy --from ssh://builder --to ssh://pxe (through the operator)
@@ -43,6 +47,11 @@ netboot)
 	SRC=$BENCH_NETBOOT_OUT
 	NAMES=(Image initrd netboot.ipxe)
 	RELAY_SRC=$BENCH_NETBOOT_OUT
+	;;
+resume)
+	SRC=$BENCH_RESUME_OUT
+	NAMES=(Image initrd netboot.ipxe)
+	RELAY_SRC=$BENCH_RESUME_OUT
 	;;
 closure | big | many | halfcache)
 	# halfcache: the closure, half of it in pxe's binary cache (run.sh);
@@ -77,7 +86,7 @@ delete_store_paths() { # HOST: remove the dataset's paths from that host's store
 
 prepare() {
 	case $contender in
-	nbship) rm -rf "$RIG_PXE_DIR/hydra-$SLOT" "$RIG_PXE_DIR/.nbship/generations/$SLOT" ;;
+	nbship | nbship-resume) rm -rf "$RIG_PXE_DIR/hydra-$SLOT" "$RIG_PXE_DIR/.nbship/generations/$SLOT" ;;
 	nbship-noop) # the image must be there already; ship it once if not
 		[ -e "$RIG_PXE_DIR/hydra-$SLOT/initrd" ] || { rec=$(mktemp -d "$BENCH_WORK/XXXXXX") && c_nbship; } ;;
 	nbship-store-noop)
@@ -103,6 +112,27 @@ ssh_opts() { echo "$RIG_SSH_OPTS"; }
 c_nbship() {
 	(cd "$BENCH_WORK" && on op /usr/bin/time -f %M -o "$rec/ctl.rss" "$BIN" aarch64 --config "$BENCH_CONF" --drv "$BENCH_DRV" \
 		--remote-nbship "$W" --json) >"$rec/out" 2>"$rec/err"
+}
+
+# The link drops when 90% of the initrd is in the receiver's staging; the
+# retry goes over SSH (the direct link is down) and continues the initrd.
+c_nbship_resume() {
+	local pid size gens f n=0 rc=0
+	size=$(on build stat -c %s "$BENCH_RESUME_OUT/initrd")
+	gens=$RIG_PXE_DIR/.nbship/generations/$SLOT
+	(cd "$BENCH_WORK" && on op "$BIN" aarch64 --config "$BENCH_RESUME_CONF" --drv "$BENCH_RESUME_DRV" \
+		--retries 1 --remote-nbship "$W" --json) >"$rec/out" 2>"$rec/err" &
+	pid=$!
+	while kill -0 "$pid" 2>/dev/null && [ "$n" -lt $((size * 9 / 10)) ]; do
+		for f in "$gens"/.staging-*/initrd; do
+			[ -e "$f" ] && n=$(stat -c %s "$f" 2>/dev/null || echo 0)
+		done
+		sleep 0.005
+	done
+	rig link build-pxe down
+	wait "$pid" || rc=$?
+	rig link build-pxe up
+	return "$rc"
 }
 
 c_nbship_store() {
@@ -271,7 +301,7 @@ verify() {
 	local want got
 	want=$(cat "$BENCH_WORK/${data:-$dataset}.sum")
 	case $contender in
-	nbship | nbship-noop) got=$(tree_sum pxe "$RIG_PXE_DIR/hydra-$SLOT/") ;;
+	nbship | nbship-noop | nbship-resume) got=$(tree_sum pxe "$RIG_PXE_DIR/hydra-$SLOT/") ;;
 	nbship-store | nbship-store-noop | nix-copy | nix-copy-closure)
 		on pxe nix-store --check-validity "${PATHS[@]}" || die "$scenario: the closure is not valid in pxe's store"
 		got=$(tree_sum pxe /nix/store)
@@ -285,6 +315,7 @@ describe() {
 	local o='$RIG_SSH_OPTS'
 	case $contender in
 	nbship | nbship-noop) echo "(op) nbship aarch64 --config builders.conf --drv $BENCH_DRV --remote-nbship WRAPPER --json" ;;
+	nbship-resume) echo "(op) nbship aarch64 --config builders.conf --drv $BENCH_RESUME_DRV --retries 1 --remote-nbship WRAPPER --json; rig.sh link build-pxe down at 90% of initrd" ;;
 	nbship-store | nbship-store-noop) echo "(op) nbship ship --from root@builder --to netboot@pxe --store $BENCH_SHIP_ARGS ${SUBST:-} --remote-nbship WRAPPER --json < PATHS" ;;
 	nbship-bare)
 		echo "(pxe) WRAPPER recv --listen $PXE_DIRECT:$PORT_NBSHIP --dest $DST --peer-pin - --json"

@@ -14,7 +14,7 @@
 # BENCH_QUICK=1 (smoke run: 1 warm-up + 3 runs), BENCH_FULL=1
 # (every contender on every link), BENCH_LINKS="unshaped 100mbit" (a subset),
 # BENCH_ONLY=REGEX (only scenarios matching it), BENCH_BIG=0 (skip the 2 GiB
-# closure), BENCH_GO=1 (also run bench/gobench.sh), BENCH_RESULTS=DIR (write
+# closure and the resume row), BENCH_GO=1 (also run bench/gobench.sh), BENCH_RESULTS=DIR (write
 # the raw results and a copy of BENCHMARKS.md there instead).
 set -euo pipefail
 [ -z "${BENCH_RESULTS:-}" ] || BENCH_RESULTS=$(realpath -m "$BENCH_RESULTS")
@@ -319,6 +319,39 @@ if [ "${BENCH_BIG:-1}" = 1 ] && [[ "big.unshaped.nbship-store big.unshaped.nbshi
 	mapfile -t paths <"$BENCH_WORK/big.paths"
 	rig exec pxe -- nix-store --delete --ignore-liveness "${paths[@]}" >/dev/null 2>&1 || true
 	rm -rf "${BENCH_DST:?}"/*
+fi
+
+# Resume: a netboot image whose initrd has 2 GiB of random bytes appended,
+# shipped once to build it and learn its derivation, then again with the
+# build-pxe link dropped at 90% of the initrd (contender.sh
+# c_nbship_resume): the retry's summary says what it sent again.
+if [ "${BENCH_BIG:-1}" = 1 ] && [[ resume.unshaped.nbship-resume =~ $only ]]; then
+	note "data: a netboot image with a 2 GiB initrd, for the resume row"
+	cat >"$BENCH_WORK/resume.nix" <<NIX
+let base = import $top/testdata/instances/c2.large.arm.nix { salt = "bench-resume"; }; in
+derivation {
+  name = "netboot-resume";
+  system = base.system;
+  builder = "/bin/sh";
+  args = [ "-c" ''
+    /bin/mkdir \$out
+    /bin/cp \${base}/netboot.ipxe \${base}/Image \$out/
+    /bin/cat \${base}/initrd > \$out/initrd
+    /usr/bin/head -c 2147483648 /dev/urandom >> \$out/initrd
+  '' ];
+}
+NIX
+	{ cat "$RIG_CONFIG"; echo "nixFile $BENCH_WORK/resume.nix"; echo "instance c2.large.arm"; } >"$BENCH_WORK/resume.conf"
+	first=$(cd "$BENCH_WORK" && rig exec op -- "$BENCH_WORK/bin/nbship" aarch64 --config "$BENCH_WORK/resume.conf" \
+		--remote-nbship "$BENCH_WORK/nbship" --json)
+	BENCH_RESUME_DRV=$(jq -r .drv <<<"$first")
+	BENCH_RESUME_OUT=$(jq -r .out <<<"$first")
+	export BENCH_RESUME_DRV BENCH_RESUME_OUT BENCH_RESUME_CONF=$BENCH_WORK/resume.conf
+	echo "resume: drv $BENCH_RESUME_DRV out $BENCH_RESUME_OUT, initrd $(rig exec build -- stat -c %s "$BENCH_RESUME_OUT/initrd") bytes" | tee -a "$BENCH_RAW/meta.txt"
+	bash bench/contender.sh sum resume.setup.x >"$BENCH_WORK/resume.sum"
+	hf resume.unshaped.nbship-resume 0 1
+	rm -rf "${RIG_PXE_DIR:?}/hydra-c2.large.arm" "$RIG_PXE_DIR/.nbship/generations/c2.large.arm"
+	rig exec build -- nix-store --delete --ignore-liveness "$BENCH_RESUME_OUT" >/dev/null 2>&1 || true
 fi
 
 # Go benchmarks of the stream and the channel (bench/gobench.sh) only when

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,11 +23,19 @@ import (
 // whole image crosses the channel.
 func (s *setup) freshImage(t *testing.T, instance string) {
 	t.Helper()
+	s.appendedImage(t, instance, "fresh", "/usr/bin/head -c 4194304 /dev/urandom >> $out/Image", fmt.Sprintf("echo %q >> $out/initrd", s.salt))
+}
+
+// appendedImage makes the setup build the instance's image with the shell
+// lines imageTail and initrdTail run after its Image and initrd are copied
+// (to append to them).
+func (s *setup) appendedImage(t *testing.T, instance, name, imageTail, initrdTail string) {
+	t.Helper()
 	src := filepath.Join(repoRoot(t), "testdata", "instances", instance+".nix")
 	nix := filepath.Join(s.dir, instance+".nix")
 	expr := fmt.Sprintf(`let base = import %s { salt = %q; }; in
 derivation {
-  name = "netboot-fresh-%s";
+  name = "netboot-%s-%s";
   system = base.system;
   builder = "/bin/sh";
   args = [ "-c" ''
@@ -36,11 +43,11 @@ derivation {
     /bin/cp ${base}/netboot.ipxe $out/netboot.ipxe
     /bin/cat ${base}/Image > $out/Image
     /bin/cat ${base}/initrd > $out/initrd
-    /usr/bin/head -c 4194304 /dev/urandom >> $out/Image
-    echo %q >> $out/initrd
+    %s
+    %s
   '' ];
 }
-`, src, s.salt, instance, s.salt)
+`, src, s.salt, name, instance, imageTail, initrdTail)
 	if err := os.WriteFile(nix, []byte(expr), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -97,9 +104,9 @@ func midStream(t *testing.T, r *rig.Rig, instance string, st *started) {
 	})
 }
 
-// waitStaging waits until seen is true of a staging directory of instance
-// on pxe, failing t when nbship ends first or after three minutes; what
-// names what is awaited, for the failure.
+// waitStaging waits until seen holds for a staging directory of instance
+// on pxe, polling often enough to catch a fast transfer near a point;
+// what names what it waits for.
 func waitStaging(t *testing.T, r *rig.Rig, instance string, st *started, what string, seen func(dir string) bool) {
 	t.Helper()
 	gens := filepath.Join(r.PXEDir, ".nbship", "generations", instance)
@@ -111,11 +118,13 @@ func waitStaging(t *testing.T, r *rig.Rig, instance string, st *started, what st
 			t.Fatalf("nbship ended (%v) before %s:\n%s", err, what, st.stderr.String())
 		default:
 		}
-		dirs, _ := filepath.Glob(filepath.Join(gens, ".staging-*"))
-		if slices.ContainsFunc(dirs, seen) {
-			return
+		ents, _ := os.ReadDir(gens)
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".staging-") && seen(filepath.Join(gens, e.Name())) {
+				return
+			}
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 	t.Fatalf("never saw %s:\n%s", what, st.stderr.String())
 }
@@ -421,10 +430,7 @@ func TestFaultBuildHostOfAnotherArchitecture(t *testing.T) {
 // complete and verified).
 func stagedFile(t *testing.T, r *rig.Rig, instance, name string, st *started) {
 	t.Helper()
-	waitStaging(t, r, instance, st, name+" arrive", func(dir string) bool {
-		_, err := os.Lstat(filepath.Join(dir, name))
-		return err == nil
-	})
+	stagedGrown(t, r, instance, name, 0, st)
 }
 
 func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {
@@ -432,21 +438,10 @@ func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {
 	s := newSetup(t, "c2.large.arm")
 	s.resetSlot(t, ctx, "c2.large.arm")
 	s.freshImage(t, "c2.large.arm")
-	st := s.start(t, ctx, "aarch64", "--config", s.config, "--json", "--retries", "1")
 	// Image is complete and verified once the receiver starts on initrd.
-	stagedFile(t, s.r, "c2.large.arm", "initrd", st)
-	if err := s.r.Link("build-pxe", false); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.r.Link("build-pxe", true) })
-	if err := st.wait(t, 3*time.Minute); err != nil {
-		t.Fatalf("nbship with one retry: %v\n%s", err, st.stderr.String())
-	}
-	stderr := st.stderr.String()
-	if !strings.Contains(stderr, "attempt 1 of 2 failed") {
-		t.Errorf("stderr does not report the failed first attempt:\n%s", stderr)
-	}
-	res := parseJSON[buildResult](t, st.stdout.String())
+	res := cutAndRetry(t, ctx, s, 3*time.Minute, func(st *started) {
+		stagedFile(t, s.r, "c2.large.arm", "initrd", st)
+	})
 	// The retry found the direct link down and went over SSH, and did not
 	// send Image again: the first attempt had verified it.
 	if res.Path != "ssh" || res.FilesSent != 2 {
@@ -460,6 +455,26 @@ func TestFaultRetryAfterDroppedLinkSendsOnlyWhatIsMissing(t *testing.T) {
 	}
 	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
 	noStaging(t, s.r)
+}
+
+// cutAndRetry runs nbship aarch64 with one retry (and args), drops the
+// build–pxe link once cut returns, and returns the summary of the run,
+// which must have succeeded on its second attempt within limit.
+func cutAndRetry(t *testing.T, ctx context.Context, s *setup, limit time.Duration, cut func(*started), args ...string) buildResult {
+	t.Helper()
+	st := s.start(t, ctx, append([]string{"aarch64", "--config", s.config, "--json", "--retries", "1"}, args...)...)
+	cut(st)
+	if err := s.r.Link("build-pxe", false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.r.Link("build-pxe", true) })
+	if err := st.wait(t, limit); err != nil {
+		t.Fatalf("nbship with one retry: %v\n%s", err, st.stderr.String())
+	}
+	if stderr := st.stderr.String(); !strings.Contains(stderr, "attempt 1 of 2 failed") {
+		t.Errorf("stderr does not report the failed first attempt:\n%s", stderr)
+	}
+	return parseJSON[buildResult](t, st.stdout.String())
 }
 
 func TestFaultTwoRunsForOneSlotAtOnce(t *testing.T) {

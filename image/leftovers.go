@@ -13,25 +13,20 @@ import (
 // receiver verifies whatever it reuses again. The directories themselves
 // are removed by the next Publish or GC.
 func (s *Slot) Leftovers(have map[[32]byte]string) error {
-	gd := s.GenerationsDir()
-	entries, err := os.ReadDir(gd)
+	dirs, err := s.LeftoverDirs()
 	if err != nil {
-		if os.IsNotExist(err) {
-			return nil
-		}
 		return err
 	}
-	for _, e := range entries {
-		dir := filepath.Join(gd, e.Name())
-		if !strings.HasPrefix(e.Name(), stagePrefix) || !s.staleStaging(dir) {
-			continue
-		}
+	for _, dir := range dirs {
 		files, err := os.ReadDir(dir)
 		if err != nil {
 			continue
 		}
 		for _, f := range files {
-			if !f.Type().IsRegular() {
+			// A name with a backslash is no file of an image: the start
+			// of a file a failed attempt kept, with its state (transfer,
+			// resume.go), continued rather than reused.
+			if !f.Type().IsRegular() || strings.Contains(f.Name(), `\`) {
 				continue
 			}
 			p := filepath.Join(dir, f.Name())
@@ -45,6 +40,27 @@ func (s *Slot) Leftovers(have map[[32]byte]string) error {
 		}
 	}
 	return nil
+}
+
+// LeftoverDirs lists the staging directories earlier, failed attempts
+// left in the slot (unlocked, see Stage).
+func (s *Slot) LeftoverDirs() ([]string, error) {
+	gd := s.GenerationsDir()
+	entries, err := os.ReadDir(gd)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var dirs []string
+	for _, e := range entries {
+		dir := filepath.Join(gd, e.Name())
+		if strings.HasPrefix(e.Name(), stagePrefix) && s.staleStaging(dir) {
+			dirs = append(dirs, dir)
+		}
+	}
+	return dirs, nil
 }
 
 // Release gives up a staging directory without removing it: what arrived

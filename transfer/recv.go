@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -117,6 +118,9 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 	want := make([]byte, (len(m.Entries)+7)/8)
 	var total, count int64
 	st := &Stats{}
+	rs, _ := sink.(Resumer)
+	var offers []offer
+	offered := map[int]int64{}
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		if !e.hasData() {
@@ -127,10 +131,17 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 			want[i/8] |= 1 << (i % 8)
 			total += e.Size
 			count++
+			if rs == nil || e.Type != TypeFile {
+				continue
+			}
+			if n, sum, ok := rs.Offer(e); ok {
+				offers = append(offers, offer{index: i, length: n, sum: sum})
+				offered[i] = n
+			}
 		}
 	}
 	cnt.begin(total, count)
-	if err := writeMsg(conn, msgWant, want); err != nil {
+	if err := writeMsg(conn, msgWant, appendOffers(want, offers)); err != nil {
 		return nil, "", err
 	}
 	cr := &chunkReader{r: conn, count: func(n int) { cnt.Compressed.Add(int64(n)) }}
@@ -160,16 +171,18 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 			}
 			st.Reused++
 		default:
-			if err := receiveFile(data, sink, e, buf, cnt); err != nil {
+			from, err := receiveFile(data, sink, e, offered[i], buf, cnt)
+			if err != nil {
 				return nil, "", err
 			}
+			st.Resumed += from
 			if v, ok := sink.(Verifier); ok {
 				if err := v.Verified(ctx, e); err != nil {
 					return nil, "", err
 				}
 			}
 			st.Sent++
-			st.Bytes += e.Size
+			st.Bytes += e.Size - from
 			cnt.Files.Add(1)
 		}
 	}
@@ -198,13 +211,56 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 	return st, published, nil
 }
 
-func receiveFile(dec io.Reader, sink Sink, e *Entry, buf []byte, cnt *Counters) error {
-	w, err := sink.Create(e)
+// receiveFile writes e into sink, and returns how many of its bytes a
+// failed attempt had already brought: offered is the length of the prefix
+// the want offered (0: none), and the sender says at the start of the
+// entry's data whether it sends only the rest.
+func receiveFile(dec io.Reader, sink Sink, e *Entry, offered int64, buf []byte, cnt *Counters) (int64, error) {
+	from, err := resumeFlag(dec, e, offered)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	h := sha256.New()
-	var n int64
+	var w io.WriteCloser
+	var h hash.Hash
+	cnt.Total.Add(-from) // not moved again
+	if from > 0 {
+		w, h, err = sink.(Resumer).ResumeEntry(e)
+	} else {
+		w, err = sink.Create(e)
+		h = sha256.New()
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := fillFile(dec, w, h, e, from, buf, cnt); err != nil {
+		return 0, err
+	}
+	return from, nil
+}
+
+// resumeFlag reads the sender's word on an offered entry: from where its
+// bytes follow.
+func resumeFlag(dec io.Reader, e *Entry, offered int64) (int64, error) {
+	if offered == 0 {
+		return 0, nil
+	}
+	var flag [1]byte
+	if _, err := io.ReadFull(dec, flag[:]); err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return 0, refused("%s: data ended before it began (truncated stream)", e.label())
+		}
+		return 0, decodeErr(err)
+	}
+	switch flag[0] {
+	case resumeRest:
+		return offered, nil
+	case resumeWhole:
+		return 0, nil
+	}
+	return 0, refused("%s: resume flag %d is neither %d nor %d", e.label(), flag[0], resumeWhole, resumeRest)
+}
+
+func fillFile(dec io.Reader, w io.WriteCloser, h hash.Hash, e *Entry, n int64, buf []byte, cnt *Counters) error {
 	for n < e.Size {
 		k, rerr := dec.Read(buf[:min(int64(len(buf)), e.Size-n)])
 		if k > 0 {
@@ -264,6 +320,13 @@ type DirSink struct {
 	buf   []byte // for re-hashing reused files
 	// synced counts the background syncs of files being written.
 	synced atomic.Int64
+
+	// Resume (resume.go): keep the file in progress on Abandon; the
+	// prefixes failed attempts left, those offered, the file being written.
+	keepPartial bool
+	partials    []keptPartial
+	offered     map[string]*kept
+	cur         *sinkFile
 }
 
 // NewDirSink writes into dir, which must exist and be empty. have, when not
@@ -322,6 +385,8 @@ type sinkFile struct {
 	e    *Entry
 	sink *DirSink
 
+	n        int64 // bytes in the file
+	closed   bool
 	unsynced int64         // bytes written since the last sync was asked for
 	syncing  chan struct{} // open while a background sync runs
 	syncErr  error         // its error, read once syncing is closed
@@ -331,6 +396,7 @@ type sinkFile struct {
 // running, starts one.
 func (f *sinkFile) Write(p []byte) (int, error) {
 	n, err := f.File.Write(p)
+	f.n += int64(n)
 	f.unsynced += int64(n)
 	if err == nil && f.unsynced >= syncEvery && !f.busy() {
 		if err := f.syncDone(); err != nil {
@@ -381,6 +447,7 @@ func (f *sinkFile) syncDone() error {
 // closes the file and gives it its mode.
 func (f *sinkFile) Close() error {
 	serr := f.syncDone()
+	f.closed = true
 	if err := f.File.Close(); err != nil {
 		return err
 	}
@@ -391,11 +458,17 @@ func (f *sinkFile) Close() error {
 }
 
 func (s *DirSink) Create(e *Entry) (io.WriteCloser, error) {
+	if k := s.offered[e.Name]; k != nil {
+		// Offered, and sent whole: the prefix differed.
+		k.f.Close()
+		delete(s.offered, e.Name)
+	}
 	f, err := s.root.OpenFile(e.Name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("transfer: %w", err)
 	}
-	return &sinkFile{File: f, root: s.root, e: e, sink: s}, nil
+	s.cur = &sinkFile{File: f, root: s.root, e: e, sink: s}
+	return s.cur, nil
 }
 
 func (s *DirSink) Reuse(e *Entry) error {
@@ -413,10 +486,7 @@ func (s *DirSink) Reuse(e *Entry) error {
 			return fmt.Errorf("transfer: reusing %s: %w", e.Name, err)
 		}
 	}
-	if s.buf == nil {
-		s.buf = make([]byte, 128<<10)
-	}
-	sum, err := hashFile(dst, e.Size, s.buf)
+	sum, err := hashFile(dst, e.Size, s.hashBuf())
 	if err != nil {
 		return err
 	}
@@ -444,6 +514,7 @@ func copyFile(src, dst string, mode os.FileMode) error {
 // managed later) and flushes the filesystem so a rename that follows
 // publishes data that is on disk.
 func (s *DirSink) Finish() error {
+	s.dropOffered()
 	for i := len(s.dirs) - 1; i >= 0; i-- {
 		if err := s.root.Chmod(s.dirs[i].Name, s.dirs[i].Mode.Perm()|0o700); err != nil {
 			return fmt.Errorf("transfer: %w", err)

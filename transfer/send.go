@@ -433,10 +433,13 @@ type SendOptions struct {
 
 // Stats is what one transfer did.
 type Stats struct {
-	Files      int   `json:"files"`        // file entries in the stream
-	Sent       int   `json:"files_sent"`   // files whose bytes crossed
-	Reused     int   `json:"files_reused"` // files the receiver already had
-	Bytes      int64 `json:"bytes"`        // raw bytes of the files sent
+	Files  int   `json:"files"`        // file entries in the stream
+	Sent   int   `json:"files_sent"`   // files whose bytes crossed
+	Reused int   `json:"files_reused"` // files the receiver already had
+	Bytes  int64 `json:"bytes"`        // raw bytes of the files sent
+	// Resumed is how many bytes of the files sent were not sent again: a
+	// failed attempt had brought them and both ends found them the same.
+	Resumed    int64 `json:"resumed_bytes,omitempty"`
 	Compressed int64 `json:"compressed_bytes"`
 	// Stored is how many of Bytes went as they are, not compressed: files
 	// zstd would not shrink, and stretches of other files and of NARs
@@ -508,12 +511,13 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 	if err := writeMsg(conn, msgHeader, hdr); err != nil {
 		return nil, ctxErr(ctx, err)
 	}
-	want, err := expectWant(conn)
+	p, err = expectWant(conn)
 	if err != nil {
 		return nil, ctxErr(ctx, err)
 	}
-	if len(want) != (len(src.Manifest.Entries)+7)/8 {
-		return nil, fmt.Errorf("transfer: protocol error: want list of %d bytes for %d entries", len(want), len(src.Manifest.Entries))
+	want, offers, err := parseWant(p, &src.Manifest)
+	if err != nil {
+		return nil, err
 	}
 	st := &Stats{}
 	var toSend, count int64
@@ -559,7 +563,7 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 		}
 	}()
 
-	werr := sendData(conn, src, pending, want, o, cnt, st)
+	werr := sendData(conn, src, pending, want, offers, o, cnt, st)
 	var we writeErr
 	if werr != nil && !errors.As(werr, &we) {
 		// A local problem (a file changed under us): tell the receiver why,
@@ -607,7 +611,7 @@ func afterIf(cond bool, d time.Duration) <-chan time.Time {
 
 func wanted(bitmap []byte, i int) bool { return bitmap[i/8]&(1<<(i%8)) != 0 }
 
-func sendData(conn io.Writer, src *Source, pending *pendingDump, want []byte, o SendOptions, cnt *Counters, st *Stats) error {
+func sendData(conn io.Writer, src *Source, pending *pendingDump, want []byte, offers []offer, o SendOptions, cnt *Counters, st *Stats) error {
 	cw := &chunkWriter{w: conn, count: func(n int) { cnt.Compressed.Add(int64(n)) }}
 	level := o.Level
 	if level == 0 {
@@ -639,17 +643,23 @@ func sendData(conn io.Writer, src *Source, pending *pendingDump, want []byte, o 
 			continue
 		}
 		var err error
+		var from int64
 		if e.Type == TypeNAR {
 			err = sendNAR(out, ad, dump, e, cnt, buf)
 		} else {
-			err = sendFile(out, ad, src, i, cnt, buf)
+			var of *offer
+			if len(offers) > 0 && offers[0].index == i {
+				of, offers = &offers[0], offers[1:]
+			}
+			from, err = sendFile(out, ad, src, i, of, cnt, buf)
 		}
 		if err != nil {
 			out.abort()
 			return err
 		}
 		st.Sent++
-		st.Bytes += e.Size
+		st.Bytes += e.Size - from
+		st.Resumed += from
 		cnt.Files.Add(1)
 	}
 	if err := out.Close(); err != nil {
@@ -674,34 +684,73 @@ func (w writeErr) Unwrap() error { return w.error }
 // bytes are not hashed again here (the receiver checks every one against
 // the announced SHA-256); a file that was written to or replaced since it
 // was collected is caught by its stamp.
-func sendFile(out *frames, ad *adapter, src *Source, i int, cnt *Counters, buf []byte) error {
+//
+// With an offer (the receiver kept a prefix from a failed attempt), the
+// same prefix of the file is hashed here first: when it matches, only the
+// rest is sent. It returns where the bytes sent began.
+func sendFile(out *frames, ad *adapter, src *Source, i int, of *offer, cnt *Counters, buf []byte) (int64, error) {
 	p, was, e := src.paths[i], src.stamps[i], &src.Manifest.Entries[i]
 	f, err := src.open(p)
 	if err != nil {
-		return fmt.Errorf("transfer: %w", err)
+		return 0, fmt.Errorf("transfer: %w", err)
 	}
 	defer f.Close()
-	r := &fileReader{f: f, path: p, size: e.Size, buf: buf, cnt: cnt}
 	stored := incompressible(f, e.Size, buf)
-	if !stored && ad.unacked != nil && e.Size >= adaptMin {
-		err = ad.sendFile(out, r, e.Size)
+	from, err := resumeFrom(out, f, p, of, stored, buf)
+	if err != nil {
+		return 0, err
+	}
+	cnt.Total.Add(-from) // not moved again
+	size := e.Size - from
+	r := &fileReader{f: f, path: p, size: e.Size, buf: buf, cnt: cnt}
+	if !stored && ad.unacked != nil && size >= adaptMin {
+		err = ad.sendFile(out, r, size)
 	} else {
 		var w io.Writer
 		if w, err = out.way(stored); err == nil {
-			err = r.send(w, e.Size)
+			err = r.send(w, size)
 		}
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("transfer: %w", err)
+		return 0, fmt.Errorf("transfer: %w", err)
 	}
 	if now := stampOf(fi); now != was {
-		return fmt.Errorf("transfer: %s changed while being sent (it was written to after nbship hashed it); nothing was published", p)
+		return 0, fmt.Errorf("transfer: %s changed while being sent (it was written to after nbship hashed it); nothing was published", p)
 	}
-	return nil
+	return from, nil
+}
+
+// resumeFrom answers an offer: it hashes the offered prefix of f, says in
+// the stream whether the rest or the whole follows, and leaves f where
+// the bytes to send begin.
+func resumeFrom(out *frames, f *os.File, p string, of *offer, stored bool, buf []byte) (int64, error) {
+	if of == nil {
+		return 0, nil
+	}
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, io.NewSectionReader(f, 0, of.length), buf)
+	if err != nil {
+		return 0, fmt.Errorf("transfer: reading %s: %w", p, err)
+	}
+	flag, from := byte(resumeWhole), int64(0)
+	if n == of.length && [32]byte(h.Sum(nil)) == of.sum {
+		flag, from = resumeRest, of.length
+	}
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return 0, fmt.Errorf("transfer: %s: %w", p, err)
+	}
+	w, err := out.way(stored)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := w.Write([]byte{flag}); err != nil {
+		return 0, writeErr{err}
+	}
+	return from, nil
 }
 
 func ctxErr(ctx context.Context, err error) error {

@@ -13,7 +13,9 @@ import (
 // other: both ends must run the same nbship, which the controller ensures.
 // 3: store paths carry their signatures and content address, and the
 // receiver may say it is busy (substituting) before its want.
-const Version = 3
+// 4: the want may offer prefixes of files a failed attempt kept, and the
+// sender answers each offer in the data (resume.go).
+const Version = 4
 
 // magic opens the sender's half of every stream, followed by a big-endian
 // uint16 version.
@@ -24,7 +26,7 @@ const magic = "NBSHIP\x00"
 const (
 	msgReady  = 'R' // receiver → sender: ready, JSON readyMsg
 	msgHeader = 'H' // sender → receiver: the manifest, JSON
-	msgWant   = 'W' // receiver → sender: bitmap of entries to send
+	msgWant   = 'W' // receiver → sender: bitmap of entries to send, then offers (version 4)
 	msgBusy   = 'B' // receiver → sender: still deciding what it wants (empty; version 3)
 	msgData   = 'D' // sender → receiver: a chunk of the zstd stream
 	msgEnd    = 'E' // sender → receiver: end of the zstd stream

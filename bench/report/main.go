@@ -650,6 +650,21 @@ func (r *report) writeTargets(w io.Writer) {
 			met(s.median() <= 1, fmt.Sprintf("by %s s", secs(s.median()-1)))})
 	}
 
+	// 6. Resume: a 2 GiB transfer cut at 90% sends at most 15% of it again.
+	const resumeWhat = "2 GiB cut at 90%: bytes resent by the retry ≤ 15% of 2 GiB"
+	if s := r.get("resume.unshaped.nbship-resume"); s.ok() {
+		sent, _ := s.summaryMedian(func(x *summary) float64 { return float64(x.Bytes) })
+		resumed, _ := s.summaryMedian(func(x *summary) float64 { return float64(x.Resumed) })
+		wire, _ := s.summaryMedian(func(x *summary) float64 { return float64(x.WireBytes) })
+		p := 100 * max(sent, wire) / (2 << 30)
+		ts = append(ts, target{resumeWhat,
+			fmt.Sprintf("the retry sent %s MB (%s MB on the wire) and continued %s MB kept by the failed attempt: **%.1f%%** of 2 GiB; both attempts %s s",
+				mb(sent), mb(wire), mb(resumed), p, secs(s.median())),
+			met(p <= 15, fmt.Sprintf("by %.1f points", p-15))})
+	} else {
+		notRun(resumeWhat, "resume.unshaped.nbship-resume missing")
+	}
+
 	fmt.Fprintf(w, "| target | measured | |\n|---|---|---|\n")
 	for _, t := range ts {
 		fmt.Fprintf(w, "| %s | %s | %s |\n", t.what, t.measured, t.verdict)

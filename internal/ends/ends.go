@@ -142,7 +142,7 @@ func summary(st *transfer.Stats, wire int64) protocol.Stream {
 	s := protocol.Stream{
 		Files: st.Files, FilesSent: st.Sent, Reused: st.Reused, Bytes: st.Bytes,
 		Compressed: st.Compressed, Stored: st.Stored, Level: st.Level, WireBytes: wire, Seconds: protocol.Round(st.Seconds, 3), Published: st.Published,
-		PeakRSS: PeakRSS(os.Getpid()),
+		Resumed: st.Resumed, PeakRSS: PeakRSS(os.Getpid()),
 	}
 	if st.Compressed > 0 {
 		s.Ratio = protocol.Round(float64(st.Bytes)/float64(st.Compressed), 2)

@@ -237,8 +237,16 @@ func (t *slotTarget) stage(context.Context) (transfer.Sink, error) {
 			return p, ok
 		}
 	}
-	t.sink, err = transfer.NewDirSink(dir, reuse)
-	return t.sink, err
+	sink, err := transfer.NewDirSink(dir, reuse)
+	if err != nil {
+		return nil, err
+	}
+	// Keep the file in progress for a retry, and continue the ones
+	// failed attempts kept (resume).
+	dirs, _ := t.slot.LeftoverDirs()
+	sink.Resume(t.keepPartial, dirs)
+	t.sink = sink
+	return sink, nil
 }
 
 // commit publishes under the context the slot was opened with: once the

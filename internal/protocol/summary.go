@@ -6,10 +6,13 @@ package protocol
 
 // Stream is the figures of one transfer as an end reports them.
 type Stream struct {
-	Files      int     `json:"files"`        // files, or store paths, in the stream
-	FilesSent  int     `json:"files_sent"`   // whose bytes crossed
-	Reused     int     `json:"files_reused"` // the receiver had already
-	Bytes      int64   `json:"bytes"`        // raw bytes sent
+	Files     int   `json:"files"`        // files, or store paths, in the stream
+	FilesSent int   `json:"files_sent"`   // whose bytes crossed
+	Reused    int   `json:"files_reused"` // the receiver had already
+	Bytes     int64 `json:"bytes"`        // raw bytes sent
+	// Resumed is the raw bytes a retry did not send again: the start of a
+	// file a failed attempt had brought, the same at both ends.
+	Resumed    int64   `json:"resumed_bytes,omitempty"`
 	Compressed int64   `json:"compressed_bytes"`
 	Stored     int64   `json:"stored_bytes,omitempty"` // sender only: bytes that went uncompressed
 	Level      string  `json:"level,omitempty"`        // sender only: the zstd level the stream ended at
