@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -18,9 +17,7 @@ import (
 // waited for ready first would never send it.
 func TestSendHeaderDoesNotWaitForReady(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "file")
-	if err := os.WriteFile(f, []byte("some bytes\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	mkfile(t, f, []byte("some bytes\n"), 0o644)
 	src, err := Collect(context.Background(), []string{f})
 	if err != nil {
 		t.Fatal(err)
