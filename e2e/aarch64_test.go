@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -227,4 +228,29 @@ func TestAarch64RefusedImageIsNotRetried(t *testing.T) {
 	}
 	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
 	noStaging(t, s.r)
+}
+
+// noNetbootFilesNix is an aarch64 build output with an Image and nothing
+// else (%q: the salt).
+const noNetbootFilesNix = `derivation {
+  name = "netboot-no-initrd"; system = "aarch64-linux"; builder = "/bin/sh"; salt = %q;
+  args = [ "-c" "/bin/mkdir $out && echo not-a-kernel > $out/Image" ];
+}
+`
+
+// A build output without the netboot files is refused on the build host,
+// before either end starts: the realise's one command on the host (which
+// also resolves the GC root) names what is missing.
+func TestAarch64OutputWithoutNetbootFiles(t *testing.T) {
+	s := newSetup(t, "c2.large.arm")
+	s.useNix(t, "c2.large.arm", fmt.Sprintf(noNetbootFilesNix, s.salt))
+	_, stderr, err := s.run(t, mustCtx(t, 5*time.Minute), "aarch64", "--config", s.config)
+	if err == nil {
+		t.Fatalf("aarch64 published an output without initrd and netboot.ipxe:\n%s", stderr)
+	}
+	last := tail.LastLine(stderr)
+	if !strings.Contains(last, "lacks initrd, netboot.ipxe; is this a netboot image derivation?") || !strings.Contains(last, "/nix/store/") {
+		t.Errorf("last line = %q, want the output path and the missing files", last)
+	}
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,69 @@ type agentLink struct {
 	stdin io.WriteCloser // the agent's lifeline: closed, the agent ends
 	tail  *tail.Buffer   // its stderr
 	done  chan struct{}  // closed when the session ended
+
+	mu    sync.Mutex
+	spare *spareConn // the next command's channel, opened ahead
+}
+
+// spareConn is a channel to the agent opened before a command needs it:
+// a command then starts with no round trip of its own to open a channel
+// (see docs/design.md, "Round trips of set-up").
+type spareConn struct {
+	ready  chan struct{} // closed when the open finished
+	conn   net.Conn
+	err    error
+	opened time.Time
+}
+
+// spareMaxAge is how long a spare channel is used after it opened: the
+// agent gives a connection a minute to send its request.
+const spareMaxAge = 30 * time.Second
+
+// openSpare opens a channel to the agent in the background.
+func (c *Client) openSpare(a *agentLink) *spareConn {
+	s := &spareConn{ready: make(chan struct{})}
+	go func() {
+		defer close(s.ready)
+		s.conn, s.err = c.ssh.DialContext(context.Background(), "unix", a.sock)
+		s.opened = time.Now()
+	}()
+	return s
+}
+
+// agentConn returns a channel to the agent for one command: the spare
+// opened ahead when it is there and fresh, else a new one; and it opens the
+// next spare.
+func (c *Client) agentConn(ctx context.Context, a *agentLink) (net.Conn, error) {
+	a.mu.Lock()
+	s := a.spare
+	a.spare = nil
+	select {
+	case <-a.done:
+	default:
+		a.spare = c.openSpare(a)
+	}
+	a.mu.Unlock()
+	if s != nil {
+		select {
+		case <-s.ready:
+			if s.err == nil && time.Since(s.opened) < spareMaxAge {
+				return s.conn, nil
+			}
+			if s.conn != nil {
+				s.conn.Close()
+			}
+		case <-ctx.Done():
+			go func() {
+				<-s.ready
+				if s.conn != nil {
+					s.conn.Close()
+				}
+			}()
+			return nil, ctx.Err()
+		}
+	}
+	return c.ssh.DialContext(ctx, "unix", a.sock)
 }
 
 // agentStartWait bounds how long the agent may take to say where it
@@ -166,7 +230,8 @@ func (c *Client) agentSession(ctx context.Context, command, bin string, upload i
 		return nil, fallback("", nil)
 	}
 
-	// One empty connection proves that sshd forwards to the socket.
+	// One connection proves that sshd forwards to the socket; it is kept
+	// for the first command.
 	conn, err := c.ssh.DialContext(ctx, "unix", a.sock)
 	if err != nil {
 		stopAgent()
@@ -177,11 +242,14 @@ func (c *Client) agentSession(ctx context.Context, command, bin string, upload i
 		}
 		return nil, fallback("could not reach the nbship agent's socket", err)
 	}
-	conn.Close()
+	ready := make(chan struct{})
+	close(ready)
+	a.spare = &spareConn{ready: ready, conn: conn, opened: time.Now()}
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed || c.agent != nil {
+		conn.Close()
 		stopAgent()
 		return nil, nil
 	}
@@ -246,7 +314,7 @@ func (c *Client) startAgent(ctx context.Context, cmd Cmd, a *agentLink) (*Proces
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("ssh: %s: %w", c.name, err)
 	}
-	conn, err := c.ssh.DialContext(ctx, "unix", a.sock)
+	conn, err := c.agentConn(ctx, a)
 	if err != nil {
 		if cerr := c.connErr(); cerr != nil {
 			return nil, cerr

@@ -521,3 +521,57 @@ func TestLifeline(t *testing.T) {
 		t.Fatal("lifeline not lost at EOF")
 	}
 }
+
+// TestAgentChannelOpenedAhead: each command through the agent finds its
+// channel already open (the probe's for the first, then one each command
+// opened in the background for the next), so that starting it costs no
+// round trip of its own; a spare too old for the agent to still wait on is
+// replaced by a new channel, and the command runs all the same.
+func TestAgentChannelOpenedAhead(t *testing.T) {
+	t.Parallel()
+	s, h := rigPair(t)
+	c := agentClient(t, s, h)
+	ctx := context.Background()
+	a := c.agentLink()
+	spare := func() *spareConn {
+		t.Helper()
+		a.mu.Lock()
+		sp := a.spare
+		a.mu.Unlock()
+		if sp == nil {
+			t.Fatal("no channel opened ahead")
+		}
+		select {
+		case <-sp.ready:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the channel opened ahead is still opening after 10 s")
+		}
+		if sp.err != nil {
+			t.Fatalf("the channel opened ahead failed: %v", sp.err)
+		}
+		return sp
+	}
+	first := spare()
+	for i := range 3 {
+		out, err := c.Output(ctx, "echo", fmt.Sprint(i))
+		if err != nil || string(out) != fmt.Sprintf("%d\n", i) {
+			t.Fatalf("command %d: %q, %v", i, out, err)
+		}
+		next := spare()
+		if next == first {
+			t.Fatalf("command %d did not take the channel opened ahead", i)
+		}
+		first = next
+	}
+	// Stale: the command gets a new channel, not the old one.
+	a.mu.Lock()
+	a.spare.opened = time.Now().Add(-spareMaxAge)
+	stale := a.spare
+	a.mu.Unlock()
+	if out, err := c.Output(ctx, "echo", "fresh"); err != nil || string(out) != "fresh\n" {
+		t.Fatalf("after a stale spare: %q, %v", out, err)
+	}
+	if _, err := stale.conn.Write([]byte("x")); err == nil {
+		t.Error("the stale spare is still open")
+	}
+}

@@ -478,17 +478,6 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 	if cnt == nil {
 		cnt = new(Counters)
 	}
-	p, err := expect(conn, msgReady, maxControl)
-	if err != nil {
-		return nil, ctxErr(ctx, err)
-	}
-	var ready readyMsg
-	if err := json.Unmarshal(p, &ready); err != nil {
-		return nil, fmt.Errorf("transfer: bad ready message: %w", err)
-	}
-	if ready.Version != Version {
-		return nil, fmt.Errorf("transfer: the receiver speaks stream version %d, this nbship %d; run the same nbship on both ends", ready.Version, Version)
-	}
 	hdr, err := json.Marshal(&src.Manifest)
 	if err != nil {
 		return nil, err
@@ -504,11 +493,37 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 		pending = startDump(ctx, src.store)
 	}
 	defer pending.close()
-	pre := append([]byte(magic), byte(Version>>8), byte(Version))
-	if _, err := conn.Write(pre); err != nil {
+	// The preface and the header go out while the receiver's ready message
+	// comes in: waiting for it first would cost a round trip. The header
+	// goes only to the pinned receiver (the handshake checked its pin). A
+	// receiver that refused this end's certificate sends an alert instead
+	// of ready, and that is the error worth reporting, even when the write
+	// failed first.
+	wrote := make(chan error, 1)
+	go func() {
+		pre := append([]byte(magic), byte(Version>>8), byte(Version))
+		_, err := conn.Write(pre)
+		if err == nil {
+			err = writeMsg(conn, msgHeader, hdr)
+		}
+		wrote <- err
+	}()
+	p, err := expect(conn, msgReady, maxControl)
+	if err != nil {
+		if c, ok := conn.(io.Closer); ok {
+			c.Close() // ends the write
+			<-wrote
+		}
 		return nil, ctxErr(ctx, err)
 	}
-	if err := writeMsg(conn, msgHeader, hdr); err != nil {
+	var ready readyMsg
+	if err := json.Unmarshal(p, &ready); err != nil {
+		return nil, fmt.Errorf("transfer: bad ready message: %w", err)
+	}
+	if ready.Version != Version {
+		return nil, fmt.Errorf("transfer: the receiver speaks stream version %d, this nbship %d; run the same nbship on both ends", ready.Version, Version)
+	}
+	if err := <-wrote; err != nil {
 		return nil, ctxErr(ctx, err)
 	}
 	p, err = expectWant(conn)

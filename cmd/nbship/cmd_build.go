@@ -93,6 +93,22 @@ func cmdBuild(ctx context.Context, e *env, system string, args []string) error {
 	}
 	start := time.Now()
 
+	// An instantiated .drv's closure is asked of the local store while the
+	// hosts are reached: it needs neither.
+	type query struct {
+		paths []string
+		err   error
+	}
+	requisites := make(chan query, 1)
+	if *drv != "" {
+		qctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			p, err := controller.Requisites(qctx, *drv)
+			requisites <- query{p, err}
+		}()
+	}
+
 	dests := []string{cfg.PXEHost}
 	if shipping {
 		dests = []string{cfg.BuildHost, cfg.PXEHost}
@@ -117,18 +133,21 @@ func cmdBuild(ctx context.Context, e *env, system string, args []string) error {
 		if *drv, err = controller.Instantiate(ctx, file, "./result-"+inst+".drv", e.stderr); err != nil {
 			return err
 		}
+		p, err := controller.Requisites(ctx, *drv)
+		requisites <- query{p, err}
+	}
+	q := <-requisites
+	if q.err != nil {
+		return q.err
 	}
 	fmt.Fprintf(e.stderr, "nbship: copying the closure of %s to %s\n", *drv, builder.Name())
-	pushed, err := controller.PushClosure(ctx, builder, *drv, e.stderr)
+	pushed, err := controller.PushClosure(ctx, builder, q.paths, e.stderr)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "nbship: building on %s (-j %d --cores %d)\n", builder.Name(), cfg.Jobs(), cfg.Cores())
-	out, err := controller.Realise(ctx, builder, *drv, "result-"+inst, cfg.Jobs(), cfg.Cores(), e.stderr)
+	out, err := controller.Realise(ctx, builder, *drv, "result-"+inst, cfg.Jobs(), cfg.Cores(), []string{prof.Kernel, image.InitrdName, image.ScriptName}, e.stderr)
 	if err != nil {
-		return err
-	}
-	if err := controller.CheckImage(ctx, builder, out, []string{prof.Kernel, image.InitrdName, image.ScriptName}); err != nil {
 		return err
 	}
 	b := protocol.Build{Instance: inst, Drv: *drv, Out: out, PathsPushed: pushed}

@@ -112,15 +112,17 @@ func noNix(host *remote.Client, err error) error {
 	return err
 }
 
-// PushClosure copies the closure of path from the local store to host's,
-// only the paths the host lacks, in dependency order, through the
+// Requisites returns the closure of path in the local store, in dependency
+// order.
+func Requisites(ctx context.Context, path string) ([]string, error) {
+	return localLines(ctx, "nix-store", "--query", "--requisites", path)
+}
+
+// PushClosure copies closure (Requisites of a path) from the local store to
+// host's, only the paths the host lacks, in dependency order, through the
 // controller's SSH connection (it is the small .drv closure). It returns
 // how many paths were sent.
-func PushClosure(ctx context.Context, host *remote.Client, path string, stderr io.Writer) (int, error) {
-	closure, err := localLines(ctx, "nix-store", "--query", "--requisites", path)
-	if err != nil {
-		return 0, err
-	}
+func PushClosure(ctx context.Context, host *remote.Client, closure []string, stderr io.Writer) (int, error) {
 	missing, err := Missing(ctx, host, closure)
 	if err != nil {
 		return 0, err
@@ -156,18 +158,21 @@ func PushClosure(ctx context.Context, host *remote.Client, path string, stderr i
 
 // Realise runs nix-store --realise on host with the build log streamed to
 // stderr (prefixed with the host), keeping the output alive with an
-// indirect GC root under ~/.cache/nbship/gcroots, and returns the output
-// path.
-func Realise(ctx context.Context, host *remote.Client, drv, rootName string, jobs, cores int, stderr io.Writer) (string, error) {
+// indirect GC root under ~/.cache/nbship/gcroots, checks that the output
+// has files (the netboot files), and returns the output path. All of it is
+// one command on the host: each more would cost a round trip.
+func Realise(ctx context.Context, host *remote.Client, drv, rootName string, jobs, cores int, files []string, stderr io.Writer) (string, error) {
 	log := Prefixed(stderr, host.Name())
 	defer log.Close()
-	if err := host.Run(ctx, remote.Cmd{Args: []string{"mkdir", "-p", ".cache/nbship/gcroots"}}); err != nil {
-		return "", err
+	for _, f := range files {
+		if f == "" || strings.ContainsAny(f, "/\n") {
+			return "", fmt.Errorf("nix: %q is not a file name", f)
+		}
 	}
 	var out bytes.Buffer
 	err := host.Run(ctx, remote.Cmd{
-		Args: []string{"nix-store", "--realise", drv,
-			"--add-root", ".cache/nbship/gcroots/" + rootName, "--indirect",
+		Args: []string{"sh", "-c", realiseScript, "sh", gcroots, strings.Join(files, "/"),
+			"--realise", drv, "--add-root", gcroots + "/" + rootName, "--indirect",
 			"--keep-going", "-j", strconv.Itoa(jobs), "--cores", strconv.Itoa(cores)},
 		Stdout: &out,
 		Stderr: log,
@@ -175,34 +180,40 @@ func Realise(ctx context.Context, host *remote.Client, drv, rootName string, job
 	if err != nil {
 		return "", noNix(host, err)
 	}
-	root := tail.LastLine(out.String())
-	if root == "" {
+	ls := lines(out.String())
+	if len(ls) == 0 {
 		return "", fmt.Errorf("nix: %s: nix-store --realise %s printed no output path", host.Name(), drv)
 	}
-	if strings.HasPrefix(root, "/nix/store/") {
-		return root, nil
-	}
-	// It printed the root; resolve it there.
-	o, err := host.Output(ctx, "readlink", "-f", root)
-	if err != nil {
-		return "", err
-	}
-	p := strings.TrimSpace(string(o))
+	p := ls[0]
 	if !strings.HasPrefix(p, "/nix/store/") {
-		return "", fmt.Errorf("nix: %s: the build's root %s points at %q, not a store path", host.Name(), root, p)
+		return "", fmt.Errorf("nix: %s: the build's root %s/%s points at %q, not a store path", host.Name(), gcroots, rootName, p)
+	}
+	if miss := ls[1:]; len(miss) > 0 {
+		return "", fmt.Errorf("nix: %s: the build output %s lacks %s; is this a netboot image derivation?", host.Name(), p, strings.Join(miss, ", "))
 	}
 	return p, nil
 }
 
-// CheckImage checks that a build output has the netboot files.
-func CheckImage(ctx context.Context, host *remote.Client, out string, files []string) error {
-	args := []string{"sh", "-c", `d=$1; shift; for f; do [ -e "$d/$f" ] || printf '%s\n' "$f"; done`, "sh", out}
-	o, err := host.Output(ctx, append(args, files...)...)
-	if err != nil {
-		return err
-	}
-	if miss := lines(string(o)); len(miss) > 0 {
-		return fmt.Errorf("nix: %s: the build output %s lacks %s; is this a netboot image derivation?", host.Name(), out, strings.Join(miss, ", "))
-	}
-	return nil
-}
+// gcroots is where the builds' GC roots go, relative to the home directory.
+const gcroots = ".cache/nbship/gcroots"
+
+// realiseScript makes the GC roots' directory $1, runs nix-store with the
+// arguments after $2 and prints the output path (with --add-root nix-store
+// prints the root: it is resolved), then each of the /-separated names in
+// $2 that the output lacks, one a line.
+const realiseScript = `mkdir -p "$1" || exit 1
+files=$2
+shift 2
+o=$(nix-store "$@") || exit
+o=${o##*"
+"}
+case $o in
+"" | /nix/store/*) ;;
+*) o=$(readlink -f "$o") || exit 1 ;;
+esac
+printf '%s\n' "$o"
+[ -n "$o" ] || exit 0
+set -f
+IFS=/
+for f in $files; do [ -e "$o/$f" ] || printf '%s\n' "$f"; done
+exit 0`
