@@ -22,11 +22,11 @@ import (
 	"github.com/nbship/nbship/image"
 	"github.com/nbship/nbship/internal/config"
 	"github.com/nbship/nbship/internal/version"
+	"github.com/nbship/nbship/metal"
 	"github.com/nbship/nbship/provider"
 	"github.com/nbship/nbship/provider/hetzner"
 	"github.com/nbship/nbship/provider/packet"
 	"github.com/nbship/nbship/remote"
-	"github.com/nbship/nbship/spot"
 )
 
 func init() {
@@ -618,12 +618,12 @@ func buildersPrices(ctx context.Context, e *env, args []string) error {
 
 // hetznerDevices lists the Hetzner builders as devices for the machines
 // file, and the Nix system of each server type.
-func hetznerDevices(ctx context.Context, c *hetzner.Client, systems map[string]string) ([]spot.Device, error) {
+func hetznerDevices(ctx context.Context, c *hetzner.Client, systems map[string]string) ([]metal.Device, error) {
 	ss, err := c.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var out []spot.Device
+	var out []metal.Device
 	for _, s := range ss {
 		state := s.Status
 		if s.Running {
@@ -636,7 +636,7 @@ func hetznerDevices(ctx context.Context, c *hetzner.Client, systems map[string]s
 				tags = append(tags, k)
 			}
 		}
-		out = append(out, spot.Device{ID: s.ID, Hostname: s.Name, State: state, Plan: s.Type, PublicIPv4: s.IPv4, Tags: tags})
+		out = append(out, metal.Device{ID: s.ID, Hostname: s.Name, State: state, Plan: s.Type, PublicIPv4: s.IPv4, Tags: tags})
 		if _, ok := systems[s.Type]; !ok {
 			if sys := provider.System(s.Arch); sys != "" {
 				systems[s.Type] = sys

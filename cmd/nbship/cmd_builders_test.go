@@ -13,10 +13,10 @@ import (
 
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/nbship/nbship/metal/metaltest"
 	"github.com/nbship/nbship/provider"
 	"github.com/nbship/nbship/provider/hetzner/hetznertest"
 	"github.com/nbship/nbship/remote"
-	"github.com/nbship/nbship/spot/spottest"
 )
 
 const hzToken = "hz-Cmd7SECRETx2"
@@ -214,7 +214,7 @@ func TestBuildersPacket(t *testing.T) {
 // lists the Hetzner builders with their host keys.
 func TestMachinesHetzner(t *testing.T) {
 	f := hetznertest.New(t, hzToken)
-	sshd := spottest.NewSSHServer(t, spottest.Ed25519Signer(t, "nbship machines hetzner"))
+	sshd := metaltest.NewSSHServer(t, metaltest.Ed25519Signer(t, "nbship machines hetzner"))
 	f.AddServer(hetznertest.Server{Name: "arm-1", Status: "running", Type: "cax21", Location: "fsn1", IPv4: "127.0.0.1", Labels: map[string]string{"nbship": "builder"}})
 	f.AddServer(hetznertest.Server{Name: "x86-1", Status: "running", Type: "cx22", Location: "fsn1", IPv4: "127.0.0.1", Labels: map[string]string{"nbship": "builder", "skip-hydra": ""}})
 	f.AddServer(hetznertest.Server{Name: "db", Status: "running", Type: "cx22", Location: "fsn1", IPv4: "127.0.0.1"})

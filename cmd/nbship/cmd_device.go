@@ -13,7 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nbship/nbship/spot"
+	"github.com/nbship/nbship/metal"
 )
 
 func init() {
@@ -43,7 +43,7 @@ func deviceList(ctx context.Context, e *env, args []string) error {
 	}
 	if pf.json {
 		if ds == nil {
-			ds = []spot.Device{}
+			ds = []metal.Device{}
 		}
 		return printJSON(e.stdout, ds)
 	}
@@ -54,7 +54,7 @@ func deviceList(ctx context.Context, e *env, args []string) error {
 	return deviceTable(e.stdout, ds)
 }
 
-func deviceTable(w io.Writer, ds []spot.Device) error {
+func deviceTable(w io.Writer, ds []metal.Device) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tHOSTNAME\tSTATE\tPLAN\tLOCATION\tIPV4\tTAGS")
 	for _, d := range ds {
@@ -111,7 +111,7 @@ func deviceReboot(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stderr, "device: %s: reboot requested\n", pos[0])
 	wctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	banner, err := spot.WaitReboot(wctx, addr, spot.WaitOptions{
+	banner, err := metal.WaitReboot(wctx, addr, metal.WaitOptions{
 		Interval: deviceProbeInterval,
 		Note:     func(format string, a ...any) { fmt.Fprintf(e.stderr, "device: "+format+"\n", a...) },
 	})
@@ -164,7 +164,7 @@ func deviceTag(ctx context.Context, e *env, args []string, drain bool) error {
 	}
 	fs := newFlagSet(e, name, synopsis)
 	pf := addPacketFlags(fs)
-	tag := fs.String("skip-tag", spot.DrainTag, "the tag that keeps a device out of the machines file")
+	tag := fs.String("skip-tag", metal.DrainTag, "the tag that keeps a device out of the machines file")
 	pos, err := parseArgs(fs, args, 1, "the device ID")
 	if err != nil {
 		return err

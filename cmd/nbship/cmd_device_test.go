@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nbship/nbship/spot/spottest"
+	"github.com/nbship/nbship/metal/metaltest"
 )
 
 func TestDeviceList(t *testing.T) {
@@ -52,7 +52,7 @@ func TestDeviceDrainRestore(t *testing.T) {
 		before := len(srv.Calls())
 		r := runPacket(t, srv, nil, nil, st.args...)
 		r.check(t, args, 0, []string{st.stdout}, nil)
-		var puts []spottest.Call
+		var puts []metaltest.Call
 		for _, c := range srv.Calls()[before:] {
 			if c.Method == "PUT" {
 				puts = append(puts, c)
@@ -89,7 +89,7 @@ func TestDeviceReboot(t *testing.T) {
 	})
 	t.Run("wait", func(t *testing.T) {
 		srv := pkServer(t)
-		host := spottest.NewBannerServer(t)
+		host := metaltest.NewBannerServer(t)
 		// The host goes away when the API is asked to reboot it, and comes
 		// back a little later, first without a banner (sshd not ready).
 		back := make(chan error, 1)
@@ -115,7 +115,7 @@ func TestDeviceReboot(t *testing.T) {
 	})
 	t.Run("host never goes down", func(t *testing.T) {
 		srv := pkServer(t)
-		host := spottest.NewBannerServer(t)
+		host := metaltest.NewBannerServer(t)
 		r := runPacket(t, srv, nil, nil, "device", "reboot", pkX86, "--wait", host.Addr, "--timeout", "100ms")
 		r.check(t, "device reboot --wait (never down)", 1, nil, []string{"still answers after", "did the reboot happen?", "hint: "})
 	})
@@ -138,7 +138,7 @@ func TestDeviceReboot(t *testing.T) {
 	}
 }
 
-func checkRebootCall(t *testing.T, srv *spottest.Server, id string) {
+func checkRebootCall(t *testing.T, srv *metaltest.Server, id string) {
 	t.Helper()
 	for _, c := range srv.Calls() {
 		if c.Method == "POST" && c.Path == "devices/"+id+"/actions" {

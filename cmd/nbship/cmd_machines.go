@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nbship/nbship/metal"
 	"github.com/nbship/nbship/provider/hetzner"
-	"github.com/nbship/nbship/spot"
 )
 
 func init() {
@@ -21,9 +21,9 @@ func init() {
 func cmdMachines(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "machines", "[--tag hydra] [--skip-tag skip-hydra] [--user root] [--ssh-key PATH] [--max-jobs N] [--speed-factor N] [--features a,b] [--mandatory-features a,b] [flags]")
 	pf := addPacketFlags(fs)
-	var o spot.MachinesOptions
+	var o metal.MachinesOptions
 	fs.StringVar(&o.Tag, "tag", "hydra", "only devices with this tag (\"\" for all)")
-	fs.StringVar(&o.SkipTag, "skip-tag", spot.DrainTag, "but not devices with this tag (\"\" for none)")
+	fs.StringVar(&o.SkipTag, "skip-tag", metal.DrainTag, "but not devices with this tag (\"\" for none)")
 	fs.StringVar(&o.User, "user", "root", "SSH user Hydra logs in as")
 	fs.StringVar(&o.SSHKey, "ssh-key", "", "`PATH` of the SSH identity Hydra uses (default none: -)")
 	fs.IntVar(&o.MaxJobs, "max-jobs", 1, "builds at once per machine")
@@ -49,7 +49,7 @@ func cmdMachines(ctx context.Context, e *env, args []string) error {
 	}
 	// Packet as before; Hetzner too when a token is configured. With
 	// neither, Packet's error says what is missing.
-	var devs []spot.Device
+	var devs []metal.Device
 	hz := hetznerToken(e, cfg) != ""
 	if packetConfigured(e, cfg) || !hz {
 		c, err := pf.client(e, cfg)
@@ -71,7 +71,7 @@ func cmdMachines(ctx context.Context, e *env, args []string) error {
 		}
 		devs = append(devs, hd...)
 	}
-	ms, skipped := spot.Machines(ctx, devs, o)
+	ms, skipped := metal.Machines(ctx, devs, o)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -83,7 +83,7 @@ func cmdMachines(ctx context.Context, e *env, args []string) error {
 	}
 	if pf.json {
 		if ms == nil {
-			ms = []spot.Machine{}
+			ms = []metal.Machine{}
 		}
 		if err := printJSON(e.stdout, ms); err != nil {
 			return err
@@ -105,7 +105,7 @@ func cmdMachines(ctx context.Context, e *env, args []string) error {
 }
 
 // machinesCheck rejects values that would break a machines file line.
-func machinesCheck(o *spot.MachinesOptions) error {
+func machinesCheck(o *metal.MachinesOptions) error {
 	word := func(flag, v string) error {
 		if strings.ContainsAny(v, " \t\n,#") {
 			return usageError("machines: %s %q must not contain spaces, commas or #", flag, v)

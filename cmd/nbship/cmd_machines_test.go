@@ -9,18 +9,18 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nbship/nbship/spot"
-	"github.com/nbship/nbship/spot/spottest"
+	"github.com/nbship/nbship/metal"
+	"github.com/nbship/nbship/metal/metaltest"
 )
 
 // machinesServer is a fake API whose devices all answer SSH on 127.0.0.1
 // at one port, with a host key made from a fixed seed so the golden file
 // stays put; one builder's address has nothing listening.
-func machinesServer(t *testing.T) (*spottest.Server, *spottest.SSHServer) {
+func machinesServer(t *testing.T) (*metaltest.Server, *metaltest.SSHServer) {
 	t.Helper()
-	srv := spottest.NewServer(t, pkToken, pkProject)
-	sshd := spottest.NewSSHServer(t, spottest.Ed25519Signer(t, "nbship machines golden"))
-	for _, d := range []spottest.Device{
+	srv := metaltest.NewServer(t, pkToken, pkProject)
+	sshd := metaltest.NewSSHServer(t, metaltest.Ed25519Signer(t, "nbship machines golden"))
+	for _, d := range []metaltest.Device{
 		{ID: "a0000000-0000-4000-8000-000000000001", Hostname: "arm1", State: "active", Plan: "c2.large.arm", PublicIP: "127.0.0.1", PrivateIP: "10.0.0.1", Tags: []string{"hydra"}},
 		{ID: "a0000000-0000-4000-8000-000000000002", Hostname: "arm64", State: "active", Plan: "c3.large.arm64", PublicIP: "127.0.0.1", Tags: []string{"arm", "hydra"}},
 		{ID: "a0000000-0000-4000-8000-000000000003", Hostname: "x86a", State: "active", Plan: "m2.xlarge.x86", PublicIP: "127.0.0.1", Tags: []string{"hydra"}},
@@ -72,7 +72,7 @@ func TestMachinesGolden(t *testing.T) {
 			continue
 		}
 		key, err := base64.StdEncoding.DecodeString(f[7])
-		if err != nil || string(key) != spot.AuthorizedKey(spottest.Ed25519Signer(t, "nbship machines golden").PublicKey()) {
+		if err != nil || string(key) != metal.AuthorizedKey(metaltest.Ed25519Signer(t, "nbship machines golden").PublicKey()) {
 			t.Errorf("line %q: host key field decodes to %q, %v, want the server's ssh-ed25519 key", line, key, err)
 		}
 	}
@@ -115,7 +115,7 @@ func TestMachines(t *testing.T) {
 				}
 			}
 			if tt.name == "json" {
-				var ms []spot.Machine
+				var ms []metal.Machine
 				if err := json.Unmarshal([]byte(r.stdout), &ms); err != nil || len(ms) != 3 {
 					t.Errorf("machines --json = %d machines, %v, want 3", len(ms), err)
 				}

@@ -19,7 +19,7 @@ import (
 
 	"github.com/nbship/nbship/internal/config"
 	"github.com/nbship/nbship/internal/version"
-	"github.com/nbship/nbship/spot"
+	"github.com/nbship/nbship/metal"
 )
 
 func init() {
@@ -34,7 +34,7 @@ func init() {
 
 // packetBackoff is the first wait between retries of a failed API request;
 // the tests shorten it.
-var packetBackoff = spot.DefaultBackoff
+var packetBackoff = metal.DefaultBackoff
 
 // packetFlags are the flags every Packet subcommand has.
 type packetFlags struct {
@@ -46,7 +46,7 @@ type packetFlags struct {
 func addPacketFlags(fs *pflag.FlagSet) *packetFlags {
 	p := &packetFlags{}
 	fs.StringVar(&p.config, "config", "", "builders.conf `FILE` to read packetKey and packetProjectId from (the environment wins)")
-	fs.StringVar(&p.apiURL, "api-url", "", "API base `URL` (default $PACKET_API_URL, else "+spot.DefaultAPIURL+")")
+	fs.StringVar(&p.apiURL, "api-url", "", "API base `URL` (default $PACKET_API_URL, else "+metal.DefaultAPIURL+")")
 	fs.BoolVar(&p.json, "json", false, "print the result as JSON")
 	return p
 }
@@ -63,7 +63,7 @@ func (p *packetFlags) loadConfig() (*config.Config, error) {
 // PACKET_PROJECT_ID, PACKET_API_URL), then --config. The token is only
 // ever read from there: there is no flag for it, so it is never on a
 // command line.
-func (p *packetFlags) client(e *env, cfg *config.Config) (*spot.Client, error) {
+func (p *packetFlags) client(e *env, cfg *config.Config) (*metal.Client, error) {
 	token := e.getenv("PACKET_AUTH_TOKEN")
 	if token == "" {
 		token = cfg.PacketKey
@@ -80,7 +80,7 @@ func (p *packetFlags) client(e *env, cfg *config.Config) (*spot.Client, error) {
 		return nil, withHint(errors.New("packet: no API token"),
 			"export PACKET_AUTH_TOKEN=..., or pass --config FILE with a line 'packetKey TOKEN'")
 	}
-	return spot.New(spot.Options{
+	return metal.New(metal.Options{
 		Token:     token,
 		ProjectID: project,
 		APIURL:    apiURL,
@@ -90,7 +90,7 @@ func (p *packetFlags) client(e *env, cfg *config.Config) (*spot.Client, error) {
 }
 
 // setup parses the flags and makes the client; most subcommands start so.
-func (p *packetFlags) setup(e *env) (*spot.Client, *config.Config, error) {
+func (p *packetFlags) setup(e *env) (*metal.Client, *config.Config, error) {
 	cfg, err := p.loadConfig()
 	if err != nil {
 		return nil, nil, err
@@ -104,7 +104,7 @@ func (p *packetFlags) setup(e *env) (*spot.Client, *config.Config, error) {
 
 // parse is parseArgs and setup, for the subcommands that check nothing
 // in between.
-func (p *packetFlags) parse(e *env, fs *pflag.FlagSet, args []string, n int, names string) ([]string, *spot.Client, error) {
+func (p *packetFlags) parse(e *env, fs *pflag.FlagSet, args []string, n int, names string) ([]string, *metal.Client, error) {
 	pos, err := parseArgs(fs, args, n, names)
 	if err != nil {
 		return nil, nil, err
@@ -118,8 +118,8 @@ func (p *packetFlags) parse(e *env, fs *pflag.FlagSet, args []string, n int, nam
 
 // packetErr adds the hint that goes with an API error.
 func packetErr(err error) error {
-	var ae *spot.APIError
-	var np *spot.NoPriceError
+	var ae *metal.APIError
+	var np *metal.NoPriceError
 	var ue *url.Error
 	switch {
 	case err == nil:
@@ -128,7 +128,7 @@ func packetErr(err error) error {
 		if h := ae.Hint(); h != "" {
 			return withHint(err, "%s", h)
 		}
-	case errors.Is(err, spot.ErrNoProject):
+	case errors.Is(err, metal.ErrNoProject):
 		return withHint(err, "export PACKET_PROJECT_ID=UUID, or pass --config FILE with a line 'packetProjectId UUID'")
 	case errors.As(err, &np):
 		return withHint(err, "see where it is offered: nbship spot prices --plan %s", np.Plan)
@@ -141,7 +141,7 @@ func packetErr(err error) error {
 func spotCreate(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "spot create", "--plan P (--metro M | --facility F...) --max-bid USD --max N --hostname H (--ipxe-url URL | --instance NAME [--base-url URL]) [flags]")
 	pf := addPacketFlags(fs)
-	var r spot.CreateRequest
+	var r metal.CreateRequest
 	fs.StringVar(&r.Plan, "plan", "", "plan slug, like c2.large.arm (required)")
 	fs.StringVar(&r.Metro, "metro", "", "metro code, like da")
 	fs.StringArrayVar(&r.Facilities, "facility", nil, "facility code, like dfw2 (repeat for several; instead of --metro)")
@@ -296,7 +296,7 @@ func spotConfirm(r io.Reader) (bool, error) {
 	return strings.TrimSpace(string(line)) == "yes", nil
 }
 
-func spotPrintQuote(w io.Writer, q *spot.Quote) {
+func spotPrintQuote(w io.Writer, q *metal.Quote) {
 	var now []string
 	for _, p := range q.Prices {
 		now = append(now, fmt.Sprintf("%s $%.2f/h", p.Location, p.Price))
@@ -322,7 +322,7 @@ func spotList(ctx context.Context, e *env, args []string) error {
 	}
 	if pf.json {
 		if rs == nil {
-			rs = []spot.Request{}
+			rs = []metal.Request{}
 		}
 		return printJSON(e.stdout, rs)
 	}

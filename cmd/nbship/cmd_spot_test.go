@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbship/nbship/spot/spottest"
+	"github.com/nbship/nbship/metal/metaltest"
 )
 
 const (
@@ -38,12 +38,12 @@ type pkResult struct {
 }
 
 // pkServer is a fake API with two builders, one spot request and prices.
-func pkServer(t *testing.T) *spottest.Server {
+func pkServer(t *testing.T) *metaltest.Server {
 	t.Helper()
-	srv := spottest.NewServer(t, pkToken, pkProject)
-	srv.AddDevice(spottest.Device{ID: pkArm, Hostname: "arm1", State: "active", Plan: "c2.large.arm", Metro: "da", Facility: "dfw2", PublicIP: "147.75.0.10", PrivateIP: "10.0.0.10", Tags: []string{"hydra", "arm"}})
-	srv.AddDevice(spottest.Device{ID: pkX86, Hostname: "x86a", State: "active", Plan: "m2.xlarge.x86", Metro: "da", Facility: "dfw2", PublicIP: "147.75.0.11", Tags: []string{"hydra"}})
-	srv.AddRequest(spottest.Request{ID: pkReq, Plan: "c2.large.arm", Metro: "da", Min: 1, Max: 2, MaxBid: 0.5, Hostname: "arm", IPXEURL: "http://netboot.example/hydra-c2.large.arm/netboot.ipxe", Tags: []string{"hydra"}, DeviceIDs: []string{pkArm}})
+	srv := metaltest.NewServer(t, pkToken, pkProject)
+	srv.AddDevice(metaltest.Device{ID: pkArm, Hostname: "arm1", State: "active", Plan: "c2.large.arm", Metro: "da", Facility: "dfw2", PublicIP: "147.75.0.10", PrivateIP: "10.0.0.10", Tags: []string{"hydra", "arm"}})
+	srv.AddDevice(metaltest.Device{ID: pkX86, Hostname: "x86a", State: "active", Plan: "m2.xlarge.x86", Metro: "da", Facility: "dfw2", PublicIP: "147.75.0.11", Tags: []string{"hydra"}})
+	srv.AddRequest(metaltest.Request{ID: pkReq, Plan: "c2.large.arm", Metro: "da", Min: 1, Max: 2, MaxBid: 0.5, Hostname: "arm", IPXEURL: "http://netboot.example/hydra-c2.large.arm/netboot.ipxe", Tags: []string{"hydra"}, DeviceIDs: []string{pkArm}})
 	srv.SetPrice(false, "da", "c2.large.arm", 0.3)
 	srv.SetPrice(false, "sv", "c2.large.arm", 0.25)
 	srv.SetPrice(false, "da", "m2.xlarge.x86", 0.4)
@@ -54,7 +54,7 @@ func pkServer(t *testing.T) *spottest.Server {
 
 // runPacket runs nbship with the credentials in the environment and checks
 // that the token shows up in none of its output.
-func runPacket(t *testing.T, srv *spottest.Server, vars map[string]string, stdin io.Reader, args ...string) pkResult {
+func runPacket(t *testing.T, srv *metaltest.Server, vars map[string]string, stdin io.Reader, args ...string) pkResult {
 	t.Helper()
 	base := map[string]string{"PACKET_AUTH_TOKEN": pkToken, "PACKET_PROJECT_ID": pkProject}
 	if srv != nil {
@@ -120,14 +120,14 @@ func TestSpotCreate(t *testing.T) {
 		stderr    []string
 		wantPOST  bool
 		wantCalls int
-		check     func(t *testing.T, b spottest.CreateBody)
+		check     func(t *testing.T, b metaltest.CreateBody)
 	}{
 		{
 			name: "yes creates", args: append(append(slices.Clone(base), ipxe...), "--metro", "da", "--always-pxe", "--userdata", userdata, "--yes"),
 			stdout:   []string{"spot request 5a7e0000-0000-4000-8000-000000000001 created: 1-3 × c2.large.arm in da, max bid $0.50/h each"},
 			stderr:   []string{"c2.large.arm spot price now: da $0.30/h", "worst case: 3 × $0.50 max bid = $1.50/h ($36.00/day); at the current price: $0.90/h"},
 			wantPOST: true, wantCalls: 2,
-			check: func(t *testing.T, b spottest.CreateBody) {
+			check: func(t *testing.T, b metaltest.CreateBody) {
 				if b.Min != 1 || b.Max != 3 || b.Metro != "da" || b.Facilities != nil || b.MaxBid != 0.5 ||
 					b.P.OS != "custom_ipxe" || b.P.Plan != "c2.large.arm" || b.P.IPXE != ipxe[1] || !b.P.AlwaysPXE ||
 					!slices.Equal(b.P.Tags, []string{"hydra", "arm"}) || b.P.Hostname != "arm-builder" || b.P.UserData != "#!ipxe\necho hi\n" {
@@ -139,7 +139,7 @@ func TestSpotCreate(t *testing.T) {
 			name: "facilities and an instance", args: append(slices.Clone(base), "--facility", "dfw2", "--facility", "ewr1", "--instance", "c2.large.arm", "--base-url", "http://netboot.example/pxe/", "--yes"),
 			stderr:   []string{"dfw2 $0.35/h, ewr1 $0.20/h", "at the current price: $0.60/h"},
 			wantPOST: true, wantCalls: 2,
-			check: func(t *testing.T, b spottest.CreateBody) {
+			check: func(t *testing.T, b metaltest.CreateBody) {
 				if b.Metro != "" || !slices.Equal(b.Facilities, []string{"dfw2", "ewr1"}) || b.P.IPXE != "http://netboot.example/pxe/hydra-c2.large.arm/netboot.ipxe" || b.P.AlwaysPXE {
 					t.Errorf("create body = %+v", b)
 				}
@@ -148,7 +148,7 @@ func TestSpotCreate(t *testing.T) {
 		{
 			name: "base URL from the config file", args: append(slices.Clone(base), "--metro", "da", "--instance", "c2.large.arm", "--config", cfgFile, "--yes"),
 			wantPOST: true, wantCalls: 2,
-			check: func(t *testing.T, b spottest.CreateBody) {
+			check: func(t *testing.T, b metaltest.CreateBody) {
 				if b.P.IPXE != "http://netboot.example/boot/hydra-c2.large.arm/netboot.ipxe" {
 					t.Errorf("ipxe_script_url = %q, want it under the config's baseURL", b.P.IPXE)
 				}
@@ -191,7 +191,7 @@ func TestSpotCreate(t *testing.T) {
 			if len(calls) != tt.wantCalls {
 				t.Errorf("requests = %d, want %d: %+v", len(calls), tt.wantCalls, calls)
 			}
-			var post *spottest.Call
+			var post *metaltest.Call
 			for i, c := range calls {
 				if c.Method == "POST" {
 					post = &calls[i]
@@ -204,7 +204,7 @@ func TestSpotCreate(t *testing.T) {
 				if post.Path != "projects/"+pkProject+"/spot-market-requests" || post.Token != pkToken {
 					t.Errorf("POST %s (token ok %v), want projects/%s/spot-market-requests with the token", post.Path, post.Token == pkToken, pkProject)
 				}
-				var b spottest.CreateBody
+				var b metaltest.CreateBody
 				if err := json.Unmarshal(post.Body, &b); err != nil {
 					t.Fatal(err)
 				}
@@ -213,7 +213,7 @@ func TestSpotCreate(t *testing.T) {
 				}
 			}
 			if tt.name == "dry run" {
-				var b spottest.CreateBody
+				var b metaltest.CreateBody
 				if err := json.Unmarshal([]byte(r.stdout), &b); err != nil || b.P.Plan != "c2.large.arm" {
 					t.Errorf("dry run stdout is not the body: %v\n%s", err, r.stdout)
 				}
@@ -267,7 +267,7 @@ func TestSpotListGetCancel(t *testing.T) {
 		code   int
 		stdout []string
 		stderr []string
-		check  func(t *testing.T, srv *spottest.Server)
+		check  func(t *testing.T, srv *metaltest.Server)
 	}{
 		{name: "list", args: []string{"spot", "list"}, stdout: []string{"ID", "MAX BID", pkReq, "c2.large.arm", "da", "$0.50/h"}},
 		{name: "list json", args: []string{"spot", "list", "--json"}, stdout: []string{`"id":"` + pkReq + `"`, `"max":2`}},
@@ -278,7 +278,7 @@ func TestSpotListGetCancel(t *testing.T) {
 		{name: "get without ID", args: []string{"spot", "get"}, code: 2, stderr: []string{"want the spot request ID"}},
 		{
 			name: "cancel", args: []string{"spot", "cancel", pkReq}, stdout: []string{"cancelled; its devices keep running"},
-			check: func(t *testing.T, srv *spottest.Server) {
+			check: func(t *testing.T, srv *metaltest.Server) {
 				last := srv.Calls()[len(srv.Calls())-1]
 				if last.Method != "DELETE" || last.Path != "spot-market-requests/"+pkReq || strings.Contains(string(last.Body), "force_termination") {
 					t.Errorf("cancel sent %s %s %s, want DELETE without force_termination", last.Method, last.Path, last.Body)
@@ -290,7 +290,7 @@ func TestSpotListGetCancel(t *testing.T) {
 		},
 		{
 			name: "cancel --force", args: []string{"spot", "cancel", "--force", pkReq}, stdout: []string{"its devices are being terminated"},
-			check: func(t *testing.T, srv *spottest.Server) {
+			check: func(t *testing.T, srv *metaltest.Server) {
 				last := srv.Calls()[len(srv.Calls())-1]
 				var b map[string]any
 				json.Unmarshal(last.Body, &b)
@@ -320,22 +320,22 @@ func TestSpotListGetCancel(t *testing.T) {
 
 // TestPacketErrors runs one command against every kind of failure.
 func TestPacketErrors(t *testing.T) {
-	boom := spottest.Failure{Status: 500, Messages: []string{"internal error"}}
+	boom := metaltest.Failure{Status: 500, Messages: []string{"internal error"}}
 	tests := []struct {
 		name   string
-		fail   []spottest.Failure
+		fail   []metaltest.Failure
 		code   int
 		stderr []string
 		calls  int
 	}{
-		{"401", []spottest.Failure{{Status: 401, Messages: []string{"Invalid authentication token"}}}, 1, []string{"token rejected (401 Unauthorized)", "Invalid authentication token", "hint: check PACKET_AUTH_TOKEN"}, 1},
-		{"403", []spottest.Failure{{Status: 403, Messages: []string{"You do not have access to this project"}}}, 1, []string{"token rejected (403 Forbidden)", "hint: the token is known but may not do this"}, 1},
-		{"404", []spottest.Failure{{Status: 404, Messages: []string{"Not found"}}}, 1, []string{"not found (404 Not Found): GET projects/" + pkProject + "/devices"}, 1},
-		{"422", []spottest.Failure{{Status: 422, Messages: []string{"include must be one of plan, metro"}}}, 1, []string{"the API refused GET projects/" + pkProject + "/devices (422 Unprocessable Entity): include must be one of plan, metro"}, 1},
-		{"429 then success", []spottest.Failure{{Status: 429, Messages: []string{"Rate limit exceeded"}, RetryAfter: "0"}}, 0, nil, 2},
-		{"500 four times", []spottest.Failure{boom, boom, boom, boom}, 1, []string{"500 Internal Server Error on all 4 tries; gave up: internal error", "hint: the API is failing"}, 4},
-		{"500 three times then success", []spottest.Failure{boom, boom, boom}, 0, nil, 4},
-		{"an error echoing the token", []spottest.Failure{{Status: 422, Messages: []string{"token " + pkToken + " has expired"}}}, 1, []string{"token [token] has expired"}, 1},
+		{"401", []metaltest.Failure{{Status: 401, Messages: []string{"Invalid authentication token"}}}, 1, []string{"token rejected (401 Unauthorized)", "Invalid authentication token", "hint: check PACKET_AUTH_TOKEN"}, 1},
+		{"403", []metaltest.Failure{{Status: 403, Messages: []string{"You do not have access to this project"}}}, 1, []string{"token rejected (403 Forbidden)", "hint: the token is known but may not do this"}, 1},
+		{"404", []metaltest.Failure{{Status: 404, Messages: []string{"Not found"}}}, 1, []string{"not found (404 Not Found): GET projects/" + pkProject + "/devices"}, 1},
+		{"422", []metaltest.Failure{{Status: 422, Messages: []string{"include must be one of plan, metro"}}}, 1, []string{"the API refused GET projects/" + pkProject + "/devices (422 Unprocessable Entity): include must be one of plan, metro"}, 1},
+		{"429 then success", []metaltest.Failure{{Status: 429, Messages: []string{"Rate limit exceeded"}, RetryAfter: "0"}}, 0, nil, 2},
+		{"500 four times", []metaltest.Failure{boom, boom, boom, boom}, 1, []string{"500 Internal Server Error on all 4 tries; gave up: internal error", "hint: the API is failing"}, 4},
+		{"500 three times then success", []metaltest.Failure{boom, boom, boom}, 0, nil, 4},
+		{"an error echoing the token", []metaltest.Failure{{Status: 422, Messages: []string{"token " + pkToken + " has expired"}}}, 1, []string{"token [token] has expired"}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,5 +1,5 @@
 // Package packet is the Packet (Equinix Metal) API behind the provider
-// interface, through package spot and its packngo client. Packet's builders
+// interface, through package metal (the Packet API client) and its packngo client. Packet's builders
 // come from spot market requests: Create makes a request for one device
 // that boots CreateRequest.IPXEURL, List shows the requests' devices (and
 // the requests still waiting for one), and Delete cancels the request a
@@ -18,8 +18,8 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/nbship/nbship/metal"
 	"github.com/nbship/nbship/provider"
-	"github.com/nbship/nbship/spot"
 )
 
 // Name is the provider's name on the command line.
@@ -27,23 +27,23 @@ const Name = "packet"
 
 // Client is a Packet project behind the provider interface.
 type Client struct {
-	spot *spot.Client
+	api *metal.Client
 }
 
 var _ provider.Provider = (*Client)(nil)
 
-// New wraps a spot client.
-func New(c *spot.Client) *Client { return &Client{spot: c} }
+// New wraps a Packet API client.
+func New(c *metal.Client) *Client { return &Client{api: c} }
 
 // Name returns "packet".
 func (c *Client) Name() string { return Name }
 
-func request(r provider.CreateRequest) *spot.CreateRequest {
+func request(r provider.CreateRequest) *metal.CreateRequest {
 	tags := r.Tags
 	if len(tags) == 0 {
 		tags = []string{"hydra"}
 	}
-	return &spot.CreateRequest{
+	return &metal.CreateRequest{
 		Plan: r.Type, Metro: r.Location, MaxBid: r.MaxBid, Min: 1, Max: 1,
 		Hostname: r.Name, IPXEURL: r.IPXEURL, Tags: tags,
 	}
@@ -56,8 +56,8 @@ func DryRun(r provider.CreateRequest) ([]byte, error) {
 }
 
 // Quote is the spot request's cost: the price now and the most it may be.
-func (c *Client) Quote(ctx context.Context, r provider.CreateRequest) (*spot.Quote, error) {
-	return c.spot.Quote(ctx, request(r))
+func (c *Client) Quote(ctx context.Context, r provider.CreateRequest) (*metal.Quote, error) {
+	return c.api.Quote(ctx, request(r))
 }
 
 // Create makes a spot market request for one device. The device comes
@@ -67,7 +67,7 @@ func (c *Client) Create(ctx context.Context, r provider.CreateRequest) (*provide
 	if r.Progress == nil {
 		r.Progress = io.Discard
 	}
-	req, err := c.spot.Create(ctx, request(r))
+	req, err := c.api.Create(ctx, request(r))
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +83,7 @@ func (c *Client) Create(ctx context.Context, r provider.CreateRequest) (*provide
 // List returns the spot requests' devices, and the requests that have
 // none yet.
 func (c *Client) List(ctx context.Context) ([]provider.Server, error) {
-	reqs, err := c.spot.Requests(ctx)
+	reqs, err := c.api.Requests(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -122,8 +122,8 @@ func (c *Client) Get(ctx context.Context, id string) (*provider.Server, error) {
 // ErrNotBuilder says an ID is neither a spot request nor one of their devices.
 var ErrNotBuilder = errors.New("packet: no spot request has this ID or a device with it")
 
-func (c *Client) find(ctx context.Context, id string) (*spot.Request, *spot.Device, error) {
-	reqs, err := c.spot.Requests(ctx)
+func (c *Client) find(ctx context.Context, id string) (*metal.Request, *metal.Device, error) {
+	reqs, err := c.api.Requests(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -131,7 +131,7 @@ func (c *Client) find(ctx context.Context, id string) (*spot.Request, *spot.Devi
 		if reqs[i].ID == id {
 			return &reqs[i], nil, nil
 		}
-		if j := slices.IndexFunc(reqs[i].Devices, func(d spot.Device) bool { return d.ID == id }); j >= 0 {
+		if j := slices.IndexFunc(reqs[i].Devices, func(d metal.Device) bool { return d.ID == id }); j >= 0 {
 			return &reqs[i], &reqs[i].Devices[j], nil
 		}
 	}
@@ -145,12 +145,12 @@ func (c *Client) Delete(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return c.spot.Cancel(ctx, r.ID, true)
+	return c.api.Cancel(ctx, r.ID, true)
 }
 
 // Prices returns the spot prices per metro.
 func (c *Client) Prices(ctx context.Context, q provider.PriceQuery) ([]provider.Price, error) {
-	ps, err := c.spot.Prices(ctx, false, q.Type)
+	ps, err := c.api.Prices(ctx, false, q.Type)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +160,7 @@ func (c *Client) Prices(ctx context.Context, q provider.PriceQuery) ([]provider.
 			continue
 		}
 		arch := ""
-		if sys, err := spot.PlanSystem(p.Plan, nil); err == nil {
+		if sys, err := metal.PlanSystem(p.Plan, nil); err == nil {
 			arch = provider.Arch(sys)
 		}
 		out = append(out, provider.Price{Type: p.Plan, Location: p.Location, Arch: arch, Hourly: p.Price, Currency: "USD", Note: "spot"})
@@ -174,9 +174,9 @@ func (c *Client) Prices(ctx context.Context, q provider.PriceQuery) ([]provider.
 	return out, nil
 }
 
-func fromRequest(r spot.Request) provider.Server {
+func fromRequest(r metal.Request) provider.Server {
 	arch := ""
-	if sys, err := spot.PlanSystem(r.Plan, nil); err == nil {
+	if sys, err := metal.PlanSystem(r.Plan, nil); err == nil {
 		arch = provider.Arch(sys)
 	}
 	return provider.Server{
@@ -185,9 +185,9 @@ func fromRequest(r spot.Request) provider.Server {
 	}
 }
 
-func fromDevice(d spot.Device, r *spot.Request) provider.Server {
+func fromDevice(d metal.Device, r *metal.Request) provider.Server {
 	arch := ""
-	if sys, err := spot.PlanSystem(d.Plan, nil); err == nil {
+	if sys, err := metal.PlanSystem(d.Plan, nil); err == nil {
 		arch = provider.Arch(sys)
 	}
 	loc := d.Metro

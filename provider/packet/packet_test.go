@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbship/nbship/metal"
+	"github.com/nbship/nbship/metal/metaltest"
 	"github.com/nbship/nbship/provider"
-	"github.com/nbship/nbship/spot"
-	"github.com/nbship/nbship/spot/spottest"
 )
 
 const (
@@ -22,16 +22,16 @@ const (
 	alone   = "de000000-0000-4000-8000-00000000000c"
 )
 
-func setup(t *testing.T) (*Client, *spottest.Server) {
+func setup(t *testing.T) (*Client, *metaltest.Server) {
 	t.Helper()
-	srv := spottest.NewServer(t, tok, project)
-	srv.AddDevice(spottest.Device{ID: arm, Hostname: "arm1", State: "active", Plan: "c2.large.arm", Metro: "da", PublicIP: "147.75.0.10", Tags: []string{"hydra"}})
-	srv.AddDevice(spottest.Device{ID: alone, Hostname: "pet", State: "active", Plan: "m2.xlarge.x86", Metro: "da", PublicIP: "147.75.0.12"})
-	srv.AddRequest(spottest.Request{ID: reqID, Plan: "c2.large.arm", Metro: "da", Min: 1, Max: 1, MaxBid: 0.5, Hostname: "arm1", IPXEURL: "http://x/netboot.ipxe", DeviceIDs: []string{arm}})
-	srv.AddRequest(spottest.Request{ID: waitID, Plan: "m2.xlarge.x86", Metro: "sv", Min: 1, Max: 1, MaxBid: 0.2, Hostname: "x86", IPXEURL: "http://x/netboot.ipxe"})
+	srv := metaltest.NewServer(t, tok, project)
+	srv.AddDevice(metaltest.Device{ID: arm, Hostname: "arm1", State: "active", Plan: "c2.large.arm", Metro: "da", PublicIP: "147.75.0.10", Tags: []string{"hydra"}})
+	srv.AddDevice(metaltest.Device{ID: alone, Hostname: "pet", State: "active", Plan: "m2.xlarge.x86", Metro: "da", PublicIP: "147.75.0.12"})
+	srv.AddRequest(metaltest.Request{ID: reqID, Plan: "c2.large.arm", Metro: "da", Min: 1, Max: 1, MaxBid: 0.5, Hostname: "arm1", IPXEURL: "http://x/netboot.ipxe", DeviceIDs: []string{arm}})
+	srv.AddRequest(metaltest.Request{ID: waitID, Plan: "m2.xlarge.x86", Metro: "sv", Min: 1, Max: 1, MaxBid: 0.2, Hostname: "x86", IPXEURL: "http://x/netboot.ipxe"})
 	srv.SetPrice(false, "da", "c2.large.arm", 0.3)
 	srv.SetPrice(false, "sv", "m2.xlarge.x86", 0.4)
-	sc, err := spot.New(spot.Options{Token: tok, ProjectID: project, APIURL: srv.APIURL(), Backoff: time.Millisecond})
+	sc, err := metal.New(metal.Options{Token: tok, ProjectID: project, APIURL: srv.APIURL(), Backoff: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

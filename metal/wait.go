@@ -1,4 +1,4 @@
-package spot
+package metal
 
 import (
 	"bufio"

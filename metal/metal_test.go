@@ -1,4 +1,4 @@
-package spot
+package metal
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbship/nbship/spot/spottest"
+	"github.com/nbship/nbship/metal/metaltest"
 )
 
 const (
@@ -23,11 +23,11 @@ const (
 
 // newTestClient returns a client of a fresh fake API, with waits recorded
 // instead of slept.
-func newTestClient(t *testing.T) (*Client, *spottest.Server, *[]time.Duration) {
+func newTestClient(t *testing.T) (*Client, *metaltest.Server, *[]time.Duration) {
 	t.Helper()
-	srv := spottest.NewServer(t, testToken, testProject)
-	srv.AddDevice(spottest.Device{ID: devArm, Hostname: "arm1", State: "active", Plan: "c2.large.arm", Metro: "da", Facility: "dfw2", PublicIP: "147.75.1.1", Tags: []string{"hydra"}})
-	srv.AddDevice(spottest.Device{ID: devX86, Hostname: "x86a", State: "active", Plan: "m2.xlarge.x86", Metro: "da", Facility: "dfw2", PublicIP: "147.75.1.2", Tags: []string{"hydra", "big"}})
+	srv := metaltest.NewServer(t, testToken, testProject)
+	srv.AddDevice(metaltest.Device{ID: devArm, Hostname: "arm1", State: "active", Plan: "c2.large.arm", Metro: "da", Facility: "dfw2", PublicIP: "147.75.1.1", Tags: []string{"hydra"}})
+	srv.AddDevice(metaltest.Device{ID: devX86, Hostname: "x86a", State: "active", Plan: "m2.xlarge.x86", Metro: "da", Facility: "dfw2", PublicIP: "147.75.1.2", Tags: []string{"hydra", "big"}})
 	c, err := New(Options{Token: testToken, ProjectID: testProject, APIURL: srv.APIURL()})
 	if err != nil {
 		t.Fatal(err)
@@ -46,25 +46,25 @@ func newTestClient(t *testing.T) (*Client, *spottest.Server, *[]time.Duration) {
 func TestAPIErrors(t *testing.T) {
 	tests := []struct {
 		name      string
-		fail      []spottest.Failure
+		fail      []metaltest.Failure
 		op        string // "get" (GET devices/ID) or "reboot" (POST)
 		wantErr   string // "" for success
 		wantCalls int
 		status    int
 		tries     int
 	}{
-		{"401", []spottest.Failure{{Status: 401, Messages: []string{"Invalid authentication token"}}}, "get", "token rejected (401 Unauthorized) on GET devices/" + devArm + ": Invalid authentication token", 1, 401, 1},
-		{"403", []spottest.Failure{{Status: 403, Messages: []string{"You are not authorized to view this device"}}}, "get", "token rejected (403 Forbidden)", 1, 403, 1},
-		{"404", []spottest.Failure{{Status: 404, Messages: []string{"Not found"}}}, "get", "not found (404 Not Found): GET devices/" + devArm + ": Not found", 1, 404, 1},
-		{"422 message shown", []spottest.Failure{{Status: 422, Messages: []string{"Device is not in a state to reboot", "try later"}}}, "reboot", "the API refused POST devices/" + devArm + "/actions (422 Unprocessable Entity): Device is not in a state to reboot; try later", 1, 422, 1},
-		{"429 then success", []spottest.Failure{{Status: 429, Messages: []string{"Rate limit exceeded"}, RetryAfter: "0"}}, "get", "", 2, 0, 0},
-		{"503 twice then success", []spottest.Failure{{Status: 503}, {Status: 503}}, "get", "", 3, 0, 0},
-		{"500 on every try", []spottest.Failure{{Status: 500, Messages: []string{"boom"}}, {Status: 500, Messages: []string{"boom"}}, {Status: 500, Messages: []string{"boom"}}, {Status: 500, Messages: []string{"boom"}}}, "get", "packet: GET devices/" + devArm + ": 500 Internal Server Error on all 4 tries; gave up: boom", 4, 500, 4},
-		{"500 on a POST is not retried", []spottest.Failure{{Status: 500, Messages: []string{"boom"}}}, "reboot", "packet: POST devices/" + devArm + "/actions: 500 Internal Server Error: boom", 1, 500, 1},
-		{"503 on a POST is retried", []spottest.Failure{{Status: 503}}, "reboot", "", 2, 0, 0},
-		{"429 asking for an hour", []spottest.Failure{{Status: 429, Messages: []string{"slow down"}, RetryAfter: "3600"}}, "get", "429 Too Many Requests after 1 try, and the API asks to wait 1h0m0s more; gave up: slow down", 1, 429, 1},
-		{"long message on one line", []spottest.Failure{{Status: 422, Messages: []string{"line one\nline two\t" + strings.Repeat("x", 400)}}}, "get", "line one line two " + strings.Repeat("x", 282) + "…", 1, 422, 1},
-		{"token echoed back is hidden", []spottest.Failure{{Status: 422, Messages: []string{"bad token " + testToken}}}, "get", "bad token [token]", 1, 422, 1},
+		{"401", []metaltest.Failure{{Status: 401, Messages: []string{"Invalid authentication token"}}}, "get", "token rejected (401 Unauthorized) on GET devices/" + devArm + ": Invalid authentication token", 1, 401, 1},
+		{"403", []metaltest.Failure{{Status: 403, Messages: []string{"You are not authorized to view this device"}}}, "get", "token rejected (403 Forbidden)", 1, 403, 1},
+		{"404", []metaltest.Failure{{Status: 404, Messages: []string{"Not found"}}}, "get", "not found (404 Not Found): GET devices/" + devArm + ": Not found", 1, 404, 1},
+		{"422 message shown", []metaltest.Failure{{Status: 422, Messages: []string{"Device is not in a state to reboot", "try later"}}}, "reboot", "the API refused POST devices/" + devArm + "/actions (422 Unprocessable Entity): Device is not in a state to reboot; try later", 1, 422, 1},
+		{"429 then success", []metaltest.Failure{{Status: 429, Messages: []string{"Rate limit exceeded"}, RetryAfter: "0"}}, "get", "", 2, 0, 0},
+		{"503 twice then success", []metaltest.Failure{{Status: 503}, {Status: 503}}, "get", "", 3, 0, 0},
+		{"500 on every try", []metaltest.Failure{{Status: 500, Messages: []string{"boom"}}, {Status: 500, Messages: []string{"boom"}}, {Status: 500, Messages: []string{"boom"}}, {Status: 500, Messages: []string{"boom"}}}, "get", "packet: GET devices/" + devArm + ": 500 Internal Server Error on all 4 tries; gave up: boom", 4, 500, 4},
+		{"500 on a POST is not retried", []metaltest.Failure{{Status: 500, Messages: []string{"boom"}}}, "reboot", "packet: POST devices/" + devArm + "/actions: 500 Internal Server Error: boom", 1, 500, 1},
+		{"503 on a POST is retried", []metaltest.Failure{{Status: 503}}, "reboot", "", 2, 0, 0},
+		{"429 asking for an hour", []metaltest.Failure{{Status: 429, Messages: []string{"slow down"}, RetryAfter: "3600"}}, "get", "429 Too Many Requests after 1 try, and the API asks to wait 1h0m0s more; gave up: slow down", 1, 429, 1},
+		{"long message on one line", []metaltest.Failure{{Status: 422, Messages: []string{"line one\nline two\t" + strings.Repeat("x", 400)}}}, "get", "line one line two " + strings.Repeat("x", 282) + "…", 1, 422, 1},
+		{"token echoed back is hidden", []metaltest.Failure{{Status: 422, Messages: []string{"bad token " + testToken}}}, "get", "bad token [token]", 1, 422, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,7 +108,7 @@ func TestAPIErrors(t *testing.T) {
 
 func TestRetryWaits(t *testing.T) {
 	c, srv, waits := newTestClient(t)
-	srv.Fail(spottest.Failure{Status: 429, RetryAfter: "7"}, spottest.Failure{Status: 502})
+	srv.Fail(metaltest.Failure{Status: 429, RetryAfter: "7"}, metaltest.Failure{Status: 502})
 	if _, err := c.Device(context.Background(), devArm); err != nil {
 		t.Fatalf("Device = %v, want success after retries", err)
 	}
@@ -132,7 +132,7 @@ func TestRetryStopsOnCancel(t *testing.T) {
 	c, srv, _ := newTestClient(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	c.sleep = func(ctx context.Context, d time.Duration) error { cancel(); return sleepCtx(ctx, d) }
-	srv.Fail(spottest.Failure{Status: 503}, spottest.Failure{Status: 503})
+	srv.Fail(metaltest.Failure{Status: 503}, metaltest.Failure{Status: 503})
 	_, err := c.Device(ctx, devArm)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Device after cancel = %v, want context.Canceled", err)
@@ -304,7 +304,7 @@ func TestCreateSendsBody(t *testing.T) {
 	if len(calls) != 1 || calls[0].Method != "POST" || calls[0].Path != "projects/"+testProject+"/spot-market-requests" {
 		t.Fatalf("calls = %+v, want one POST projects/ID/spot-market-requests", calls)
 	}
-	var body spottest.CreateBody
+	var body metaltest.CreateBody
 	if err := json.Unmarshal(calls[0].Body, &body); err != nil {
 		t.Fatal(err)
 	}
@@ -421,15 +421,15 @@ func TestDevices(t *testing.T) {
 }
 
 func TestTryTimeout(t *testing.T) {
-	srv := spottest.NewServer(t, testToken, testProject)
-	srv.AddDevice(spottest.Device{ID: devArm, Hostname: "arm1", State: "active", Plan: "c2.large.arm"})
+	srv := metaltest.NewServer(t, testToken, testProject)
+	srv.AddDevice(metaltest.Device{ID: devArm, Hostname: "arm1", State: "active", Plan: "c2.large.arm"})
 	c, err := New(Options{Token: testToken, ProjectID: testProject, APIURL: srv.APIURL(), Timeout: 50 * time.Millisecond, Backoff: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The first try hangs past its limit and is retried; the wait between
 	// tries does not count against the second one.
-	srv.Fail(spottest.Failure{Hang: 5 * time.Second})
+	srv.Fail(metaltest.Failure{Hang: 5 * time.Second})
 	d, err := c.Device(context.Background(), devArm)
 	if err != nil || d.Hostname != "arm1" {
 		t.Fatalf("Device after a hung try = %+v, %v, want arm1", d, err)

@@ -1,4 +1,4 @@
-package spottest
+package metaltest
 
 import (
 	"crypto/ed25519"

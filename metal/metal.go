@@ -1,4 +1,4 @@
-// Package spot talks to the Packet (Equinix Metal) API through packngo:
+// Package metal talks to the Packet (Equinix Metal) API through packngo:
 // spot market requests and prices, devices and their tags, and the Nix
 // machines file of the builders that are running.
 //
@@ -7,7 +7,7 @@
 // makes goes through a retrying transport (see retry.go): packngo v0.31.0
 // has no retries of its own and takes no context, so a Client builds a
 // packngo client per call whose transport carries that call's context.
-package spot
+package metal
 
 import (
 	"context"

@@ -1,9 +1,9 @@
-// Package spottest is a fake Packet (Equinix Metal) API for tests: an
-// httptest server under /metal/v1/ that answers the requests package spot
+// Package metaltest is a fake Packet (Equinix Metal) API for tests: an
+// httptest server under /metal/v1/ that answers the requests package metal
 // makes with the JSON shapes and error bodies of the real API, records
 // what it was sent, and fails on request. It also has the small SSH
 // servers the machines and reboot tests talk to.
-package spottest
+package metaltest
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package spot
+package metal
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/nbship/nbship/spot/spottest"
+	"github.com/nbship/nbship/metal/metaltest"
 )
 
 func TestPlanSystem(t *testing.T) {
@@ -69,7 +69,7 @@ func TestBuilders(t *testing.T) {
 }
 
 func TestHostKey(t *testing.T) {
-	ed := spottest.Ed25519Signer(t, "host key test")
+	ed := metaltest.Ed25519Signer(t, "host key test")
 	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -78,8 +78,8 @@ func TestHostKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	both := spottest.NewSSHServer(t, ec, ed)
-	ecOnly := spottest.NewSSHServer(t, ec)
+	both := metaltest.NewSSHServer(t, ec, ed)
+	ecOnly := metaltest.NewSSHServer(t, ec)
 
 	// A listener that accepts and never says anything: the fetch must give
 	// up at its timeout.
@@ -129,7 +129,7 @@ func TestHostKey(t *testing.T) {
 }
 
 func TestMachinesLine(t *testing.T) {
-	srv := spottest.NewSSHServer(t, spottest.Ed25519Signer(t, "line test"))
+	srv := metaltest.NewSSHServer(t, metaltest.Ed25519Signer(t, "line test"))
 	devs := []Device{
 		{ID: "2", Hostname: "x", State: "active", Plan: "m2.xlarge.x86", PublicIPv4: "127.0.0.1", Tags: []string{"hydra"}},
 		{ID: "1", Hostname: "a", State: "active", Plan: "c2.large.arm", PublicIPv4: "127.0.0.1", Tags: []string{"hydra"}},
@@ -143,7 +143,7 @@ func TestMachinesLine(t *testing.T) {
 	if len(ms) != 2 || len(skipped) != 2 {
 		t.Fatalf("Machines = %d lines, %d skipped (%v), want 2, 2", len(ms), len(skipped), skipped)
 	}
-	key := AuthorizedKey(spottest.Ed25519Signer(t, "line test").PublicKey())
+	key := AuthorizedKey(metaltest.Ed25519Signer(t, "line test").PublicKey())
 	want := "ssh://root@127.0.0.1 aarch64-linux - 2 3 big-parallel,kvm - " + base64.StdEncoding.EncodeToString([]byte(key))
 	if got := ms[0].Line(); got != want {
 		t.Errorf("Machines[0].Line() = %q, want %q", got, want)
@@ -159,7 +159,7 @@ func TestMachinesLine(t *testing.T) {
 }
 
 func TestSSHBanner(t *testing.T) {
-	b := spottest.NewBannerServer(t)
+	b := metaltest.NewBannerServer(t)
 	got, err := SSHBanner(context.Background(), b.Addr, time.Second)
 	if err != nil || got != b.Banner {
 		t.Errorf("SSHBanner(up) = %q, %v, want %q", got, err, b.Banner)
@@ -182,7 +182,7 @@ func TestSSHBanner(t *testing.T) {
 func TestWaitReboot(t *testing.T) {
 	fast := WaitOptions{Interval: 10 * time.Millisecond, ProbeTimeout: time.Second}
 	t.Run("down and up", func(t *testing.T) {
-		b := spottest.NewBannerServer(t)
+		b := metaltest.NewBannerServer(t)
 		b.GoAway()
 		go func() {
 			time.Sleep(50 * time.Millisecond)
@@ -194,7 +194,7 @@ func TestWaitReboot(t *testing.T) {
 		}
 	})
 	t.Run("never goes down", func(t *testing.T) {
-		b := spottest.NewBannerServer(t)
+		b := metaltest.NewBannerServer(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		_, err := WaitReboot(ctx, b.Addr, fast)
@@ -203,7 +203,7 @@ func TestWaitReboot(t *testing.T) {
 		}
 	})
 	t.Run("never comes back", func(t *testing.T) {
-		b := spottest.NewBannerServer(t)
+		b := metaltest.NewBannerServer(t)
 		b.GoAway()
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
