@@ -131,7 +131,7 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 			want[i/8] |= 1 << (i % 8)
 			total += e.Size
 			count++
-			if rs == nil || e.Type != TypeFile {
+			if rs == nil {
 				continue
 			}
 			if n, sum, ok := rs.Offer(e); ok {
