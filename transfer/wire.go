@@ -15,7 +15,8 @@ import (
 // receiver may say it is busy (substituting) before its want.
 // 4: the want may offer prefixes of files a failed attempt kept, and the
 // sender answers each offer in the data (resume.go).
-const Version = 4
+// 5: offers may be of NARs too (narresume.go).
+const Version = 5
 
 // magic opens the sender's half of every stream, followed by a big-endian
 // uint16 version.
@@ -26,7 +27,7 @@ const magic = "NBSHIP\x00"
 const (
 	msgReady  = 'R' // receiver → sender: ready, JSON readyMsg
 	msgHeader = 'H' // sender → receiver: the manifest, JSON
-	msgWant   = 'W' // receiver → sender: bitmap of entries to send, then offers (version 4)
+	msgWant   = 'W' // receiver → sender: bitmap of entries to send, then offers (version 4; of NARs too, 5)
 	msgBusy   = 'B' // receiver → sender: still deciding what it wants (empty; version 3)
 	msgData   = 'D' // sender → receiver: a chunk of the zstd stream
 	msgEnd    = 'E' // sender → receiver: end of the zstd stream
