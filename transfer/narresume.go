@@ -296,3 +296,26 @@ func (k *narKeep) end() {
 	}
 	k.left = nil
 }
+
+// SweepKeptNARs removes the NARs failed attempts kept in parent (the
+// receiver's TMPDIR) for a retry that will not come: every directory of
+// this user's that no live receiver holds. It returns the paths removed.
+func SweepKeptNARs(parent string) []string {
+	ents, _ := os.ReadDir(parent)
+	var removed []string
+	for _, de := range ents {
+		if !strings.HasPrefix(de.Name(), narPrefix) {
+			continue
+		}
+		p := filepath.Join(parent, de.Name())
+		lock, ok := lockLeftover(p)
+		if !ok {
+			continue
+		}
+		if os.RemoveAll(p) == nil {
+			removed = append(removed, p)
+		}
+		lock.Close()
+	}
+	return removed
+}

@@ -178,6 +178,9 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stderr, "nbship: shipping %d store paths%s from %s to %s\n", len(paths), closure, *from, *to)
 	res, err := shipWithRetries(ctx, e, ship, *retries)
 	if err != nil {
+		if *store && *retries > 0 {
+			sweepKeptNARs(dst, e)
+		}
 		return err
 	}
 	var s protocol.Stream
@@ -220,6 +223,17 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "%d store paths %s (%d sent, %d already there%s): %s raw, %s on the wire in %.2fs, %.1f MB/s (%s path)\n",
 		out.PathsTotal, what, out.PathsSent, out.PathsSkipped, subst, transfer.HumanBytes(out.Bytes), transfer.HumanBytes(out.WireBytes), out.Seconds, out.MBps, out.Path)
 	return nil
+}
+
+// sweepKeptNARs removes, after the last attempt failed, what earlier ones
+// kept on the receiving host for a retry (the last attempt's receiver
+// removes what it found, but not what an attempt stopped with it, an
+// interrupt, left). Best effort, with its own deadline: the run's context
+// may be the one that was cancelled.
+func sweepKeptNARs(dst controller.End, e *env) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dst.Run(ctx, []string{dst.Bin, sweepKeptCommand}, e.stderr)
 }
 
 // destHost is the host name of an SSH destination [user@]host[:port].
