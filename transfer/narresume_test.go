@@ -7,7 +7,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nbship/nbship/nixstore"
 )
@@ -188,4 +190,70 @@ func TestNARResumeLeavesALiveReceiversDirectory(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, partialData)); err != nil {
 		t.Errorf("a held directory was touched: %v", err)
 	}
+}
+
+// slowImports is a store whose Nix takes its input slowly.
+type slowImports struct{ *fakeStore }
+
+func (s slowImports) Import(ctx context.Context) (Importer, error) {
+	imp, err := s.fakeStore.Import(ctx)
+	return slowImporter{imp}, err
+}
+
+type slowImporter struct{ Importer }
+
+func (s slowImporter) Write(p []byte) (int, error) {
+	time.Sleep(2 * time.Millisecond)
+	return s.Importer.Write(p)
+}
+
+// While the receiver gives Nix the kept start of a NAR it reads nothing;
+// it says it is busy meanwhile, and the sender takes that for what it is.
+func TestNARResumeSaysBusyWhileNixTakesThePrefix(t *testing.T) {
+	f := newNARFixture(t)
+	_, st := f.cut(t)
+	old := busyEvery
+	busyEvery = time.Millisecond
+	t.Cleanup(func() { busyEvery = old })
+	ctx := context.Background()
+	s, err := CollectStore(ctx, f.src, []string{f.path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := newFakeStore()
+	sink := NewStoreSink(slowImports{dst})
+	sink.Resume(false, f.tmp)
+	a, c := net.Pipe()
+	w := &busyAfterWant{Conn: c}
+	sent, _, serr, rerr := pipeTrip(s, sink, zstdFastest, a, w, ReceiveOptions{Commit: func() (string, error) { return "", sink.Confirm(ctx) }})
+	if cerr := sink.Close(); rerr == nil {
+		rerr = cerr
+	}
+	if serr != nil || rerr != nil {
+		t.Fatalf("send %v, receive %v", serr, rerr)
+	}
+	if w.busy.Load() == 0 {
+		t.Error("the receiver never said it was busy while Nix took the prefix")
+	}
+	if sent.Resumed != st.Length || dst.paths[leafName] == nil {
+		t.Errorf("resumed %d of the kept %d bytes, imported %v", sent.Resumed, st.Length, dst.paths[leafName] != nil)
+	}
+}
+
+// busyAfterWant is the receiver's end of the connection: it counts the
+// busy messages written after the want.
+type busyAfterWant struct {
+	net.Conn
+	wanted bool
+	busy   atomic.Int64
+}
+
+func (b *busyAfterWant) Write(p []byte) (int, error) {
+	switch {
+	case len(p) > 0 && p[0] == msgWant:
+		b.wanted = true
+	case len(p) == 5 && p[0] == msgBusy && b.wanted:
+		b.busy.Add(1)
+	}
+	return b.Conn.Write(p)
 }

@@ -542,7 +542,7 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 	}
 	done := make(chan final, 1)
 	go func() {
-		p, err := expect(conn, msgAck, maxControl)
+		p, err := expectAck(conn)
 		if err != nil {
 			done <- final{err: err}
 			if c, ok := conn.(io.Closer); ok {

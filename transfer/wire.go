@@ -179,6 +179,26 @@ func expectManifest(r io.Reader) (*Manifest, error) {
 	return m, err
 }
 
+// expectAck reads the receiver's final word, after any number of busy
+// messages (it is giving Nix the start of a NAR a failed attempt kept,
+// and reads nothing meanwhile: version 5).
+func expectAck(r io.Reader) ([]byte, error) {
+	for {
+		t, p, err := readMsg(r, maxControl)
+		switch {
+		case err != nil:
+			return nil, err
+		case t == msgBusy && len(p) == 0:
+			continue
+		case t == msgAbort:
+			return nil, &PeerError{Reason: string(p)}
+		case t != msgAck:
+			return nil, refused("protocol error: got message %q, want %q", t, msgAck)
+		}
+		return p, nil
+	}
+}
+
 // linkReader marks the errors of reading the connection as the link's.
 type linkReader struct{ r io.Reader }
 
