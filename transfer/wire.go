@@ -28,7 +28,7 @@ const (
 	msgReady  = 'R' // receiver → sender: ready, JSON readyMsg
 	msgHeader = 'H' // sender → receiver: the manifest, JSON
 	msgWant   = 'W' // receiver → sender: bitmap of entries to send, then offers (version 4; of NARs too, 5)
-	msgBusy   = 'B' // receiver → sender: still deciding what it wants (empty; version 3)
+	msgBusy   = 'B' // receiver → sender: still deciding what it wants (empty; version 3), or giving Nix a kept NAR prefix (5)
 	msgData   = 'D' // sender → receiver: a chunk of the zstd stream
 	msgEnd    = 'E' // sender → receiver: end of the zstd stream
 	msgAck    = 'A' // receiver → sender: JSON ackMsg, the final word
