@@ -76,18 +76,8 @@ type leftDir struct {
 func (s *StoreSink) Resume(keep bool, parent string) error {
 	k := &narKeep{keep: keep, offered: map[string]*kept{}}
 	s.keep = k
-	ents, _ := os.ReadDir(parent)
-	for _, de := range ents {
-		if !strings.HasPrefix(de.Name(), narPrefix) {
-			continue
-		}
-		p := filepath.Join(parent, de.Name())
-		lock, ok := lockLeftover(p)
-		if !ok {
-			continue
-		}
-		l := &leftDir{path: p, lock: lock}
-		if b, err := readSmall(filepath.Join(p, partialState)); err == nil {
+	for _, l := range lockLeftovers(parent) {
+		if b, err := readSmall(filepath.Join(l.path, partialState)); err == nil {
 			if st, err := parseState(b); err == nil && st.Name != "" {
 				l.st = st
 			}
@@ -119,6 +109,23 @@ func lockLeftover(p string) (*os.File, bool) {
 		return nil, false
 	}
 	return f, true
+}
+
+// lockLeftovers locks the directories of kept NARs in parent that are
+// this user's and that no live receiver holds.
+func lockLeftovers(parent string) []*leftDir {
+	ents, _ := os.ReadDir(parent)
+	var left []*leftDir
+	for _, de := range ents {
+		if !strings.HasPrefix(de.Name(), narPrefix) {
+			continue
+		}
+		p := filepath.Join(parent, de.Name())
+		if lock, ok := lockLeftover(p); ok {
+			left = append(left, &leftDir{path: p, lock: lock})
+		}
+	}
+	return left
 }
 
 // Offer implements Resumer: the longest kept prefix of e's NAR, hashed as
@@ -301,21 +308,12 @@ func (k *narKeep) end() {
 // receiver's TMPDIR) for a retry that will not come: every directory of
 // this user's that no live receiver holds. It returns the paths removed.
 func SweepKeptNARs(parent string) []string {
-	ents, _ := os.ReadDir(parent)
 	var removed []string
-	for _, de := range ents {
-		if !strings.HasPrefix(de.Name(), narPrefix) {
-			continue
+	for _, l := range lockLeftovers(parent) {
+		if os.RemoveAll(l.path) == nil {
+			removed = append(removed, l.path)
 		}
-		p := filepath.Join(parent, de.Name())
-		lock, ok := lockLeftover(p)
-		if !ok {
-			continue
-		}
-		if os.RemoveAll(p) == nil {
-			removed = append(removed, p)
-		}
-		lock.Close()
+		l.lock.Close()
 	}
 	return removed
 }

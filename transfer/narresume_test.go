@@ -212,9 +212,9 @@ func (s slowImporter) Write(p []byte) (int, error) {
 func TestNARResumeSaysBusyWhileNixTakesThePrefix(t *testing.T) {
 	f := newNARFixture(t)
 	_, st := f.cut(t)
-	old := busyEvery
-	busyEvery = time.Millisecond
-	t.Cleanup(func() { busyEvery = old })
+	old, lag := busyEvery, maxLag
+	busyEvery, maxLag = time.Millisecond, 64<<10 // the prefix waits for Nix
+	t.Cleanup(func() { busyEvery, maxLag = old, lag })
 	ctx := context.Background()
 	s, err := CollectStore(ctx, f.src, []string{f.path})
 	if err != nil {

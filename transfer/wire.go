@@ -183,19 +183,25 @@ func expectManifest(r io.Reader) (*Manifest, error) {
 // messages (it is giving Nix the start of a NAR a failed attempt kept,
 // and reads nothing meanwhile: version 5).
 func expectAck(r io.Reader) ([]byte, error) {
+	t, p, err := readPastBusy(r)
+	switch {
+	case err != nil:
+		return nil, err
+	case t == msgAbort:
+		return nil, &PeerError{Reason: string(p)}
+	case t != msgAck:
+		return nil, refused("protocol error: got message %q, want %q", t, msgAck)
+	}
+	return p, nil
+}
+
+// readPastBusy reads the first message that is not an empty busy one.
+func readPastBusy(r io.Reader) (byte, []byte, error) {
 	for {
 		t, p, err := readMsg(r, maxControl)
-		switch {
-		case err != nil:
-			return nil, err
-		case t == msgBusy && len(p) == 0:
-			continue
-		case t == msgAbort:
-			return nil, &PeerError{Reason: string(p)}
-		case t != msgAck:
-			return nil, refused("protocol error: got message %q, want %q", t, msgAck)
+		if err != nil || t != msgBusy || len(p) != 0 {
+			return t, p, err
 		}
-		return p, nil
 	}
 }
 
@@ -213,30 +219,26 @@ func (l linkReader) Read(p []byte) (int, error) {
 // expectWant reads the receiver's want, after any number of busy
 // messages (it is substituting: they keep the channel from looking idle).
 func expectWant(r io.Reader) ([]byte, error) {
-	for {
-		t, p, err := readMsg(r, maxControl)
-		switch {
-		case err != nil:
-			return nil, err
-		case t == msgBusy && len(p) == 0:
-			continue
-		case t == msgAbort:
-			return nil, &PeerError{Reason: string(p)}
-		case t == msgAck:
-			// The receiver refused the manifest: its final word, early.
-			var a ackMsg
-			if json.Unmarshal(p, &a) == nil && !a.OK && a.Error != "" {
-				if a.Refused {
-					return nil, &PeerRefusedError{Reason: a.Error}
-				}
-				return nil, &PeerError{Reason: a.Error}
+	t, p, err := readPastBusy(r)
+	switch {
+	case err != nil:
+		return nil, err
+	case t == msgAbort:
+		return nil, &PeerError{Reason: string(p)}
+	case t == msgAck:
+		// The receiver refused the manifest: its final word, early.
+		var a ackMsg
+		if json.Unmarshal(p, &a) == nil && !a.OK && a.Error != "" {
+			if a.Refused {
+				return nil, &PeerRefusedError{Reason: a.Error}
 			}
-			return nil, errors.New("transfer: protocol error: an acknowledgement before the want")
-		case t != msgWant:
-			return nil, fmt.Errorf("transfer: protocol error: got message %q, want %q", t, msgWant)
+			return nil, &PeerError{Reason: a.Error}
 		}
-		return p, nil
+		return nil, errors.New("transfer: protocol error: an acknowledgement before the want")
+	case t != msgWant:
+		return nil, fmt.Errorf("transfer: protocol error: got message %q, want %q", t, msgWant)
 	}
+	return p, nil
 }
 
 // busyEvery is how often a receiver still deciding what it wants says so.
