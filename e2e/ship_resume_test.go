@@ -104,7 +104,7 @@ func TestShipResumesACutNAR(t *testing.T) {
 		t.Errorf("retry sent %d paths, %d bytes (%d compressed, %d on the wire), want 1 path and at most %d (15%% of the NAR)", res.PathsSent, res.Bytes, res.Compressed, res.WireBytes, limit)
 	}
 	if res.Resumed < size*8/10 {
-		t.Errorf("retry resumed %d bytes, want most of the 90%% that had arrived", res.Resumed)
+		t.Errorf("retry resumed %d bytes, want most of the 90%% that had arrived:\n%s", res.Resumed, st.stderr.String())
 	}
 	// Valid on pxe, with the builder's NAR hash, and Nix agrees with it.
 	want, err := r.Run(ctx, rig.Build, "nix-store", "-q", "--hash", p)

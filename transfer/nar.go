@@ -678,7 +678,9 @@ func (s *StoreSink) Confirm(ctx context.Context) error {
 // the store whatever happens to this process next.
 func (s *StoreSink) Abandon() {
 	s.endImport()
-	s.keep.abandon()
+	if msg := s.keep.abandon(); msg != "" {
+		s.notify("%s", msg)
+	}
 }
 
 // endImport ends the import: when Nix has no path in part, by ending its

@@ -194,6 +194,7 @@ func (s *StoreSink) ResumeEntry(e *Entry) (io.WriteCloser, hash.Hash, error) {
 	if k.own != nil && k.moveHere(kp) {
 		k.tee, k.teeE, k.teeN = kp.f, e, kp.length
 	}
+	s.notify("continuing %s from the %s a failed attempt kept", e.label(), HumanBytes(kp.length))
 	return w, h, nil
 }
 
@@ -254,22 +255,26 @@ func (k *narKeep) dropTee() {
 }
 
 // abandon keeps, with keep, the part of the NAR received so far and its
-// state.
-func (k *narKeep) abandon() {
+// state, and says so.
+func (k *narKeep) abandon() string {
 	if k == nil || k.tee == nil {
-		return
+		return ""
 	}
+	// No sync: nothing of the state is trusted (a prefix a crash lost
+	// is no offer), and a receiver being stopped has seconds to end.
 	e, n := k.teeE, k.teeN
-	if !k.keep || n <= 0 || n >= e.Size || unix.Fdatasync(int(k.tee.Fd())) != nil {
+	if !k.keep || n <= 0 || n >= e.Size {
 		k.dropTee()
-		return
+		return ""
 	}
 	k.tee.Close()
 	k.tee = nil
 	st, _ := json.Marshal(resumeState{Version: partialVersion, Name: e.Name, Size: e.Size, SHA256: e.SHA256, Length: n})
 	if os.WriteFile(filepath.Join(k.own.Path, partialState), st, 0o600) == nil {
 		k.kept = true
+		return fmt.Sprintf("kept %s of %s's NAR in %s for a retry", HumanBytes(n), e.label(), k.own.Path)
 	}
+	return ""
 }
 
 // end removes what no retry will use: everything when the import
