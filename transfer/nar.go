@@ -291,6 +291,9 @@ func NewStoreSink(st StoreWriter) *StoreSink {
 // refer to a path neither sent before them nor valid here; it learns which
 // paths the store lacks.
 func (s *StoreSink) CheckManifest(ctx context.Context, m *Manifest) error {
+	if s.keep != nil {
+		s.keep.streamed = true
+	}
 	for i := range m.Entries {
 		if m.Entries[i].Type != TypeNAR {
 			return &ManifestError{Msg: "the sender sent files, and this receiver imports Nix store paths (receive files with recv --dest)"}

@@ -49,16 +49,17 @@ var narKeepMin int64 = 16 << 20
 
 // narKeep is a StoreSink's resume state.
 type narKeep struct {
-	keep    bool
-	own     *staging.Dir // this attempt's directory (with keep)
-	ok      bool         // every path was imported
-	kept    bool         // own holds a prefix and its state
-	left    []*leftDir   // failed attempts' directories, locked
-	offered map[string]*kept
-	tee     *os.File // the NAR being kept, in own
-	teeE    *Entry
-	teeN    int64
-	buf     []byte
+	keep     bool
+	own      *staging.Dir // this attempt's directory (with keep)
+	ok       bool         // every path was imported
+	streamed bool         // a stream's manifest arrived
+	kept     bool         // own holds a prefix and its state
+	left     []*leftDir   // failed attempts' directories, locked
+	offered  map[string]*kept
+	tee      *os.File // the NAR being kept, in own
+	teeE     *Entry
+	teeN     int64
+	buf      []byte
 }
 
 // leftDir is a failed (or killed) attempt's directory, locked.
@@ -301,7 +302,9 @@ func (k *narKeep) end() {
 		k.own = nil
 	}
 	for _, l := range k.left {
-		if all || l.used || l.st == nil {
+		// A receiver that never got a stream (the relay could not reach
+		// it, say) leaves the prefixes for the one that will.
+		if all && k.streamed || l.used || l.st == nil {
 			os.RemoveAll(l.path)
 		}
 		l.lock.Close()

@@ -257,3 +257,19 @@ func (b *busyAfterWant) Write(p []byte) (int, error) {
 	}
 	return b.Conn.Write(p)
 }
+
+// A last attempt whose receiver never got a stream (the relay could not
+// reach it, and the controller fell back to another path) leaves the kept
+// prefix for the receiver that will.
+func TestNARResumeSurvivesAReceiverWithoutAStream(t *testing.T) {
+	f := newNARFixture(t)
+	_, st := f.cut(t)
+	idle := NewStoreSink(newFakeStore())
+	if err := idle.Resume(false, f.tmp); err != nil {
+		t.Fatal(err)
+	}
+	idle.Close()
+	if sent := f.retry(t); sent.Resumed != st.Length {
+		t.Errorf("after a receiver without a stream, the retry resumed %d bytes, want %d", sent.Resumed, st.Length)
+	}
+}
