@@ -184,22 +184,21 @@ func expectManifest(r io.Reader) (*Manifest, error) {
 // and reads nothing meanwhile: version 5).
 func expectAck(r io.Reader) ([]byte, error) {
 	t, p, err := readPastBusy(r)
-	switch {
-	case err != nil:
-		return nil, err
-	case t == msgAbort:
-		return nil, &PeerError{Reason: string(p)}
-	case t != msgAck:
-		return nil, refused("protocol error: got message %q, want %q", t, msgAck)
+	if err == nil && t != msgAck {
+		err = refused("protocol error: got message %q, want %q", t, msgAck)
 	}
-	return p, nil
+	return p, err
 }
 
-// readPastBusy reads the first message that is not an empty busy one.
+// readPastBusy reads the first message that is not an empty busy one; an
+// abort is the peer's error.
 func readPastBusy(r io.Reader) (byte, []byte, error) {
 	for {
 		t, p, err := readMsg(r, maxControl)
-		if err != nil || t != msgBusy || len(p) != 0 {
+		switch {
+		case err == nil && t == msgAbort:
+			return t, nil, &PeerError{Reason: string(p)}
+		case err != nil || t != msgBusy || len(p) != 0:
 			return t, p, err
 		}
 	}
@@ -223,8 +222,6 @@ func expectWant(r io.Reader) ([]byte, error) {
 	switch {
 	case err != nil:
 		return nil, err
-	case t == msgAbort:
-		return nil, &PeerError{Reason: string(p)}
 	case t == msgAck:
 		// The receiver refused the manifest: its final word, early.
 		var a ackMsg
