@@ -273,3 +273,27 @@ func TestNARResumeSurvivesAReceiverWithoutAStream(t *testing.T) {
 		t.Errorf("after a receiver without a stream, the retry resumed %d bytes, want %d", sent.Resumed, st.Length)
 	}
 }
+
+// SweepKeptNARs removes what failed attempts kept, but not a directory a
+// live receiver holds.
+func TestSweepKeptNARs(t *testing.T) {
+	f := newNARFixture(t)
+	dir, _ := f.cut(t)
+	live := NewStoreSink(newFakeStore())
+	if err := live.Resume(true, f.tmp); err != nil {
+		t.Fatal(err)
+	}
+	held := live.keep.own.Path
+	for _, l := range live.keep.left { // it holds only its own
+		l.lock.Close()
+	}
+	live.keep.left = nil
+	removed := SweepKeptNARs(f.tmp)
+	if len(removed) != 1 || removed[0] != dir {
+		t.Errorf("swept %v, want just %s", removed, dir)
+	}
+	if _, err := os.Stat(held); err != nil {
+		t.Errorf("a live receiver's directory was swept: %v", err)
+	}
+	live.Close()
+}
