@@ -201,7 +201,7 @@ func (a *adapter) levelPays(size int64) bool {
 func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 	n0 := r.n
 	a.slow = false
-	written, produced, err := a.timedCompressed(out, r, levelFirst, levelProbe)
+	written, produced, _, err := a.timedCompressed(out, r, levelFirst, levelProbe)
 	if err != nil || written == 0 {
 		// written 0: a backlog from earlier data that will not drain,
 		// no rate to measure this time.
@@ -231,46 +231,47 @@ func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 // encoder's first blocks cost it several times what later ones do: its
 // tables and window are being allocated and touched), and size more, timed
 // up to the flush that hands them all on. It returns that time (0: nothing
-// was sent) and how many stream bytes the timed part made. With the
+// was sent), how many stream bytes the timed part made, and the part of
+// that time the compressor took (without the reads of the source). With the
 // kernel's view of the link the timed part is gathered in memory and
 // written after; without, it first waits up to first for the queue of
 // earlier data to drain (not draining: 0), so that the link does not hold
 // the compressor up.
-func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duration, size int64) (time.Duration, int64, error) {
+func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duration, size int64) (time.Duration, int64, time.Duration, error) {
 	h, held := out.cw.(holder)
 	held = held && a.info != nil
 	if !held && !a.drain(first) {
-		return 0, 0, nil
+		return 0, 0, 0, nil
 	}
 	w, err := out.compressed()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if err := r.send(w, leadIn); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if held {
 		// The encoder's output of the lead-in goes out before the hold
 		// (its goroutines write it).
 		if err := out.flush(); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		h.hold()
 	}
-	t0, c0 := time.Now(), a.sent()
+	t0, c0, w0 := time.Now(), a.sent(), r.waited
 	if err := r.send(w, size); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if err := out.flush(); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	d := max(time.Since(t0), 1)
 	if held {
 		if err := h.release(); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 	}
-	return d, a.sent() - c0, nil
+	return d, a.sent() - c0, max(d-(r.waited-w0), 1), nil
 }
 
 // piece is how much of size to send before the next look at the link.
@@ -422,7 +423,7 @@ func (a *adapter) send(out *frames, r *fileReader, size int64, nar bool) error {
 func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	a.raw, a.left = false, stretch
 	n0 := r.n
-	written, _, err := a.timedCompressed(out, r, drainFirst, probeSize)
+	written, _, cpu, err := a.timedCompressed(out, r, drainFirst, probeSize)
 	if err != nil || written == 0 {
 		return r.n - n0, err
 	}
@@ -433,7 +434,12 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 		// out, on a connection past its first round trips (whose small
 		// window holds bytes back on any link), say the link is behind
 		// even compressed data.
-		need := storedMargin * float64(probeSize) / written.Seconds()
+		// The compressor's own rate, not the source's: a source slower
+		// than the link (nix-store's dump of many small files) makes
+		// the two ways equal while it lasts, and the stretch goes on
+		// past it, where stored would send three times the bytes over
+		// a link that the compressor outruns.
+		need := storedMargin * float64(probeSize) / cpu.Seconds()
 		info, ok := a.info()
 		switch {
 		case ok && info.Rate >= need:
@@ -481,6 +487,10 @@ type fileReader struct {
 	buf  []byte
 	cnt  *Counters
 	n    int64 // bytes read so far
+	// waited is how long reads of f took: the source's share of a probe's
+	// time (nix-store's dump of many small files can be slower than the
+	// compressor).
+	waited time.Duration
 	// fail makes the error for an end before size bytes (err io.EOF) or
 	// a read error, n bytes in; nil: a file's.
 	fail func(n int64, err error) error
@@ -489,7 +499,9 @@ type fileReader struct {
 // send copies exactly k more bytes of the file into w.
 func (r *fileReader) send(w io.Writer, k int64) error {
 	for k > 0 {
+		t0 := time.Now()
 		n, rerr := r.f.Read(r.buf[:min(int64(len(r.buf)), k)])
+		r.waited += time.Since(t0)
 		if n > 0 {
 			if _, err := w.Write(r.buf[:n]); err != nil {
 				return writeErr{err}

@@ -419,6 +419,13 @@ func narClosure(t *testing.T, data []byte) (*fakeStore, *Source) {
 func shipStore(t *testing.T, data []byte, level zstd.EncoderLevel, a, b io.ReadWriteCloser) *Stats {
 	t.Helper()
 	src, s := narClosure(t, data)
+	return shipSource(t, src, s, level, a, b)
+}
+
+// shipSource sends s, collected from src, over a to b and checks that
+// every path arrived whole.
+func shipSource(t *testing.T, src *fakeStore, s *Source, level zstd.EncoderLevel, a, b io.ReadWriteCloser) *Stats {
+	t.Helper()
 	dst := newFakeStore()
 	ctx := context.Background()
 	sink := NewStoreSink(dst)
@@ -475,6 +482,23 @@ func TestAdaptNARsStoredOnAFastLink(t *testing.T) {
 				t.Fatalf("stored %d, %d bytes on the wire for %d over a 2 MB/s link; want compressed, at most one probe stored (%d)", st.Stored, st.Compressed, st.Bytes, rawProbe)
 			}
 		})
+	}
+}
+
+// A NAR that comes out of the store slower than the link takes it (the
+// dump of many small files) stays compressed: the compressor's own rate,
+// not the source's, is what stored must beat, or the stretch would go on
+// stored after the source sped up, over a link the compressor outruns.
+func TestAdaptSlowSourceStaysCompressed(t *testing.T) {
+	data := make([]byte, adaptFile)
+	copy(data, readFile(t, wordyFile(t, adaptFile)))
+	src, s := narClosure(t, data)
+	src.dumpRate = 6 << 20
+	a, b := net.Pipe()
+	conn := &linkedConn{shapedConn: &shapedConn{ReadWriteCloser: a, rate: 12 << 20, limit: 256 << 10}}
+	st := shipSource(t, src, s, zstd.SpeedDefault, conn, b)
+	if st.Stored > rawProbe+1<<10 {
+		t.Fatalf("stored %d of %d bytes from a 6 MB/s source over a 12 MB/s link; want compressed, at most one probe stored (%d)", st.Stored, st.Bytes, rawProbe)
 	}
 }
 

@@ -231,6 +231,7 @@ type StoreSink struct {
 	replies *replies
 	opening chan struct{} // closed once Prepare has started imp (or failed to)
 	openErr error
+	keep    *narKeep // Resume (narresume.go)
 }
 
 // replies counts nix-store's replies, one per path added.
@@ -290,6 +291,9 @@ func NewStoreSink(st StoreWriter) *StoreSink {
 // refer to a path neither sent before them nor valid here; it learns which
 // paths the store lacks.
 func (s *StoreSink) CheckManifest(ctx context.Context, m *Manifest) error {
+	if s.keep != nil {
+		s.keep.streamed = true
+	}
 	for i := range m.Entries {
 		if m.Entries[i].Type != TypeNAR {
 			return &ManifestError{Msg: "the sender sent files, and this receiver imports Nix store paths (receive files with recv --dest)"}
@@ -559,8 +563,16 @@ func (n *NixStore) Import(ctx context.Context) (Importer, error) {
 }
 
 // Create gives Nix the command that adds e, with e's metadata, and returns
-// the writer of its NAR.
+// the writer of its NAR (which, with Resume's keep, also keeps it).
 func (s *StoreSink) Create(e *Entry) (io.WriteCloser, error) {
+	w, err := s.create(e)
+	if err == nil && s.keep != nil {
+		s.keep.create(e)
+	}
+	return w, err
+}
+
+func (s *StoreSink) create(e *Entry) (io.WriteCloser, error) {
 	if s.imp == nil {
 		return nil, refused("%s: a store path the manifest did not ask for", e.label())
 	}
@@ -595,6 +607,7 @@ func (w *narWriter) Write(p []byte) (int, error) {
 	}
 	w.held = append(w.held, p[pass:]...)
 	w.n += int64(len(p))
+	w.s.keep.write(w.e, p)
 	return len(p), nil
 }
 
@@ -619,6 +632,7 @@ func (s *StoreSink) Verified(ctx context.Context, e *Entry) error {
 	}
 	s.partial = false
 	s.fed++
+	s.keep.dropTee() // verified: not to be continued
 	return nil
 }
 
@@ -628,7 +642,11 @@ func (s *StoreSink) importErr(e *Entry, err error) error {
 
 // Finish ends the import and waits until every path fed is in the store.
 func (s *StoreSink) Finish() error {
-	return s.endImport()
+	err := s.endImport()
+	if err == nil && s.keep != nil {
+		s.keep.ok = true
+	}
+	return err
 }
 
 // Confirm checks that the paths the stream imported are now valid in the
@@ -663,6 +681,9 @@ func (s *StoreSink) Confirm(ctx context.Context) error {
 // the store whatever happens to this process next.
 func (s *StoreSink) Abandon() {
 	s.endImport()
+	if msg := s.keep.abandon(); msg != "" {
+		s.notify("%s", msg)
+	}
 }
 
 // endImport ends the import: when Nix has no path in part, by ending its
@@ -714,5 +735,7 @@ func (s *StoreSink) endImport() error {
 // Close ends an import that is still running (the paths completely fed stay
 // imported; a partly fed one is not).
 func (s *StoreSink) Close() error {
-	return s.endImport()
+	err := s.endImport()
+	s.keep.end()
+	return err
 }

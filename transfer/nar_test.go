@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nbship/nbship/nixstore"
 )
@@ -53,6 +54,7 @@ type fakeStore struct {
 	dumped      [][]string           // the paths of each Dump call
 	cache       map[string]*fakePath // what its substituters have, by base name
 	substituted []string             // base names taken from cache
+	dumpRate    float64              // bytes a second Dump gives (0: as fast as read)
 }
 
 func newFakeStore() *fakeStore {
@@ -138,6 +140,28 @@ func (d *fakeDump) Request(paths []string) {
 		}
 	}
 	d.r = bytes.NewReader(all)
+	if f.dumpRate > 0 {
+		d.r = &slowReader{r: d.r, rate: f.dumpRate, start: time.Now()}
+	}
+}
+
+// slowReader gives r's bytes no faster than rate bytes a second, as
+// nix-store's dump of many small files does.
+type slowReader struct {
+	r     io.Reader
+	rate  float64
+	start time.Time
+	n     int64
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	p = p[:min(len(p), 64<<10)]
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	if d := time.Duration(float64(s.n)/s.rate*float64(time.Second)) - time.Since(s.start); d > 0 {
+		time.Sleep(d)
+	}
+	return n, err
 }
 
 func (d *fakeDump) Closure(paths []string) ([]string, error) {

@@ -131,7 +131,7 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 			want[i/8] |= 1 << (i % 8)
 			total += e.Size
 			count++
-			if rs == nil || e.Type != TypeFile {
+			if rs == nil {
 				continue
 			}
 			if n, sum, ok := rs.Offer(e); ok {
@@ -171,7 +171,7 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 			}
 			st.Reused++
 		default:
-			from, err := receiveFile(data, sink, e, offered[i], buf, cnt)
+			from, err := receiveFile(conn, data, sink, e, offered[i], buf, cnt)
 			if err != nil {
 				return nil, "", err
 			}
@@ -215,7 +215,7 @@ func receive(ctx context.Context, conn io.ReadWriter, sink Sink, o ReceiveOption
 // failed attempt had already brought: offered is the length of the prefix
 // the want offered (0: none), and the sender says at the start of the
 // entry's data whether it sends only the rest.
-func receiveFile(dec io.Reader, sink Sink, e *Entry, offered int64, buf []byte, cnt *Counters) (int64, error) {
+func receiveFile(conn io.Writer, dec io.Reader, sink Sink, e *Entry, offered int64, buf []byte, cnt *Counters) (int64, error) {
 	from, err := resumeFlag(dec, e, offered)
 	if err != nil {
 		return 0, err
@@ -224,7 +224,12 @@ func receiveFile(dec io.Reader, sink Sink, e *Entry, offered int64, buf []byte, 
 	var h hash.Hash
 	cnt.Total.Add(-from) // not moved again
 	if from > 0 {
+		// A store sink gives Nix the kept start of the NAR now, at Nix's
+		// pace, reading nothing meanwhile: the sender hears that the
+		// receiver is still there.
+		stop := keepBusy(conn)
 		w, h, err = sink.(Resumer).ResumeEntry(e)
+		stop()
 	} else {
 		w, err = sink.Create(e)
 		h = sha256.New()

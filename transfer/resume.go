@@ -55,9 +55,11 @@ const partialVersion = 1
 const maxState = 4 << 10
 
 // resumeState is the state file: the entry it is a prefix of (its size
-// and SHA-256 from the manifest) and how many of its bytes are kept.
+// and SHA-256 from the manifest; for a NAR, its store path's base name
+// too) and how many of its bytes are kept.
 type resumeState struct {
 	Version int    `json:"version"`
+	Name    string `json:"name,omitempty"`
 	Size    int64  `json:"size"`
 	SHA256  string `json:"sha256"`
 	Length  int64  `json:"length"`
@@ -110,8 +112,8 @@ func appendOffers(want []byte, offers []offer) []byte {
 }
 
 // parseWant splits a want for m into its bitmap and offers, checking that
-// every offer is of a wanted file entry, in order, once, and shorter than
-// the entry.
+// every offer is of a wanted file or NAR entry, in order, once, and
+// shorter than the entry.
 func parseWant(p []byte, m *Manifest) ([]byte, []offer, error) {
 	n := (len(m.Entries) + 7) / 8
 	if len(p) < n || (len(p)-n)%offerSize != 0 {
@@ -131,8 +133,8 @@ func parseWant(p []byte, m *Manifest) ([]byte, []offer, error) {
 			return nil, nil, fmt.Errorf("transfer: protocol error: offer of entry %d out of order or range", o.index)
 		}
 		e := &m.Entries[o.index]
-		if e.Type != TypeFile || !wanted(bitmap, o.index) || o.length <= 0 || o.length >= e.Size {
-			return nil, nil, fmt.Errorf("transfer: protocol error: offer of %d bytes of entry %d, which is not a wanted file longer than that", o.length, o.index)
+		if !e.hasData() || !wanted(bitmap, o.index) || o.length <= 0 || o.length >= e.Size {
+			return nil, nil, fmt.Errorf("transfer: protocol error: offer of %d bytes of entry %d, which is not a wanted file or NAR longer than that", o.length, o.index)
 		}
 		last = o.index
 		offers = append(offers, o)

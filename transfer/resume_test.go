@@ -270,7 +270,8 @@ func TestParseWantRefusesBadOffers(t *testing.T) {
 		{"out of order", []offer{{index: 2, length: 1}, good}, false},
 		{"twice", []offer{good, good}, false},
 		{"a directory", []offer{{index: 0, length: 1}}, false},
-		{"a NAR (not continued: no retry ships store paths)", []offer{{index: 3, length: 1}}, false},
+		{"a NAR (version 5)", []offer{good, {index: 3, length: 1}}, true},
+		{"the whole NAR", []offer{{index: 3, length: 100}}, false},
 		{"past the entries", []offer{{index: 4, length: 1}}, false},
 		{"the whole file", []offer{{index: 1, length: 100}}, false},
 		{"empty", []offer{{index: 1, length: 0}}, false},
@@ -291,12 +292,14 @@ func TestParseWantRefusesBadOffers(t *testing.T) {
 
 func FuzzParseWant(f *testing.F) {
 	f.Add(appendOffers([]byte{0b110}, []offer{{index: 1, length: 50}}))
+	f.Add(appendOffers([]byte{0b1110}, []offer{{index: 1, length: 50}, {index: 3, length: 7}}))
 	f.Add([]byte{0b110})
 	f.Add([]byte{})
 	m := &Manifest{Entries: []Entry{
 		{Name: "d", Type: TypeDir},
 		{Name: "a", Type: TypeFile, Size: 100},
 		{Name: "b", Type: TypeFile, Size: 1 << 40},
+		{Name: leafName, Type: TypeNAR, Size: 1 << 30},
 	}}
 	f.Fuzz(func(t *testing.T, p []byte) {
 		bitmap, offers, err := parseWant(p, m)
@@ -304,11 +307,11 @@ func FuzzParseWant(f *testing.F) {
 			return
 		}
 		if len(bitmap) != 1 {
-			t.Fatalf("bitmap of %d bytes for 3 entries", len(bitmap))
+			t.Fatalf("bitmap of %d bytes for 4 entries", len(bitmap))
 		}
 		for _, o := range offers {
 			e := m.Entries[o.index]
-			if e.Type != TypeFile || o.length <= 0 || o.length >= e.Size || !wanted(bitmap, o.index) {
+			if !e.hasData() || o.length <= 0 || o.length >= e.Size || !wanted(bitmap, o.index) {
 				t.Fatalf("accepted offer %+v of %+v", o, e)
 			}
 		}
@@ -318,6 +321,8 @@ func FuzzParseWant(f *testing.F) {
 func FuzzParseState(f *testing.F) {
 	good, _ := json.Marshal(resumeState{Version: partialVersion, Size: 100, SHA256: sha(nil), Length: 50})
 	f.Add(good)
+	nar, _ := json.Marshal(resumeState{Version: partialVersion, Name: leafName, Size: 100, SHA256: sha(nil), Length: 50})
+	f.Add(nar)
 	f.Add([]byte(`{"version":1,"size":100,"sha256":"","length":50}`))
 	f.Add([]byte(`{"version":1,"size":10,"sha256":"` + sha(nil) + `","length":50}`))
 	f.Add([]byte(`{} {}`))

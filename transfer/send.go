@@ -557,7 +557,7 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 	}
 	done := make(chan final, 1)
 	go func() {
-		p, err := expect(conn, msgAck, maxControl)
+		p, err := expectAck(conn)
 		if err != nil {
 			done <- final{err: err}
 			if c, ok := conn.(io.Closer); ok {
@@ -578,7 +578,7 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, o SendOptions) (
 		}
 	}()
 
-	werr := sendData(conn, src, pending, want, offers, o, cnt, st)
+	werr := sendData(ctx, conn, src, pending, want, offers, o, cnt, st)
 	var we writeErr
 	if werr != nil && !errors.As(werr, &we) {
 		// A local problem (a file changed under us): tell the receiver why,
@@ -626,7 +626,7 @@ func afterIf(cond bool, d time.Duration) <-chan time.Time {
 
 func wanted(bitmap []byte, i int) bool { return bitmap[i/8]&(1<<(i%8)) != 0 }
 
-func sendData(conn io.Writer, src *Source, pending *pendingDump, want []byte, offers []offer, o SendOptions, cnt *Counters, st *Stats) error {
+func sendData(ctx context.Context, conn io.Writer, src *Source, pending *pendingDump, want []byte, offers []offer, o SendOptions, cnt *Counters, st *Stats) error {
 	cw := &chunkWriter{w: conn, count: func(n int) { cnt.Compressed.Add(int64(n)) }}
 	level := o.Level
 	if level == 0 {
@@ -659,13 +659,13 @@ func sendData(conn io.Writer, src *Source, pending *pendingDump, want []byte, of
 		}
 		var err error
 		var from int64
+		var of *offer
+		if len(offers) > 0 && offers[0].index == i {
+			of, offers = &offers[0], offers[1:]
+		}
 		if e.Type == TypeNAR {
-			err = sendNAR(out, ad, dump, e, cnt, buf)
+			from, err = sendNAR(ctx, out, ad, src.store, dump, e, of, cnt, buf)
 		} else {
-			var of *offer
-			if len(offers) > 0 && offers[0].index == i {
-				of, offers = &offers[0], offers[1:]
-			}
 			from, err = sendFile(out, ad, src, i, of, cnt, buf)
 		}
 		if err != nil {

@@ -20,9 +20,10 @@ import (
 // arrived; while it does, nothing crosses the channel, and both ends'
 // idle watchdogs (60 s by default) must not take that for a dead link: at
 // 256 MiB a Nix importing at 5 MB/s or more keeps well inside them.
+var maxLag int64 = 256 << 20 // bytes the network may run ahead of Nix (a variable for tests)
+
 const (
-	maxLag   = 256 << 20 // bytes the network may run ahead of Nix
-	punchGap = 16 << 20  // free the file's head in steps of this
+	punchGap = 16 << 20 // free the file's head in steps of this
 	feedSize = 256 << 10
 )
 

@@ -220,29 +220,73 @@ func (p *pendingDump) close() {
 // (adapter.sendNAR), and fails if it is not exactly the size and SHA-256
 // the store's database announced (a corrupt source store: the receiver
 // would refuse it anyway).
-func sendNAR(out *frames, ad *adapter, d *narDump, e *Entry, cnt *Counters, buf []byte) error {
+//
+// With an offer (the receiver kept the start of this NAR from a failed
+// attempt), the offered prefix is read off the dump and hashed first:
+// when it matches, only the rest is sent. When it does not, the whole NAR
+// is: the prefix, already read off the dump, comes from a second session
+// of store (read that far and stopped), then the rest from the dump. It
+// returns where the bytes sent began.
+func sendNAR(ctx context.Context, out *frames, ad *adapter, store StoreReader, d *narDump, e *Entry, of *offer, cnt *Counters, buf []byte) (int64, error) {
 	h := sha256.New()
-	r := &fileReader{f: io.TeeReader(d.rc, h), path: "the NAR of " + e.label(), size: e.Size, buf: buf, cnt: cnt,
+	var from int64
+	var head io.Reader // the prefix, sent again from a second session
+	var again NARDump
+	var prefix [32]byte
+	headSum := sha256.New()
+	if of != nil {
+		if n, err := io.CopyBuffer(h, io.LimitReader(d.rc, of.length), buf); err != nil {
+			return 0, fmt.Errorf("transfer: %s: reading its NAR: %w", e.label(), err)
+		} else if n != of.length {
+			return 0, fmt.Errorf("transfer: %s: its NAR is %d bytes, not the %d the store's database says; %s", e.label(), n, e.Size, corruptStore)
+		}
+		prefix = [32]byte(h.Sum(nil)) // and h goes on
+		flag := byte(resumeWhole)
+		if prefix == of.sum {
+			flag, from = resumeRest, of.length
+		} else {
+			var err error
+			if again, err = store.Dump(ctx); err != nil {
+				return 0, err
+			}
+			defer again.Close()
+			again.Request([]string{e.label()})
+			head = io.TeeReader(io.LimitReader(again, of.length), headSum)
+		}
+		w, err := out.way(false)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := w.Write([]byte{flag}); err != nil {
+			return 0, writeErr{err}
+		}
+	}
+	var body io.Reader = io.TeeReader(d.rc, h)
+	if head != nil {
+		body = io.MultiReader(head, body)
+	}
+	cnt.Total.Add(-from) // not moved again
+	r := &fileReader{f: body, path: "the NAR of " + e.label(), size: e.Size, buf: buf, cnt: cnt, n: from,
 		fail: func(n int64, err error) error {
 			if err == io.EOF {
 				return fmt.Errorf("transfer: %s: its NAR is %d bytes, not the %d the store's database says; %s", e.label(), n, e.Size, corruptStore)
 			}
 			return err
 		}}
-	if err := ad.sendNAR(out, r, e.Size); err != nil {
-		return err
+	if err := ad.sendNAR(out, r, e.Size-from); err != nil {
+		return 0, err
 	}
-	if [32]byte(h.Sum(nil)) != e.sum {
-		return fmt.Errorf("transfer: %s: its NAR's SHA-256 is not the one in the store's database; %s", e.label(), corruptStore)
+	if [32]byte(h.Sum(nil)) != e.sum || head != nil && [32]byte(headSum.Sum(nil)) != prefix {
+		return 0, fmt.Errorf("transfer: %s: its NAR's SHA-256 is not the one in the store's database; %s", e.label(), corruptStore)
 	}
 	if d.left--; d.left == 0 {
 		// The dump must end with the last NAR.
 		var one [1]byte
 		if k, err := io.ReadFull(d.rc, one[:]); k > 0 {
-			return fmt.Errorf("transfer: %s: the store's dump goes on after its NAR, which is more than the %d bytes the store's database says; %s", e.label(), e.Size, corruptStore)
+			return 0, fmt.Errorf("transfer: %s: the store's dump goes on after its NAR, which is more than the %d bytes the store's database says; %s", e.label(), e.Size, corruptStore)
 		} else if err != io.EOF {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return from, nil
 }

@@ -15,7 +15,8 @@ import (
 // receiver may say it is busy (substituting) before its want.
 // 4: the want may offer prefixes of files a failed attempt kept, and the
 // sender answers each offer in the data (resume.go).
-const Version = 4
+// 5: offers may be of NARs too (narresume.go).
+const Version = 5
 
 // magic opens the sender's half of every stream, followed by a big-endian
 // uint16 version.
@@ -26,8 +27,8 @@ const magic = "NBSHIP\x00"
 const (
 	msgReady  = 'R' // receiver → sender: ready, JSON readyMsg
 	msgHeader = 'H' // sender → receiver: the manifest, JSON
-	msgWant   = 'W' // receiver → sender: bitmap of entries to send, then offers (version 4)
-	msgBusy   = 'B' // receiver → sender: still deciding what it wants (empty; version 3)
+	msgWant   = 'W' // receiver → sender: bitmap of entries to send, then offers (version 4; of NARs too, 5)
+	msgBusy   = 'B' // receiver → sender: still deciding what it wants (empty; version 3), or giving Nix a kept NAR prefix (5)
 	msgData   = 'D' // sender → receiver: a chunk of the zstd stream
 	msgEnd    = 'E' // sender → receiver: end of the zstd stream
 	msgAck    = 'A' // receiver → sender: JSON ackMsg, the final word
@@ -178,6 +179,31 @@ func expectManifest(r io.Reader) (*Manifest, error) {
 	return m, err
 }
 
+// expectAck reads the receiver's final word, after any number of busy
+// messages (it is giving Nix the start of a NAR a failed attempt kept,
+// and reads nothing meanwhile: version 5).
+func expectAck(r io.Reader) ([]byte, error) {
+	t, p, err := readPastBusy(r)
+	if err == nil && t != msgAck {
+		err = refused("protocol error: got message %q, want %q", t, msgAck)
+	}
+	return p, err
+}
+
+// readPastBusy reads the first message that is not an empty busy one; an
+// abort is the peer's error.
+func readPastBusy(r io.Reader) (byte, []byte, error) {
+	for {
+		t, p, err := readMsg(r, maxControl)
+		switch {
+		case err == nil && t == msgAbort:
+			return t, nil, &PeerError{Reason: string(p)}
+		case err != nil || t != msgBusy || len(p) != 0:
+			return t, p, err
+		}
+	}
+}
+
 // linkReader marks the errors of reading the connection as the link's.
 type linkReader struct{ r io.Reader }
 
@@ -192,30 +218,24 @@ func (l linkReader) Read(p []byte) (int, error) {
 // expectWant reads the receiver's want, after any number of busy
 // messages (it is substituting: they keep the channel from looking idle).
 func expectWant(r io.Reader) ([]byte, error) {
-	for {
-		t, p, err := readMsg(r, maxControl)
-		switch {
-		case err != nil:
-			return nil, err
-		case t == msgBusy && len(p) == 0:
-			continue
-		case t == msgAbort:
-			return nil, &PeerError{Reason: string(p)}
-		case t == msgAck:
-			// The receiver refused the manifest: its final word, early.
-			var a ackMsg
-			if json.Unmarshal(p, &a) == nil && !a.OK && a.Error != "" {
-				if a.Refused {
-					return nil, &PeerRefusedError{Reason: a.Error}
-				}
-				return nil, &PeerError{Reason: a.Error}
+	t, p, err := readPastBusy(r)
+	switch {
+	case err != nil:
+		return nil, err
+	case t == msgAck:
+		// The receiver refused the manifest: its final word, early.
+		var a ackMsg
+		if json.Unmarshal(p, &a) == nil && !a.OK && a.Error != "" {
+			if a.Refused {
+				return nil, &PeerRefusedError{Reason: a.Error}
 			}
-			return nil, errors.New("transfer: protocol error: an acknowledgement before the want")
-		case t != msgWant:
-			return nil, fmt.Errorf("transfer: protocol error: got message %q, want %q", t, msgWant)
+			return nil, &PeerError{Reason: a.Error}
 		}
-		return p, nil
+		return nil, errors.New("transfer: protocol error: an acknowledgement before the want")
+	case t != msgWant:
+		return nil, fmt.Errorf("transfer: protocol error: got message %q, want %q", t, msgWant)
 	}
+	return p, nil
 }
 
 // busyEvery is how often a receiver still deciding what it wants says so.

@@ -44,7 +44,7 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	case *store && (*dest != "" || *publish != ""):
 		return usageError("recv: give exactly one of --dest DIR, --pxe-dir DIR or --store")
 	case *store:
-		t = ends.Store{Substitute: *substitute}
+		t = ends.Store{Substitute: *substitute, KeepPartial: *keepPartial}
 	case (*dest == "") == (*publish == ""):
 		return usageError("recv: give exactly one of --dest DIR or --pxe-dir DIR")
 	case *dest != "":

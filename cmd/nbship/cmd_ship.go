@@ -44,6 +44,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	listenPort := fs.Int("listen-port", 0, "the receiver's TCP `PORT` for the direct path; 0 lets it pick one (default: the config's opensslPort, else 61616)")
 	connect := fs.String("connect", "", "`HOST:PORT` the sender dials for the direct path (default: the config's opensslServer:opensslPort, else the --to host's name)")
 	level := fs.String("level", "auto", "zstd `LEVEL`: auto (better on a link much slower than the compressor), fastest, default or better")
+	retries := fs.Int("retries", 2, "try the transfer again this many `N` times when an end or the link fails (a retry sends only what has not arrived)")
 	cfgPath := fs.String("config", "", "builders.conf `FILE` for the defaults above")
 	asJSON := fs.Bool("json", false, "print a JSON summary on stdout")
 	var sf sshFlags
@@ -62,6 +63,9 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	}
 	if (*signKey != "" || *substitute) && !*store {
 		return usageError("ship: --sign-key and --substitute-on-destination go with --store")
+	}
+	if *retries < 0 {
+		return usageError("ship: --retries %d is negative", *retries)
 	}
 	if _, err := transfer.EncoderLevel(*level); err != nil {
 		return usageError("ship: %v", err)
@@ -172,8 +176,11 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		closure = " (and their closure)"
 	}
 	fmt.Fprintf(e.stderr, "nbship: shipping %d store paths%s from %s to %s\n", len(paths), closure, *from, *to)
-	res, err := ship.Run(ctx)
+	res, err := shipWithRetries(ctx, e, ship, *retries)
 	if err != nil {
+		if *store && *retries > 0 {
+			sweepKeptNARs(dst, e)
+		}
 		return err
 	}
 	var s protocol.Stream
@@ -192,7 +199,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	out := protocol.Ship{
 		PathsTotal: s.Files, PathsSent: s.FilesSent, PathsSkipped: s.Reused - rs.Substituted,
 		PathsSubstituted: rs.Substituted, SubstitutedBytes: rs.SubstitutedBytes,
-		Bytes: s.Bytes, Compressed: s.Compressed, WireBytes: s.WireBytes,
+		Bytes: s.Bytes, Resumed: s.Resumed, Compressed: s.Compressed, WireBytes: s.WireBytes,
 		Seconds: s.Seconds, MBps: s.MBps, Path: res.Path,
 		TotalSeconds: protocol.Round(time.Since(start).Seconds(), 2),
 	}
@@ -216,6 +223,17 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "%d store paths %s (%d sent, %d already there%s): %s raw, %s on the wire in %.2fs, %.1f MB/s (%s path)\n",
 		out.PathsTotal, what, out.PathsSent, out.PathsSkipped, subst, transfer.HumanBytes(out.Bytes), transfer.HumanBytes(out.WireBytes), out.Seconds, out.MBps, out.Path)
 	return nil
+}
+
+// sweepKeptNARs removes, after the last attempt failed, what earlier ones
+// kept on the receiving host for a retry (the last attempt's receiver
+// removes what it found, but not what an attempt stopped with it, an
+// interrupt, left). Best effort, with its own deadline: the run's context
+// may be the one that was cancelled.
+func sweepKeptNARs(dst controller.End, e *env) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dst.Run(ctx, []string{dst.Bin, sweepKeptCommand}, e.stderr)
 }
 
 // destHost is the host name of an SSH destination [user@]host[:port].

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -155,4 +156,85 @@ func lastJSON(out string) []byte {
 		}
 	}
 	return nil
+}
+
+// recv --store with --keep-partial keeps, under its TMPDIR, the start of
+// the NAR a dropped link cut off; the next receiver continues it from
+// there, and the sender sends only the rest, read from its own dump.
+func TestRecvStoreKeepPartialContinuesACutNAR(t *testing.T) {
+	src, dst := newTestStore(t), newTestStore(t)
+	const big = 48 << 20
+	c := addClosure(t, src, big)
+	bin := nbshipBinary(t, "amd64")
+	tmp := t.TempDir()
+	recvEnv := append(slices.Clone(dst.env), "TMPDIR="+tmp)
+
+	attempt := func(keep bool, cutAt int64) (sender protocol.Stream, serr, rerr error) {
+		args := []string{"recv", "--listen", "127.0.0.1:0", "--store", "--peer-pin", "-", "--json", "--stdin-lifeline", "--accept-timeout", "20s"}
+		if keep {
+			args = append(args, "--keep-partial")
+		}
+		r := startEnv(t, recvEnv, bin, args...)
+		rfp := r.line(t)
+		addr, _ := strings.CutPrefix(r.line(t), "listening ")
+		cut := func() {}
+		if cutAt > 0 {
+			addr, cut = cutProxy(t, addr)
+		}
+		s := startEnv(t, src.env, bin, "send", "--store", "--connect", addr, "--peer-pin", "-", "--json", "--stdin-lifeline")
+		sfp := s.line(t)
+		r.stdin.Write([]byte(sfp + "\n"))
+		s.stdin.Write([]byte(rfp + "\n" + c.top + "\n\n"))
+		if cutAt > 0 {
+			if !waitKept(tmp, cutAt) {
+				cut()
+				so, _ := s.wait(t)
+				ro, _ := r.wait(t)
+				t.Fatalf("no NAR kept to %d bytes under %s\nrecv: %s %s\nsend: %s %s", cutAt, tmp, ro, r.stderr, so, s.stderr)
+			}
+			cut()
+		}
+		sout, serr := s.wait(t)
+		s.stdin.Close()
+		_, rerr = r.wait(t)
+		r.stdin.Close()
+		if err := json.Unmarshal(lastJSON(sout), &sender); err != nil && cutAt == 0 {
+			t.Errorf("send --json: %v: %q", err, sout)
+		}
+		return sender, serr, rerr
+	}
+
+	if _, serr, rerr := attempt(true, big*3/4); serr == nil || rerr == nil {
+		t.Fatalf("a cut link: sender %v, recv %v; want both to fail", serr, rerr)
+	}
+	if dst.valid(t, c.leaf)[c.leaf] {
+		t.Fatal("the cut NAR is valid on the receiver")
+	}
+	sender, serr, rerr := attempt(false, 0)
+	if serr != nil || rerr != nil {
+		t.Fatalf("the retry: sender %v, recv %v", serr, rerr)
+	}
+	if sender.Resumed < big/2 || sender.Bytes > big/2 {
+		t.Errorf("retry summary: %d bytes sent, %d resumed; want most of the %d-byte NAR resumed", sender.Bytes, sender.Resumed, big)
+	}
+	sameClosure(t, src, dst, c.top)
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("the last attempt left %v in TMPDIR", left)
+	}
+}
+
+// waitKept waits until a receiver keeps at least n bytes of a NAR under
+// tmp.
+func waitKept(tmp string, n int64) bool {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		m, _ := filepath.Glob(filepath.Join(tmp, "nbship-nar-*"))
+		for _, d := range m {
+			if fi, err := os.Stat(filepath.Join(d, `.nbship\partial`)); err == nil && fi.Size() >= n {
+				return true
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return false
 }

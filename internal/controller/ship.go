@@ -605,3 +605,15 @@ func (c *captureWriter) json() json.RawMessage {
 	defer c.mu.Unlock()
 	return c.last
 }
+
+// Run runs argv where the end runs and waits for it to end; its stdout is
+// discarded, its stderr goes to stderr.
+func (e End) Run(ctx context.Context, argv []string, stderr io.Writer) error {
+	p, err := e.runner().Start(ctx, argv, nil, stderr)
+	if err != nil {
+		return err
+	}
+	p.Stdin.Close()
+	io.Copy(io.Discard, p.Stdout)
+	return p.Wait()
+}

@@ -44,6 +44,9 @@ type Store struct {
 	// Substitute first gets the paths this host lacks from its own
 	// substituters (nix.conf), and wants only the rest.
 	Substitute bool
+	// KeepPartial keeps the start of a big NAR a failed attempt was
+	// receiving, under TMPDIR, for the next one (transfer.StoreSink.Resume).
+	KeepPartial bool
 }
 
 // landing is a prepared Dir. Its temporary directory is locked while the
@@ -293,6 +296,11 @@ func (s Store) prepare(ctx context.Context, c *Channel) (target, error) {
 	sink := transfer.NewStoreSink(&transfer.NixStore{})
 	sink.Substitute = s.Substitute
 	sink.Notify = func(msg string) { c.logf("recv", "%s", msg) }
+	// Every receiver continues what failed attempts kept, and removes it
+	// unless it keeps too and fails.
+	if err := sink.Resume(s.KeepPartial, os.TempDir()); err != nil {
+		c.logf("recv", "%v; a retry will send that NAR whole", err)
+	}
 	sink.Prepare(ctx)
 	return &storeTarget{sink: sink}, nil
 }

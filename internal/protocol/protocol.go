@@ -115,11 +115,13 @@ type Recv struct {
 	Dest    string // a directory
 	Replace bool   // with Dest: swap a non-empty one atomically
 
-	Publish     string // pxeDir: a new generation of the instance's slot
-	Instance    string
-	System      string // of an instance type nbship does not know
-	Keep        int
-	KeepPartial bool // leave what a failed attempt verified for the next
+	Publish  string // pxeDir: a new generation of the instance's slot
+	Instance string
+	System   string // of an instance type nbship does not know
+	Keep     int
+	// KeepPartial (with Publish or Store) leaves what a failed attempt
+	// received for the next.
+	KeepPartial bool
 
 	Store bool // import into the host's Nix store
 	// Substitute: with Store, get what the host lacks from its own
@@ -152,9 +154,6 @@ func (r Recv) Args() ([]string, error) {
 		if r.Keep > 0 {
 			a = append(a, "--keep", strconv.Itoa(r.Keep))
 		}
-		if r.KeepPartial {
-			a = append(a, "--keep-partial")
-		}
 	}
 	if r.Store {
 		n++
@@ -165,6 +164,9 @@ func (r Recv) Args() ([]string, error) {
 	}
 	if n != 1 {
 		return nil, errors.New("protocol: recv needs exactly one of Dest, Publish and Store")
+	}
+	if r.KeepPartial && r.Dest == "" {
+		a = append(a, "--keep-partial")
 	}
 	if r.Idle > 0 {
 		a = append(a, "--idle-timeout", r.Idle.String())

@@ -55,17 +55,20 @@ type Ship struct {
 	// With --substitute-on-destination: the paths the receiver got from
 	// its own substituters (not sent, not counted as skipped), and their
 	// NAR bytes.
-	PathsSubstituted int     `json:"paths_substituted"`
-	SubstitutedBytes int64   `json:"substituted_bytes"`
-	Files            int     `json:"files,omitempty"` // with --dest
-	Bytes            int64   `json:"bytes"`           // raw: NARs (--store) or files (--dest) sent
-	Compressed       int64   `json:"compressed_bytes"`
-	WireBytes        int64   `json:"wire_bytes"`
-	Seconds          float64 `json:"seconds"` // the transfer, as the sender timed it
-	MBps             float64 `json:"mbps"`
-	Path             string  `json:"path"` // direct or ssh
-	Published        string  `json:"published,omitempty"`
-	TotalSeconds     float64 `json:"total_seconds"` // everything, as the command timed it
+	PathsSubstituted int   `json:"paths_substituted"`
+	SubstitutedBytes int64 `json:"substituted_bytes"`
+	Files            int   `json:"files,omitempty"` // with --dest
+	Bytes            int64 `json:"bytes"`           // raw: NARs (--store) or files (--dest) sent
+	// Resumed is the raw bytes of NARs the last attempt did not send again:
+	// the starts failed attempts kept.
+	Resumed      int64   `json:"resumed_bytes,omitempty"`
+	Compressed   int64   `json:"compressed_bytes"`
+	WireBytes    int64   `json:"wire_bytes"`
+	Seconds      float64 `json:"seconds"` // the transfer, as the sender timed it
+	MBps         float64 `json:"mbps"`
+	Path         string  `json:"path"` // direct or ssh
+	Published    string  `json:"published,omitempty"`
+	TotalSeconds float64 `json:"total_seconds"` // everything, as the command timed it
 }
 
 // Round rounds f to digits after the point, as the summaries' figures are.
