@@ -449,6 +449,7 @@ func shipSource(t *testing.T, src *fakeStore, s *Source, level zstd.EncoderLevel
 // probe, on a slow one compressed, whether the link's rate comes from the
 // queue's drain or from the kernel.
 func TestAdaptNARsStoredOnAFastLink(t *testing.T) {
+	withStoredNARs(t)
 	data := make([]byte, adaptFile)
 	copy(data, readFile(t, wordyFile(t, adaptFile)))
 	for _, c := range []struct {
@@ -485,11 +486,30 @@ func TestAdaptNARsStoredOnAFastLink(t *testing.T) {
 	}
 }
 
+// withStoredNARs turns stored NARs on for the test.
+func withStoredNARs(t *testing.T) {
+	old := storedNARs
+	storedNARs = true
+	t.Cleanup(func() { storedNARs = old })
+}
+
+// By default a NAR is compressed even on a link faster than the
+// compressor (storedNARs): no byte of it goes stored.
+func TestAdaptNARsCompressedByDefault(t *testing.T) {
+	c, s := testbin.TCPPair(t)
+	data := readFile(t, wordyFile(t, adaptFile))
+	st := shipStore(t, data, zstd.SpeedBestCompression, tcpLink{c}, s)
+	if st.Stored != 0 {
+		t.Fatalf("stored %d of %d NAR bytes with storedNARs off; want none", st.Stored, st.Bytes)
+	}
+}
+
 // A NAR that comes out of the store slower than the link takes it (the
 // dump of many small files) stays compressed: the compressor's own rate,
 // not the source's, is what stored must beat, or the stretch would go on
 // stored after the source sped up, over a link the compressor outruns.
 func TestAdaptSlowSourceStaysCompressed(t *testing.T) {
+	withStoredNARs(t)
 	data := make([]byte, adaptFile)
 	copy(data, readFile(t, wordyFile(t, adaptFile)))
 	src, s := narClosure(t, data)
@@ -506,6 +526,7 @@ func TestAdaptSlowSourceStaysCompressed(t *testing.T) {
 // from SIOCOUTQ) a big NAR goes stored when the compressor is slower than
 // the link.
 func TestAdaptNARsStoredOverLoopbackTCP(t *testing.T) {
+	withStoredNARs(t)
 	c, s := testbin.TCPPair(t)
 	data := readFile(t, wordyFile(t, adaptFile))
 	st := shipStore(t, data, zstd.SpeedBestCompression, tcpLink{c}, s)
