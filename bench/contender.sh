@@ -13,9 +13,9 @@
 # the shaping or delay (run.sh applies it).
 # CONTENDER:
 #   nbship             netboot: `nbship aarch64 --drv DRV` from the operator (the
-#                      ship step: SSH, checks, relay/recv, transfer, verify, publish)
+#                      ship step: SSH, checks, send/recv, transfer, verify, publish)
 #   nbship-noop        the same with the image already published (nothing to send)
-#   nbship-bare        nbship relay on build, nbship recv on pxe, started directly
+#   nbship-bare        nbship send on build, nbship recv on pxe, started directly
 #                      (no SSH), pins exchanged through pipes, as scripts/demo.sh did
 #   nbship-store       closure: `nbship ship --store` from the operator
 #   nbship-store-noop  the same with the closure already in the PXE store
@@ -46,12 +46,12 @@ case $dataset in
 netboot)
 	SRC=$BENCH_NETBOOT_OUT
 	NAMES=(Image initrd netboot.ipxe)
-	RELAY_SRC=$BENCH_NETBOOT_OUT
+	SEND_SRC=$BENCH_NETBOOT_OUT
 	;;
 resume)
 	SRC=$BENCH_RESUME_OUT
 	NAMES=(Image initrd netboot.ipxe)
-	RELAY_SRC=$BENCH_RESUME_OUT
+	SEND_SRC=$BENCH_RESUME_OUT
 	;;
 closure | big | many | halfcache)
 	# halfcache: the closure, half of it in pxe's binary cache (run.sh);
@@ -63,7 +63,7 @@ closure | big | many | halfcache)
 	paths_file=$BENCH_WORK/$data.paths
 	mapfile -t PATHS <"$paths_file"
 	NAMES=("${PATHS[@]##*/}")
-	RELAY_SRC=$BENCH_WORK/$data.links # one symlink per store path
+	SEND_SRC=$BENCH_WORK/$data.links # one symlink per store path
 	TOP_PATH=$(<"$BENCH_WORK/$data.top")
 	;;
 *) die "unknown dataset $dataset" ;;
@@ -153,21 +153,21 @@ c_nbship_bare_before() {
 c_nbship_bare() {
 	local d=$rec rfp addr sfp rp sp rs=0 ss=0 r_in r_out s_in s_out l
 	# Both ends start at once, as the controller starts them when the port
-	# is known: the relay dials only once it has the receiver's pin. The
+	# is known: the sender dials only once it has the receiver's pin. The
 	# binary itself, not the GNU time wrapper (whose bash, poller and time
 	# would add processes to the timed part that the pipelines beside it do
 	# not have): each end reports its own peak RSS in its --json summary.
 	on pxe "$BIN" recv --listen "$PXE_DIRECT:$PORT_NBSHIP" --dest "$DST" --peer-pin - --json \
 		<"$d/r.in" >"$d/r.out" 2>"$d/recv.err" &
 	rp=$!
-	on build "$BIN" relay --connect "$PXE_DIRECT:$PORT_NBSHIP" --peer-pin - --json "$RELAY_SRC" \
-		<"$d/s.in" >"$d/s.out" 2>"$d/relay.err" &
+	on build "$BIN" send --connect "$PXE_DIRECT:$PORT_NBSHIP" --peer-pin - --json "$SEND_SRC" \
+		<"$d/s.in" >"$d/s.out" 2>"$d/send.err" &
 	sp=$!
 	exec {r_in}>"$d/r.in" {r_out}<"$d/r.out" {s_in}>"$d/s.in" {s_out}<"$d/s.out"
 	read -r rfp <&"$r_out" || true
 	read -r _ addr <&"$r_out" || true
 	[ -n "$addr" ] || die "recv did not start: $(cat "$d/recv.err")"
-	read -r sfp <&"$s_out" || die "relay did not start: $(cat "$d/relay.err")"
+	read -r sfp <&"$s_out" || die "send did not start: $(cat "$d/send.err")"
 	echo "$sfp" >&"$r_in"
 	echo "$rfp" >&"$s_in"
 	while IFS= read -r l <&"$s_out"; do # after "connected ...": the summary
@@ -178,7 +178,7 @@ c_nbship_bare() {
 	wait "$rp" || rs=$?
 	exec {r_in}>&- {r_out}<&- {s_in}>&- {s_out}<&-
 	if [ "$ss" != 0 ] || [ "$rs" != 0 ]; then
-		die "relay exited $ss, recv $rs: $(tail -n3 "$d/relay.err" "$d/recv.err")"
+		die "send exited $ss, recv $rs: $(tail -n3 "$d/send.err" "$d/recv.err")"
 	fi
 }
 
@@ -187,7 +187,7 @@ c_nbship_bare_after() {
 	# As rss-wrapper.sh would have written them: no children here, so the
 	# tree's peak is the end's own.
 	local role f
-	for role in relay recv; do
+	for role in send recv; do
 		f=$rec/out
 		[ "$role" = recv ] && f=$rec/recv.out
 		jq -r '.peak_rss_kib // empty' "$f" | tee "$rec/rss.$role.0.self" >"$rec/rss.$role.0.tree"
@@ -284,8 +284,8 @@ run() {
 		printf '{"seconds":%s,"load":"%s",' "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')" "$l0"
 		printf '"wire":{'
 		join -j1 <(echo "$w0" | sort) <(echo "$w1" | sort) | awk '{ printf "%s\"%s\":%.0f", (NR > 1 ? "," : ""), $1, $3 - $2 }'
-		printf '},"rss_kib":{"relay":%s,"recv":%s,"ctl":%s,"relay_tree":%s,"recv_tree":%s},"summary":%s}\n' \
-			"$(rss_of relay self)" "$(rss_of recv self)" "$ctl" "$(rss_of relay tree)" "$(rss_of recv tree)" "$summary"
+		printf '},"rss_kib":{"send":%s,"recv":%s,"ctl":%s,"send_tree":%s,"recv_tree":%s},"summary":%s}\n' \
+			"$(rss_of send self)" "$(rss_of recv self)" "$ctl" "$(rss_of send tree)" "$(rss_of recv tree)" "$summary"
 	} >>"$BENCH_RAW/runs/$scenario.jsonl"
 	echo "$BENCH_WORK/rss/other" >"$BENCH_WORK/rss/current"
 }
@@ -319,7 +319,7 @@ describe() {
 	nbship-store | nbship-store-noop) echo "(op) nbship ship --from root@builder --to netboot@pxe --store $BENCH_SHIP_ARGS ${SUBST:-} --remote-nbship WRAPPER --json < PATHS" ;;
 	nbship-bare)
 		echo "(pxe) WRAPPER recv --listen $PXE_DIRECT:$PORT_NBSHIP --dest $DST --peer-pin - --json"
-		echo "(build) WRAPPER relay --connect $PXE_DIRECT:$PORT_NBSHIP --peer-pin - --json $RELAY_SRC"
+		echo "(build) WRAPPER send --connect $PXE_DIRECT:$PORT_NBSHIP --peer-pin - --json $SEND_SRC"
 		;;
 	seed)
 		echo "(pxe) nc -l $PXE_DIRECT $PORT_SEED | openssl enc -aes-256-cbc -d -k PSK | tar xzf - -C $DST"

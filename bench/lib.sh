@@ -11,7 +11,7 @@ PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 # Addresses and ports on the rig (rig/rig.sh).
 PXE_DIRECT=10.77.3.2
-PORT_NBSHIP=61630 # bare nbship relay/recv
+PORT_NBSHIP=61630 # bare nbship send/recv
 PORT_SEED=61631   # tar | openssl | nc
 PORT_ZSTD=61632   # tar | zstd | nc
 

@@ -1,12 +1,12 @@
 #!/bin/bash
 # rss-wrapper.sh — nbship as `make bench` runs it on the rig's hosts
 # (--remote-nbship), installed by bench/run.sh as $BENCH_WORK/nbship beside
-# bin/nbship (the amd64 binary: a native relay, not qemu-user).
+# bin/nbship (the amd64 binary: a native sender, not qemu-user).
 #
 # It becomes GNU time running nbship (exec: same process, stdin, stdout and
 # exit status as nbship alone), and records two peak RSS figures in KiB in
 # the directory rss/current names, as rss.ROLE.PID.{self,tree} (ROLE is the
-# subcommand, relay or recv):
+# subcommand, send or recv):
 #   self  nbship's own VmHWM (the kernel's high-water mark), polled every
 #         50 ms by a detached poller; growth in nbship's last 50 ms is missed
 #         (a transfer peaks mid-stream; a process of a few ms reads low);

@@ -86,7 +86,7 @@ chown netboot: "$BENCH_DST"
 echo "$BENCH_WORK/rss/other" >"$BENCH_WORK/rss/current"
 chmod 0644 "$BENCH_WORK/rss/current"
 
-# A native relay: the builder claims aarch64, and nbship would otherwise run
+# A native sender: the builder claims aarch64, and nbship would otherwise run
 # the arm64 binary there under qemu-user. Both hosts run bench/rss-wrapper.sh
 # around the amd64 binary (--remote-nbship), which records each end's peak RSS.
 install -m 0755 dist/nbship-linux-amd64 "$BENCH_WORK/bin/nbship"

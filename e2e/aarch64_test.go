@@ -186,11 +186,11 @@ func TestNothingSecretOnArgv(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nbship aarch64: %v\n%s", err, stderr)
 	}
-	sawRelay, sawRecv := false, false
+	sawSender, sawRecv := false, false
 	for h, cls := range samples {
 		for _, cl := range cls {
-			if strings.Contains(cl, "nbship relay") || strings.Contains(cl, "nbship' 'relay") {
-				sawRelay = sawRelay || h == rig.Build
+			if strings.Contains(cl, "nbship send") || strings.Contains(cl, "nbship' 'send") {
+				sawSender = sawSender || h == rig.Build
 			}
 			if strings.Contains(cl, "nbship recv") || strings.Contains(cl, "nbship' 'recv") {
 				sawRecv = sawRecv || h == rig.PXE
@@ -203,8 +203,8 @@ func TestNothingSecretOnArgv(t *testing.T) {
 		}
 	}
 	// The sampling must have seen both ends running, or it proved nothing.
-	if !sawRelay || !sawRecv {
-		t.Errorf("sampling never saw the running ends (relay %v, recv %v)", sawRelay, sawRecv)
+	if !sawSender || !sawRecv {
+		t.Errorf("sampling never saw the running ends (sender %v, recv %v)", sawSender, sawRecv)
 	}
 }
 

@@ -129,7 +129,7 @@ func waitStaging(t *testing.T, r *rig.Rig, instance string, st *started, what st
 	t.Fatalf("never saw %s:\n%s", what, st.stderr.String())
 }
 
-// nbshipPID finds the remote end (relay or recv) on host.
+// nbshipPID finds the remote end (sender or recv) on host.
 func nbshipPID(t *testing.T, r *rig.Rig, host, role string) int {
 	t.Helper()
 	pids, err := r.Processes(host, "nbship")
@@ -224,7 +224,7 @@ func TestFaultEndKilledMidStream(t *testing.T) {
 	for _, tc := range []struct {
 		host, role, names string
 	}{
-		{rig.Build, "relay", "root@builder"},
+		{rig.Build, "send", "root@builder"},
 		// The killed receiver cannot remove its staging; the controller's
 		// sweep after the failure does (noStaging below).
 		{rig.PXE, "recv", "netboot@pxe"},

@@ -71,8 +71,8 @@ func TestShipStoreSigned(t *testing.T) {
 	if last := lines[len(lines)-1]; !strings.Contains(last, "has no signature") || strings.Contains(stderr, "protocol error") {
 		t.Errorf("the last line of stderr is %q, want the receiver's refusal (and no protocol error anywhere)", last)
 	}
-	if strings.Contains(stderr, "nbship: relay:") {
-		t.Errorf("the relay's echo of the refusal reached the operator:\n%s", stderr)
+	if strings.Contains(stderr, "nbship: send:") {
+		t.Errorf("the sender's echo of the refusal reached the operator:\n%s", stderr)
 	}
 	if v := s.valid(t, ctx, rig.PXE, s.leaf, s.mid, s.top); v[s.leaf] || v[s.mid] || v[s.top] {
 		t.Errorf("after the refusal, valid on pxe: %v; want nothing", v)

@@ -303,7 +303,7 @@ func TestShipReceiverWithoutNixStore(t *testing.T) {
 	if last := tail.LastLine(stderr); !strings.Contains(last, "local has no nix-store on its PATH") {
 		t.Errorf("last line = %q, want it to say the receiver has no nix-store", last)
 	}
-	for _, step := range []string{"fingerprint", "connected", "shipping", "relay:"} {
+	for _, step := range []string{"fingerprint", "connected", "shipping", "send:"} {
 		if strings.Contains(stderr, step) {
 			t.Errorf("ship went on (%q) after finding no nix-store:\n%s", step, stderr)
 		}

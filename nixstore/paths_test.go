@@ -59,7 +59,7 @@ func TestCheckPaths(t *testing.T) {
 	}
 }
 
-// ReadPaths reads the relay's standard input, which the controller
+// ReadPaths reads the sender's standard input, which the controller
 // writes from what a user piped in: whatever it is given, every path it
 // returns is a store path, once.
 func FuzzReadPaths(f *testing.F) {

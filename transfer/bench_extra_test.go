@@ -1,7 +1,7 @@
 package transfer
 
 // Benchmarks for what BenchmarkSendReceive leaves out: the zstd level the
-// relay really uses (default, not fastest), a closure-shaped tree of
+// sender really uses (default, not fastest), a closure-shaped tree of
 // thousands of small files (per-file costs), and each end on its own:
 // encode (Collect's hashing + Send) against a replayed receiver, decode
 // (Receive into a directory) from a recorded stream. Only the exported API
@@ -240,7 +240,7 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
-// BenchmarkSendReceiveTree is both ends at the relay's default level over
+// BenchmarkSendReceiveTree is both ends at the sender's default level over
 // an in-memory pipe, for each tree.
 func BenchmarkSendReceiveTree(b *testing.B) {
 	for _, t := range benchTrees {

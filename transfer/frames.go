@@ -43,7 +43,7 @@ const encoderWindow = 4 << 20
 // tar of the bench closure's files (352 MB), with ldm in front: the default
 // level with a 4 MiB window makes 80.5 MB, the better level 76.5 MB with
 // 4 MiB, 72.2 MB with 8 MiB, 70.9 MB with 16 MiB (91.9 MB at the default
-// level without ldm). 8 MiB keeps the relay's peak well under 64 MiB with
+// level without ldm). 8 MiB keeps the sender's peak well under 64 MiB with
 // ldm's 17 MiB beside it (56 MiB at 20 Mbit on the rig).
 const harderWindow = 8 << 20
 

@@ -302,7 +302,7 @@ func (k *narKeep) end() {
 		k.own = nil
 	}
 	for _, l := range k.left {
-		// A receiver that never got a stream (the relay could not reach
+		// A receiver that never got a stream (the sender could not reach
 		// it, say) leaves the prefixes for the one that will.
 		if all && k.streamed || l.used || l.st == nil {
 			os.RemoveAll(l.path)

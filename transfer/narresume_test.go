@@ -258,7 +258,7 @@ func (b *busyAfterWant) Write(p []byte) (int, error) {
 	return b.Conn.Write(p)
 }
 
-// A last attempt whose receiver never got a stream (the relay could not
+// A last attempt whose receiver never got a stream (the sender could not
 // reach it, and the controller fell back to another path) leaves the kept
 // prefix for the receiver that will.
 func TestNARResumeSurvivesAReceiverWithoutAStream(t *testing.T) {

@@ -10,6 +10,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -86,11 +87,14 @@ type record struct {
 	Load    string           `json:"load"`
 	Wire    map[string]int64 `json:"wire"`
 	RSS     struct {
-		Relay     *int64 `json:"relay"` // nbship's own peak (VmHWM)
-		Recv      *int64 `json:"recv"`
-		Ctl       *int64 `json:"ctl"`
-		RelayTree *int64 `json:"relay_tree"` // with the children it waited for
-		RecvTree  *int64 `json:"recv_tree"`
+		Send     *int64 `json:"send"` // nbship's own peak (VmHWM)
+		Recv     *int64 `json:"recv"`
+		Ctl      *int64 `json:"ctl"`
+		SendTree *int64 `json:"send_tree"` // with the children it waited for
+		RecvTree *int64 `json:"recv_tree"`
+		// The keys of runs recorded while send was named relay.
+		OldSend     *int64 `json:"relay"`
+		OldSendTree *int64 `json:"relay_tree"`
 	} `json:"rss_kib"`
 	Summary *summary `json:"summary"`
 }
@@ -260,8 +264,8 @@ func (s *scenario) wire(links ...string) float64 {
 func (s *scenario) peakRSS(end string) int64 {
 	peak := int64(-1)
 	for _, r := range s.runs {
-		p := map[string]*int64{"relay": r.RSS.Relay, "recv": r.RSS.Recv, "ctl": r.RSS.Ctl,
-			"relay_tree": r.RSS.RelayTree, "recv_tree": r.RSS.RecvTree}[end]
+		p := map[string]*int64{"send": cmp.Or(r.RSS.Send, r.RSS.OldSend), "recv": r.RSS.Recv, "ctl": r.RSS.Ctl,
+			"send_tree": cmp.Or(r.RSS.SendTree, r.RSS.OldSendTree), "recv_tree": r.RSS.RecvTree}[end]
 		if p != nil && *p > peak {
 			peak = *p
 		}
@@ -284,7 +288,7 @@ func (s *scenario) summaryMedian(f func(*summary) float64) (float64, bool) {
 var contenders = []struct{ id, label string }{
 	{"nbship", "nbship aarch64 --drv (the ship step, from the operator)"},
 	{"nbship-store", "nbship ship --store (from the operator)"},
-	{"nbship-bare", "nbship relay → recv (bare: no SSH, files into a directory)"},
+	{"nbship-bare", "nbship send → recv (bare: no SSH, files into a directory)"},
 	{"seed", "seed: tar -hcz \\| openssl enc -k PSK \\| nc"},
 	{"ssh-tar", "ssh builder tar -hcz \\| ssh pxe tar xz"},
 	{"nix-copy", "nix copy --from ssh://builder --to ssh://pxe"},
@@ -412,7 +416,7 @@ func (r *report) writeTable(w io.Writer, dataset, link string) {
 		ship = r.get(dataset + "." + link + ".nbship-store")
 	}
 	bare := r.get(dataset + "." + link + ".nbship-bare")
-	fmt.Fprintf(w, "| contender | median s | min–max s | ÷ nbship | ÷ nbship bare | wire MB direct | wire MB via operator | busiest link Mbit/s | peak RSS MiB relay / recv / controller | load |\n")
+	fmt.Fprintf(w, "| contender | median s | min–max s | ÷ nbship | ÷ nbship bare | wire MB direct | wire MB via operator | busiest link Mbit/s | peak RSS MiB send / recv / controller | load |\n")
 	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	var skipped []string
 	for _, c := range contenders {
@@ -446,18 +450,18 @@ func (r *report) writeTable(w io.Writer, dataset, link string) {
 	}
 }
 
-// rssCell is "relay / recv / controller" in MiB, nbship's own peaks, with
+// rssCell is "send / recv / controller" in MiB, nbship's own peaks, with
 // the receiving tree's peak (nix-store --import) added where it is larger.
 func rssCell(s *scenario) string {
-	relay, recv, ctl := s.peakRSS("relay"), s.peakRSS("recv"), s.peakRSS("ctl")
-	if relay < 0 && recv < 0 && ctl < 0 {
+	sender, recv, ctl := s.peakRSS("send"), s.peakRSS("recv"), s.peakRSS("ctl")
+	if sender < 0 && recv < 0 && ctl < 0 {
 		return "–"
 	}
 	rc := mib(recv)
 	if t := s.peakRSS("recv_tree"); recv >= 0 && t > recv+8<<10 {
 		rc += fmt.Sprintf(" (%s with nix-store)", mib(t))
 	}
-	return mib(relay) + " / " + rc + " / " + mib(ctl)
+	return mib(sender) + " / " + rc + " / " + mib(ctl)
 }
 
 func ratio(s, ref *scenario) string {
@@ -473,7 +477,7 @@ func (r *report) writeExtra(w io.Writer) {
 		{"netboot.unshaped.nbship-noop", "netboot: `nbship aarch64 --drv` with the image already published (nothing to send)"},
 		{"closure.unshaped.nbship-store-noop", "closure: `nbship ship --store` with the closure already in pxe's store"},
 		{"big.unshaped.nbship-store", "2 GiB closure: `nbship ship --store`, unshaped"},
-		{"big.unshaped.nbship-bare", "2 GiB closure: nbship relay → recv (files), unshaped"},
+		{"big.unshaped.nbship-bare", "2 GiB closure: nbship send → recv (files), unshaped"},
 	} {
 		s := r.get(x.name)
 		if s == nil {
@@ -491,7 +495,7 @@ func (r *report) writeExtra(w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "\n### Data already there, and the 2 GiB closure\n\n")
-	fmt.Fprintf(w, "| run | median s | min–max s | wire MB (all links) | peak RSS MiB relay / recv / controller | load |\n|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| run | median s | min–max s | wire MB (all links) | peak RSS MiB send / recv / controller | load |\n|---|---:|---:|---:|---:|---:|\n")
 	for _, row := range rows {
 		fmt.Fprintln(w, row)
 	}
@@ -516,7 +520,7 @@ func (r *report) writeTargets(w io.Writer) {
 	seed, bare, ship := r.get("netboot.unshaped.seed"), r.get("netboot.unshaped.nbship-bare"), r.get("netboot.unshaped.nbship")
 	if seed.ok() && bare.ok() {
 		x := seed.median() / bare.median()
-		m := fmt.Sprintf("seed %s s ÷ nbship relay→recv %s s = **%.1f×**", secs(seed.median()), secs(bare.median()), x)
+		m := fmt.Sprintf("seed %s s ÷ nbship send→recv %s s = **%.1f×**", secs(seed.median()), secs(bare.median()), x)
 		if ship.ok() {
 			m += fmt.Sprintf(" (÷ the whole ship step, SSH and publish included, %s s: %.1f×)", secs(ship.median()), seed.median()/ship.median())
 		}
@@ -537,7 +541,7 @@ func (r *report) writeTargets(w io.Writer) {
 	proxy := ""
 	nb := store
 	if !store.ok() {
-		nb, proxy = r.get("closure.100mbit.nbship-bare"), " — measured with nbship relay → recv of the closure's files ("+storeWhy+")"
+		nb, proxy = r.get("closure.100mbit.nbship-bare"), " — measured with nbship send → recv of the closure's files ("+storeWhy+")"
 	}
 	if nb.ok() {
 		// The bound is the closure's size in zstd (tar | zstd -T0, measured
@@ -618,17 +622,17 @@ func (r *report) writeTargets(w io.Writer) {
 	// 4. Peak RSS of each end ≤ 64 MiB for a 2 GiB closure.
 	big, proxy := r.get("big.unshaped.nbship-store"), ""
 	if !big.ok() {
-		big, proxy = r.get("big.unshaped.nbship-bare"), " — nbship relay → recv of the closure's files ("+storeWhy+")"
+		big, proxy = r.get("big.unshaped.nbship-bare"), " — nbship send → recv of the closure's files ("+storeWhy+")"
 	}
 	if big.ok() {
-		relay, recv := big.peakRSS("relay"), big.peakRSS("recv")
-		worst := max(relay, recv)
+		sender, recv := big.peakRSS("send"), big.peakRSS("recv")
+		worst := max(sender, recv)
 		extra := ""
 		if t := big.peakRSS("recv_tree"); t > recv+8<<10 {
 			extra = fmt.Sprintf("; nix-store --import, which recv feeds, peaked at %s MiB", mib(t))
 		}
 		ts = append(ts, target{"peak RSS of each nbship end ≤ 64 MiB for a 2 GiB closure",
-			fmt.Sprintf("relay **%s MiB**, recv **%s MiB** (%s%s)%s", mib(relay), mib(recv), r.closureSize("big"), extra, proxy),
+			fmt.Sprintf("send **%s MiB**, recv **%s MiB** (%s%s)%s", mib(sender), mib(recv), r.closureSize("big"), extra, proxy),
 			met(worst <= 64<<10, fmt.Sprintf("by %s MiB", mib(worst-64<<10)))})
 	} else {
 		notRun("peak RSS of each nbship end ≤ 64 MiB for a 2 GiB closure", "big closure runs missing")

@@ -65,15 +65,15 @@ func TestAarch64ConfigErrors(t *testing.T) {
 	}
 }
 
-func TestRelayExitsDialFailedWhenNobodyListens(t *testing.T) {
+func TestSendExitsDialFailedWhenNobodyListens(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
 	src := oneFileDir(t, "f", []byte("x"))
 	// Port 1 on loopback: connection refused at once, every time.
-	p := start(t, bin, "relay", "--connect", "127.0.0.1:1", "--dial-timeout", "500ms", "--peer-pin", "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU", src)
+	p := start(t, bin, "send", "--connect", "127.0.0.1:1", "--dial-timeout", "500ms", "--peer-pin", "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU", src)
 	p.line(t) // fingerprint
 	_, err := p.wait(t)
 	if code := p.cmd.ProcessState.ExitCode(); code != 75 {
-		t.Fatalf("relay exit = %d (%v), want 75 (could not reach the receiver); stderr %s", code, err, p.stderr)
+		t.Fatalf("sender exit = %d (%v), want 75 (could not reach the receiver); stderr %s", code, err, p.stderr)
 	}
 	if !strings.Contains(p.stderr.String(), "cannot reach 127.0.0.1:1") {
 		t.Errorf("stderr = %q", p.stderr)

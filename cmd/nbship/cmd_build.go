@@ -166,7 +166,7 @@ func cmdBuild(ctx context.Context, e *env, system string, args []string) error {
 	ship := &controller.Ship{
 		From: controller.End{Host: builder, Bin: bins[0]},
 		To:   controller.End{Host: pxe, Bin: bins[1]},
-		Relay: protocol.Relay{
+		Send: protocol.Send{
 			Connect:     fmt.Sprintf("%s:%d", cfg.OpenSSLServer, cfg.OpenSSLPort),
 			DialTimeout: *dialTimeout,
 			Paths:       []string{out},
@@ -260,12 +260,12 @@ func publishTarget(cfg *config.Config, inst string) protocol.Recv {
 	return r
 }
 
-// shippedStream is the stream's figures as the relay counted them, with
+// shippedStream is the stream's figures as the sender counted them, with
 // what the receiver published and the path the channel took.
 func shippedStream(res *controller.Result) (protocol.Stream, error) {
 	var s protocol.Stream
-	if err := json.Unmarshal(res.Relay, &s); err != nil {
-		return s, fmt.Errorf("ship: the relay's summary %q: %w", res.Relay, err)
+	if err := json.Unmarshal(res.Send, &s); err != nil {
+		return s, fmt.Errorf("ship: the sender's summary %q: %w", res.Send, err)
 	}
 	var r protocol.Stream
 	if err := json.Unmarshal(res.Recv, &r); err == nil && r.Published != "" {
@@ -275,7 +275,7 @@ func shippedStream(res *controller.Result) (protocol.Stream, error) {
 		s.WireBytes = res.WireBytes
 	}
 	s.Path = res.Path
-	s.PeakRSS = 0 // the relay's, not this command's
+	s.PeakRSS = 0 // the sender's, not this command's
 	return s, nil
 }
 

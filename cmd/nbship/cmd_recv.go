@@ -24,12 +24,12 @@ func cmdRecv(ctx context.Context, e *env, args []string) error {
 	instance := fs.String("instance", "", "instance type of the slot, with --pxe-dir")
 	system := fs.String("system", "", "system of an instance type nbship does not know (aarch64-linux or x86_64-linux), with --pxe-dir")
 	keep := fs.Int("keep", image.DefaultKeep, "generations to keep, with --pxe-dir")
-	store := fs.Bool("store", false, "import the Nix store paths a relay --store sends into this host's store (instead of --dest)")
+	store := fs.Bool("store", false, "import the Nix store paths that send --store sends into this host's store (instead of --dest)")
 	substitute := fs.Bool("substitute", false, "with --store: first get the paths this host lacks from its own substituters (nix.conf), and want only the rest")
-	wait := fs.Duration("accept-timeout", 2*time.Minute, "how long to wait for the pinned relay to connect")
+	wait := fs.Duration("accept-timeout", 2*time.Minute, "how long to wait for the pinned sender to connect")
 	keepPartial := fs.Bool("keep-partial", false, "on failure, leave what arrived for a retry to reuse (set by the controller)")
 	fs.MarkHidden("keep-partial")
-	ef := addEndFlags(e, fs, "relay")
+	ef := addEndFlags(e, fs, "sender")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

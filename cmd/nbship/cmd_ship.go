@@ -157,14 +157,14 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	ship := &controller.Ship{
 		From: src,
 		To:   dst,
-		Relay: protocol.Relay{
+		Send: protocol.Send{
 			Connect:          addr,
 			DialTimeout:      *dialTimeout,
 			Store:            *store,
 			StoreFiles:       !*store,
 			Paths:            paths,
 			FollowAnySymlink: *anyLink,
-			SignKey:          *signKey, // the key file's path only: the relay reads it on its host
+			SignKey:          *signKey, // the key file's path only: the sender reads it on its host
 			Level:            *level,
 		},
 		Recv: protocol.Recv{Listen: ":" + strconv.Itoa(port), Store: *store, Substitute: *substitute, Dest: *dest, Replace: *replace},
@@ -184,8 +184,8 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var s protocol.Stream
-	if err := json.Unmarshal(res.Relay, &s); err != nil {
-		return fmt.Errorf("ship: the relay's summary %q: %w", res.Relay, err)
+	if err := json.Unmarshal(res.Send, &s); err != nil {
+		return fmt.Errorf("ship: the sender's summary %q: %w", res.Send, err)
 	}
 	if res.Path == controller.PathSSH {
 		s.WireBytes = res.WireBytes

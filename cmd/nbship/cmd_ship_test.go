@@ -1,6 +1,6 @@
 package main
 
-// recv --store, relay --store and ship through the built binary, between
+// recv --store, send --store and ship through the built binary, between
 // two real Nix stores on this machine (Nix "chroot" stores: NIX_REMOTE=DIR
 // keeps /nix/store paths under DIR). The same flows on the three-host rig
 // are in e2e/ship_test.go.
@@ -225,18 +225,18 @@ func peakRSS(pid int, stop <-chan struct{}) <-chan rssPeaks {
 	return res
 }
 
-// storeLoopback runs recv --store on dst and relay --store on src over
-// loopback, the relay's paths on its stdin after the pin, as the ship
+// storeLoopback runs recv --store on dst and send --store on src over
+// loopback, the sender's paths on its stdin after the pin, as the ship
 // controller gives them. recvArgs are added to the receiver's arguments,
 // recvEnv to its environment. It returns both ends' outcomes and peak RSS.
-func storeLoopback(t *testing.T, bin string, src, dst *testStore, recvArgs, recvEnv []string, paths ...string) (recv, relay outcome, recvPeak, relayPeak rssPeaks) {
+func storeLoopback(t *testing.T, bin string, src, dst *testStore, recvArgs, recvEnv []string, paths ...string) (recv, sender outcome, recvPeak, sendPeak rssPeaks) {
 	t.Helper()
 	return storeLoopbackArgs(t, bin, src, dst, nil, recvArgs, recvEnv, paths...)
 }
 
-// storeLoopbackArgs is storeLoopback with relayArgs added to the relay's
+// storeLoopbackArgs is storeLoopback with sendArgs added to the sender's
 // arguments.
-func storeLoopbackArgs(t *testing.T, bin string, src, dst *testStore, relayArgs, recvArgs, recvEnv []string, paths ...string) (recv, relay outcome, recvPeak, relayPeak rssPeaks) {
+func storeLoopbackArgs(t *testing.T, bin string, src, dst *testStore, sendArgs, recvArgs, recvEnv []string, paths ...string) (recv, sender outcome, recvPeak, sendPeak rssPeaks) {
 	t.Helper()
 	r := startEnv(t, append(slices.Clone(dst.env), recvEnv...), bin, append([]string{"recv", "--listen", "127.0.0.1:0", "--store", "--peer-pin", "-", "--json", "--stdin-lifeline"}, recvArgs...)...)
 	rfp := r.line(t)
@@ -244,7 +244,7 @@ func storeLoopbackArgs(t *testing.T, bin string, src, dst *testStore, relayArgs,
 	if !ok {
 		t.Fatalf("recv's second line is not listening ADDR (stderr: %s)", r.stderr)
 	}
-	s := startEnv(t, src.env, bin, append([]string{"relay", "--store", "--connect", addr, "--peer-pin", "-", "--json", "--stdin-lifeline"}, relayArgs...)...)
+	s := startEnv(t, src.env, bin, append([]string{"send", "--store", "--connect", addr, "--peer-pin", "-", "--json", "--stdin-lifeline"}, sendArgs...)...)
 	stop := make(chan struct{})
 	rpeak, speak := peakRSS(r.cmd.Process.Pid, stop), peakRSS(s.cmd.Process.Pid, stop)
 	sfp := s.line(t)
@@ -259,15 +259,15 @@ func storeLoopbackArgs(t *testing.T, bin string, src, dst *testStore, relayArgs,
 	return outcome{ro, r.stderr.String(), rerr}, outcome{so, s.stderr.String(), serr}, <-rpeak, <-speak
 }
 
-func relaySummary(t *testing.T, stdout string) protocol.Stream {
+func senderSummary(t *testing.T, stdout string) protocol.Stream {
 	t.Helper()
 	connected, js, _ := strings.Cut(stdout, "\n")
 	if !strings.HasPrefix(connected, "connected ") {
-		t.Fatalf("relay's stdout = %q, want connected then the summary", stdout)
+		t.Fatalf("sender's stdout = %q, want connected then the summary", stdout)
 	}
 	var s protocol.Stream
 	if err := json.Unmarshal([]byte(js), &s); err != nil {
-		t.Fatalf("relay --json output %q: %v", js, err)
+		t.Fatalf("send --json output %q: %v", js, err)
 	}
 	return s
 }
@@ -299,29 +299,29 @@ func TestStoreLoopback(t *testing.T) {
 	c := addClosure(t, src, 3<<20)
 	bin := nbshipBinary(t, "amd64")
 
-	recv, relay, _, _ := storeLoopback(t, bin, src, dst, nil, nil, c.top)
-	if recv.err != nil || relay.err != nil {
-		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	recv, sender, _, _ := storeLoopback(t, bin, src, dst, nil, nil, c.top)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("recv: %v %s\nsend: %v %s", recv.err, recv.stderr, sender.err, sender.stderr)
 	}
 	sameClosure(t, src, dst, c.top)
-	s := relaySummary(t, relay.stdout)
+	s := senderSummary(t, sender.stdout)
 	if s.Files != 3 || s.FilesSent != 3 || s.Bytes < 3<<20 {
-		t.Errorf("relay summary = %+v, want 3 paths sent, over 3 MiB", s)
+		t.Errorf("sender summary = %+v, want 3 paths sent, over 3 MiB", s)
 	}
 
 	// Again: nothing but metadata moves.
-	recv, relay, _, _ = storeLoopback(t, bin, src, dst, nil, nil, c.top)
-	if recv.err != nil || relay.err != nil {
-		t.Fatalf("again: recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	recv, sender, _, _ = storeLoopback(t, bin, src, dst, nil, nil, c.top)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("again: recv: %v %s\nsend: %v %s", recv.err, recv.stderr, sender.err, sender.stderr)
 	}
-	if s := relaySummary(t, relay.stdout); s.FilesSent != 0 || s.Reused != 3 || s.Bytes != 0 || s.WireBytes > 32<<10 {
-		t.Errorf("again: relay summary = %+v, want 0 sent, 3 skipped, a few KiB on the wire", s)
+	if s := senderSummary(t, sender.stdout); s.FilesSent != 0 || s.Reused != 3 || s.Bytes != 0 || s.WireBytes > 32<<10 {
+		t.Errorf("again: sender summary = %+v, want 0 sent, 3 skipped, a few KiB on the wire", s)
 	}
 }
 
 // TestStoreLoopbackSigned signs a closure on the way with a key Nix made:
 // the receiving store has each path with the signature, and Nix itself
-// finds it good for that key. A key file that is not one stops the relay
+// finds it good for that key. A key file that is not one stops the sender
 // before anything moves.
 func TestStoreLoopbackSigned(t *testing.T) {
 	src, dst := newTestStore(t), newTestStore(t)
@@ -335,9 +335,9 @@ func TestStoreLoopbackSigned(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	recv, relay, _, _ := storeLoopbackArgs(t, bin, src, dst, []string{"--sign-key", sk}, nil, nil, c.top)
-	if recv.err != nil || relay.err != nil {
-		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	recv, sender, _, _ := storeLoopbackArgs(t, bin, src, dst, []string{"--sign-key", sk}, nil, nil, c.top)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("recv: %v %s\nsend: %v %s", recv.err, recv.stderr, sender.err, sender.stderr)
 	}
 	sameClosure(t, src, dst, c.top)
 	nix := func(s *testStore, args ...string) (string, error) {
@@ -360,12 +360,12 @@ func TestStoreLoopbackSigned(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("nbship-test-1:not-a-key\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "relay", "--store", "--connect", "127.0.0.1:1", "--peer-pin", "-", "--sign-key", bad, c.top)
+	cmd := exec.Command(bin, "send", "--store", "--connect", "127.0.0.1:1", "--peer-pin", "-", "--sign-key", bad, c.top)
 	cmd.Env = src.env
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	if err := cmd.Run(); err == nil || o.Len() != 0 || !strings.Contains(e.String(), bad+": not a Nix secret key") {
-		t.Errorf("relay --sign-key BADFILE: %v, stdout %q, stderr %q; want it stopped before its fingerprint, naming the file", err, o.String(), e.String())
+		t.Errorf("send --sign-key BADFILE: %v, stdout %q, stderr %q; want it stopped before its fingerprint, naming the file", err, o.String(), e.String())
 	}
 }
 
@@ -378,16 +378,16 @@ func TestStoreLoopbackFlippedByte(t *testing.T) {
 	dst := newTestStore(t)
 	hooked := testbin.NbshipTags(t, "amd64", testbin.TestHooks)
 	tmp := t.TempDir() // the receiver's spool goes here, and must not stay
-	recv, relay, _, _ := storeLoopback(t, hooked, src, dst, nil, []string{flip, "TMPDIR=" + tmp}, c.top)
-	if recv.err == nil || relay.err == nil {
-		t.Fatalf("a corrupted NAR was accepted: recv %v, relay %v", recv.err, relay.err)
+	recv, sender, _, _ := storeLoopback(t, hooked, src, dst, nil, []string{flip, "TMPDIR=" + tmp}, c.top)
+	if recv.err == nil || sender.err == nil {
+		t.Fatalf("a corrupted NAR was accepted: recv %v, sender %v", recv.err, sender.err)
 	}
 	last := tail.LastLine(recv.stderr)
 	if !strings.Contains(last, c.mid) || !strings.Contains(last, "SHA-256") {
 		t.Errorf("recv's error = %q, want it to name %s and the hash mismatch", last, c.mid)
 	}
-	if !strings.Contains(relay.stderr, c.mid) {
-		t.Errorf("relay's error does not name %s:\n%s", c.mid, relay.stderr)
+	if !strings.Contains(sender.stderr, c.mid) {
+		t.Errorf("sender's error does not name %s:\n%s", c.mid, sender.stderr)
 	}
 	if v := dst.valid(t, c.all()...); !v[c.leaf] || v[c.mid] || v[c.top] {
 		t.Errorf("valid on the receiver: %v; want leaf (before the bad path) only", v)
@@ -399,9 +399,9 @@ func TestStoreLoopbackFlippedByte(t *testing.T) {
 	// A release build ignores the variable: the same ship succeeds.
 	dst = newTestStore(t)
 	plain := nbshipBinary(t, "amd64")
-	recv, relay, _, _ = storeLoopback(t, plain, src, dst, nil, []string{flip}, c.top)
-	if recv.err != nil || relay.err != nil {
-		t.Fatalf("release build with %s: recv: %v %s\nrelay: %v %s", flip, recv.err, recv.stderr, relay.err, relay.stderr)
+	recv, sender, _, _ = storeLoopback(t, plain, src, dst, nil, []string{flip}, c.top)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("release build with %s: recv: %v %s\nsend: %v %s", flip, recv.err, recv.stderr, sender.err, sender.stderr)
 	}
 	sameClosure(t, src, dst, c.top)
 	b, err := os.ReadFile(plain)
@@ -423,20 +423,20 @@ func TestStoreLoopbackMemoryBounded(t *testing.T) {
 	const big = 256 << 20
 	c := addClosure(t, src, big)
 	bin := nbshipBinary(t, "amd64")
-	recv, relay, rpeak, speak := storeLoopback(t, bin, src, dst, nil, nil, c.top)
-	if recv.err != nil || relay.err != nil {
-		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	recv, sender, rpeak, speak := storeLoopback(t, bin, src, dst, nil, nil, c.top)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("recv: %v %s\nsend: %v %s", recv.err, recv.stderr, sender.err, sender.stderr)
 	}
 	dst.nixStore(t, nil, "--verify-path", c.leaf)
-	t.Logf("peak RSS: recv %d MiB (its nix-store %d MiB), relay %d MiB (its nix-store %d MiB), for a %d MiB NAR",
+	t.Logf("peak RSS: recv %d MiB (its nix-store %d MiB), sender %d MiB (its nix-store %d MiB), for a %d MiB NAR",
 		rpeak.self>>10, rpeak.child>>10, speak.self>>10, speak.child>>10, big>>20)
 	if rpeak.child == 0 || speak.child == 0 {
-		t.Errorf("no nix-store seen under recv or relay (peaks %+v, %+v)", rpeak, speak)
+		t.Errorf("no nix-store seen under recv or sender (peaks %+v, %+v)", rpeak, speak)
 	}
 	for _, u := range []struct {
 		end string
 		kib int64
-	}{{"recv", rpeak.self}, {"relay", speak.self}, {"recv's nix-store", rpeak.child}, {"relay's nix-store", speak.child}} {
+	}{{"recv", rpeak.self}, {"send", speak.self}, {"recv's nix-store", rpeak.child}, {"sender's nix-store", speak.child}} {
 		if u.kib<<10 > big/2 {
 			t.Errorf("%s peaked at %d MiB for a %d MiB NAR; want its memory bounded", u.end, u.kib>>10, big>>20)
 		}
@@ -563,7 +563,7 @@ func TestShipReceiverWithoutNix(t *testing.T) {
 
 // With a known port both ends start at once; when the receiver then
 // refuses (here: a destination that is not empty), the operator reads its
-// one line and nothing from the relay that was stopped because of it.
+// one line and nothing from the sender that was stopped because of it.
 func TestShipReceiverRefusalIsTheOneLine(t *testing.T) {
 	src := newTestStore(t)
 	c := addClosure(t, src, 1<<10)
@@ -589,8 +589,8 @@ func TestShipReceiverRefusalIsTheOneLine(t *testing.T) {
 		t.Errorf("stderr %q: want the receiver's refusal of the non-empty destination", msg)
 	}
 	for _, l := range strings.Split(strings.TrimSpace(msg), "\n") {
-		if strings.Contains(l, "nbship: relay:") || strings.Contains(l, "reading --peer-pin") {
-			t.Errorf("stderr line %q: the stopped relay's complaint reached the operator:\n%s", l, msg)
+		if strings.Contains(l, "nbship: send:") || strings.Contains(l, "reading --peer-pin") {
+			t.Errorf("stderr line %q: the stopped sender's complaint reached the operator:\n%s", l, msg)
 		}
 	}
 	if b, _ := os.ReadFile(filepath.Join(dest, "keep")); string(b) != "already here" {

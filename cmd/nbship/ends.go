@@ -1,6 +1,6 @@
 package main
 
-// The flags and the printing that recv and relay share; the ends
+// The flags and the printing that recv and sender share; the ends
 // themselves are internal/ends.
 
 import (
@@ -86,7 +86,7 @@ func printSummary(w io.Writer, asJSON bool, verb string, s protocol.Stream, path
 		verb, s.Files, what, s.FilesSent, s.Reused, transfer.HumanBytes(s.Bytes), raw, transfer.HumanBytes(s.WireBytes), s.Ratio, s.Seconds, s.MBps)
 }
 
-// endMemoryLimit is the soft memory limit of recv and relay. Both stream:
+// endMemoryLimit is the soft memory limit of recv and sender. Both stream:
 // their live heap is a few buffers and the zstd state, whatever the size of
 // the transfer, but Go's collector would let garbage grow the heap to twice
 // that before collecting. GOMEMLIMIT, when set, wins.

@@ -16,7 +16,7 @@ import (
 )
 
 // flipProxy forwards one connection to target and flips one bit of the
-// relay's bytes after skip bytes, as a broken or hostile middlebox would.
+// sender's bytes after skip bytes, as a broken or hostile middlebox would.
 func flipProxy(t *testing.T, target string, skip int64) (addr string, flipped *atomic.Bool) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -68,7 +68,7 @@ func TestByteFlippedInFlightIsRefused(t *testing.T) {
 	r, rfp, addr := startRecv(t, bin, "--dest", dest, "--accept-timeout", "10s")
 	// Well past the handshake, inside the data.
 	proxy, flipped := flipProxy(t, addr, 1<<20)
-	s, sfp := startRelay(t, bin, proxy, src)
+	s, sfp := startSender(t, bin, proxy, src)
 	r.stdin.Write([]byte(sfp + "\n"))
 	s.stdin.Write([]byte(rfp + "\n"))
 	_, serr := s.wait(t)
@@ -77,7 +77,7 @@ func TestByteFlippedInFlightIsRefused(t *testing.T) {
 		t.Fatal("the proxy never flipped a byte")
 	}
 	if serr == nil || rerr == nil {
-		t.Fatalf("relay %v, recv %v: want both to fail on a flipped byte", serr, rerr)
+		t.Fatalf("sender %v, recv %v: want both to fail on a flipped byte", serr, rerr)
 	}
 	// TLS's record authentication catches it before any hash could.
 	if msg := r.stderr.String(); !strings.Contains(msg, "tls: ") && !strings.Contains(msg, "authentication") {
@@ -86,13 +86,13 @@ func TestByteFlippedInFlightIsRefused(t *testing.T) {
 	assertNoLeftovers(t, parent)
 }
 
-func TestThirdPartyFirstDoesNotLockOutTheRelay(t *testing.T) {
+func TestThirdPartyFirstDoesNotLockOutTheSender(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
 	src := oneFileDir(t, "Image", []byte("the real kernel"))
 	parent := t.TempDir()
 	dest := filepath.Join(parent, "out")
 	r, rfp, addr := startRecv(t, bin, "--dest", dest, "--accept-timeout", "20s")
-	s, sfp := startRelay(t, bin, addr, src)
+	s, sfp := startSender(t, bin, addr, src)
 	r.stdin.Write([]byte(sfp + "\n"))
 
 	// Someone who learned the receiver's pin (it is not secret) connects
@@ -117,25 +117,25 @@ func TestThirdPartyFirstDoesNotLockOutTheRelay(t *testing.T) {
 		c.Write([]byte("SSH-2.0-scan\r\n"))
 		c.Close()
 	}
-	// Now the real relay gets its pin and goes through.
+	// Now the real sender gets its pin and goes through.
 	s.stdin.Write([]byte(rfp + "\n"))
 	_, serr := s.wait(t)
 	_, rerr := r.wait(t)
 	if serr != nil || rerr != nil {
-		t.Fatalf("relay %v (%s), recv %v (%s)", serr, s.stderr, rerr, r.stderr)
+		t.Fatalf("sender %v (%s), recv %v (%s)", serr, s.stderr, rerr, r.stderr)
 	}
 	if !strings.Contains(r.stderr.String(), "fingerprint mismatch") || !strings.Contains(r.stderr.String(), intruder.Pin()) {
 		t.Errorf("recv stderr %q does not report the intruder's refused pin", r.stderr)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dest, "Image")); string(b) != "the real kernel" {
-		t.Errorf("Image = %q, want the relay's", b)
+		t.Errorf("Image = %q, want the sender's", b)
 	}
 }
 
-// Connections that send nothing (here: open before the relay, and never
-// closed) do not hold up the real relay: the receiver handshakes them side
+// Connections that send nothing (here: open before the sender, and never
+// closed) do not hold up the real sender: the receiver handshakes them side
 // by side with it.
-func TestIdleConnectionsDoNotLockOutTheRelay(t *testing.T) {
+func TestIdleConnectionsDoNotLockOutTheSender(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
 	src := oneFileDir(t, "Image", []byte("the real kernel"))
 	parent := t.TempDir()
@@ -148,20 +148,20 @@ func TestIdleConnectionsDoNotLockOutTheRelay(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	s, sfp := startRelay(t, bin, addr, src)
+	s, sfp := startSender(t, bin, addr, src)
 	r.stdin.Write([]byte(sfp + "\n"))
 	s.stdin.Write([]byte(rfp + "\n"))
 	_, serr := s.wait(t)
 	_, rerr := r.wait(t)
 	if serr != nil || rerr != nil {
-		t.Fatalf("relay %v (%s), recv %v (%s)", serr, s.stderr, rerr, r.stderr)
+		t.Fatalf("sender %v (%s), recv %v (%s)", serr, s.stderr, rerr, r.stderr)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dest, "Image")); string(b) != "the real kernel" {
-		t.Errorf("Image = %q, want the relay's", b)
+		t.Errorf("Image = %q, want the sender's", b)
 	}
 }
 
-// An end whose peer stops sending (here: the relay is stopped, SIGSTOP,
+// An end whose peer stops sending (here: the sender is stopped, SIGSTOP,
 // mid-stream) gives up after --idle-timeout with the documented line, not
 // the error of the connection it closed to stop.
 func TestIdleTimeoutSaysSo(t *testing.T) {
@@ -169,18 +169,18 @@ func TestIdleTimeoutSaysSo(t *testing.T) {
 	src := oneFileDir(t, "big", randomBytes(t, 64<<20))
 	parent := t.TempDir()
 	r, rfp, addr := startRecv(t, bin, "--dest", filepath.Join(parent, "out"), "--idle-timeout", "2s")
-	s, sfp := startRelay(t, bin, addr, "--level", "better", src)
+	s, sfp := startSender(t, bin, addr, "--level", "better", src)
 	r.stdin.Write([]byte(sfp + "\n"))
 	s.stdin.Write([]byte(rfp + "\n"))
 	if l := s.line(t); !strings.HasPrefix(l, "connected ") {
-		t.Fatalf("relay said %q, want connected", l)
+		t.Fatalf("sender said %q, want connected", l)
 	}
 	s.cmd.Process.Signal(syscall.SIGSTOP)
 	_, rerr := r.wait(t)
 	s.cmd.Process.Signal(syscall.SIGCONT)
 	s.cmd.Process.Kill()
 	if rerr == nil {
-		t.Fatal("recv succeeded with a stopped relay")
+		t.Fatal("recv succeeded with a stopped sender")
 	}
 	const want = "nbship: recv: nothing crossed the channel for 2s: the other end, its host or the link is gone"
 	if got := strings.TrimSpace(r.stderr.String()); !strings.HasSuffix(got, want) {

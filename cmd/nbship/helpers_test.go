@@ -55,11 +55,11 @@ func startRecv(t *testing.T, bin string, args ...string) (r *proc, fingerprint, 
 	return r, fingerprint, addr
 }
 
-// startRelay starts bin's relay to addr, its pin to come on stdin, with
+// startSender starts bin's sender to addr, its pin to come on stdin, with
 // args, and returns it and its fingerprint line.
-func startRelay(t *testing.T, bin, addr string, args ...string) (s *proc, fingerprint string) {
+func startSender(t *testing.T, bin, addr string, args ...string) (s *proc, fingerprint string) {
 	t.Helper()
-	s = start(t, bin, append([]string{"relay", "--connect", addr, "--peer-pin", "-"}, args...)...)
+	s = start(t, bin, append([]string{"send", "--connect", addr, "--peer-pin", "-"}, args...)...)
 	return s, s.line(t)
 }
 

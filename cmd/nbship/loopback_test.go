@@ -12,14 +12,14 @@ import (
 	"github.com/nbship/nbship/internal/protocol"
 )
 
-// pair runs recv and relay on loopback, handing each the other's pin over
+// pair runs recv and sender on loopback, handing each the other's pin over
 // stdin as the controller does, and returns both ends' outcomes.
 type outcome struct {
 	stdout, stderr string
 	err            error
 }
 
-func loopback(t *testing.T, dest string, recvArgs, relayArgs []string, paths ...string) (recv, relay outcome) {
+func loopback(t *testing.T, dest string, recvArgs, sendArgs []string, paths ...string) (recv, sender outcome) {
 	t.Helper()
 	bin := nbshipBinary(t, "amd64")
 	r := start(t, bin, append([]string{"recv", "--listen", "127.0.0.1:0", "--dest", dest, "--peer-pin", "-", "--json"}, recvArgs...)...)
@@ -28,10 +28,10 @@ func loopback(t *testing.T, dest string, recvArgs, relayArgs []string, paths ...
 	if !ok || !strings.HasPrefix(rfp, "fingerprint SHA256:") {
 		t.Fatalf("recv's first lines = %q, %q; want fingerprint and listening", rfp, addr)
 	}
-	s := start(t, bin, append(append([]string{"relay", "--connect", addr, "--peer-pin", "-", "--json"}, relayArgs...), paths...)...)
+	s := start(t, bin, append(append([]string{"send", "--connect", addr, "--peer-pin", "-", "--json"}, sendArgs...), paths...)...)
 	sfp := s.line(t)
 	if !strings.HasPrefix(sfp, "fingerprint SHA256:") {
-		t.Fatalf("relay's first line = %q", sfp)
+		t.Fatalf("sender's first line = %q", sfp)
 	}
 	// Each end gets the other's whole fingerprint line, as the controller sends it.
 	r.stdin.Write([]byte(sfp + "\n"))
@@ -86,9 +86,9 @@ func TestLoopbackTransferTree(t *testing.T) {
 	dest := filepath.Join(t.TempDir(), "out")
 
 	// The link leads out of the tree: followed only when asked to.
-	recv, relay := loopback(t, dest, nil, []string{"--follow-any-symlink"}, src)
-	if recv.err != nil || relay.err != nil {
-		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	recv, sender := loopback(t, dest, nil, []string{"--follow-any-symlink"}, src)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("recv: %v %s\nsend: %v %s", recv.err, recv.stderr, sender.err, sender.stderr)
 	}
 	want := map[string]struct {
 		data []byte
@@ -132,12 +132,12 @@ func TestLoopbackTransferTree(t *testing.T) {
 	if err := json.Unmarshal([]byte(recv.stdout), &rs); err != nil {
 		t.Fatalf("recv --json output %q: %v", recv.stdout, err)
 	}
-	connected, js, _ := strings.Cut(relay.stdout, "\n")
+	connected, js, _ := strings.Cut(sender.stdout, "\n")
 	if !strings.HasPrefix(connected, "connected 127.0.0.1:") {
-		t.Errorf("relay's line after its fingerprint = %q, want connected ADDR", connected)
+		t.Errorf("sender's line after its fingerprint = %q, want connected ADDR", connected)
 	}
 	if err := json.Unmarshal([]byte(js), &ss); err != nil {
-		t.Fatalf("relay --json output %q: %v", relay.stdout, err)
+		t.Fatalf("send --json output %q: %v", sender.stdout, err)
 	}
 	var raw int64
 	for _, w := range want {
@@ -163,7 +163,7 @@ func TestLoopbackTransferTree(t *testing.T) {
 	}
 	// Over loopback the link is never much slower than the compressor.
 	if ss.Level != "default" || rs.Level != "" {
-		t.Errorf("level = %q (relay), %q (recv); want default, and none from the receiver", ss.Level, rs.Level)
+		t.Errorf("level = %q (sender), %q (recv); want default, and none from the receiver", ss.Level, rs.Level)
 	}
 	assertNoLeftovers(t, filepath.Dir(dest), "out")
 }

@@ -26,7 +26,7 @@ import (
 	"github.com/nbship/nbship/tunnel"
 )
 
-// wrongPin runs recv and relay on loopback and gives one of them (liar) a
+// wrongPin runs recv and sender on loopback and gives one of them (liar) a
 // pin that is not its peer's; the other gets the right one.
 func wrongPin(t *testing.T, liar string) (r, s *proc, rpin, spin, wrong string) {
 	t.Helper()
@@ -36,33 +36,33 @@ func wrongPin(t *testing.T, liar string) (r, s *proc, rpin, spin, wrong string) 
 	r = start(t, bin, "recv", "--listen", "127.0.0.1:0", "--dest", filepath.Join(parent, "out"), "--peer-pin", "-", "--accept-timeout", "3s")
 	rfp := r.line(t)
 	addr, _ := strings.CutPrefix(r.line(t), "listening ")
-	s = start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", src)
+	s = start(t, bin, "send", "--connect", addr, "--peer-pin", "-", src)
 	sfp := s.line(t)
 	wrong = tunnel.Fingerprint([]byte("some other certificate"))
-	toRecv, toRelay := sfp, rfp
+	toRecv, toSender := sfp, rfp
 	if liar == "recv" {
 		toRecv = "fingerprint " + wrong
 	} else {
-		toRelay = "fingerprint " + wrong
+		toSender = "fingerprint " + wrong
 	}
 	r.stdin.Write([]byte(toRecv + "\n"))
-	s.stdin.Write([]byte(toRelay + "\n"))
+	s.stdin.Write([]byte(toSender + "\n"))
 	_, serr := s.wait(t)
 	_, rerr := r.wait(t)
 	if serr == nil || rerr == nil {
-		t.Fatalf("relay exit %v, recv exit %v; want both to fail", serr, rerr)
+		t.Fatalf("sender exit %v, recv exit %v; want both to fail", serr, rerr)
 	}
 	assertNoLeftovers(t, parent)
 	return r, s, strings.TrimPrefix(rfp, "fingerprint "), strings.TrimPrefix(sfp, "fingerprint "), wrong
 }
 
-func TestWrongPinRefusedByRelay(t *testing.T) {
-	r, s, rpin, _, wrong := wrongPin(t, "relay")
+func TestWrongPinRefusedBySender(t *testing.T) {
+	r, s, rpin, _, wrong := wrongPin(t, "send")
 	if msg := s.stderr.String(); !strings.Contains(msg, "fingerprint mismatch") || !strings.Contains(msg, wrong) || !strings.Contains(msg, rpin) {
-		t.Errorf("relay stderr %q: want fingerprint mismatch naming %s and %s", msg, wrong, rpin)
+		t.Errorf("sender stderr %q: want fingerprint mismatch naming %s and %s", msg, wrong, rpin)
 	}
 	if code := s.cmd.ProcessState.ExitCode(); code != 77 {
-		t.Errorf("relay exit = %d, want 77 (a pin mismatch: not to be retried)", code)
+		t.Errorf("sender exit = %d, want 77 (a pin mismatch: not to be retried)", code)
 	}
 	if msg := r.stderr.String(); !strings.Contains(msg, "refused") {
 		t.Errorf("recv stderr %q: want it to report the refused peer", msg)
@@ -75,7 +75,7 @@ func TestWrongPinRefusedByRecv(t *testing.T) {
 		t.Errorf("recv stderr %q: want fingerprint mismatch naming %s and %s", msg, wrong, spin)
 	}
 	if msg := s.stderr.String(); !strings.Contains(msg, "refused our certificate") {
-		t.Errorf("relay stderr %q: want it to say its certificate was refused", msg)
+		t.Errorf("sender stderr %q: want it to say its certificate was refused", msg)
 	}
 }
 
@@ -240,9 +240,9 @@ func TestRecvRefusesNonEmptyDestUnlessReplace(t *testing.T) {
 		t.Fatalf("recv into a non-empty dest: %v %q, want refusal with a --replace hint", err, out.String())
 	}
 
-	recv, relay := loopback(t, dest, []string{"--replace"}, nil, src)
-	if recv.err != nil || relay.err != nil {
-		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	recv, sender := loopback(t, dest, []string{"--replace"}, nil, src)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("recv: %v %s\nsend: %v %s", recv.err, recv.stderr, sender.err, sender.stderr)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dest, "Image")); string(b) != "new kernel" {
 		t.Errorf("Image after --replace = %q", b)
@@ -253,10 +253,10 @@ func TestRecvRefusesNonEmptyDestUnlessReplace(t *testing.T) {
 	assertNoLeftovers(t, filepath.Dir(dest), "slot")
 }
 
-// relayToWatched starts bin's relay of path towards a listener that only
-// notes whether it is dialled, and gives the relay a receiver's pin. It
-// returns the relay and that note, to read once the relay has ended.
-func relayToWatched(t *testing.T, bin, path string) (s *proc, dialled func() bool) {
+// sendToWatched starts bin's sender of path towards a listener that only
+// notes whether it is dialled, and gives the sender a receiver's pin. It
+// returns the sender and that note, to read once the sender has ended.
+func sendToWatched(t *testing.T, bin, path string) (s *proc, dialled func() bool) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -270,7 +270,7 @@ func relayToWatched(t *testing.T, bin, path string) (s *proc, dialled func() boo
 			c.Close()
 		}
 	}()
-	s, _ = startRelay(t, bin, ln.Addr().String(), path)
+	s, _ = startSender(t, bin, ln.Addr().String(), path)
 	s.stdin.Write([]byte("fingerprint " + tunnel.Fingerprint([]byte("the receiver")) + "\n"))
 	return s, func() bool {
 		select {
@@ -282,27 +282,27 @@ func relayToWatched(t *testing.T, bin, path string) (s *proc, dialled func() boo
 	}
 }
 
-// The relay hashes its files while the pins are exchanged; a path that is
+// The sender hashes its files while the pins are exchanged; a path that is
 // not there still fails before it dials, with one line naming the path,
 // and the receiver never sees a connection.
-func TestRelayMissingPathFailsBeforeDialling(t *testing.T) {
+func TestSendMissingPathFailsBeforeDialling(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
 	missing := filepath.Join(t.TempDir(), "no-such-Image")
-	s, dialled := relayToWatched(t, bin, missing)
+	s, dialled := sendToWatched(t, bin, missing)
 	if _, err := s.wait(t); err == nil {
-		t.Fatal("relay of a missing path exited 0")
+		t.Fatal("sender of a missing path exited 0")
 	}
 	msg := strings.TrimSpace(s.stderr.String())
 	if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, missing) {
-		t.Errorf("relay stderr %q: want one line naming %s", msg, missing)
+		t.Errorf("sender stderr %q: want one line naming %s", msg, missing)
 	}
 	if dialled() {
-		t.Error("the relay dialled the receiver although it had nothing to send")
+		t.Error("the sender dialled the receiver although it had nothing to send")
 	}
 }
 
 // A receiver that refuses what it was sent (here: an x86 kernel for an arm
-// slot) exits 65, and so does the relay it tells: the controller sees a
+// slot) exits 65, and so does the sender it tells: the controller sees a
 // refusal from either end and never sends it again.
 func TestRefusedImageExitsRefusedOnBothEnds(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
@@ -316,19 +316,19 @@ func TestRefusedImageExitsRefusedOnBothEnds(t *testing.T) {
 	writeFile(t, filepath.Join(src, "netboot.ipxe"), []byte("#!ipxe\nkernel Image initrd=initrd\ninitrd initrd\nboot\n"), 0o644)
 	pxe := t.TempDir()
 	r, rfp, addr := startRecv(t, bin, "--publish", pxe, "--instance", "c2.large.arm", "--accept-timeout", "20s")
-	s, sfp := startRelay(t, bin, addr, src)
+	s, sfp := startSender(t, bin, addr, src)
 	r.stdin.Write([]byte(sfp + "\n"))
 	s.stdin.Write([]byte(rfp + "\n"))
 	_, serr := s.wait(t)
 	_, rerr := r.wait(t)
 	if exitCode(rerr) != protocol.ExitRefused || exitCode(serr) != protocol.ExitRefused {
-		t.Fatalf("recv exit %d (%s), relay exit %d (%s); want %d from both", exitCode(rerr), r.stderr, exitCode(serr), s.stderr, protocol.ExitRefused)
+		t.Fatalf("recv exit %d (%s), sender exit %d (%s); want %d from both", exitCode(rerr), r.stderr, exitCode(serr), s.stderr, protocol.ExitRefused)
 	}
 	if !strings.Contains(s.stderr.String(), "the receiver refused the stream: ") {
-		t.Errorf("relay stderr = %q, want it to say the receiver refused", s.stderr)
+		t.Errorf("sender stderr = %q, want it to say the receiver refused", s.stderr)
 	}
 	for _, out := range []string{r.stderr.String(), s.stderr.String()} {
-		for _, twice := range []string{"recv: recv:", "relay: relay:", "transfer: transfer:", "image: image:"} {
+		for _, twice := range []string{"recv: recv:", "send: send:", "transfer: transfer:", "image: image:"} {
 			if strings.Contains(out, twice) {
 				t.Errorf("a prefix is said twice (%q): %q", twice, out)
 			}
@@ -356,10 +356,10 @@ func manyDirs(n, size int) string {
 }
 
 // An image directory holding a symlink out of it (leak -> a secret
-// elsewhere) is refused by the relay before it dials, with one line naming
+// elsewhere) is refused by the sender before it dials, with one line naming
 // the link and its target, a hint and the refusal's exit status; with
 // --follow-any-symlink the file it points to is sent.
-func TestRelayRefusesSymlinkOutOfTheTree(t *testing.T) {
+func TestSendRefusesSymlinkOutOfTheTree(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
 	src, secretDir := t.TempDir(), t.TempDir()
 	writeFile(t, filepath.Join(src, "Image"), []byte("kernel"), 0o644)
@@ -369,24 +369,24 @@ func TestRelayRefusesSymlinkOutOfTheTree(t *testing.T) {
 	if err := os.Symlink(secret, leak); err != nil {
 		t.Fatal(err)
 	}
-	s, dialled := relayToWatched(t, bin, src)
+	s, dialled := sendToWatched(t, bin, src)
 	s.wait(t)
 	if code := s.cmd.ProcessState.ExitCode(); code != 65 {
-		t.Errorf("relay exit = %d, want 65 (refused: sending again would not help)", code)
+		t.Errorf("sender exit = %d, want 65 (refused: sending again would not help)", code)
 	}
 	lines := strings.Split(strings.TrimSpace(s.stderr.String()), "\n")
 	if len(lines) != 2 || !strings.Contains(lines[0], leak) || !strings.Contains(lines[0], "-> "+secret) ||
 		!strings.HasPrefix(lines[1], "nbship: hint: ") || !strings.Contains(lines[1], "--follow-any-symlink") {
-		t.Errorf("relay stderr = %q, want one line naming %s and %s, and a hint naming --follow-any-symlink", lines, leak, secret)
+		t.Errorf("sender stderr = %q, want one line naming %s and %s, and a hint naming --follow-any-symlink", lines, leak, secret)
 	}
 	if dialled() {
-		t.Error("the relay dialled the receiver although it refused what it was to send")
+		t.Error("the sender dialled the receiver although it refused what it was to send")
 	}
 
 	dest := filepath.Join(t.TempDir(), "out")
-	recv, relay := loopback(t, dest, nil, []string{"--follow-any-symlink"}, src)
-	if recv.err != nil || relay.err != nil {
-		t.Fatalf("with --follow-any-symlink: recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	recv, sender := loopback(t, dest, nil, []string{"--follow-any-symlink"}, src)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("with --follow-any-symlink: recv: %v %s\nsend: %v %s", recv.err, recv.stderr, sender.err, sender.stderr)
 	}
 	if b, err := os.ReadFile(filepath.Join(dest, "leak")); err != nil || string(b) != "secret" {
 		t.Errorf("dest/leak with --follow-any-symlink = %q, %v; want the file it pointed to", b, err)

@@ -54,7 +54,7 @@ func cutProxy(t *testing.T, target string) (addr string, cut func()) {
 }
 
 // An image slot's receiver with --keep-partial keeps the start of the file
-// a dropped link cut off; the next receiver continues it and the relay
+// a dropped link cut off; the next receiver continues it and the sender
 // sends only the rest.
 func TestRecvKeepPartialContinuesACutFile(t *testing.T) {
 	bin := nbshipBinary(t, "amd64")
@@ -75,7 +75,7 @@ func TestRecvKeepPartialContinuesACutFile(t *testing.T) {
 	pxe := t.TempDir()
 	gens := filepath.Join(pxe, ".nbship", "generations", "c2.large.arm")
 
-	attempt := func(keep bool, cutAt int64) (relay, recv protocol.Stream, serr, rerr error) {
+	attempt := func(keep bool, cutAt int64) (sender, recv protocol.Stream, serr, rerr error) {
 		args := []string{"recv", "--listen", "127.0.0.1:0", "--pxe-dir", pxe, "--instance", "c2.large.arm", "--peer-pin", "-", "--accept-timeout", "20s", "--json"}
 		if keep {
 			args = append(args, "--keep-partial")
@@ -87,7 +87,7 @@ func TestRecvKeepPartialContinuesACutFile(t *testing.T) {
 		if cutAt > 0 {
 			addr, cut = cutProxy(t, addr)
 		}
-		s := start(t, bin, "relay", "--connect", addr, "--peer-pin", "-", "--json", src)
+		s := start(t, bin, "send", "--connect", addr, "--peer-pin", "-", "--json", src)
 		sfp := s.line(t)
 		r.stdin.Write([]byte(sfp + "\n"))
 		s.stdin.Write([]byte(rfp + "\n"))
@@ -97,25 +97,25 @@ func TestRecvKeepPartialContinuesACutFile(t *testing.T) {
 		}
 		sout, serr := s.wait(t)
 		rout, rerr := r.wait(t)
-		if err := json.Unmarshal(lastJSON(sout), &relay); err != nil && cutAt == 0 {
-			t.Errorf("relay --json: %v: %q", err, sout)
+		if err := json.Unmarshal(lastJSON(sout), &sender); err != nil && cutAt == 0 {
+			t.Errorf("send --json: %v: %q", err, sout)
 		}
 		if err := json.Unmarshal(lastJSON(rout), &recv); err != nil && cutAt == 0 {
 			t.Errorf("recv --json: %v: %q", err, rout)
 		}
-		return relay, recv, serr, rerr
+		return sender, recv, serr, rerr
 	}
 
 	if _, _, serr, rerr := attempt(true, int64(len(initrd))*3/4); serr == nil || rerr == nil {
-		t.Fatalf("a cut link: relay %v, recv %v; want both to fail", serr, rerr)
+		t.Fatalf("a cut link: sender %v, recv %v; want both to fail", serr, rerr)
 	}
-	relay, recv, serr, rerr := attempt(false, 0)
+	sender, recv, serr, rerr := attempt(false, 0)
 	if serr != nil || rerr != nil {
-		t.Fatalf("the retry: relay %v, recv %v", serr, rerr)
+		t.Fatalf("the retry: sender %v, recv %v", serr, rerr)
 	}
 	// Image was verified by the first attempt and reused; of initrd only
 	// what the first attempt did not bring crossed.
-	for _, st := range []protocol.Stream{relay, recv} {
+	for _, st := range []protocol.Stream{sender, recv} {
 		if st.Resumed < int64(len(initrd))/2 || st.Bytes > int64(len(initrd))/2 {
 			t.Errorf("retry summary: %d bytes sent, %d resumed; want most of initrd's %d resumed", st.Bytes, st.Resumed, len(initrd))
 		}
@@ -160,7 +160,7 @@ func lastJSON(out string) []byte {
 
 // recv --store with --keep-partial keeps, under its TMPDIR, the start of
 // the NAR a dropped link cut off; the next receiver continues it from
-// there, and the relay sends only the rest, read from its own dump.
+// there, and the sender sends only the rest, read from its own dump.
 func TestRecvStoreKeepPartialContinuesACutNAR(t *testing.T) {
 	src, dst := newTestStore(t), newTestStore(t)
 	const big = 48 << 20
@@ -169,7 +169,7 @@ func TestRecvStoreKeepPartialContinuesACutNAR(t *testing.T) {
 	tmp := t.TempDir()
 	recvEnv := append(slices.Clone(dst.env), "TMPDIR="+tmp)
 
-	attempt := func(keep bool, cutAt int64) (relay protocol.Stream, serr, rerr error) {
+	attempt := func(keep bool, cutAt int64) (sender protocol.Stream, serr, rerr error) {
 		args := []string{"recv", "--listen", "127.0.0.1:0", "--store", "--peer-pin", "-", "--json", "--stdin-lifeline", "--accept-timeout", "20s"}
 		if keep {
 			args = append(args, "--keep-partial")
@@ -181,7 +181,7 @@ func TestRecvStoreKeepPartialContinuesACutNAR(t *testing.T) {
 		if cutAt > 0 {
 			addr, cut = cutProxy(t, addr)
 		}
-		s := startEnv(t, src.env, bin, "relay", "--store", "--connect", addr, "--peer-pin", "-", "--json", "--stdin-lifeline")
+		s := startEnv(t, src.env, bin, "send", "--store", "--connect", addr, "--peer-pin", "-", "--json", "--stdin-lifeline")
 		sfp := s.line(t)
 		r.stdin.Write([]byte(sfp + "\n"))
 		s.stdin.Write([]byte(rfp + "\n" + c.top + "\n\n"))
@@ -190,7 +190,7 @@ func TestRecvStoreKeepPartialContinuesACutNAR(t *testing.T) {
 				cut()
 				so, _ := s.wait(t)
 				ro, _ := r.wait(t)
-				t.Fatalf("no NAR kept to %d bytes under %s\nrecv: %s %s\nrelay: %s %s", cutAt, tmp, ro, r.stderr, so, s.stderr)
+				t.Fatalf("no NAR kept to %d bytes under %s\nrecv: %s %s\nsend: %s %s", cutAt, tmp, ro, r.stderr, so, s.stderr)
 			}
 			cut()
 		}
@@ -198,24 +198,24 @@ func TestRecvStoreKeepPartialContinuesACutNAR(t *testing.T) {
 		s.stdin.Close()
 		_, rerr = r.wait(t)
 		r.stdin.Close()
-		if err := json.Unmarshal(lastJSON(sout), &relay); err != nil && cutAt == 0 {
-			t.Errorf("relay --json: %v: %q", err, sout)
+		if err := json.Unmarshal(lastJSON(sout), &sender); err != nil && cutAt == 0 {
+			t.Errorf("send --json: %v: %q", err, sout)
 		}
-		return relay, serr, rerr
+		return sender, serr, rerr
 	}
 
 	if _, serr, rerr := attempt(true, big*3/4); serr == nil || rerr == nil {
-		t.Fatalf("a cut link: relay %v, recv %v; want both to fail", serr, rerr)
+		t.Fatalf("a cut link: sender %v, recv %v; want both to fail", serr, rerr)
 	}
 	if dst.valid(t, c.leaf)[c.leaf] {
 		t.Fatal("the cut NAR is valid on the receiver")
 	}
-	relay, serr, rerr := attempt(false, 0)
+	sender, serr, rerr := attempt(false, 0)
 	if serr != nil || rerr != nil {
-		t.Fatalf("the retry: relay %v, recv %v", serr, rerr)
+		t.Fatalf("the retry: sender %v, recv %v", serr, rerr)
 	}
-	if relay.Resumed < big/2 || relay.Bytes > big/2 {
-		t.Errorf("retry summary: %d bytes sent, %d resumed; want most of the %d-byte NAR resumed", relay.Bytes, relay.Resumed, big)
+	if sender.Resumed < big/2 || sender.Bytes > big/2 {
+		t.Errorf("retry summary: %d bytes sent, %d resumed; want most of the %d-byte NAR resumed", sender.Bytes, sender.Resumed, big)
 	}
 	sameClosure(t, src, dst, c.top)
 	if left, _ := os.ReadDir(tmp); len(left) != 0 {

@@ -110,9 +110,9 @@ func TestRecvSweepsOnlyDeadStaging(t *testing.T) {
 
 	small := t.TempDir()
 	writeFile(t, filepath.Join(small, "Image"), []byte("kernel"), 0o644)
-	recv, relay := loopback(t, dest, nil, nil, small)
-	if recv.err != nil || relay.err != nil {
-		t.Fatalf("recv: %v %s\nrelay: %v %s", recv.err, recv.stderr, relay.err, relay.stderr)
+	recv, sender := loopback(t, dest, nil, nil, small)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("recv: %v %s\nsend: %v %s", recv.err, recv.stderr, sender.err, sender.stderr)
 	}
 	if _, err := os.Stat(dead); !os.IsNotExist(err) {
 		t.Errorf("the killed receiver's staging %s after the next recv: %v, want it removed", dead, err)

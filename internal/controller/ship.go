@@ -198,21 +198,21 @@ func CheckNixStore(ctx context.Context, e End) error {
 	return fmt.Errorf("ship: %s: nix-store --version: %w", r.Name(), err)
 }
 
-// Ship describes one transfer from From to To: Relay and Recv are the
+// Ship describes one transfer from From to To: Send and Recv are the
 // ends' command lines, of which Run sets how they meet (Connect or Stdio,
 // Listen or Stdio) for the path it takes.
 type Ship struct {
 	From, To End
-	Relay    protocol.Relay // Connect: what the relay dials, opensslServer:opensslPort
-	Recv     protocol.Recv  // Listen: the receiver's listen address, e.g. ":61616"
-	Path     string         // auto, direct or ssh
-	Log      io.Writer      // the controller's stderr
+	Send     protocol.Send // Connect: what the sender dials, opensslServer:opensslPort
+	Recv     protocol.Recv // Listen: the receiver's listen address, e.g. ":61616"
+	Path     string        // auto, direct or ssh
+	Log      io.Writer     // the controller's stderr
 }
 
 // Result is a finished transfer as the two ends reported it.
 type Result struct {
 	Path      string          // "direct" or "ssh"
-	Relay     json.RawMessage // the relay's --json summary
+	Send      json.RawMessage // the sender's --json summary
 	Recv      json.RawMessage // the receiver's --json summary
 	WireBytes int64           // bytes the controller carried (ssh path)
 }
@@ -225,11 +225,11 @@ func (s *Ship) Run(ctx context.Context) (*Result, error) {
 		var df *dialFailed
 		if err == nil || !errors.As(err, &df) || s.Path == PathDirect {
 			if df != nil {
-				return nil, fmt.Errorf("ship: the build host could not reach the receiver at %s: %v; open that port from the build host to the PXE host, or use --path auto or ssh", s.Relay.Connect, df.reason)
+				return nil, fmt.Errorf("ship: the build host could not reach the receiver at %s: %v; open that port from the build host to the PXE host, or use --path auto or ssh", s.Send.Connect, df.reason)
 			}
 			return r, err
 		}
-		fmt.Fprintf(s.Log, "nbship: direct path to %s failed (%s); carrying the channel over SSH through this machine instead\n", s.Relay.Connect, df.reason)
+		fmt.Fprintf(s.Log, "nbship: direct path to %s failed (%s); carrying the channel over SSH through this machine instead\n", s.Send.Connect, df.reason)
 		return s.overSSH(ctx)
 	case PathSSH:
 		return s.overSSH(ctx)
@@ -260,10 +260,10 @@ func (s *Ship) start(ctx context.Context, e End, args []string) (*end, error) {
 	return &end{p: p, out: bufio.NewReader(p.Stdout), stderr: c, name: r.Name()}, nil
 }
 
-// giveStdin writes the relay's input after its pin: the store paths to
+// giveStdin writes the sender's input after its pin: the store paths to
 // send, then an empty line that ends them.
-func (s *Ship) giveStdin(relay *end) error {
-	lines := s.Relay.StdinPaths()
+func (s *Ship) giveStdin(sender *end) error {
+	lines := s.Send.StdinPaths()
 	if lines == nil {
 		return nil
 	}
@@ -273,12 +273,12 @@ func (s *Ship) giveStdin(relay *end) error {
 		b.WriteByte('\n')
 	}
 	b.WriteByte('\n')
-	if _, err := io.WriteString(relay.p.Stdin, b.String()); err != nil {
+	if _, err := io.WriteString(sender.p.Stdin, b.String()); err != nil {
 		// It stopped reading: its own exit says why.
-		if werr := relay.p.Wait(); werr != nil {
+		if werr := sender.p.Wait(); werr != nil {
 			return werr
 		}
-		return fmt.Errorf("ship: %s: giving the relay its store paths: %w", relay.name, err)
+		return fmt.Errorf("ship: %s: giving the sender its store paths: %w", sender.name, err)
 	}
 	return nil
 }
@@ -316,8 +316,8 @@ func (s *Ship) startRecv(ctx context.Context, r protocol.Recv) (*end, error) {
 	return s.start(ctx, s.To, args)
 }
 
-// startRelay starts the relay with its command line r.
-func (s *Ship) startRelay(ctx context.Context, r protocol.Relay) (*end, error) {
+// startSender starts the sender with its command line r.
+func (s *Ship) startSender(ctx context.Context, r protocol.Send) (*end, error) {
 	args, err := r.Args()
 	if err != nil {
 		return nil, err
@@ -326,34 +326,34 @@ func (s *Ship) startRelay(ctx context.Context, r protocol.Relay) (*end, error) {
 }
 
 func (s *Ship) direct(ctx context.Context) (*Result, error) {
-	relayCmd, recvCmd := s.Relay, s.Recv
-	relayCmd.Stdio, recvCmd.Stdio = false, false
-	if relayCmd.DialTimeout <= 0 {
-		relayCmd.DialTimeout = 5 * time.Second
+	sendCmd, recvCmd := s.Send, s.Recv
+	sendCmd.Stdio, recvCmd.Stdio = false, false
+	if sendCmd.DialTimeout <= 0 {
+		sendCmd.DialTimeout = 5 * time.Second
 	}
-	recvCmd.AcceptTimeout = relayCmd.DialTimeout + 30*time.Second
-	// When the port is known, both ends start at once: the relay waits for
+	recvCmd.AcceptTimeout = sendCmd.DialTimeout + 30*time.Second
+	// When the port is known, both ends start at once: the sender waits for
 	// the receiver's pin before it dials, so it cannot be early. Port 0 is
 	// known only once the receiver has picked one.
-	host, port, _ := net.SplitHostPort(s.Relay.Connect)
-	var relay, recv *end
-	var relayErr error
+	host, port, _ := net.SplitHostPort(s.Send.Connect)
+	var sender, recv *end
+	var sendErr error
 	recvUp := false
-	defer func() { // the relay first, then the receiver
-		if relay != nil {
+	defer func() { // the sender first, then the receiver
+		if sender != nil {
 			if !recvUp {
 				// Stopped because the receiver failed: its reason is the
-				// one to read, not the relay's complaint at being stopped.
-				relay.stderr.silence()
+				// one to read, not the sender's complaint at being stopped.
+				sender.stderr.silence()
 			}
-			relay.p.Close()
+			sender.p.Close()
 		}
 		if recv != nil {
 			recv.p.Close()
 		}
 	}()
 	if port != "0" {
-		relay, relayErr = s.startRelay(ctx, relayCmd)
+		sender, sendErr = s.startSender(ctx, sendCmd)
 	}
 	recv, err := s.startRecv(ctx, recvCmd)
 	if err != nil {
@@ -368,44 +368,44 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	recvUp = true
-	if relayErr != nil {
-		return nil, relayErr
+	if sendErr != nil {
+		return nil, sendErr
 	}
-	if relay == nil {
+	if sender == nil {
 		// Port 0: the receiver picked one; dial that.
-		connect := s.Relay.Connect
+		connect := s.Send.Connect
 		addr, _ := protocol.ParseListening(l)
 		if _, p, err := net.SplitHostPort(addr); err == nil {
 			connect = net.JoinHostPort(host, p)
 		}
-		relayCmd.Connect = connect
-		if relay, err = s.startRelay(ctx, relayCmd); err != nil {
+		sendCmd.Connect = connect
+		if sender, err = s.startSender(ctx, sendCmd); err != nil {
 			return nil, err
 		}
 	}
-	sfp, err := relay.fingerprint()
+	sfp, err := sender.fingerprint()
 	if err != nil {
 		return nil, err
 	}
 	// Each end learns the other's pin over its own SSH session's stdin.
 	if _, err := io.WriteString(recv.p.Stdin, sfp+"\n"); err != nil {
-		return nil, fmt.Errorf("ship: %s: giving the receiver the relay's pin: %w", recv.name, err)
+		return nil, fmt.Errorf("ship: %s: giving the receiver the sender's pin: %w", recv.name, err)
 	}
-	if _, err := io.WriteString(relay.p.Stdin, rfp+"\n"); err != nil {
-		return nil, fmt.Errorf("ship: %s: giving the relay the receiver's pin: %w", relay.name, err)
+	if _, err := io.WriteString(sender.p.Stdin, rfp+"\n"); err != nil {
+		return nil, fmt.Errorf("ship: %s: giving the sender the receiver's pin: %w", sender.name, err)
 	}
-	if err := s.giveStdin(relay); err != nil {
+	if err := s.giveStdin(sender); err != nil {
 		return nil, err
 	}
-	if l, err := relay.line("connection"); err != nil {
+	if l, err := sender.line("connection"); err != nil {
 		if status, stderr, ok := protocol.Status(err); ok && status == protocol.ExitDialFailed {
 			return nil, &dialFailed{reason: tail.LastLine(stderr)}
 		}
 		return nil, err
 	} else if !protocol.IsConnected(l) {
-		return nil, fmt.Errorf("ship: %s: expected a connected line, got %q", relay.name, l)
+		return nil, fmt.Errorf("ship: %s: expected a connected line, got %q", sender.name, l)
 	}
-	return finish(relay, recv, PathDirect, 0, relay.summaryFromStdout, recv.summaryFromStdout)
+	return finish(sender, recv, PathDirect, 0, sender.summaryFromStdout, recv.summaryFromStdout)
 }
 
 func (e *end) summaryFromStdout() (json.RawMessage, error) {
@@ -426,9 +426,9 @@ func (e *end) summaryFromStderr() (json.RawMessage, error) {
 	return nil, fmt.Errorf("ship: %s: nbship printed no summary", e.name)
 }
 
-// finish waits for both ends and collects their summaries. The relay's
+// finish waits for both ends and collects their summaries. The sender's
 // result decides: it exits 0 only after the receiver acknowledged.
-func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() (json.RawMessage, error)) (*Result, error) {
+func finish(sender, recv *end, path string, wire int64, sendSum, recvSum func() (json.RawMessage, error)) (*Result, error) {
 	var (
 		wg          sync.WaitGroup
 		rsum        json.RawMessage
@@ -436,7 +436,7 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 		ssum        json.RawMessage
 		serr, swerr error
 	)
-	relayDone := make(chan struct{})
+	senderDone := make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -446,32 +446,32 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 		}
 		if rerr != nil {
 			// The receiver is gone (failed, or its host or link died). A
-			// relay that does not hear of it in a few seconds is stopped:
+			// sender that does not hear of it in a few seconds is stopped:
 			// under the SSH path nothing else reads what it writes.
 			select {
-			case <-relayDone:
+			case <-senderDone:
 			case <-time.After(10 * time.Second):
-				relay.p.Close()
+				sender.p.Close()
 			}
 		}
 	}()
-	ssum, serr = relaySum()
-	swerr = relay.p.Wait()
-	close(relayDone)
+	ssum, serr = sendSum()
+	swerr = sender.p.Wait()
+	close(senderDone)
 	if serr == nil {
 		serr = swerr
 	}
-	// Once the relay has its answer the receiver has nothing more to say:
+	// Once the sender has its answer the receiver has nothing more to say:
 	// closing its stdin ends it if it is still waiting.
 	recv.p.Stdin.Close()
-	relay.p.Stdin.Close()
+	sender.p.Stdin.Close()
 	wg.Wait()
 	// A refusal is the receiver's word, whichever end reports it: the
-	// receiver exits ExitRefused, and so does the relay it told.
+	// receiver exits ExitRefused, and so does the sender it told.
 	for _, e := range []struct {
 		err error
 		end *end
-	}{{rerr, recv}, {serr, relay}} {
+	}{{rerr, recv}, {serr, sender}} {
 		if re := protocol.Refused(recv.name, e.err, e.end.stderr.refusal()); re != nil {
 			return nil, re
 		}
@@ -486,7 +486,7 @@ func finish(relay, recv *end, path string, wire int64, relaySum, recvSum func() 
 	if rerr != nil {
 		return nil, rerr
 	}
-	return &Result{Path: path, Relay: ssum, Recv: rsum, WireBytes: wire}, nil
+	return &Result{Path: path, Send: ssum, Recv: rsum, WireBytes: wire}, nil
 }
 
 func (s *Ship) overSSH(ctx context.Context) (*Result, error) {
@@ -501,24 +501,24 @@ func (s *Ship) overSSH(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	relayCmd := s.Relay
-	relayCmd.Stdio, relayCmd.Connect = true, ""
-	relay, err := s.startRelay(ctx, relayCmd)
+	sendCmd := s.Send
+	sendCmd.Stdio, sendCmd.Connect = true, ""
+	sender, err := s.startSender(ctx, sendCmd)
 	if err != nil {
 		return nil, err
 	}
-	defer relay.p.Close()
-	sfp, err := relay.fingerprint()
+	defer sender.p.Close()
+	sfp, err := sender.fingerprint()
 	if err != nil {
 		return nil, err
 	}
 	if _, err := io.WriteString(recv.p.Stdin, sfp+"\n"); err != nil {
 		return nil, err
 	}
-	if _, err := io.WriteString(relay.p.Stdin, rfp+"\n"); err != nil {
+	if _, err := io.WriteString(sender.p.Stdin, rfp+"\n"); err != nil {
 		return nil, err
 	}
-	if err := s.giveStdin(relay); err != nil {
+	if err := s.giveStdin(sender); err != nil {
 		return nil, err
 	}
 	// From here on the controller carries TLS records it cannot read: the
@@ -532,9 +532,9 @@ func (s *Ship) overSSH(ctx context.Context) (*Result, error) {
 		dst.Close()
 	}
 	wg.Add(2)
-	go splice(recv.p.Stdin, relay.out)
-	go splice(relay.p.Stdin, recv.out)
-	res, err := finish(relay, recv, PathSSH, 0, relay.summaryFromStderr, recv.summaryFromStderr)
+	go splice(recv.p.Stdin, sender.out)
+	go splice(sender.p.Stdin, recv.out)
+	res, err := finish(sender, recv, PathSSH, 0, sender.summaryFromStderr, recv.summaryFromStderr)
 	wg.Wait()
 	if err != nil {
 		return nil, err

@@ -14,7 +14,7 @@ func (nopCloser) Close() error { return nil }
 
 // An end's stderr reaches the operator without the protocol's lines: its
 // --json summary and its Refusal line are kept for the controller, and a
-// relay repeating the receiver's refusal is not heard a second time.
+// sender repeating the receiver's refusal is not heard a second time.
 func TestCaptureWriter(t *testing.T) {
 	receiverSaid := protocol.Refusal{Reason: "a: SHA-256 x does not match the announced y"}
 	echo := protocol.Refusal{Peer: true, Reason: receiverSaid.Reason}
@@ -25,13 +25,13 @@ func TestCaptureWriter(t *testing.T) {
 		json   string
 		said   *protocol.Refusal
 	}{
-		{"summary", []string{"relay: 1 MB of 2 MB\n", `{"files":2}` + "\n"}, "relay: 1 MB of 2 MB\n", `{"files":2}`, nil},
+		{"summary", []string{"send: 1 MB of 2 MB\n", `{"files":2}` + "\n"}, "send: 1 MB of 2 MB\n", `{"files":2}`, nil},
 		{"receiver refuses", []string{receiverSaid.Line() + "\n", "nbship: recv: transfer: refused stream: a: SHA-256 x does not match the announced y\n"},
 			"nbship: recv: transfer: refused stream: a: SHA-256 x does not match the announced y\n", "", &receiverSaid},
-		{"relay repeats it", []string{"relay: progress\n", echo.Line() + "\n", "nbship: relay: transfer: the receiver refused the stream: whatever it said\n"},
-			"relay: progress\n", "", &echo},
-		{"lines split across writes", []string{"nbship: re", "lay: x\n" + receiverSaid.Line()[:9], receiverSaid.Line()[9:] + "\n"},
-			"nbship: relay: x\n", "", &receiverSaid},
+		{"sender repeats it", []string{"send: progress\n", echo.Line() + "\n", "nbship: send: transfer: the receiver refused the stream: whatever it said\n"},
+			"send: progress\n", "", &echo},
+		{"lines split across writes", []string{"nbship: se", "nd: x\n" + receiverSaid.Line()[:9], receiverSaid.Line()[9:] + "\n"},
+			"nbship: send: x\n", "", &receiverSaid},
 		{"a reason is one line", []string{protocol.Refusal{Reason: "two\nlines"}.Line() + "\n"}, "", "", &protocol.Refusal{Reason: "two\nlines"}},
 	} {
 		var out bytes.Buffer

@@ -1,7 +1,7 @@
 // Package ends runs the two ends of nbship's channel. Receive is the
 // listening end (nbship recv): it puts what arrives in a Target, a
 // directory (Dir), an image slot (Slot) or this host's Nix store (Store).
-// Send is the dialling end (nbship relay): it streams a Source, files
+// Send is the dialling end (nbship send): it streams a Source, files
 // (Files) or store paths (StorePaths). Each meets the other end as
 // internal/protocol describes: it prints its fingerprint line, reads the
 // other's pin, connects, streams, and returns the transfer's figures;

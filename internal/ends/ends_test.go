@@ -121,9 +121,9 @@ func TestRefusedBeforeAnythingIsPrinted(t *testing.T) {
 		{"recv into a non-empty dir", func(c Channel) error { return recv(c, "127.0.0.1:0", Dir{Path: full}) }, 0, "is not empty", "--replace"},
 		{"recv under a missing parent", func(c Channel) error { return recv(c, "127.0.0.1:0", Dir{Path: missingParent}) }, 0, "parent directory", "create"},
 		{"recv into a slot of no instance", func(c Channel) error { return recv(c, "127.0.0.1:0", Slot{PXEDir: full}) }, protocol.ExitUsage, "--instance", ""},
-		{"relay without a pin", func(c Channel) error { c.PeerPin = ""; return send(c, "127.0.0.1:9", Files{Paths: []string{full}}) }, protocol.ExitUsage, "--peer-pin is required", ""},
-		{"relay with nothing", func(c Channel) error { return send(c, "127.0.0.1:9", Files{}) }, protocol.ExitUsage, "no PATH", ""},
-		{"relay of a bad store path", func(c Channel) error {
+		{"sender without a pin", func(c Channel) error { c.PeerPin = ""; return send(c, "127.0.0.1:9", Files{Paths: []string{full}}) }, protocol.ExitUsage, "--peer-pin is required", ""},
+		{"sender with nothing", func(c Channel) error { return send(c, "127.0.0.1:9", Files{}) }, protocol.ExitUsage, "no PATH", ""},
+		{"sender of a bad store path", func(c Channel) error {
 			return send(c, "127.0.0.1:9", StorePaths{Paths: []string{"/tmp/x"}, Files: true})
 		}, protocol.ExitUsage, "is not a store path", ""},
 	} {
@@ -246,8 +246,8 @@ func TestRefusal(t *testing.T) {
 		code int
 	}{
 		{fmt.Errorf("recv: %w", &transfer.PeerRefusedError{Reason: "bad"}), protocol.ExitRefused},
-		{fmt.Errorf("relay: %w", &tunnel.PinError{Want: somePin}), protocol.ExitPin},
-		{fmt.Errorf("relay: %w", &tunnel.RefusedError{Ours: somePin, Err: io.EOF}), protocol.ExitPin},
+		{fmt.Errorf("send: %w", &tunnel.PinError{Want: somePin}), protocol.ExitPin},
+		{fmt.Errorf("send: %w", &tunnel.RefusedError{Ours: somePin, Err: io.EOF}), protocol.ExitPin},
 		{errors.New("recv: read: connection reset"), 0},
 	} {
 		if code, _ := protocol.Explain(Refusal(tc.err)); code != tc.code {
@@ -260,7 +260,7 @@ func TestRefusal(t *testing.T) {
 // line; a refusal it repeats from the receiver says so.
 func TestSayRefused(t *testing.T) {
 	manifest := fmt.Errorf("recv: %w", &transfer.ManifestError{Name: "x", Msg: "bad name"})
-	peer := fmt.Errorf("relay: %w", &transfer.PeerRefusedError{Reason: "transfer: refused stream: bad"})
+	peer := fmt.Errorf("send: %w", &transfer.PeerRefusedError{Reason: "transfer: refused stream: bad"})
 	for _, tc := range []struct {
 		name     string
 		lifeline bool
@@ -268,10 +268,10 @@ func TestSayRefused(t *testing.T) {
 		want     string
 	}{
 		{"receiver", true, Refusal(manifest), protocol.Refusal{Reason: `refused entry "x": bad name`}.Line() + "\n"},
-		{"relay repeating it", true, Refusal(peer), protocol.Refusal{Peer: true, Reason: "bad"}.Line() + "\n"},
+		{"sender repeating it", true, Refusal(peer), protocol.Refusal{Peer: true, Reason: "bad"}.Line() + "\n"},
 		{"started by hand", false, Refusal(manifest), ""},
 		{"not a refusal", true, errors.New("recv: link gone"), ""},
-		{"a pin", true, Refusal(fmt.Errorf("relay: %w", &tunnel.PinError{Want: somePin})), ""},
+		{"a pin", true, Refusal(fmt.Errorf("send: %w", &tunnel.PinError{Want: somePin})), ""},
 	} {
 		var stderr bytes.Buffer
 		c := &Channel{Stderr: &stderr, Lifeline: tc.lifeline}

@@ -18,7 +18,7 @@ type ReceiveOptions struct {
 	// Listen is the HOST:PORT to listen on ("" with Stdio); port 0 picks
 	// a free one, printed on the listening line.
 	Listen string
-	// AcceptTimeout is how long to wait for the pinned relay to connect
+	// AcceptTimeout is how long to wait for the pinned sender to connect
 	// (and for a busy Listen address to come free).
 	AcceptTimeout time.Duration
 	Target        Target
@@ -47,8 +47,8 @@ type target interface {
 }
 
 // Receive runs the receiving end: it prints its fingerprint line (and,
-// over TCP, its listening line) on Stdout, takes the relay's pin,
-// accepts the pinned relay, and receives one stream into o.Target. The
+// over TCP, its listening line) on Stdout, takes the sender's pin,
+// accepts the pinned sender, and receives one stream into o.Target. The
 // summary is the transfer's figures; an error that must not be retried
 // is a protocol.Error with its exit status.
 func Receive(ctx context.Context, o ReceiveOptions) (_ *protocol.Stream, err error) {
@@ -99,11 +99,11 @@ func Receive(ctx context.Context, o ReceiveOptions) (_ *protocol.Stream, err err
 			return nil, fmt.Errorf("recv: %w", err)
 		}
 	} else {
-		actx, cancel := context.WithTimeoutCause(ctx, o.AcceptTimeout, errors.New("no relay connected in time"))
+		actx, cancel := context.WithTimeoutCause(ctx, o.AcceptTimeout, errors.New("no sender connected in time"))
 		defer cancel()
 		conn, err = tunnel.Accept(actx, ln, id, pin, func(err error) { o.logf("recv", "%v", err) })
 		if err != nil {
-			return nil, hint(fmt.Errorf("recv: %w", err), "check that the relay can reach %s and was given this receiver's fingerprint", ln.Addr())
+			return nil, hint(fmt.Errorf("recv: %w", err), "check that the sender can reach %s and was given this receiver's fingerprint", ln.Addr())
 		}
 		ln.Close()
 	}

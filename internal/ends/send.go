@@ -27,7 +27,7 @@ type SendOptions struct {
 	Source      Source
 }
 
-// Source is what a relay sends: Files or StorePaths.
+// Source is what a sender sends: Files or StorePaths.
 type Source interface{ isSource() }
 
 // Files sends files and directory trees as `tar -h` sees them: a
@@ -68,7 +68,7 @@ func (StorePaths) isSource() {}
 // exit status (ExitDialFailed: the receiver was never reached).
 func Send(ctx context.Context, o SendOptions) (_ *protocol.Stream, err error) {
 	defer func() { o.sayRefused(err) }()
-	if err := o.checkMeet("relay", "--connect", o.Connect); err != nil {
+	if err := o.checkMeet("send", "--connect", o.Connect); err != nil {
 		return nil, err
 	}
 	switch src := o.Source.(type) {
@@ -77,12 +77,12 @@ func Send(ctx context.Context, o SendOptions) (_ *protocol.Stream, err error) {
 	case StorePaths:
 		return o.sendStore(ctx, src)
 	}
-	return nil, usage("relay: nothing to send")
+	return nil, usage("send: nothing to send")
 }
 
 func (o *SendOptions) sendFiles(ctx context.Context, f Files) (*protocol.Stream, error) {
 	if len(f.Paths) == 0 {
-		return nil, usage("relay: no PATH to send")
+		return nil, usage("send: no PATH to send")
 	}
 	id, err := tunnel.NewIdentity()
 	if err != nil {
@@ -92,7 +92,7 @@ func (o *SendOptions) sendFiles(ctx context.Context, f Files) (*protocol.Stream,
 	// A path that is missing fails at once, before anything is dialled.
 	src, err := transfer.List(f.Paths, transfer.CollectOptions{FollowAnySymlink: f.FollowAnySymlink})
 	if err != nil {
-		return nil, linkRefusal(fmt.Errorf("relay: %w", err))
+		return nil, linkRefusal(fmt.Errorf("send: %w", err))
 	}
 	// The files are hashed while the pins are exchanged and the channel is
 	// set up: the manifest is needed only once the receiver is ready. Not
@@ -118,7 +118,7 @@ func (o *SendOptions) sendFiles(ctx context.Context, f Files) (*protocol.Stream,
 	select {
 	case <-hashed:
 		if cerr != nil {
-			return nil, fmt.Errorf("relay: %w", cerr)
+			return nil, fmt.Errorf("send: %w", cerr)
 		}
 	default:
 	}
@@ -126,10 +126,10 @@ func (o *SendOptions) sendFiles(ctx context.Context, f Files) (*protocol.Stream,
 		select {
 		case <-hashed:
 		case <-ctx.Done():
-			return fmt.Errorf("relay: %w", context.Cause(ctx))
+			return fmt.Errorf("send: %w", context.Cause(ctx))
 		}
 		if cerr != nil {
-			return fmt.Errorf("relay: %w", cerr)
+			return fmt.Errorf("send: %w", cerr)
 		}
 		return nil
 	})
@@ -138,7 +138,7 @@ func (o *SendOptions) sendFiles(ctx context.Context, f Files) (*protocol.Stream,
 func (o *SendOptions) sendStore(ctx context.Context, sp StorePaths) (*protocol.Stream, error) {
 	if !sp.Files {
 		if err := nixstore.Look(); err != nil {
-			return nil, fmt.Errorf("relay: %w", err)
+			return nil, fmt.Errorf("send: %w", err)
 		}
 	}
 	// The key first: a bad one fails before anything is read or dialled.
@@ -146,7 +146,7 @@ func (o *SendOptions) sendStore(ctx context.Context, sp StorePaths) (*protocol.S
 	if sp.SignKey != "" {
 		var err error
 		if key, err = nixstore.LoadSigningKey(sp.SignKey); err != nil {
-			return nil, fmt.Errorf("relay: %w", err)
+			return nil, fmt.Errorf("send: %w", err)
 		}
 	}
 	collect := func(paths []string) (*transfer.Source, error) {
@@ -158,7 +158,7 @@ func (o *SendOptions) sendStore(ctx context.Context, sp StorePaths) (*protocol.S
 			src, err = transfer.CollectStore(ctx, &transfer.NixStore{}, paths)
 		}
 		if err != nil {
-			return nil, linkRefusal(fmt.Errorf("relay: %w", err))
+			return nil, linkRefusal(fmt.Errorf("send: %w", err))
 		}
 		if key != nil {
 			src.Sign(key)
@@ -169,10 +169,10 @@ func (o *SendOptions) sendStore(ctx context.Context, sp StorePaths) (*protocol.S
 	if !sp.Stdin {
 		paths, err := nixstore.CheckPaths(sp.Paths)
 		if err != nil {
-			return nil, usage("relay: %v", err)
+			return nil, usage("send: %v", err)
 		}
 		if len(paths) == 0 {
-			return nil, usage("relay: no store path to send")
+			return nil, usage("send: no store path to send")
 		}
 		if src, err = collect(paths); err != nil {
 			return nil, err
@@ -193,10 +193,10 @@ func (o *SendOptions) sendStore(ctx context.Context, sp StorePaths) (*protocol.S
 	if sp.Stdin {
 		paths, err := nixstore.ReadPaths(br, "standard input", true)
 		if err != nil {
-			return nil, fmt.Errorf("relay: %w", err)
+			return nil, fmt.Errorf("send: %w", err)
 		}
 		if len(paths) == 0 {
-			return nil, usage("relay: no store path on standard input")
+			return nil, usage("send: no store path on standard input")
 		}
 		if src, err = collect(paths); err != nil {
 			return nil, err
@@ -221,7 +221,7 @@ func (o *SendOptions) stream(ctx context.Context, id *tunnel.Identity, pin strin
 			return nil, err
 		}
 	}
-	ctx, watch, stopIdle := watchIdle(ctx, &o.Channel, conn, "relay")
+	ctx, watch, stopIdle := watchIdle(ctx, &o.Channel, conn, "send")
 	defer stopIdle()
 
 	cnt := new(transfer.Counters)
@@ -229,7 +229,7 @@ func (o *SendOptions) stream(ctx context.Context, id *tunnel.Identity, pin strin
 	st, err := transfer.Send(ctx, conn, src, transfer.SendOptions{Level: o.Level, Progress: cnt})
 	stop()
 	if err != nil {
-		return nil, Refusal(watch.explain(fmt.Errorf("relay: %w", tunnel.ReadError(err, id))))
+		return nil, Refusal(watch.explain(fmt.Errorf("send: %w", tunnel.ReadError(err, id))))
 	}
 	s := summary(st, conn.WireBytes())
 	return &s, nil
@@ -251,11 +251,11 @@ func (o *SendOptions) dial(ctx context.Context, id *tunnel.Identity, pin string,
 			// Never reached the receiver: the controller may take the
 			// SSH path. Any other failure (a pin mismatch above all) it
 			// must not paper over.
-			return nil, &protocol.Error{Code: protocol.ExitDialFailed, Err: fmt.Errorf("relay: %w", err)}
+			return nil, &protocol.Error{Code: protocol.ExitDialFailed, Err: fmt.Errorf("send: %w", err)}
 		}
 	}
 	if err != nil {
-		return nil, Refusal(fmt.Errorf("relay: %w", err))
+		return nil, Refusal(fmt.Errorf("send: %w", err))
 	}
 	if !o.Stdio {
 		fmt.Fprintln(o.Stdout, protocol.ConnectedLine(conn.RemoteAddr().String()))
@@ -263,7 +263,7 @@ func (o *SendOptions) dial(ctx context.Context, id *tunnel.Identity, pin string,
 	return conn, nil
 }
 
-// linkRefusal gives a symlink the relay will not follow its hint and the
+// linkRefusal gives a symlink the sender will not follow its hint and the
 // refusal's exit status (sending again would not help).
 func linkRefusal(err error) error {
 	var le *transfer.LinkError

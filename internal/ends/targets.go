@@ -280,7 +280,7 @@ func (t *slotTarget) report(s *protocol.Stream) {
 	s.Generation, s.Previous = t.gen.Name, t.gen.Previous
 }
 
-// storeTarget is a prepared Store: Nix's import starts while the relay
+// storeTarget is a prepared Store: Nix's import starts while the sender
 // connects, and the commit is the sink's Confirm.
 type storeTarget struct {
 	sink *transfer.StoreSink

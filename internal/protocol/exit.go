@@ -16,9 +16,9 @@ const (
 	ExitUsage = 2
 	// ExitRefused is the receiver refusing what it was sent (a bad name,
 	// a hash that does not match, a kernel for another architecture), and
-	// the relay it told: sending it again would be refused again.
+	// the sender it told: sending it again would be refused again.
 	ExitRefused = 65 // EX_DATAERR
-	// ExitDialFailed is the relay's when it could not reach the receiver
+	// ExitDialFailed is the sender's when it could not reach the receiver
 	// at all (as opposed to reaching it and failing): the one failure
 	// after which the controller may carry the channel over SSH instead.
 	ExitDialFailed = 75 // EX_TEMPFAIL
@@ -98,13 +98,13 @@ func ExitCode(err error) int {
 }
 
 // Reason is what a refusal err says was wrong, without the layers'
-// prefixes ("recv: ", "transfer: ", the relay's "the receiver refused the
+// prefixes ("recv: ", "transfer: ", the sender's "the receiver refused the
 // stream: "): the Reason of the end's Refusal line.
 func Reason(err error) string {
 	line := err.Error()
 	for again := true; again; {
 		again = false
-		for _, p := range []string{"recv: ", "relay: ", "transfer: ", "the receiver refused the stream: ", "refused stream: "} {
+		for _, p := range []string{"recv: ", "send: ", "transfer: ", "the receiver refused the stream: ", "refused stream: "} {
 			if l, ok := strings.CutPrefix(line, p); ok {
 				line, again = l, true
 			}

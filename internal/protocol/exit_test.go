@@ -45,9 +45,9 @@ func TestRetryableAndExitCode(t *testing.T) {
 func TestReason(t *testing.T) {
 	for _, tc := range []struct{ err, want string }{
 		{"recv: transfer: refused stream: a: SHA-256 x does not match the announced y", "a: SHA-256 x does not match the announced y"},
-		{"relay: transfer: the receiver refused the stream: transfer: refused stream: bad", "bad"},
+		{"send: transfer: the receiver refused the stream: transfer: refused stream: bad", "bad"},
 		{"recv: image: /x/Image is an x86_64 bzImage", "image: /x/Image is an x86_64 bzImage"},
-		{`relay: transfer: refused entry "leak": symlink to /etc`, `refused entry "leak": symlink to /etc`},
+		{`send: transfer: refused entry "leak": symlink to /etc`, `refused entry "leak": symlink to /etc`},
 	} {
 		if got := Reason(errors.New(tc.err)); got != tc.want {
 			t.Errorf("Reason(%q) = %q, want %q", tc.err, got, tc.want)

@@ -1,7 +1,7 @@
 // Package protocol is what the controller and the two ends of a transfer
 // say to each other around the stream: the ends' command lines (Recv,
-// Relay), the lines they print on stdout before the stream (their pin,
-// where the receiver listens, that the relay connected), their exit
+// Send), the lines they print on stdout before the stream (their pin,
+// where the receiver listens, that the sender connected), their exit
 // statuses, the Refusal line on stderr that says what a refusal (exit 65)
 // was, and their --json summaries, which the controller, the tests and
 // the bench read.
@@ -51,7 +51,7 @@ func ParseListening(line string) (string, error) {
 	return a, nil
 }
 
-// ConnectedLine is what the relay prints once it reached the receiver.
+// ConnectedLine is what the sender prints once it reached the receiver.
 func ConnectedLine(addr string) string { return connectedPrefix + addr }
 
 // IsConnected reports whether line is a connected line.
@@ -60,7 +60,7 @@ func IsConnected(line string) bool { return strings.HasPrefix(line, connectedPre
 // Refusal is the line an end started by the controller prints on stderr
 // when it exits ExitRefused, before its error: what was refused, in a
 // form the controller reads without parsing the error's prose. Peer is a
-// relay repeating the receiver's refusal: the lines after it say again
+// sender repeating the receiver's refusal: the lines after it say again
 // what the receiver said, and are not the operator's to read twice.
 type Refusal struct {
 	Peer   bool
@@ -174,8 +174,8 @@ func (r Recv) Args() ([]string, error) {
 	return append(a, "--peer-pin", "-", "--json", "--stdin-lifeline"), nil
 }
 
-// Relay is the sending end's command line.
-type Relay struct {
+// Send is the sending end's command line.
+type Send struct {
 	Connect     string // host:port; "" with Stdio
 	Stdio       bool
 	DialTimeout time.Duration
@@ -196,13 +196,13 @@ type Relay struct {
 }
 
 // Args is the command line after nbship's path.
-func (r Relay) Args() ([]string, error) {
-	a, err := meet("relay", r.Stdio, "--connect", r.Connect, "--dial-timeout", r.DialTimeout)
+func (r Send) Args() ([]string, error) {
+	a, err := meet("send", r.Stdio, "--connect", r.Connect, "--dial-timeout", r.DialTimeout)
 	if err != nil {
 		return nil, err
 	}
 	if r.Store && r.StoreFiles {
-		return nil, errors.New("protocol: relay takes at most one of Store and StoreFiles")
+		return nil, errors.New("protocol: sender takes at most one of Store and StoreFiles")
 	}
 	if r.Store {
 		a = append(a, "--store")
@@ -227,7 +227,7 @@ func (r Relay) Args() ([]string, error) {
 		return a, nil // the paths come on stdin
 	}
 	if len(r.Paths) == 0 {
-		return nil, errors.New("protocol: relay has no path to send")
+		return nil, errors.New("protocol: sender has no path to send")
 	}
 	return append(append(a, "--"), r.Paths...), nil
 }
@@ -250,9 +250,9 @@ func meet(end string, stdio bool, addrFlag, addr, timeoutFlag string, timeout ti
 	return a, nil
 }
 
-// StdinPaths is what the relay reads on stdin after the pin line: the
-// store paths to send, then an empty line. Nil for a relay of files.
-func (r Relay) StdinPaths() []string {
+// StdinPaths is what the sender reads on stdin after the pin line: the
+// store paths to send, then an empty line. Nil for a sender of files.
+func (r Send) StdinPaths() []string {
 	if r.Store || r.StoreFiles {
 		return r.Paths
 	}

@@ -24,14 +24,14 @@ func TestArgs(t *testing.T) {
 			"recv --listen :0 --dest /d --replace --peer-pin - --json --stdin-lifeline"},
 		{"recv two targets", Recv{Listen: ":0", Dest: "/d", Store: true}.Args, "error: exactly one of Dest, Publish and Store"},
 		{"recv nowhere", Recv{Store: true}.Args, "error: recv needs --listen or --stdio"},
-		{"relay files", Relay{Connect: "pxe:61616", DialTimeout: 5 * time.Second, Paths: []string{"/nix/store/x-netboot", "-odd"}, Level: "auto"}.Args,
-			"relay --connect pxe:61616 --dial-timeout 5s --level auto --peer-pin - --json --stdin-lifeline -- /nix/store/x-netboot -odd"},
-		{"relay store signs", Relay{Stdio: true, Store: true, SignKey: "/etc/nix/key.sec", Paths: []string{"/nix/store/x"}}.Args,
-			"relay --stdio --store --sign-key /etc/nix/key.sec --peer-pin - --json --stdin-lifeline"},
-		{"relay store files", Relay{Connect: "h:1", StoreFiles: true, FollowAnySymlink: true}.Args,
-			"relay --connect h:1 --store-files --follow-any-symlink --peer-pin - --json --stdin-lifeline"},
-		{"relay both kinds", Relay{Connect: "h:1", Store: true, StoreFiles: true}.Args, "error: at most one of Store and StoreFiles"},
-		{"relay nothing", Relay{Connect: "h:1"}.Args, "error: no path to send"},
+		{"send files", Send{Connect: "pxe:61616", DialTimeout: 5 * time.Second, Paths: []string{"/nix/store/x-netboot", "-odd"}, Level: "auto"}.Args,
+			"send --connect pxe:61616 --dial-timeout 5s --level auto --peer-pin - --json --stdin-lifeline -- /nix/store/x-netboot -odd"},
+		{"send store signs", Send{Stdio: true, Store: true, SignKey: "/etc/nix/key.sec", Paths: []string{"/nix/store/x"}}.Args,
+			"send --stdio --store --sign-key /etc/nix/key.sec --peer-pin - --json --stdin-lifeline"},
+		{"send store files", Send{Connect: "h:1", StoreFiles: true, FollowAnySymlink: true}.Args,
+			"send --connect h:1 --store-files --follow-any-symlink --peer-pin - --json --stdin-lifeline"},
+		{"send both kinds", Send{Connect: "h:1", Store: true, StoreFiles: true}.Args, "error: at most one of Store and StoreFiles"},
+		{"send nothing", Send{Connect: "h:1"}.Args, "error: no path to send"},
 	} {
 		a, err := tc.args()
 		got := strings.Join(a, " ")
@@ -48,12 +48,12 @@ func TestArgs(t *testing.T) {
 			t.Errorf("%s: Args() = %q, want %q", tc.name, got, tc.want)
 		}
 	}
-	r := Relay{Store: true, Paths: []string{"/nix/store/a"}}
+	r := Send{Store: true, Paths: []string{"/nix/store/a"}}
 	if p := r.StdinPaths(); len(p) != 1 {
-		t.Errorf("StdinPaths of a store relay = %v, want its paths", p)
+		t.Errorf("StdinPaths of a store sender = %v, want its paths", p)
 	}
-	if p := (Relay{Paths: []string{"/x"}}).StdinPaths(); p != nil {
-		t.Errorf("StdinPaths of a file relay = %v, want nil", p)
+	if p := (Send{Paths: []string{"/x"}}).StdinPaths(); p != nil {
+		t.Errorf("StdinPaths of a file sender = %v, want nil", p)
 	}
 }
 

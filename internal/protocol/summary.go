@@ -64,7 +64,7 @@ type Ship struct {
 	Resumed      int64   `json:"resumed_bytes,omitempty"`
 	Compressed   int64   `json:"compressed_bytes"`
 	WireBytes    int64   `json:"wire_bytes"`
-	Seconds      float64 `json:"seconds"` // the transfer, as the relay timed it
+	Seconds      float64 `json:"seconds"` // the transfer, as the sender timed it
 	MBps         float64 `json:"mbps"`
 	Path         string  `json:"path"` // direct or ssh
 	Published    string  `json:"published,omitempty"`

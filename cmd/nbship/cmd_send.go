@@ -9,12 +9,14 @@ import (
 )
 
 func init() {
-	register(command{name: "relay", plumbing: true, summary: "send files from the build host (the dialling end of the channel)", run: cmdRelay})
+	register(command{name: "send", plumbing: true, summary: "send files from the build host (the dialling end of the channel)", run: cmdSend})
+	// relay was send's name: what was written for it by hand still runs.
+	register(command{name: "relay", hidden: true, summary: "the old name of send", run: cmdSend})
 }
 
-func cmdRelay(ctx context.Context, e *env, args []string) error {
+func cmdSend(ctx context.Context, e *env, args []string) error {
 	limitMemory(e)
-	fs := newFlagSet(e, "relay", "(--connect ADDR | --stdio) --peer-pin PIN|- [--store | --store-files] [flags] PATH...")
+	fs := newFlagSet(e, "send", "(--connect ADDR | --stdio) --peer-pin PIN|- [--store | --store-files] [flags] PATH...")
 	connect := fs.String("connect", "", "the receiver's `HOST:PORT`")
 	level := fs.String("level", "auto", "zstd `LEVEL`: auto (better on a link much slower than the compressor), fastest, default or better")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long to keep trying to reach the receiver")
@@ -28,14 +30,14 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 	}
 	lvl, err := transfer.EncoderLevel(*level)
 	if err != nil {
-		return usageError("relay: %v", err)
+		return usageError("send: %v", err)
 	}
 	var src ends.Source = ends.Files{Paths: fs.Args(), FollowAnySymlink: *anyLink}
 	switch {
 	case *store && *storeFiles:
-		return usageError("relay: give at most one of --store and --store-files")
+		return usageError("send: give at most one of --store and --store-files")
 	case *signKey != "" && !*store:
-		return usageError("relay: --sign-key goes with --store")
+		return usageError("send: --sign-key goes with --store")
 	case *store || *storeFiles:
 		args := fs.Args()
 		src = ends.StorePaths{
@@ -43,7 +45,7 @@ func cmdRelay(ctx context.Context, e *env, args []string) error {
 			Files: *storeFiles, FollowAnySymlink: *anyLink, SignKey: *signKey,
 		}
 	}
-	s, err := ends.Send(ctx, ends.SendOptions{Channel: ef.channel("relay"), Connect: *connect, DialTimeout: *dialTimeout, Level: lvl, Source: src})
+	s, err := ends.Send(ctx, ends.SendOptions{Channel: ef.channel("send"), Connect: *connect, DialTimeout: *dialTimeout, Level: lvl, Source: src})
 	if err != nil {
 		return err
 	}
