@@ -14,19 +14,14 @@ package transfer
 // small to probe goes the way of the stretch it falls in, and compressed
 // once that stretch is used up.
 //
-// The link's rate comes from the kernel where the channel runs over TCP
-// (TCP_INFO, tunnel.Conn.LinkInfo): the delivery rate of the peer's
-// acknowledgements. The compressed probe is compressed into memory and
-// timed there (the reads of the source apart: a source slower than the
-// link makes both ways equal only while it lasts), so nothing waits for
-// the socket's queue to drain: each such wait cost a round trip plus
-// refilling the pipe, most of a second per probe on a 100 ms link. Stored
-// goes only where the kernel has seen the link carry twice what the
-// compressor takes in; a stored probe timed against the socket's queue is
-// not tried there, as it took a shaped 100 Mbit link for a fast one in
-// two runs of three. Without TCP_INFO (a kernel before 4.9) both probes
-// wait for the queue as they did; over a connection that is not a socket
-// (--stdio) everything compressible is compressed.
+// Before the stored probe the socket's queue of earlier data must drain,
+// and the compressed probe must drain within the compressor's time; the
+// stored probe is timed from its first byte until the peer's TCP
+// acknowledged its last (the socket's send queue, which the channel
+// reports). The kernel's delivery rate (TCP_INFO) is not used for this
+// choice: its samples include a shaper's burst, and on the rig's tbf
+// 100 Mbit link it looked faster than the compressor. Over a connection
+// that is not a socket (--stdio) everything compressible is compressed.
 //
 // The other way round, a link much slower than the compressor leaves the
 // CPU idle while the link is full: there zstd's better level, with a
@@ -131,13 +126,12 @@ const (
 // variable for tests).
 var stretch int64 = 32 << 20
 
-// storedNARs lets NARs go stored as files do. Off: on the rig's tbf
-// 100 Mbit link the kernel's delivery rate (its samples include the
-// shaper's burst) looked fast enough in two runs of three, and the closure
-// went as 127-146 MB instead of 102 (12.3 s instead of 9.8); unshaped the
-// same closure took 4.4 s instead of 9.3. Off until the choice tells a
-// shaper's burst from the link's rate: a variable for the tests of the
-// mechanism.
+// storedNARs lets NARs go stored as files do. Off: when the kernel's
+// delivery rate decided (its samples include a shaper's burst), the
+// closure went as 127-146 MB at the rig's tbf 100 Mbit instead of 102
+// (12.3 s instead of 9.8), though unshaped it took 4.4 s instead of 9.3.
+// With the queue-timed probes the files use, NARs are not yet measured
+// on the rig: a variable for the tests of the mechanism until they are.
 var storedNARs = false
 
 // adapter makes the choice for one transfer.
@@ -206,7 +200,7 @@ func (a *adapter) levelPays(size int64) bool {
 func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 	n0 := r.n
 	a.slow = false
-	written, produced, _, err := a.timedCompressed(out, r, levelFirst, levelProbe)
+	written, produced, err := a.timedCompressed(out, r, levelFirst, levelProbe, true)
 	if err != nil || written == 0 {
 		// written 0: a backlog from earlier data that will not drain,
 		// no rate to measure this time.
@@ -236,47 +230,46 @@ func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 // encoder's first blocks cost it several times what later ones do: its
 // tables and window are being allocated and touched), and size more, timed
 // up to the flush that hands them all on. It returns that time (0: nothing
-// was sent), how many stream bytes the timed part made, and the part of
-// that time the compressor took (without the reads of the source). With the
-// kernel's view of the link the timed part is gathered in memory and
-// written after; without, it first waits up to first for the queue of
-// earlier data to drain (not draining: 0), so that the link does not hold
-// the compressor up.
-func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duration, size int64) (time.Duration, int64, time.Duration, error) {
+// was sent) and how many stream bytes the timed part made. With hold
+// (the level's probe) and the kernel's view of the link the timed part is
+// gathered in memory and written after; otherwise it first waits up to
+// first for the queue of earlier data to drain (not draining: 0), so that
+// the link does not hold the compressor up.
+func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duration, size int64, hold bool) (time.Duration, int64, error) {
 	h, held := out.cw.(holder)
-	held = held && a.info != nil
+	held = held && hold && a.info != nil
 	if !held && !a.drain(first) {
-		return 0, 0, 0, nil
+		return 0, 0, nil
 	}
 	w, err := out.compressed()
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, err
 	}
 	if err := r.send(w, leadIn); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, err
 	}
 	if held {
 		// The encoder's output of the lead-in goes out before the hold
 		// (its goroutines write it).
 		if err := out.flush(); err != nil {
-			return 0, 0, 0, err
+			return 0, 0, err
 		}
 		h.hold()
 	}
-	t0, c0, w0 := time.Now(), a.sent(), r.waited
+	t0, c0 := time.Now(), a.sent()
 	if err := r.send(w, size); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, err
 	}
 	if err := out.flush(); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, err
 	}
 	d := max(time.Since(t0), 1)
 	if held {
 		if err := h.release(); err != nil {
-			return 0, 0, 0, err
+			return 0, 0, err
 		}
 	}
-	return d, a.sent() - c0, max(d-(r.waited-w0), 1), nil
+	return d, a.sent() - c0, nil
 }
 
 // piece is how much of size to send before the next look at the link.
@@ -428,34 +421,16 @@ func (a *adapter) send(out *frames, r *fileReader, size int64, nar bool) error {
 func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	a.raw, a.left = false, stretch
 	n0 := r.n
-	written, _, cpu, err := a.timedCompressed(out, r, drainFirst, probeSize)
+	written, _, err := a.timedCompressed(out, r, drainFirst, probeSize, false)
 	if err != nil || written == 0 {
 		return r.n - n0, err
 	}
-	if a.info != nil {
-		// Stored pays when the link carries storedMargin times what the
-		// compressor takes in. A rate the kernel has seen the link carry
-		// says so without a stored probe; bytes the window has not let
-		// out, on a connection past its first round trips (whose small
-		// window holds bytes back on any link), say the link is behind
-		// even compressed data.
-		// The compressor's own rate, not the source's: a source slower
-		// than the link (nix-store's dump of many small files) makes
-		// the two ways equal while it lasts, and the stretch goes on
-		// past it, where stored would send three times the bytes over
-		// a link that the compressor outruns.
-		need := storedMargin * float64(probeSize) / cpu.Seconds()
-		// Nothing else sends stored: a stored probe timed against the
-		// socket's queue took shaped links (tbf at 100 Mbit on the rig)
-		// for fast ones in two runs of three, and a wrong stored stretch
-		// sends three times the bytes for 32 MiB.
-		if info, ok := a.info(); ok && info.Rate >= need {
-			a.raw = true
-		} else {
-			a.slow = true
-		}
-		return r.n - n0, nil
-	} else if !a.drain(written) {
+	// Not the kernel's delivery rate: its samples include a shaper's
+	// burst, and on the rig's tbf 100 Mbit link it looked faster than the
+	// compressor, and the netboot files and the closure went stored
+	// (72.8 MB in place of 52.7, 127-146 MB in place of 102). The link is
+	// timed as it carries the probes.
+	if !a.drain(written) {
 		// Waiting longer for the link than the compressor took means
 		// the link is the bottleneck even for compressed bytes: stored
 		// would be slower.
@@ -493,10 +468,6 @@ type fileReader struct {
 	buf  []byte
 	cnt  *Counters
 	n    int64 // bytes read so far
-	// waited is how long reads of f took: the source's share of a probe's
-	// time (nix-store's dump of many small files can be slower than the
-	// compressor).
-	waited time.Duration
 	// fail makes the error for an end before size bytes (err io.EOF) or
 	// a read error, n bytes in; nil: a file's.
 	fail func(n int64, err error) error
@@ -505,9 +476,7 @@ type fileReader struct {
 // send copies exactly k more bytes of the file into w.
 func (r *fileReader) send(w io.Writer, k int64) error {
 	for k > 0 {
-		t0 := time.Now()
 		n, rerr := r.f.Read(r.buf[:min(int64(len(r.buf)), k)])
-		r.waited += time.Since(t0)
 		if n > 0 {
 			if _, err := w.Write(r.buf[:n]); err != nil {
 				return writeErr{err}
