@@ -96,8 +96,9 @@ func shipOver(t *testing.T, file string, level zstd.EncoderLevel, wrap func(io.R
 	return st
 }
 
-// shipInto is shipOver that also returns the (closed) receiving sink.
-func shipInto(t *testing.T, file string, level zstd.EncoderLevel, wrap func(io.ReadWriteCloser) io.ReadWriteCloser) (*Stats, *DirSink) {
+// fileAndSink collects file to send, and makes a sink into a new
+// directory, which it returns too.
+func fileAndSink(t *testing.T, file string) (*Source, *DirSink, string) {
 	t.Helper()
 	src, err := Collect(context.Background(), []string{file})
 	if err != nil {
@@ -108,6 +109,13 @@ func shipInto(t *testing.T, file string, level zstd.EncoderLevel, wrap func(io.R
 	if err != nil {
 		t.Fatal(err)
 	}
+	return src, sink, dir
+}
+
+// shipInto is shipOver that also returns the (closed) receiving sink.
+func shipInto(t *testing.T, file string, level zstd.EncoderLevel, wrap func(io.ReadWriteCloser) io.ReadWriteCloser) (*Stats, *DirSink) {
+	t.Helper()
+	src, sink, dir := fileAndSink(t, file)
 	defer sink.Close()
 	a, c := net.Pipe()
 	sent, _, serr, rerr := pipeTrip(src, sink, level, wrap(a), c, ReceiveOptions{})

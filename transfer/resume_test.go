@@ -2,7 +2,6 @@ package transfer
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -55,15 +54,7 @@ func newResumeFixture(t *testing.T, size int) *resumeFixture {
 // and both ends' results.
 func (f *resumeFixture) attempt(t *testing.T, keep bool, dirs []string, cut int) (string, *Stats, *Stats, error, error) {
 	t.Helper()
-	src, err := Collect(context.Background(), []string{f.src})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	sink, err := NewDirSink(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src, sink, dir := fileAndSink(t, f.src)
 	defer sink.Close()
 	sink.Resume(keep, dirs)
 	a, c := net.Pipe()
