@@ -15,7 +15,9 @@ package transfer
 // once that stretch is used up.
 //
 // Before the stored probe the socket's queue of earlier data must drain,
-// and the compressed probe must drain within the compressor's time; the
+// and the compressed probe (timed in memory, so that a socket buffer still
+// small does not count as the compressor's time) must drain within the
+// compressor's time; the
 // stored probe is timed from its first byte until the peer's TCP
 // acknowledged its last (the socket's send queue, which the channel
 // reports). The kernel's delivery rate (TCP_INFO) is not used for this
@@ -126,14 +128,6 @@ const (
 // variable for tests).
 var stretch int64 = 32 << 20
 
-// storedNARs lets NARs go stored as files do. Off: when the kernel's
-// delivery rate decided (its samples include a shaper's burst), the
-// closure went as 127-146 MB at the rig's tbf 100 Mbit instead of 102
-// (12.3 s instead of 9.8), though unshaped it took 4.4 s instead of 9.3.
-// With the queue-timed probes the files use, NARs are not yet measured
-// on the rig: a variable for the tests of the mechanism until they are.
-var storedNARs = false
-
 // adapter makes the choice for one transfer.
 type adapter struct {
 	unacked func() (int, bool) // nil: the link cannot be observed; always compress
@@ -200,7 +194,15 @@ func (a *adapter) levelPays(size int64) bool {
 func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 	n0 := r.n
 	a.slow = false
-	written, produced, err := a.timedCompressed(out, r, levelFirst, levelProbe, true)
+	// With the kernel's view the probe is timed in memory and the link's
+	// rate read after; without it, the queue the probe leaves is the
+	// link's measure, so it goes out as it is made, once earlier data
+	// has drained.
+	first := levelFirst
+	if a.info != nil {
+		first = 0
+	}
+	written, produced, err := a.timedCompressed(out, r, first, levelProbe, a.info != nil)
 	if err != nil || written == 0 {
 		// written 0: a backlog from earlier data that will not drain,
 		// no rate to measure this time.
@@ -230,15 +232,17 @@ func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 // encoder's first blocks cost it several times what later ones do: its
 // tables and window are being allocated and touched), and size more, timed
 // up to the flush that hands them all on. It returns that time (0: nothing
-// was sent) and how many stream bytes the timed part made. With hold
-// (the level's probe) and the kernel's view of the link the timed part is
-// gathered in memory and written after; otherwise it first waits up to
-// first for the queue of earlier data to drain (not draining: 0), so that
-// the link does not hold the compressor up.
+// was sent) and how many stream bytes the timed part made. It first waits
+// up to first (0: not at all) for the queue of earlier data to drain (not
+// draining: 0). With hold, where the stream can, the timed part is
+// gathered in memory and written after: the time is the compressor's
+// alone. Without, a socket buffer that is still small (a new connection on
+// a long link grows it round trip by round trip) holds the compressor up
+// for the link's time.
 func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duration, size int64, hold bool) (time.Duration, int64, error) {
 	h, held := out.cw.(holder)
-	held = held && hold && a.info != nil
-	if !held && !a.drain(first) {
+	held = held && hold
+	if first > 0 && !a.drain(first) {
 		return 0, 0, nil
 	}
 	w, err := out.compressed()
@@ -386,7 +390,7 @@ func (a *adapter) send(out *frames, r *fileReader, size int64, nar bool) error {
 			size -= n
 			continue
 		}
-		if a.unacked != nil && !a.harder && a.left <= 0 && (!nar || storedNARs) && size >= 2*(leadIn+probeSize+rawProbe) {
+		if a.unacked != nil && !a.harder && a.left <= 0 && size >= 2*(leadIn+probeSize+rawProbe) {
 			n, err := a.probe(out, r)
 			if err != nil {
 				return err
@@ -398,7 +402,7 @@ func (a *adapter) send(out *frames, r *fileReader, size int64, nar bool) error {
 		if a.left > 0 {
 			k = min(k, a.left)
 		}
-		w, err := out.way(a.raw && a.left > 0 && (!nar || storedNARs))
+		w, err := out.way(a.raw && a.left > 0)
 		if err != nil {
 			return err
 		}
@@ -421,7 +425,12 @@ func (a *adapter) send(out *frames, r *fileReader, size int64, nar bool) error {
 func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	a.raw, a.left = false, stretch
 	n0 := r.n
-	written, _, err := a.timedCompressed(out, r, drainFirst, probeSize, false)
+	// Timed in memory: at the start of a connection on a 100 ms link the
+	// compressed probe waited round trips for the socket's buffer to grow,
+	// the stored one after it found the buffer grown, and the netboot
+	// files went stored (72.7 MB in place of 52.4) on a link that carries
+	// less than a tenth of what the compressor makes.
+	written, _, err := a.timedCompressed(out, r, drainFirst, probeSize, true)
 	if err != nil || written == 0 {
 		return r.n - n0, err
 	}
