@@ -238,6 +238,14 @@ func storeLoopback(t *testing.T, bin string, src, dst *testStore, recvArgs, recv
 // arguments.
 func storeLoopbackArgs(t *testing.T, bin string, src, dst *testStore, sendArgs, recvArgs, recvEnv []string, paths ...string) (recv, sender outcome, recvPeak, sendPeak rssPeaks) {
 	t.Helper()
+	return storeLoopbackEarly(t, bin, src, dst, sendArgs, recvArgs, recvEnv, nil, paths...)
+}
+
+// storeLoopbackEarly is storeLoopbackArgs; with early, the paths go to the
+// sender ahead of the pin, as the ship controller gives them now, and early
+// is called (with the sender) before the pins are given.
+func storeLoopbackEarly(t *testing.T, bin string, src, dst *testStore, sendArgs, recvArgs, recvEnv []string, early func(*proc), paths ...string) (recv, sender outcome, recvPeak, sendPeak rssPeaks) {
+	t.Helper()
 	r := startEnv(t, append(slices.Clone(dst.env), recvEnv...), bin, append([]string{"recv", "--listen", "127.0.0.1:0", "--store", "--peer-pin", "-", "--json", "--stdin-lifeline"}, recvArgs...)...)
 	rfp := r.line(t)
 	addr, ok := strings.CutPrefix(r.line(t), "listening ")
@@ -248,8 +256,16 @@ func storeLoopbackArgs(t *testing.T, bin string, src, dst *testStore, sendArgs, 
 	stop := make(chan struct{})
 	rpeak, speak := peakRSS(r.cmd.Process.Pid, stop), peakRSS(s.cmd.Process.Pid, stop)
 	sfp := s.line(t)
+	if early != nil {
+		s.stdin.Write([]byte(strings.Join(paths, "\n") + "\n\n"))
+		early(s)
+	}
 	r.stdin.Write([]byte(sfp + "\n"))
-	s.stdin.Write([]byte(rfp + "\n" + strings.Join(paths, "\n") + "\n\n"))
+	if early != nil {
+		s.stdin.Write([]byte(rfp + "\n"))
+	} else {
+		s.stdin.Write([]byte(rfp + "\n" + strings.Join(paths, "\n") + "\n\n"))
+	}
 	// The stdin of both stays open (the lifeline) until they are done.
 	so, serr := s.wait(t)
 	s.stdin.Close()
@@ -317,6 +333,44 @@ func TestStoreLoopback(t *testing.T) {
 	if s := senderSummary(t, sender.stdout); s.FilesSent != 0 || s.Reused != 3 || s.Bytes != 0 || s.WireBytes > 32<<10 {
 		t.Errorf("again: sender summary = %+v, want 0 sent, 3 skipped, a few KiB on the wire", s)
 	}
+}
+
+// The paths may come ahead of the pin, as the ship controller gives them:
+// the sender asks its store for the closure (its nix-store --serve runs)
+// before the pin has come, and the closure arrives as with the pin first.
+func TestStoreLoopbackPathsBeforePin(t *testing.T) {
+	src, dst := newTestStore(t), newTestStore(t)
+	c := addClosure(t, src, 1<<20)
+	bin := nbshipBinary(t, "amd64")
+
+	asked := false
+	recv, sender, _, _ := storeLoopbackEarly(t, bin, src, dst, nil, nil, nil, func(s *proc) {
+		for end := time.Now().Add(20 * time.Second); time.Now().Before(end) && !asked; time.Sleep(10 * time.Millisecond) {
+			asked = slices.Contains(childNames(s.cmd.Process.Pid), "nix-store")
+		}
+	}, c.top)
+	if recv.err != nil || sender.err != nil {
+		t.Fatalf("recv: %v %s\nsend: %v %s", recv.err, recv.stderr, sender.err, sender.stderr)
+	}
+	if !asked {
+		t.Errorf("the sender started no nix-store before it had the pin; want the store asked while the pin travels")
+	}
+	sameClosure(t, src, dst, c.top)
+}
+
+// childNames are the command names of pid's children.
+func childNames(pid int) []string {
+	var names []string
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		for _, c := range strings.Fields(string(b)) {
+			if comm, err := os.ReadFile("/proc/" + c + "/comm"); err == nil {
+				names = append(names, strings.TrimSpace(string(comm)))
+			}
+		}
+	}
+	return names
 }
 
 // TestStoreLoopbackSigned signs a closure on the way with a key Nix made:

@@ -44,9 +44,9 @@ type Files struct {
 // receiver's Store, or with Files the paths' files, for its Dir.
 type StorePaths struct {
 	// Paths are the store paths; with Stdin they are read from standard
-	// input instead, after the pin line, one a line up to an empty line
-	// or EOF (so that standard input can still be the lifeline, or carry
-	// the channel, after them).
+	// input instead, ahead of the pin line or after it, one a line up to
+	// an empty line or EOF (so that standard input can still be the
+	// lifeline, or carry the channel, after them).
 	Paths []string
 	Stdin bool
 	Files bool
@@ -183,20 +183,54 @@ func (o *SendOptions) sendStore(ctx context.Context, sp StorePaths) (*protocol.S
 		return nil, err
 	}
 	fmt.Fprintln(o.Stdout, protocol.FingerprintLine(id.Pin()))
-	// Buffered from here on: everything after the pin (paths, the lifeline,
-	// or the channel itself with Stdio) is read through br.
+	// Buffered from here on: everything on stdin (the pin, paths, the
+	// lifeline, or the channel itself with Stdio) is read through br.
 	br := bufio.NewReader(o.Stdin)
-	pin, err := peerPin(o.PeerPin, br)
-	if err != nil {
-		return nil, err
-	}
-	if sp.Stdin {
+	readPaths := func() ([]string, error) {
 		paths, err := nixstore.ReadPaths(br, "standard input", true)
 		if err != nil {
 			return nil, fmt.Errorf("send: %w", err)
 		}
 		if len(paths) == 0 {
 			return nil, usage("send: no store path on standard input")
+		}
+		return paths, nil
+	}
+	// The paths may come ahead of the pin (a store path starts with "/",
+	// a pin line never does): the controller sends them at once, and the
+	// store is asked for their closure while the receiver starts and its
+	// pin travels. Either way the closure is known before anything is
+	// dialled.
+	var collected chan error
+	if sp.Stdin && o.PeerPin == "-" {
+		if b, err := br.Peek(1); err == nil && b[0] == '/' {
+			paths, err := readPaths()
+			if err != nil {
+				return nil, err
+			}
+			collected = make(chan error, 1)
+			go func() {
+				var err error
+				src, err = collect(paths)
+				collected <- err
+			}()
+		}
+	}
+	pin, err := peerPin(o.PeerPin, br)
+	if collected != nil {
+		// A pin that failed waits for the store's answer too (quick), so
+		// that the error is the first that happened.
+		if cerr := <-collected; err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if sp.Stdin && collected == nil {
+		paths, err := readPaths()
+		if err != nil {
+			return nil, err
 		}
 		if src, err = collect(paths); err != nil {
 			return nil, err

@@ -182,7 +182,8 @@ type Send struct {
 
 	// Store sends the closure of Paths as store paths (for a Recv with
 	// Store); StoreFiles their files (for a Recv with Dest). Store paths
-	// go on stdin, after the pin line, up to an empty line.
+	// go on stdin, up to an empty line, ahead of the pin line (after it
+	// is taken too).
 	Store, StoreFiles bool
 	// Paths to send: files and directories, or store paths.
 	Paths []string
@@ -250,7 +251,7 @@ func meet(end string, stdio bool, addrFlag, addr, timeoutFlag string, timeout ti
 	return a, nil
 }
 
-// StdinPaths is what the sender reads on stdin after the pin line: the
+// StdinPaths is what the sender reads on stdin ahead of the pin line: the
 // store paths to send, then an empty line. Nil for a sender of files.
 func (r Send) StdinPaths() []string {
 	if r.Store || r.StoreFiles {
