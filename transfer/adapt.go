@@ -15,12 +15,12 @@ package transfer
 // once that stretch is used up.
 //
 // Before the stored probe the socket's queue of earlier data must drain,
-// and the compressed probe (timed in memory, so that a socket buffer still
-// small does not count as the compressor's time) must drain within the
-// compressor's time; the
+// and the compressed probe must drain within the compressor's time; the
 // stored probe is timed from its first byte until the peer's TCP
 // acknowledged its last (the socket's send queue, which the channel
-// reports). The kernel's delivery rate (TCP_INFO) is not used for this
+// reports). A link with a round trip of 5 ms or more (TCP_INFO) is not
+// probed: stored cannot be shown faster there. The kernel's delivery rate
+// (TCP_INFO) is not used for this
 // choice: its samples include a shaper's burst, and on the rig's tbf
 // 100 Mbit link it looked faster than the compressor. Over a connection
 // that is not a socket (--stdio) everything compressible is compressed.
@@ -91,6 +91,11 @@ const (
 	// does not drain it within this long is slow, and is left to the
 	// compressor without probing.
 	drainFirst = 100 * time.Millisecond
+	// A link whose smallest round trip (TCP_INFO) is this long is left to
+	// the compressor without probing: the compressor's default level takes
+	// 1.5-3 ms for the probe, and the stored probe's last byte is
+	// acknowledged a round trip after it was sent.
+	longRTT = 5 * time.Millisecond
 
 	// The level probe is bigger than the stored one: its compressed
 	// output must outlast a shaped link's burst (10 ms of its rate) to
@@ -425,12 +430,21 @@ func (a *adapter) send(out *frames, r *fileReader, size int64, nar bool) error {
 func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 	a.raw, a.left = false, stretch
 	n0 := r.n
-	// Timed in memory: at the start of a connection on a 100 ms link the
-	// compressed probe waited round trips for the socket's buffer to grow,
-	// the stored one after it found the buffer grown, and the netboot
-	// files went stored (72.7 MB in place of 52.4) on a link that carries
-	// less than a tenth of what the compressor makes.
-	written, _, err := a.timedCompressed(out, r, drainFirst, probeSize, true)
+	// On a long link the stored probe cannot win: its last byte is
+	// acknowledged a round trip after it left, later than the compressor
+	// is done with the probe. Timing there went wrong besides: at the
+	// start of a connection on a 100 ms link the compressed probe waited
+	// round trips for the socket's buffer to grow, the stored one found
+	// it grown, and the netboot files went stored (72.7 MB in place of
+	// 52.4). Timing the compressed probe in memory mended that too, but
+	// changed the choice on short links, where it was measured right.
+	if a.info != nil {
+		if info, ok := a.info(); ok && info.MinRTT >= longRTT {
+			a.slow = true
+			return 0, nil
+		}
+	}
+	written, _, err := a.timedCompressed(out, r, drainFirst, probeSize, false)
 	if err != nil || written == 0 {
 		return r.n - n0, err
 	}

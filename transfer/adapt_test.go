@@ -637,14 +637,24 @@ func halfRandomFile(t *testing.T, size int) string {
 // first. A compressed probe that waited for it looked as slow as the link,
 // and the stored probe after it (the buffer grown by then) faster: the
 // netboot files went stored at 100 ms and 100 Mbit (72.7 MB in place of
-// 52.4). The compressed probe is timed without the link: the link is found
-// slower than the compressor before a stored byte is sent.
+// 52.4). A link whose round trip is that long is not probed: not a byte
+// goes stored.
 func TestAdaptNewLongLinkCompresses(t *testing.T) {
 	f := halfRandomFile(t, adaptFile)
 	st := shipOver(t, f, zstd.SpeedDefault, func(c io.ReadWriteCloser) io.ReadWriteCloser {
-		return &openingConn{shapedConn: &shapedConn{ReadWriteCloser: c, rate: 4 << 20, limit: 4 << 20}, rtt: 100 * time.Millisecond}
+		o := &openingConn{shapedConn: &shapedConn{ReadWriteCloser: c, rate: 4 << 20, limit: 4 << 20}, rtt: 100 * time.Millisecond}
+		return &longConn{openingConn: o}
 	})
 	if st.Stored != 0 {
-		t.Fatalf("stored %d of %d bytes over a new 4 MB/s connection; want none", st.Stored, st.Bytes)
+		t.Fatalf("stored %d of %d bytes over a new 4 MB/s connection with a 100 ms round trip; want none", st.Stored, st.Bytes)
 	}
+}
+
+// longConn is an openingConn that reports its round trip as TCP_INFO does.
+type longConn struct{ *openingConn }
+
+func (l *longConn) LinkInfo() (tcpinfo.Info, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return tcpinfo.Info{Rate: l.rate, MinRTT: l.rtt}, true
 }
