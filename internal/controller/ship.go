@@ -318,13 +318,22 @@ func (s *Ship) startRecv(ctx context.Context, r protocol.Recv) (*end, error) {
 	return s.start(ctx, s.To, args)
 }
 
-// startSender starts the sender with its command line r.
+// startSender starts the sender with its command line r and gives it its
+// store paths (giveStdin).
 func (s *Ship) startSender(ctx context.Context, r protocol.Send) (*end, error) {
 	args, err := r.Args()
 	if err != nil {
 		return nil, err
 	}
-	return s.start(ctx, s.From, args)
+	sender, err := s.start(ctx, s.From, args)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.giveStdin(sender); err != nil {
+		sender.p.Close()
+		return nil, err
+	}
+	return sender, nil
 }
 
 func (s *Ship) direct(ctx context.Context) (*Result, error) {
@@ -355,9 +364,7 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 		}
 	}()
 	if port != "0" {
-		if sender, sendErr = s.startSender(ctx, sendCmd); sendErr == nil {
-			sendErr = s.giveStdin(sender)
-		}
+		sender, sendErr = s.startSender(ctx, sendCmd)
 	}
 	recv, err := s.startRecv(ctx, recvCmd)
 	if err != nil {
@@ -384,9 +391,6 @@ func (s *Ship) direct(ctx context.Context) (*Result, error) {
 		}
 		sendCmd.Connect = connect
 		if sender, err = s.startSender(ctx, sendCmd); err != nil {
-			return nil, err
-		}
-		if err := s.giveStdin(sender); err != nil {
 			return nil, err
 		}
 	}
@@ -512,9 +516,6 @@ func (s *Ship) overSSH(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer sender.p.Close()
-	if err := s.giveStdin(sender); err != nil {
-		return nil, err
-	}
 	sfp, err := sender.fingerprint()
 	if err != nil {
 		return nil, err
