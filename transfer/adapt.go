@@ -20,10 +20,10 @@ package transfer
 // acknowledged its last (the socket's send queue, which the channel
 // reports). A link with a round trip of 5 ms or more (TCP_INFO) is not
 // probed: stored cannot be shown faster there. The kernel's delivery rate
-// (TCP_INFO) is not used for this
-// choice: its samples include a shaper's burst, and on the rig's tbf
-// 100 Mbit link it looked faster than the compressor. Over a connection
-// that is not a socket (--stdio) everything compressible is compressed.
+// (TCP_INFO) is not used for this choice: its samples include a shaper's
+// burst, and on the rig's tbf 100 Mbit link it looked faster than the
+// compressor. Over a connection that is not a socket (--stdio) everything
+// compressible is compressed.
 //
 // The other way round, a link much slower than the compressor leaves the
 // CPU idle while the link is full: there zstd's better level, with a
@@ -207,7 +207,7 @@ func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 	if a.info != nil {
 		first = 0
 	}
-	written, produced, err := a.timedCompressed(out, r, first, levelProbe, a.info != nil)
+	written, produced, err := a.timedCompressed(out, r, first, levelProbe)
 	if err != nil || written == 0 {
 		// written 0: a backlog from earlier data that will not drain,
 		// no rate to measure this time.
@@ -238,15 +238,13 @@ func (a *adapter) probeLevel(out *frames, r *fileReader) (int64, error) {
 // tables and window are being allocated and touched), and size more, timed
 // up to the flush that hands them all on. It returns that time (0: nothing
 // was sent) and how many stream bytes the timed part made. It first waits
-// up to first (0: not at all) for the queue of earlier data to drain (not
-// draining: 0). With hold, where the stream can, the timed part is
-// gathered in memory and written after: the time is the compressor's
-// alone. Without, a socket buffer that is still small (a new connection on
-// a long link grows it round trip by round trip) holds the compressor up
-// for the link's time.
-func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duration, size int64, hold bool) (time.Duration, int64, error) {
+// up to first for the queue of earlier data to drain (not draining: 0), so
+// that the link does not hold the compressor up. With first 0 it does not
+// wait: the timed part is gathered in memory, where the stream can, and
+// written after, so that the time is the compressor's alone.
+func (a *adapter) timedCompressed(out *frames, r *fileReader, first time.Duration, size int64) (time.Duration, int64, error) {
 	h, held := out.cw.(holder)
-	held = held && hold
+	held = held && first == 0
 	if first > 0 && !a.drain(first) {
 		return 0, 0, nil
 	}
@@ -444,7 +442,7 @@ func (a *adapter) probe(out *frames, r *fileReader) (int64, error) {
 			return 0, nil
 		}
 	}
-	written, _, err := a.timedCompressed(out, r, drainFirst, probeSize, false)
+	written, _, err := a.timedCompressed(out, r, drainFirst, probeSize)
 	if err != nil || written == 0 {
 		return r.n - n0, err
 	}

@@ -384,25 +384,17 @@ func TestAdaptHarderLevelBacksOff(t *testing.T) {
 }
 
 // linkedConn is a shapedConn that also reports its link as the kernel's
-// TCP_INFO would: the link's rate once bytes have waited for it (the
-// rate of an unshaped link is far beyond any compressor's), and bytes the
-// link has not taken yet as not sent.
+// TCP_INFO would: the link's rate (the rate of an unshaped link is far
+// beyond any compressor's, and the sender is what holds it down) and a
+// round trip of a millisecond.
 type linkedConn struct {
 	*shapedConn
-	written atomic.Int64
-}
-
-func (l *linkedConn) Write(p []byte) (int, error) {
-	n, err := l.shapedConn.Write(p)
-	l.written.Add(int64(n))
-	return n, err
 }
 
 func (l *linkedConn) LinkInfo() (tcpinfo.Info, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	q := l.drained()
-	info := tcpinfo.Info{Rate: l.rate, MinRTT: time.Millisecond, NotSent: int(q), Acked: l.written.Load() - int64(q)}
+	info := tcpinfo.Info{Rate: l.rate, MinRTT: time.Millisecond}
 	if l.rate == 0 {
 		info.Rate, info.AppLimited = 10e9, true
 	}
@@ -585,7 +577,8 @@ func TestAdaptJudgeWaitsOutSlowStart(t *testing.T) {
 
 // openingConn is a shapedConn whose queue may hold at first only a
 // little, twice as much every rtt (a new connection's socket buffer on a
-// long link, which grows with the congestion window), up to limit.
+// long link, which grows with the congestion window), up to limit; its
+// TCP_INFO says so: the round trip rtt.
 type openingConn struct {
 	*shapedConn
 	rtt   time.Duration
@@ -609,6 +602,12 @@ func (o *openingConn) Write(p []byte) (int, error) {
 	o.queued += float64(len(p))
 	o.mu.Unlock()
 	return o.shapedConn.ReadWriteCloser.Write(p)
+}
+
+func (o *openingConn) LinkInfo() (tcpinfo.Info, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return tcpinfo.Info{Rate: o.rate, MinRTT: o.rtt}, true
 }
 
 // halfRandomFile is size bytes that compress about 2:1, as the netboot
@@ -642,19 +641,9 @@ func halfRandomFile(t *testing.T, size int) string {
 func TestAdaptNewLongLinkCompresses(t *testing.T) {
 	f := halfRandomFile(t, adaptFile)
 	st := shipOver(t, f, zstd.SpeedDefault, func(c io.ReadWriteCloser) io.ReadWriteCloser {
-		o := &openingConn{shapedConn: &shapedConn{ReadWriteCloser: c, rate: 4 << 20, limit: 4 << 20}, rtt: 100 * time.Millisecond}
-		return &longConn{openingConn: o}
+		return &openingConn{shapedConn: &shapedConn{ReadWriteCloser: c, rate: 4 << 20, limit: 4 << 20}, rtt: 100 * time.Millisecond}
 	})
 	if st.Stored != 0 {
 		t.Fatalf("stored %d of %d bytes over a new 4 MB/s connection with a 100 ms round trip; want none", st.Stored, st.Bytes)
 	}
-}
-
-// longConn is an openingConn that reports its round trip as TCP_INFO does.
-type longConn struct{ *openingConn }
-
-func (l *longConn) LinkInfo() (tcpinfo.Info, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return tcpinfo.Info{Rate: l.rate, MinRTT: l.rtt}, true
 }

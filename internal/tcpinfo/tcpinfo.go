@@ -25,15 +25,6 @@ type Info struct {
 	AppLimited bool
 	// MinRTT is the smallest round trip seen.
 	MinRTT time.Duration
-	// NotSent is how many written bytes the window has not let out yet.
-	NotSent int
-	// Acked is how many bytes the peer has acknowledged in all.
-	Acked int64
-	// Busy is how long the connection had data in flight or queued;
-	// RwndLimited and SndbufLimited, how much of that the receiver's
-	// window and the send buffer held it back (the rest the congestion
-	// window or the link did, or nothing).
-	Busy, RwndLimited, SndbufLimited time.Duration
 }
 
 // Read reads c's TCP_INFO; ok is false when c is not a TCP socket or the
@@ -54,14 +45,9 @@ func Read(c syscall.Conn) (info Info, ok bool) {
 		return Info{}, false
 	}
 	return Info{
-		Rate:          float64(ti.Delivery_rate),
-		AppLimited:    appLimited(ti),
-		MinRTT:        time.Duration(ti.Min_rtt) * time.Microsecond,
-		NotSent:       int(ti.Notsent_bytes),
-		Acked:         int64(ti.Bytes_acked),
-		Busy:          time.Duration(ti.Busy_time) * time.Microsecond,
-		RwndLimited:   time.Duration(ti.Rwnd_limited) * time.Microsecond,
-		SndbufLimited: time.Duration(ti.Sndbuf_limited) * time.Microsecond,
+		Rate:       float64(ti.Delivery_rate),
+		AppLimited: appLimited(ti),
+		MinRTT:     time.Duration(ti.Min_rtt) * time.Microsecond,
 	}, true
 }
 
