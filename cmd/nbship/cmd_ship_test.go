@@ -204,15 +204,8 @@ func peakRSS(pid int, stop <-chan struct{}) <-chan rssPeaks {
 		var peak rssPeaks
 		for {
 			peak.self = max(peak.self, ends.PeakRSS(pid))
-			// A child belongs to the thread that started it.
-			tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-			for _, f := range tasks {
-				b, _ := os.ReadFile(f)
-				for _, c := range strings.Fields(string(b)) {
-					var cpid int
-					fmt.Sscan(c, &cpid)
-					peak.child = max(peak.child, ends.PeakRSS(cpid))
-				}
+			for _, c := range childPIDs(pid) {
+				peak.child = max(peak.child, ends.PeakRSS(c))
 			}
 			select {
 			case <-stop:
@@ -226,8 +219,9 @@ func peakRSS(pid int, stop <-chan struct{}) <-chan rssPeaks {
 }
 
 // storeLoopback runs recv --store on dst and send --store on src over
-// loopback, the sender's paths on its stdin after the pin, as the ship
-// controller gives them. recvArgs are added to the receiver's arguments,
+// loopback, the sender's paths on its stdin after the pin (as a script may
+// give them; the ship controller gives them ahead: storeLoopbackEarly).
+// recvArgs are added to the receiver's arguments,
 // recvEnv to its environment. It returns both ends' outcomes and peak RSS.
 func storeLoopback(t *testing.T, bin string, src, dst *testStore, recvArgs, recvEnv []string, paths ...string) (recv, sender outcome, recvPeak, sendPeak rssPeaks) {
 	t.Helper()
@@ -358,16 +352,29 @@ func TestStoreLoopbackPathsBeforePin(t *testing.T) {
 	sameClosure(t, src, dst, c.top)
 }
 
-// childNames are the command names of pid's children.
-func childNames(pid int) []string {
-	var names []string
+// childPIDs are pid's children now (a child belongs to the thread that
+// started it).
+func childPIDs(pid int) []int {
+	var pids []int
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	for _, f := range tasks {
 		b, _ := os.ReadFile(f)
 		for _, c := range strings.Fields(string(b)) {
-			if comm, err := os.ReadFile("/proc/" + c + "/comm"); err == nil {
-				names = append(names, strings.TrimSpace(string(comm)))
+			var cpid int
+			if _, err := fmt.Sscan(c, &cpid); err == nil {
+				pids = append(pids, cpid)
 			}
+		}
+	}
+	return pids
+}
+
+// childNames are the command names of pid's children.
+func childNames(pid int) []string {
+	var names []string
+	for _, c := range childPIDs(pid) {
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c)); err == nil {
+			names = append(names, strings.TrimSpace(string(comm)))
 		}
 	}
 	return names
