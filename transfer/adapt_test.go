@@ -503,15 +503,25 @@ func TestAdaptSlowSourceStaysCompressed(t *testing.T) {
 	}
 }
 
-// Over a real loopback TCP connection (the rate from TCP_INFO, the queue
-// from SIOCOUTQ) a big NAR goes stored when the compressor is slower than
-// the link.
+// Over a real loopback TCP connection (the round trip from TCP_INFO, the
+// queue from SIOCOUTQ) a big NAR goes stored when the compressor is slower
+// than the link. The probe times the receiver too, which shares the CPU:
+// with the other packages' tests running beside it, about one try in ten
+// found it slower than the compressor and went compressed, as it should
+// then. So up to three tries; one must send the NAR stored.
 func TestAdaptNARsStoredOverLoopbackTCP(t *testing.T) {
-	c, s := testbin.TCPPair(t)
 	data := readFile(t, wordyFile(t, adaptFile))
-	st := shipStore(t, data, zstd.SpeedBestCompression, tcpLink{c}, s)
-	if lo := int64(adaptFile - leadIn - probeSize); st.Stored < lo {
-		t.Fatalf("stored %d of %d bytes over loopback; want all of the big NAR but the compressed lead-in and probe (%d)", st.Stored, st.Bytes, lo)
+	lo := int64(adaptFile - leadIn - probeSize)
+	for try := 1; ; try++ {
+		c, s := testbin.TCPPair(t)
+		st := shipStore(t, data, zstd.SpeedBestCompression, tcpLink{c}, s)
+		if st.Stored >= lo {
+			return
+		}
+		if try == 3 {
+			t.Fatalf("stored %d of %d bytes over loopback in each of %d tries; want all of the big NAR but the compressed lead-in and probe (%d)", st.Stored, st.Bytes, try, lo)
+		}
+		t.Logf("try %d: stored %d of %d bytes (the receiver was slow to take the probe); again", try, st.Stored, st.Bytes)
 	}
 }
 
