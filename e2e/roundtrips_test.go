@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nbship/nbship/internal/rig"
+	"github.com/nbship/nbship/tunnel"
 )
 
 // setupRTT is the round-trip time of TestSetupRoundTrips' long link: long
@@ -93,6 +94,9 @@ func TestSetupRoundTrips(t *testing.T) {
 	if n := rtts(sh.TotalSeconds); n > maxShipRTTs {
 		t.Errorf("nbship ship --store of one path took %.1f round trips of %v, want at most %d", n, setupRTT, maxShipRTTs)
 	}
+	if sh.Path != "direct" || sh.Lanes != tunnel.DefaultLanes {
+		t.Errorf("nbship ship --store over the long link went %s over %d lanes, want direct over %d", sh.Path, sh.Lanes, tunnel.DefaultLanes)
+	}
 
 	stdout, stderr, err = b.run(t, ctx, "aarch64", "--config", b.config, "--drv", drv, "--remote-nbship", remoteBin, "--json")
 	if err != nil {
@@ -106,4 +110,27 @@ func TestSetupRoundTrips(t *testing.T) {
 	if n := rtts(re.TotalSeconds); n > maxRepublishRTTs {
 		t.Errorf("nbship aarch64 --drv of a published image took %.1f round trips of %v, want at most %d", n, setupRTT, maxRepublishRTTs)
 	}
+	if re.Lanes != tunnel.DefaultLanes {
+		t.Errorf("nbship aarch64 --drv over the long link ran over %d lanes, want %d", re.Lanes, tunnel.DefaultLanes)
+	}
+
+	// 50 MB that do not compress, over the long link: more than one
+	// connection's window carries, so the chunks spill over to the other
+	// lanes (tunnel's tests show that they do) and are put back in order
+	// on the PXE host.
+	dest := s.r.Dir + "/pxe/home/lanes-" + filepath.Base(s.leaf)
+	stdout, stderr, err = s.ship(t, ctx, s.leaf+"\n", nil, "--dest", dest, "--remote-nbship", remoteBin, "--json")
+	if err != nil {
+		t.Fatalf("nbship ship --dest over the long link: %v\n%s", err, stderr)
+	}
+	if res := parseJSON[shipResult](t, stdout); res.Path != "direct" || res.Lanes != tunnel.DefaultLanes {
+		t.Errorf("nbship ship --dest over the long link = %+v, want direct over %d lanes", res, tunnel.DefaultLanes)
+	} else {
+		t.Logf("50 MB over %d lanes at %v: the stream %.2f s", res.Lanes, setupRTT, res.Seconds)
+	}
+	sum := func(host, p string) string { return strings.Fields(s.on(t, ctx, host, "sha256sum", p))[0] }
+	if a, b := sum(rig.Build, s.leaf+"/data/big"), sum(rig.PXE, dest+"/"+filepath.Base(s.leaf)+"/data/big"); a != b {
+		t.Errorf("data/big over the lanes: sha256 %s on pxe, %s on the build host", b, a)
+	}
+	noNbshipLeft(t, s.r, rig.Build, rig.PXE)
 }

@@ -221,8 +221,8 @@ func TestShipStoreClosure(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ship --dest: %v\n%s", err, stderr)
 	}
-	if res := parseJSON[shipResult](t, stdout); res.PathsTotal != 2 || res.Path != "direct" || res.Files < 5 {
-		t.Errorf("--dest summary = %+v, want 2 paths, 5 or more files, direct", res)
+	if res := parseJSON[shipResult](t, stdout); res.PathsTotal != 2 || res.Path != "direct" || res.Files < 5 || res.Lanes != 1 {
+		t.Errorf("--dest summary = %+v, want 2 paths, 5 or more files, direct over one connection (a short link)", res)
 	}
 	leaf := dest + "/" + filepath.Base(s.leaf)
 	got := s.on(t, ctx, rig.PXE, "stat", "-c", "%F %a %s %n", leaf+"/bin/hello", leaf+"/data/empty", leaf+"/data/big", leaf+"/dirlink", leaf+"/dirlink/file", dest+"/"+filepath.Base(s.top))

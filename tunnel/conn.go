@@ -115,7 +115,11 @@ func (c *Conn) Watch(idle time.Duration, onIdle func()) (stop func()) {
 					}
 					// The batchConn: it closes the socket without
 					// waiting for a write blocked on it.
-					c.Conn.NetConn().Close()
+					if c.lanes != nil {
+						c.lanes.breakNet()
+					} else {
+						c.Conn.NetConn().Close()
+					}
 					return
 				}
 			}

@@ -242,6 +242,20 @@ type Conn struct {
 	*tls.Conn
 	Meter *Metered
 	batch *batchConn // between the two; nil in a Conn made by hand
+
+	// lanes, when set, is the channel's several connections (see
+	// DialLanes); the fields above are then its first lane's, and every
+	// method below goes through lanes.
+	lanes *stripe
+	hello laneHello // this connection's, as AcceptLanes read it
+}
+
+// Read reads the channel's bytes in order.
+func (c *Conn) Read(p []byte) (int, error) {
+	if c.lanes != nil {
+		return c.lanes.read(p)
+	}
+	return c.Conn.Read(p)
 }
 
 // Write sends p in TLS records that reach the connection in a few large
@@ -249,6 +263,9 @@ type Conn struct {
 // returns. Writes that bypass it (on the embedded tls.Conn) work as before,
 // one write per record.
 func (c *Conn) Write(p []byte) (int, error) {
+	if c.lanes != nil {
+		return c.lanes.writev([][]byte{p})
+	}
 	if c.batch == nil || !c.batch.begin() {
 		return c.Conn.Write(p)
 	}
@@ -269,6 +286,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 // their records go out together (a message's header and its payload in one
 // write, not two).
 func (c *Conn) Writev(bufs ...[]byte) (int, error) {
+	if c.lanes != nil {
+		return c.lanes.writev(bufs)
+	}
 	if c.batch == nil || !c.batch.begin() {
 		return writeEach(c.Conn, bufs)
 	}
@@ -302,6 +322,9 @@ func writeEach(w io.Writer, bufs [][]byte) (int, error) {
 // the same way, rather than have close_notify wait behind it (up to the
 // 5 s that tls allows it, or for ever over stdio, which has no deadlines).
 func (c *Conn) Close() error {
+	if c.lanes != nil {
+		return c.lanes.close()
+	}
 	if c.batch != nil && c.batch.stopBatching() {
 		err := c.batch.Close()
 		c.Conn.Close() // marks tls closed; its close_notify fails at once
@@ -311,13 +334,21 @@ func (c *Conn) Close() error {
 }
 
 // WireBytes is what crossed the underlying connection both ways.
-func (c *Conn) WireBytes() int64 { return c.Meter.In.Load() + c.Meter.Out.Load() }
+func (c *Conn) WireBytes() int64 {
+	if c.lanes != nil {
+		return c.lanes.wireBytes()
+	}
+	return c.Meter.In.Load() + c.Meter.Out.Load()
+}
 
 // Unacked is how many bytes written to the channel the peer's TCP has not
 // yet acknowledged (the send queue, SIOCOUTQ): what the link still has to
 // carry. ok is false when the channel does not run over a TCP socket (over
 // an SSH session's stdio, say), where nothing can be learnt about the link.
 func (c *Conn) Unacked() (n int, ok bool) {
+	if c.lanes != nil {
+		return c.lanes.unacked()
+	}
 	sc, isSys := c.Meter.Conn.(syscall.Conn)
 	if !isSys {
 		return 0, false
@@ -338,6 +369,9 @@ func (c *Conn) Unacked() (n int, ok bool) {
 // the sender or the link held it down. ok is false when the channel does
 // not run over a TCP socket (an SSH session's stdio).
 func (c *Conn) LinkInfo() (info tcpinfo.Info, ok bool) {
+	if c.lanes != nil {
+		return c.lanes.linkInfo()
+	}
 	sc, isSys := c.Meter.Conn.(syscall.Conn)
 	if !isSys {
 		return tcpinfo.Info{}, false
@@ -384,25 +418,16 @@ func (e *DialError) Unwrap() error { return e.Err }
 // is not an error.
 func Dial(ctx context.Context, addr string, id *Identity, peerPin string) (*Conn, error) {
 	d := net.Dialer{KeepAliveConfig: keepAlive, Control: setUserTimeout}
-	for {
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			c, err := ClientOver(ctx, conn, id, peerPin)
-			if err != nil {
-				conn.Close()
-				return nil, err
-			}
-			return c, nil
-		}
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, &DialError{Addr: addr, Err: err}
-		}
-		select {
-		case <-ctx.Done():
-			return nil, &DialError{Addr: addr, Err: errors.New("connection refused until the deadline")}
-		case <-time.After(100 * time.Millisecond):
-		}
+	conn, err := dialTCP(ctx, &d, addr)
+	if err != nil {
+		return nil, err
 	}
+	c, err := ClientOver(ctx, conn, id, peerPin)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // Limits on connections whose handshake is still under way. Anyone who
@@ -429,12 +454,41 @@ const refusalsShown = 8
 // lock out the real peer. It returns when ctx ends, and only after every
 // handshake it started has ended.
 func Accept(ctx context.Context, ln net.Listener, id *Identity, peerPin string, refused func(error)) (*Conn, error) {
+	var won *Conn
+	err := acceptLoop(ctx, ln, id, peerPin, refused, nil, func(c *Conn) bool {
+		won = c
+		return true
+	})
+	if won != nil {
+		return won, nil
+	}
+	return nil, acceptFailed(ctx, ln, peerPin, err)
+}
+
+// acceptFailed says why an accept loop ended without a peer: ctx ended
+// (its cause), or the listener failed with err.
+func acceptFailed(ctx context.Context, ln net.Listener, peerPin string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("tunnel: no peer with pin %s connected to %s: %w", peerPin, ln.Addr(), context.Cause(ctx))
+	}
+	return fmt.Errorf("tunnel: accepting on %s: %w", ln.Addr(), err)
+}
+
+// acceptLoop accepts connections on ln and runs the server handshake on
+// each, side by side, each within HandshakeTimeout (then after, when set,
+// under the same deadline: a peer that passes the handshake but not after
+// is refused like one that fails it). Each refused connection is reported
+// to refused. take gets every connection that passed, one at a time, and
+// owns it; when it returns true the loop ends. The loop also ends when ctx
+// does or ln fails (that error is returned), closing ln, and returns only
+// after every handshake it started has ended.
+func acceptLoop(ctx context.Context, ln net.Listener, id *Identity, peerPin string, refused func(error), after func(*Conn, time.Time) error, take func(*Conn) bool) error {
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(actx, func() { ln.Close() })
 	defer stop()
 	g := newGate()
-	won := make(chan *Conn, 1)
+	var takeMu sync.Mutex
 	var nrefused atomic.Int64
 	report := func(addr net.Addr, err error) {
 		if refused == nil || actx.Err() != nil {
@@ -466,6 +520,12 @@ func Accept(ctx context.Context, ln net.Listener, id *Identity, peerPin string, 
 			defer wg.Done()
 			hctx, hcancel := context.WithTimeout(actx, HandshakeTimeout)
 			c, err := ServerOver(hctx, conn, id, peerPin)
+			if err == nil && after != nil {
+				deadline, _ := hctx.Deadline()
+				if err = after(c, deadline); err != nil {
+					c.Close()
+				}
+			}
 			hcancel()
 			if evicted := g.leave(conn); evicted && err == nil {
 				c.Close()
@@ -476,26 +536,24 @@ func Accept(ctx context.Context, ln net.Listener, id *Identity, peerPin string, 
 				report(conn.RemoteAddr(), err)
 				return
 			}
-			select {
-			case won <- c:
+			takeMu.Lock()
+			defer takeMu.Unlock()
+			if actx.Err() != nil {
+				c.Close() // a second pinned peer after the loop ended
+				return
+			}
+			if take(c) {
 				cancel()
-			default:
-				c.Close() // a second pinned peer: the first one won
 			}
 		}()
 	}
 	cancel()
 	g.closeAll()
 	wg.Wait()
-	select {
-	case c := <-won:
-		return c, nil
-	default:
-	}
 	if ctx.Err() != nil {
-		return nil, fmt.Errorf("tunnel: no peer with pin %s connected to %s: %w", peerPin, ln.Addr(), context.Cause(ctx))
+		return nil
 	}
-	return nil, fmt.Errorf("tunnel: accepting on %s: %w", ln.Addr(), acceptErr)
+	return acceptErr
 }
 
 // gate tracks the connections whose handshake is under way.

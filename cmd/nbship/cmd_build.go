@@ -50,13 +50,14 @@ func cmdBuild(ctx context.Context, e *env, system string, args []string) error {
 	shipping := !buildsOnPXE(system)
 	var pathFlag, level *string
 	var dialTimeout, idle *time.Duration
-	var retries *int
+	var retries, lanes *int
 	if shipping {
 		pathFlag = fs.String("path", controller.PathAuto, "how the image travels, `MODE`: auto (direct, else over SSH), direct, or ssh")
 		dialTimeout = fs.Duration("dial-timeout", 5*time.Second, "how long the build host tries the direct path before auto falls back to SSH")
 		level = fs.String("level", "auto", "zstd `LEVEL`: auto (better on a link much slower than the compressor), fastest, default or better")
 		retries = fs.Int("retries", 2, "run the transfer again this many times when an end or the link fails; a retry sends only what has not arrived")
 		idle = fs.Duration("idle-timeout", ends.DefaultIdle, "the ends give up when nothing crosses the channel for this `DURATION`")
+		lanes = lanesFlag(fs)
 	}
 	var sf sshFlags
 	sf.add(fs)
@@ -69,6 +70,9 @@ func cmdBuild(ctx context.Context, e *env, system string, args []string) error {
 	// Every flag is checked before any host is dialled.
 	if shipping {
 		if err := checkPath(name, *pathFlag); err != nil {
+			return err
+		}
+		if err := checkLanes(name, *lanes); err != nil {
 			return err
 		}
 		if _, err := transfer.EncoderLevel(*level); err != nil {
@@ -169,6 +173,7 @@ func cmdBuild(ctx context.Context, e *env, system string, args []string) error {
 		Send: protocol.Send{
 			Connect:     fmt.Sprintf("%s:%d", cfg.OpenSSLServer, cfg.OpenSSLPort),
 			DialTimeout: *dialTimeout,
+			Lanes:       *lanes,
 			Paths:       []string{out},
 			Level:       *level,
 			Idle:        *idle,

@@ -41,6 +41,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	anyLink := fs.Bool("follow-any-symlink", false, "with --dest: the sender follows symlinks wherever they lead (default: only into the path they are found under or /nix/store)")
 	pathFlag := fs.String("path", controller.PathAuto, "how the data travels, `MODE`: auto (direct, else over SSH), direct, or ssh")
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "how long the sender tries the direct path before auto falls back to SSH")
+	lanes := lanesFlag(fs)
 	listenPort := fs.Int("listen-port", 0, "the receiver's TCP `PORT` for the direct path; 0 lets it pick one (default: the config's opensslPort, else 61616)")
 	connect := fs.String("connect", "", "`HOST:PORT` the sender dials for the direct path (default: the config's opensslServer:opensslPort, else the --to host's name)")
 	level := fs.String("level", "auto", "zstd `LEVEL`: auto (better on a link much slower than the compressor), fastest, default or better")
@@ -54,6 +55,9 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 	}
 	if *store == (*dest != "") {
 		return usageError("ship: give exactly one of --store or --dest DIR")
+	}
+	if err := checkLanes("ship", *lanes); err != nil {
+		return err
 	}
 	if *replace && *store {
 		return usageError("ship: --replace goes with --dest")
@@ -160,6 +164,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		Send: protocol.Send{
 			Connect:          addr,
 			DialTimeout:      *dialTimeout,
+			Lanes:            *lanes,
 			Store:            *store,
 			StoreFiles:       !*store,
 			Paths:            paths,
@@ -200,7 +205,7 @@ func cmdShip(ctx context.Context, e *env, args []string) error {
 		PathsTotal: s.Files, PathsSent: s.FilesSent, PathsSkipped: s.Reused - rs.Substituted,
 		PathsSubstituted: rs.Substituted, SubstitutedBytes: rs.SubstitutedBytes,
 		Bytes: s.Bytes, Resumed: s.Resumed, Compressed: s.Compressed, WireBytes: s.WireBytes,
-		Seconds: s.Seconds, MBps: s.MBps, Path: res.Path,
+		Seconds: s.Seconds, MBps: s.MBps, Path: res.Path, Lanes: s.Lanes,
 		TotalSeconds: protocol.Round(time.Since(start).Seconds(), 2),
 	}
 	if !*store {

@@ -16,6 +16,7 @@ import (
 	"github.com/nbship/nbship/internal/ends"
 	"github.com/nbship/nbship/internal/protocol"
 	"github.com/nbship/nbship/transfer"
+	"github.com/nbship/nbship/tunnel"
 )
 
 // endFlags are the flags both ends take: how they meet the other end,
@@ -96,4 +97,17 @@ func limitMemory(e *env) {
 	if e.getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(endMemoryLimit)
 	}
+}
+
+// lanesFlag is --lanes: how many TCP connections the sender may open to
+// the receiver; check it with checkLanes after parsing.
+func lanesFlag(fs *pflag.FlagSet) *int {
+	return fs.Int("lanes", tunnel.DefaultLanes, fmt.Sprintf("the direct path opens up to `N` TCP connections to the receiver when its TCP handshake takes %v or more, as one connection fills a long link slowly; 1: always one", tunnel.LongRTT))
+}
+
+func checkLanes(cmd string, n int) error {
+	if n < 1 || n > tunnel.MaxLanes {
+		return usageError("%s: --lanes %d: give 1 to %d", cmd, n, tunnel.MaxLanes)
+	}
+	return nil
 }

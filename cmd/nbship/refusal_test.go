@@ -106,7 +106,7 @@ func hostileSendRSS(t *testing.T, stream []byte) (recvStderr string, recvErr err
 	addr, _ := strings.CutPrefix(r.line(t), "listening ")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := tunnel.Dial(ctx, addr, id, rpin)
+	c, err := tunnel.DialLanes(ctx, addr, id, rpin, tunnel.LaneOptions{})
 	if err != nil {
 		t.Fatalf("dialing recv: %v", err)
 	}

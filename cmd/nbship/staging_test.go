@@ -49,7 +49,7 @@ func stalledRecv(t *testing.T, bin, dest, src string, others ...string) (r *proc
 	addr, _ := strings.CutPrefix(r.line(t), "listening ")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	c, err := tunnel.Dial(ctx, addr, id, rpin)
+	c, err := tunnel.DialLanes(ctx, addr, id, rpin, tunnel.LaneOptions{})
 	if err != nil {
 		t.Fatalf("dialing recv: %v", err)
 	}

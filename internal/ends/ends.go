@@ -138,11 +138,15 @@ func lifeline(ctx context.Context, stdin io.Reader) context.Context {
 }
 
 // summary is an end's --json object for the transfer st.
-func summary(st *transfer.Stats, wire int64) protocol.Stream {
+func summary(st *transfer.Stats, conn *tunnel.Conn, stdio bool) protocol.Stream {
+	wire := conn.WireBytes()
 	s := protocol.Stream{
 		Files: st.Files, FilesSent: st.Sent, Reused: st.Reused, Bytes: st.Bytes,
 		Compressed: st.Compressed, Stored: st.Stored, Level: st.Level, WireBytes: wire, Seconds: protocol.Round(st.Seconds, 3), Published: st.Published,
 		Resumed: st.Resumed, PeakRSS: PeakRSS(os.Getpid()),
+	}
+	if !stdio {
+		s.Lanes = conn.Lanes()
 	}
 	if st.Compressed > 0 {
 		s.Ratio = protocol.Round(float64(st.Bytes)/float64(st.Compressed), 2)

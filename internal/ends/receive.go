@@ -101,11 +101,11 @@ func Receive(ctx context.Context, o ReceiveOptions) (_ *protocol.Stream, err err
 	} else {
 		actx, cancel := context.WithTimeoutCause(ctx, o.AcceptTimeout, errors.New("no sender connected in time"))
 		defer cancel()
-		conn, err = tunnel.Accept(actx, ln, id, pin, func(err error) { o.logf("recv", "%v", err) })
+		// AcceptLanes closes ln once no more of the sender's lanes can join.
+		conn, err = tunnel.AcceptLanes(actx, ln, id, pin, func(err error) { o.logf("recv", "%v", err) })
 		if err != nil {
 			return nil, hint(fmt.Errorf("recv: %w", err), "check that the sender can reach %s and was given this receiver's fingerprint", ln.Addr())
 		}
-		ln.Close()
 	}
 	defer conn.Close()
 	ctx, watch, stopIdle := watchIdle(ctx, &o.Channel, conn, "recv")
@@ -128,7 +128,7 @@ func Receive(ctx context.Context, o ReceiveOptions) (_ *protocol.Stream, err err
 	if err != nil {
 		return nil, Refusal(watch.explain(fmt.Errorf("recv: %w", err)))
 	}
-	s := summary(st, conn.WireBytes())
+	s := summary(st, conn, o.Stdio)
 	t.report(&s)
 	return &s, nil
 }

@@ -23,8 +23,11 @@ type SendOptions struct {
 	Connect string
 	// DialTimeout is how long to keep trying to reach the receiver.
 	DialTimeout time.Duration
-	Level       zstd.EncoderLevel
-	Source      Source
+	// Lanes is how many TCP connections to open to the receiver at most
+	// when the link is long (see tunnel.DialLanes); below 2, one.
+	Lanes  int
+	Level  zstd.EncoderLevel
+	Source Source
 }
 
 // Source is what a sender sends: Files or StorePaths.
@@ -265,7 +268,7 @@ func (o *SendOptions) stream(ctx context.Context, id *tunnel.Identity, pin strin
 	if err != nil {
 		return nil, Refusal(watch.explain(fmt.Errorf("send: %w", tunnel.ReadError(err, id))))
 	}
-	s := summary(st, conn.WireBytes())
+	s := summary(st, conn, o.Stdio)
 	return &s, nil
 }
 
@@ -278,7 +281,7 @@ func (o *SendOptions) dial(ctx context.Context, id *tunnel.Identity, pin string,
 		conn, err = tunnel.ClientOver(ctx, tunnel.NewStdioConn(stdin, o.Stdout), id, pin)
 	} else {
 		dctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
-		conn, err = tunnel.Dial(dctx, o.Connect, id, pin)
+		conn, err = tunnel.DialLanes(dctx, o.Connect, id, pin, tunnel.LaneOptions{Lanes: o.Lanes, LongRTT: tunnel.LongRTT})
 		cancel()
 		var de *tunnel.DialError
 		if errors.As(err, &de) && ctx.Err() == nil {

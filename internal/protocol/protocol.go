@@ -179,6 +179,9 @@ type Send struct {
 	Connect     string // host:port; "" with Stdio
 	Stdio       bool
 	DialTimeout time.Duration
+	// Lanes: at most this many TCP connections on a long link; 0 for
+	// the end's default.
+	Lanes int
 
 	// Store sends the closure of Paths as store paths (for a Recv with
 	// Store); StoreFiles their files (for a Recv with Dest). Store paths
@@ -219,6 +222,9 @@ func (r Send) Args() ([]string, error) {
 	}
 	if r.Level != "" {
 		a = append(a, "--level", r.Level)
+	}
+	if r.Lanes > 0 && !r.Stdio {
+		a = append(a, "--lanes", strconv.Itoa(r.Lanes))
 	}
 	if r.Idle > 0 {
 		a = append(a, "--idle-timeout", r.Idle.String())

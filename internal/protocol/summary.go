@@ -27,6 +27,9 @@ type Stream struct {
 	Generation string `json:"generation,omitempty"`
 	Previous   string `json:"previous,omitempty"`
 	Path       string `json:"path,omitempty"` // direct, ssh, or local (built where it is published)
+	// Lanes is how many TCP connections the direct path ran over (see
+	// tunnel.DialLanes); 0 over the ssh path.
+	Lanes int `json:"lanes,omitempty"`
 	// Receiver of store paths only (recv --substitute): the paths its
 	// substituters gave it, and their NAR bytes.
 	Substituted      int   `json:"paths_substituted,omitempty"`
@@ -66,7 +69,8 @@ type Ship struct {
 	WireBytes    int64   `json:"wire_bytes"`
 	Seconds      float64 `json:"seconds"` // the transfer, as the sender timed it
 	MBps         float64 `json:"mbps"`
-	Path         string  `json:"path"` // direct or ssh
+	Path         string  `json:"path"`            // direct or ssh
+	Lanes        int     `json:"lanes,omitempty"` // TCP connections of the direct path
 	Published    string  `json:"published,omitempty"`
 	TotalSeconds float64 `json:"total_seconds"` // everything, as the command timed it
 }
