@@ -23,6 +23,10 @@
 #                      build-pxe link dropped when 90% of the 2 GiB initrd has
 #                      arrived; the retry's summary says what it sent again
 #   seed               tar -hczf | openssl enc -aes-256-cbc -k PSK | nc  →  nc -l | openssl enc -d | tar xzf
+#                      (both ends started directly on their hosts: no SSH)
+#   seed-ssh           the same, as the old scripts ran it: both ends started from
+#                      the operator over SSH, the build host trying the port until
+#                      the listener is up (their sleep-and-poll)
 #   ssh-tar            ssh builder tar -hczf | ssh pxe tar xzf (through the operator)
 #   nix-copy           nix copy --from ssh://builder --to ssh://pxe (through the operator)
 #   nix-copy-closure   nix-copy-closure --from builder, then --to pxe (through the operator)
@@ -96,7 +100,7 @@ prepare() {
 	*) rm -rf --one-file-system "$DST" ;;
 	esac
 	case $contender in
-	seed | ssh-tar | zstd-nc) reset_dir ;;
+	seed | seed-ssh | ssh-tar | zstd-nc) reset_dir ;;
 	esac
 	# Same page-cache state for everyone: dirty pages of the previous run
 	# written back, the source in the cache, the disk idle.
@@ -219,6 +223,21 @@ c_seed() {
 		"openssl enc -aes-256-cbc -d -k $psk 2>/dev/null | tar xzf - -C $(q "$DST")"
 }
 
+c_seed_ssh() {
+	# One SSH connection to each host from the operator, at once, as the
+	# old script's two ssh commands. The sender's loop stands for its
+	# sleep-and-poll: a refused connection fails the pipeline at once and
+	# it starts again 0.1 s later (a probe would take nc -l's one accept).
+	local o psk recv send
+	o=$(ssh_opts)
+	psk=$(head -c 32 /dev/urandom | md5sum | cut -d' ' -f1)
+	recv="nc -l $PXE_DIRECT $PORT_SEED </dev/null | openssl enc -aes-256-cbc -d -k $psk 2>/dev/null | tar xzf - -C $(q "$DST")"
+	send="n=0; until tar -hczf - -C $(q "$SRC" "${NAMES[@]}")| openssl enc -aes-256-cbc -e -k $psk 2>/dev/null | nc -N $PXE_DIRECT $PORT_SEED; do n=\$((n + 1)); [ \$n -lt 100 ] || exit 1; sleep 0.1; done"
+	(cd / && on op bash -o pipefail -c \
+		"ssh $o pxe $(q "$(q bash -o pipefail -c "$recv")") 2>\"\$1\" & rp=\$!; ssh $o builder $(q "$(q bash -o pipefail -c "$send")") && wait \$rp" _ "$rec/recv.err") \
+		>"$rec/out" 2>"$rec/err"
+}
+
 c_zstd_nc() {
 	nc_pipe "$PORT_ZSTD" \
 		"tar -hcf - -C $(q "$SRC" "${NAMES[@]}")| zstd -T0 -q" \
@@ -324,6 +343,10 @@ describe() {
 	seed)
 		echo "(pxe) nc -l $PXE_DIRECT $PORT_SEED | openssl enc -aes-256-cbc -d -k PSK | tar xzf - -C $DST"
 		echo "(build) tar -hczf - -C $SRC ${NAMES[*]} | openssl enc -aes-256-cbc -e -k PSK | nc -N $PXE_DIRECT $PORT_SEED"
+		;;
+	seed-ssh)
+		echo "(op) ssh $o pxe 'nc -l $PXE_DIRECT $PORT_SEED | openssl enc -aes-256-cbc -d -k PSK | tar xzf - -C $DST' &"
+		echo "(op) ssh $o builder 'until tar -hczf - -C $SRC ${NAMES[*]} | openssl enc -aes-256-cbc -e -k PSK | nc -N $PXE_DIRECT $PORT_SEED; do sleep 0.1; done'"
 		;;
 	zstd-nc)
 		echo "(pxe) nc -l $PXE_DIRECT $PORT_ZSTD | zstd -d | tar xf - -C $DST"

@@ -31,7 +31,7 @@ warmup=1 runs=5
 [ "$quick" = 1 ] && runs=3
 runs=${BENCH_RUNS:-$runs}
 warmup=${BENCH_WARMUP:-$warmup}
-links=${BENCH_LINKS:-unshaped 1gbit 100mbit rtt20 rtt100}
+links=${BENCH_LINKS:-unshaped 1gbit 100mbit rtt20 rtt100 rtt100g}
 delay_rate=${BENCH_DELAY_RATE:-100mbit}
 only=${BENCH_ONLY:-.}
 
@@ -209,8 +209,8 @@ hf() {
 # each one's rate on its busiest link), and at 100mbit the gzip pipelines stay
 # CPU-bound below the link rate, and nix-copy-closure is two link-bound hops
 # in a row.
-netboot_set="nbship nbship-bare seed ssh-tar zstd-nc"
-closure_all="nbship-store nbship-bare seed ssh-tar nix-copy nix-copy-closure zstd-nc"
+netboot_set="nbship nbship-bare seed seed-ssh ssh-tar zstd-nc"
+closure_all="nbship-store nbship-bare seed seed-ssh ssh-tar nix-copy nix-copy-closure zstd-nc"
 closure_set() { # closure_set LINK
 	if [ "${BENCH_FULL:-0}" = 1 ] || [ "$1" = unshaped ]; then
 		echo "$closure_all"
@@ -223,8 +223,8 @@ closure_set() { # closure_set LINK
 # closures; the netboot files are not store paths the store tools ship here.
 # zstd-nc, one plain TCP stream of about nbship's bytes, shows what the
 # long link gives a single connection.
-delay_netboot_set="nbship seed ssh-tar zstd-nc"
-delay_closure_set="nbship-store nix-copy nix-copy-closure ssh-tar seed zstd-nc"
+delay_netboot_set="nbship seed seed-ssh ssh-tar zstd-nc"
+delay_closure_set="nbship-store nix-copy nix-copy-closure ssh-tar seed seed-ssh zstd-nc"
 many_ready=0
 need_many() { # build the 1,000-path closure once, when a scenario needs it
 	[ "$many_ready" = 1 ] && return 0
@@ -236,8 +236,12 @@ need_many() { # build the 1,000-path closure once, when a scenario needs it
 for link in $links; do
 	case $link in
 	rtt[0-9]*)
+		# rttN: N ms at BENCH_DELAY_RATE; rttNg: N ms at 1 Gbit/s.
 		shape_all off
-		rig delay "${link#rtt}" "$delay_rate"
+		case $link in
+		*g) rig delay "$(tr -dc 0-9 <<<"$link")" 1000mbit ;;
+		*) rig delay "${link#rtt}" "$delay_rate" ;;
+		esac
 		for c in $delay_netboot_set; do
 			hf "netboot.$link.$c"
 		done

@@ -289,7 +289,8 @@ var contenders = []struct{ id, label string }{
 	{"nbship", "nbship aarch64 --drv (the ship step, from the operator)"},
 	{"nbship-store", "nbship ship --store (from the operator)"},
 	{"nbship-bare", "nbship send → recv (bare: no SSH, files into a directory)"},
-	{"seed", "seed: tar -hcz \\| openssl enc -k PSK \\| nc"},
+	{"seed", "seed: tar -hcz \\| openssl enc -k PSK \\| nc (ends started without SSH)"},
+	{"seed-ssh", "seed as the old scripts ran it: both ends started over SSH from the operator"},
 	{"ssh-tar", "ssh builder tar -hcz \\| ssh pxe tar xz"},
 	{"nix-copy", "nix copy --from ssh://builder --to ssh://pxe"},
 	{"nix-copy-closure", "nix-copy-closure --from builder, then --to pxe"},
@@ -309,6 +310,7 @@ var links = []struct{ id, label string }{
 	{"100mbit", "tbf rate 100mbit"},
 	{"rtt20", "20 ms round trip (rig.sh delay), 100 Mbit/s"},
 	{"rtt100", "100 ms round trip (rig.sh delay), 100 Mbit/s"},
+	{"rtt100g", "100 ms round trip (rig.sh delay), 1 Gbit/s"},
 }
 
 func (r *report) get(name string) *scenario { return r.scenarios[name] }
